@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
+use crate::erasure::Erasure;
 use crate::format::{
     self, header_len, payload_len, read_label, table_tag, ChunkId, LabelError, ShareKind, ShareLabel, FIXED_LEN,
     FORMAT_VERSION, FRAGMENT_OFFSET, KEY_LEN, MAC_LEN, TAG_LEN, WRITE_ID_LEN,
 };
 use crate::keys::{fill_random, hkdf32, random, KeyError, Keyring, VolumeKey};
-use crate::erasure::Erasure;
 use crate::{shamir, MAX_CHUNK_LEN, MAX_SHARES};
 
 /// Why a share was not used.
@@ -312,7 +312,8 @@ impl Codec {
             return Err((index, ShareFault::Damaged("header MAC")));
         }
         if (label.m as usize, label.n as usize) != (self.m, self.n) {
-            let fault = ShareFault::OtherLayout { found_m: label.m, found_n: label.n, m: self.m as u8, n: self.n as u8 };
+            let fault =
+                ShareFault::OtherLayout { found_m: label.m, found_n: label.n, m: self.m as u8, n: self.n as u8 };
             return Err((index, fault));
         }
         if share.len() != label.share_len() {
@@ -354,14 +355,19 @@ impl Codec {
         let mut writes: HashMap<([u8; WRITE_ID_LEN], u32, u32), Vec<(usize, ShareLabel)>> = HashMap::new();
         for (pos, share) in shares.iter().enumerate() {
             match self.check_header(keys, id, share) {
-                Ok(label) => writes.entry((format::write_id(share), label.key_id, label.chunk_len)).or_default().push((pos, label)),
+                Ok(label) => writes
+                    .entry((format::write_id(share), label.key_id, label.chunk_len))
+                    .or_default()
+                    .push((pos, label)),
                 Err((index, fault)) => report.bad.push(BadShare { position: pos, index, fault }),
             }
         }
         // The write with the most distinct indices wins; a generation is written once,
         // so others are leftovers of an interrupted attempt.
         let mut groups: Vec<_> = writes.into_values().collect();
-        groups.sort_by_key(|g| std::cmp::Reverse(g.iter().map(|(_, l)| l.index).collect::<std::collections::HashSet<_>>().len()));
+        groups.sort_by_key(|g| {
+            std::cmp::Reverse(g.iter().map(|(_, l)| l.index).collect::<std::collections::HashSet<_>>().len())
+        });
         let mut candidates: Vec<Option<(usize, ShareLabel)>> = vec![None; self.n];
         for (rank, group) in groups.into_iter().enumerate() {
             for (pos, label) in group {
@@ -385,12 +391,8 @@ impl Codec {
         let key = keys.get(first.key_id).expect("checked in check_header");
 
         // Header MACs passed, so any M fragments give the write key.
-        let points: Vec<(u8, &[u8])> = candidates
-            .iter()
-            .flatten()
-            .take(m)
-            .map(|(pos, l)| (l.index, format::fragment(shares[*pos])))
-            .collect();
+        let points: Vec<(u8, &[u8])> =
+            candidates.iter().flatten().take(m).map(|(pos, l)| (l.index, format::fragment(shares[*pos]))).collect();
         let k = Zeroizing::new(shamir::combine::<KEY_LEN>(&points));
         let write_id = format::write_id(shares[candidates.iter().flatten().next().expect("non-empty").0]);
         let aead = data_key(key, &first, &write_id, &k);
@@ -409,18 +411,25 @@ impl Codec {
                 continue;
             };
             let dst = &mut out[i * p..(i + 1) * p];
-            if aead.open_separate_gather(nonce(NONCE_DATA, i as u8), Aad::empty(), payload(pos), tag(pos, i), dst).is_ok() {
+            if aead
+                .open_separate_gather(nonce(NONCE_DATA, i as u8), Aad::empty(), payload(pos), tag(pos, i), dst)
+                .is_ok()
+            {
                 report.used.push(i as u8);
             } else {
-                report.bad.push(BadShare { position: pos, index: Some(i as u8), fault: ShareFault::Damaged("payload tag") });
+                report.bad.push(BadShare {
+                    position: pos,
+                    index: Some(i as u8),
+                    fault: ShareFault::Damaged("payload tag"),
+                });
                 candidates[i] = None;
                 missing.push(i);
             }
         }
         // Parity shares: verify as many as are needed (all of them when scrubbing).
         let mut parity: Vec<usize> = Vec::new();
-        for j in m..self.n {
-            let Some((pos, _)) = candidates[j] else { continue };
+        for (j, candidate) in candidates.iter_mut().enumerate().skip(m) {
+            let Some((pos, _)) = *candidate else { continue };
             if parity.len() == missing.len() && !verify_all {
                 report.unchecked.push(j as u8);
                 continue;
@@ -429,8 +438,12 @@ impl Codec {
             if ok {
                 parity.push(j);
             } else {
-                report.bad.push(BadShare { position: pos, index: Some(j as u8), fault: ShareFault::Damaged("payload tag") });
-                candidates[j] = None;
+                report.bad.push(BadShare {
+                    position: pos,
+                    index: Some(j as u8),
+                    fault: ShareFault::Damaged("payload tag"),
+                });
+                *candidate = None;
             }
         }
         let good = m - missing.len() + parity.len();

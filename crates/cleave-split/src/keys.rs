@@ -83,9 +83,7 @@ pub(crate) fn hkdf32(salt: &[u8], ikm: &[u8], info: &[&[u8]]) -> [u8; KEY_LEN] {
     }
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
     let mut out = [0u8; KEY_LEN];
-    prk.expand(info, Len32)
-        .and_then(|okm| okm.fill(&mut out))
-        .expect("HKDF-SHA256 expand of 32 bytes cannot fail");
+    prk.expand(info, Len32).and_then(|okm| okm.fill(&mut out)).expect("HKDF-SHA256 expand of 32 bytes cannot fail");
     out
 }
 
@@ -145,7 +143,10 @@ impl MasterKey {
     }
 
     pub fn from_key_file(text: &str) -> Result<Self, KeyError> {
-        let hexkey = text.trim().strip_prefix(KEY_FILE_PREFIX).ok_or(KeyError::Malformed("missing cleave-master-key-v1 prefix"))?;
+        let hexkey = text
+            .trim()
+            .strip_prefix(KEY_FILE_PREFIX)
+            .ok_or(KeyError::Malformed("missing cleave-master-key-v1 prefix"))?;
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         hex::decode_to_slice(hexkey, bytes.as_mut()).map_err(|_| KeyError::Malformed("key is not 64 hex digits"))?;
         Ok(MasterKey(Secret::from_bytes(*bytes)))
@@ -254,14 +255,9 @@ impl fmt::Debug for VolumeKey {
 
 impl VolumeKey {
     pub fn new(id: u32, root: Secret) -> Self {
-        let sub = |label: &[u8]| Secret::from_bytes(hkdf32(b"cleave volume key", root.expose(), &[label, &id.to_le_bytes()]));
-        VolumeKey {
-            data: sub(b"data"),
-            integrity: sub(b"integrity"),
-            metadata: sub(b"metadata"),
-            id,
-            root,
-        }
+        let sub =
+            |label: &[u8]| Secret::from_bytes(hkdf32(b"cleave volume key", root.expose(), &[label, &id.to_le_bytes()]));
+        VolumeKey { data: sub(b"data"), integrity: sub(b"integrity"), metadata: sub(b"metadata"), id, root }
     }
     pub fn generate(id: u32) -> Result<Self, KeyError> {
         Ok(Self::new(id, Secret::random()?))
@@ -319,7 +315,7 @@ impl Keyring {
     }
 
     fn from_bytes(b: &[u8]) -> Result<Self, KeyError> {
-        if b.is_empty() || b.len() % 36 != 0 {
+        if b.is_empty() || !b.len().is_multiple_of(36) {
             return Err(KeyError::Malformed("key slot content"));
         }
         let versions = b

@@ -21,8 +21,7 @@ pub mod shamir;
 pub use codec::{BadShare, Codec, DecodeError, DecodeReport, Decoded, EncodeError, ShareFault, Verify};
 pub use format::{read_label, ChunkId, LabelError, ShareKind, ShareLabel, HEADER_LEN, TAG_LEN};
 pub use keys::{
-    GroupKey, KeyError, KeySlot, Keyring, MasterKey, SealedMasterKey, VolumeKey, VolumeKeySlots,
-    WrappedKey,
+    GroupKey, KeyError, KeySlot, Keyring, MasterKey, SealedMasterKey, VolumeKey, VolumeKeySlots, WrappedKey,
 };
 
 /// Largest M or N supported.

@@ -40,7 +40,7 @@ impl fmt::Display for ByteSize {
         const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
         for (name, mult) in UNITS {
             if self.0 >= mult {
-                return if self.0 % mult == 0 {
+                return if self.0.is_multiple_of(mult) {
                     write!(f, "{}{name}", self.0 / mult)
                 } else {
                     write!(f, "{:.1}{name}", self.0 as f64 / mult as f64)
