@@ -47,7 +47,8 @@ pub(crate) fn random<const L: usize>() -> Result<[u8; L], KeyError> {
     Ok(b)
 }
 
-pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), KeyError> {
+/// Fills `buf` from the operating system's generator.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), KeyError> {
     SystemRandom::new().fill(buf).map_err(|_| KeyError::Random)
 }
 

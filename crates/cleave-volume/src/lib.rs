@@ -1,1 +1,22 @@
-//! placeholder
+//! `cleave-volume`: a virtual disk made of chunks, cached locally and dispersed to targets.
+//!
+//! - [`meta`]: volume configuration, the superblock stored on every target, object names.
+//! - [`journal`]: the encrypted, dispersed log of chunk → generation updates, with checkpoints.
+//! - [`dispersal`]: writing N shares with a quorum; reading the fastest M with hedging.
+//! - [`cache`]: the persistent local cache file and its present-chunk bitmap.
+//! - [`volume`]: reads, writes, flush, trim, and the destage loop.
+//! - [`recover`]: rebuilding a volume from any M targets and the master key alone.
+//! - [`scrub`]: verifying every share and repairing what is missing or bad.
+
+pub mod cache;
+pub mod dispersal;
+pub mod error;
+pub mod journal;
+pub mod meta;
+pub mod recover;
+pub mod scrub;
+pub mod volume;
+
+pub use error::VolumeError;
+pub use meta::{Durability, Superblock, VolumeConfig};
+pub use volume::{Health, Volume, VolumeOptions, VolumeStatus};

@@ -1,10 +1,19 @@
 //! The `cleave` binary: command line, configuration and wiring of the library crates.
 
 mod bench;
+mod client;
+mod server;
 mod size;
+mod state;
 
-use anyhow::Result;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::client::{Client, ServerArgs};
+use crate::size::ByteSize;
 
 #[derive(Parser, Debug)]
 #[command(name = "cleave", version, about = "Secure dispersed block storage")]
@@ -15,9 +24,76 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the embedded default: gateway, admin API and directory targets in one process.
+    Serve(server::ServeArgs),
+    /// Manage volumes on a running server.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Verify every share of a volume; with --repair, restore full redundancy.
+    Scrub {
+        name: String,
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Rebuild a volume image from any M of its targets and the master key file. Needs no server.
+    Recover {
+        /// A target URI; give at least M of them, in any order.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// The master key file (DIR/master.key of the server).
+        #[arg(long)]
+        key_file: PathBuf,
+        #[arg(long)]
+        volume: String,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum VolumeCommand {
+    /// Create a volume.
+    Create {
+        name: String,
+        #[arg(long)]
+        size: ByteSize,
+        #[arg(long, default_value_t = 3)]
+        m: u8,
+        #[arg(long, default_value_t = 5)]
+        n: u8,
+        #[arg(long, default_value = "1MiB")]
+        chunk_size: ByteSize,
+        /// local: FLUSH is durable in the local cache; dispersed: durable on the targets.
+        #[arg(long, default_value = "local")]
+        durability: cleave_volume::Durability,
+        /// Target URIs in share order (default: directory targets in the server's data dir).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List volumes.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show a volume: health, dirty bytes, cache use, last destage.
+    Show {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a volume and everything it stored.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -26,12 +102,106 @@ enum BenchCommand {
     Split(bench::SplitArgs),
 }
 
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} chunks ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CLEAVE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
+        Command::Serve(args) => tokio::runtime::Runtime::new()?.block_on(server::serve(args)),
+        Command::Volume(cmd) => volume_command(cmd),
+        Command::Scrub { name, repair, server } => {
+            let client = Client::new(&server)?;
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.set_message(format!("scrubbing {name}"));
+            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+            let report = client.post(&format!("/volumes/{name}/scrub?repair={repair}"), json!({}))?;
+            spinner.finish_and_clear();
+            print_json(&report.unwrap_or_default())
+        }
+        Command::Recover { targets, key_file, volume, output } => {
+            let text = std::fs::read_to_string(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
+            let master = cleave_split::MasterKey::from_key_file(&text).context("parsing the key file")?;
+            let handles = targets
+                .iter()
+                .map(|u| cleave_target::open(u).with_context(|| format!("target {u}")))
+                .collect::<Result<Vec<_>>>()?;
+            let bar = progress_bar(0, &format!("recovering {volume}"));
+            let report = tokio::runtime::Runtime::new()?.block_on(cleave_volume::recover::export(
+                handles,
+                &master,
+                &volume,
+                &output,
+                |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            ))?;
+            bar.finish_and_clear();
+            eprintln!(
+                "recovered {volume}: {} bytes, {} chunks stored, {} zero, written to {}",
+                report.size,
+                report.chunks_stored,
+                report.chunks_zero,
+                output.display()
+            );
+            Ok(())
+        }
         Command::Bench(BenchCommand::Split(args)) => {
             let report = bench::split(&args)?;
             bench::print(&report, args.json)
+        }
+    }
+}
+
+fn volume_command(cmd: VolumeCommand) -> Result<()> {
+    match cmd {
+        VolumeCommand::Create { name, size, m, n, chunk_size, durability, targets, server } => {
+            let client = Client::new(&server)?;
+            let chunk = u32::try_from(chunk_size.0).context("chunk size too large")?;
+            let body = json!({
+                "name": name, "size_bytes": size.0, "m": m, "n": n,
+                "chunk_size": chunk, "durability": durability, "targets": targets,
+            });
+            print_json(&client.post("/volumes", body)?.unwrap_or_default())
+        }
+        VolumeCommand::List { server } => {
+            let list = Client::new(&server)?.get("/volumes")?;
+            for v in list.as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {:>10} {}-of-{} {:<10} {}",
+                    v["name"].as_str().unwrap_or("?"),
+                    ByteSize(v["size_bytes"].as_u64().unwrap_or(0)).to_string(),
+                    v["m"],
+                    v["n"],
+                    v["health"]["state"].as_str().unwrap_or("?"),
+                    v["nbd_uri"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        VolumeCommand::Show { name, server } => print_json(&Client::new(&server)?.get(&format!("/volumes/{name}"))?),
+        VolumeCommand::Delete { name, server } => {
+            Client::new(&server)?.delete(&format!("/volumes/{name}"))?;
+            eprintln!("deleted {name}");
+            Ok(())
         }
     }
 }

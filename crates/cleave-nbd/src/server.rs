@@ -1,0 +1,516 @@
+//! Connection handling: fixed newstyle handshake, then pipelined transmission.
+//!
+//! Transmission runs three kinds of tasks per connection: the connection task reads
+//! requests (and write payloads) in order, each request runs on its own task (at most
+//! `max_inflight` at once), and a single writer task owns the write half so replies,
+//! which may complete out of order, are never interleaved.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::device::{BlockDevice, BlockError, ExportProvider};
+use crate::proto::{self, Command, ExportLimits, ProtoError, Request};
+
+/// Limits that bound what one client can make the server hold in memory.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest read or write payload (advertised as the maximum block size). Values below 512 are raised to 512.
+    pub max_request: u32,
+    /// Requests executing concurrently per connection. 0 is treated as 1.
+    pub max_inflight: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { max_request: 32 << 20, max_inflight: 64 }
+    }
+}
+
+/// Why a connection ended abnormally.
+#[derive(Debug, Error)]
+pub enum ProtocolError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed input: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("option {option} carries {len} bytes, more than we accept")]
+    OptionTooBig { option: u32, len: u32 },
+    /// NBD_OPT_EXPORT_NAME cannot report errors; the spec says to close.
+    #[error("unknown export {0:?} requested with NBD_OPT_EXPORT_NAME")]
+    UnknownExport(String),
+    #[error("write of {0} bytes is too large to drain")]
+    OversizedWrite(u32),
+}
+
+/// A client that has not finished negotiating by then is dropped, so idle sockets don't pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes longer than `max_request` are answered with EINVAL after their payload is read and
+/// discarded, which keeps the stream in sync without buffering it. Beyond this cap draining
+/// costs more than it saves, so we close instead (the spec allows either).
+const MAX_DRAIN: u64 = 128 << 20;
+
+const READ_BUFFER: usize = 256 << 10;
+const WRITE_BUFFER: usize = 256 << 10;
+
+/// The NBD server: hands out exports from an [`ExportProvider`].
+pub struct Server {
+    provider: Arc<dyn ExportProvider>,
+    config: ServerConfig,
+}
+
+/// An export chosen during the handshake.
+struct Export {
+    name: String,
+    device: Arc<dyn BlockDevice>,
+    size: u64,
+    flags: u16,
+}
+
+/// One reply for the writer task.
+struct Reply {
+    handle: u64,
+    error: u32,
+    data: Option<Bytes>,
+}
+
+impl Server {
+    pub fn new(provider: Arc<dyn ExportProvider>, config: ServerConfig) -> Self {
+        let config =
+            ServerConfig { max_request: config.max_request.max(512), max_inflight: config.max_inflight.max(1) };
+        Self { provider, config }
+    }
+
+    /// Accept loop; each connection on its own task; a bad client never affects others. Returns only on listener error.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (sock, addr) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) if is_per_connection_error(&e) => {
+                    debug!(error = %e, "accept failed for one connection");
+                    continue;
+                }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // Out of fds or buffers: back off instead of spinning; existing connections may free some.
+                    warn!(error = %e, "accept: resources exhausted, backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // NBD is request/response; Nagle would add latency to every small reply.
+            let _ = sock.set_nodelay(true);
+            let this = self.clone();
+            tokio::spawn(async move {
+                // Errors are logged inside serve_connection.
+                let _ = this.serve_connection(sock, addr.to_string()).await;
+            });
+        }
+    }
+
+    /// One connection over any stream (TLS comes later: keep it generic over AsyncRead + AsyncWrite + Unpin + Send + 'static).
+    pub async fn serve_connection<S>(self: Arc<Self>, mut stream: S, peer: String) -> Result<(), ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        debug!(peer = %peer, "NBD connection opened");
+        let negotiated = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut stream, &peer)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProtocolError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+        };
+        let export = match negotiated {
+            Ok(Some(export)) => export,
+            Ok(None) => {
+                debug!(peer = %peer, "NBD client left during negotiation");
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(peer = %peer, error = %e, "NBD handshake failed");
+                return Err(e);
+            }
+        };
+        info!(peer = %peer, export = %export.name, size = export.size, "NBD client connected");
+        let name = export.name.clone();
+        let result = self.transmission(stream, export, &peer).await;
+        match &result {
+            Ok(()) => info!(peer = %peer, export = %name, "NBD client disconnected"),
+            Err(e) => warn!(peer = %peer, export = %name, error = %e, "NBD client disconnected with protocol error"),
+        }
+        result
+    }
+
+    /// Resolves an export name; the empty name means the first listed export.
+    fn resolve(&self, name: &str) -> Option<(String, Arc<dyn BlockDevice>)> {
+        let name = if name.is_empty() { self.provider.list().into_iter().next()? } else { name.to_owned() };
+        let device = self.provider.open(&name)?;
+        Some((name, device))
+    }
+
+    fn export(&self, name: String, device: Arc<dyn BlockDevice>) -> Export {
+        let mut flags = proto::TFLAG_HAS_FLAGS
+            | proto::TFLAG_SEND_FLUSH
+            | proto::TFLAG_SEND_FUA
+            | proto::TFLAG_SEND_TRIM
+            | proto::TFLAG_SEND_WRITE_ZEROES;
+        if device.read_only() {
+            flags |= proto::TFLAG_READ_ONLY;
+        }
+        if device.can_multi_conn() {
+            flags |= proto::TFLAG_CAN_MULTI_CONN;
+        }
+        let size = device.size();
+        Export { name, device, size, flags }
+    }
+
+    /// Option haggling. `Ok(None)` means the client aborted or went away cleanly.
+    ///
+    /// TLS hook: NBD_OPT_STARTTLS is where the stream gets upgraded. Because this function is
+    /// generic over the stream, adding TLS means: reply ACK, wrap `s` in a TLS acceptor, and
+    /// continue haggling (and then transmission) on the wrapped stream.
+    async fn handshake<S>(&self, s: &mut S, peer: &str) -> Result<Option<Export>, ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        s.write_all(&proto::server_greeting()).await?;
+        s.flush().await?;
+        let mut flags = [0u8; 4];
+        if !read_exact_or_eof(s, &mut flags).await? {
+            return Ok(None);
+        }
+        let client = proto::parse_client_flags(&flags)?;
+        loop {
+            let mut hdr = [0u8; proto::OPTION_HEADER_LEN];
+            if !read_exact_or_eof(s, &mut hdr).await? {
+                return Ok(None);
+            }
+            let opt = proto::parse_option_header(&hdr)?;
+            if opt.len > proto::MAX_OPTION_LEN {
+                // We won't read the payload, so the stream is lost after this reply.
+                let _ = send_option_reply(s, opt.option, proto::REP_ERR_TOO_BIG, b"option too large").await;
+                return Err(ProtocolError::OptionTooBig { option: opt.option, len: opt.len });
+            }
+            let mut data = vec![0u8; opt.len as usize];
+            s.read_exact(&mut data).await?;
+            match opt.option {
+                proto::OPT_EXPORT_NAME => {
+                    let name = proto::parse_export_name(&data)?;
+                    let Some((name, device)) = self.resolve(&name) else {
+                        return Err(ProtocolError::UnknownExport(name));
+                    };
+                    let export = self.export(name, device);
+                    s.write_all(&proto::export_name_reply(export.size, export.flags, client.no_zeroes)).await?;
+                    s.flush().await?;
+                    return Ok(Some(export));
+                }
+                proto::OPT_ABORT => {
+                    // The client may already have closed; the ACK is a courtesy.
+                    let _ = send_option_reply(s, opt.option, proto::REP_ACK, &[]).await;
+                    return Ok(None);
+                }
+                proto::OPT_LIST => {
+                    if !data.is_empty() {
+                        send_option_reply(s, opt.option, proto::REP_ERR_INVALID, b"LIST takes no data").await?;
+                        continue;
+                    }
+                    let mut out = Vec::new();
+                    for name in self.provider.list() {
+                        out.extend(proto::option_reply(opt.option, proto::REP_SERVER, &proto::rep_server_data(&name)));
+                    }
+                    out.extend(proto::option_reply(opt.option, proto::REP_ACK, &[]));
+                    s.write_all(&out).await?;
+                    s.flush().await?;
+                }
+                proto::OPT_INFO | proto::OPT_GO => {
+                    let req = match proto::parse_info_request(&data) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            warn!(peer = %peer, option = opt.option, error = %e, "malformed NBD_OPT_INFO/GO");
+                            send_option_reply(s, opt.option, proto::REP_ERR_INVALID, e.to_string().as_bytes()).await?;
+                            continue;
+                        }
+                    };
+                    let Some((name, device)) = self.resolve(&req.name) else {
+                        let msg = format!("unknown export {:?}", req.name);
+                        send_option_reply(s, opt.option, proto::REP_ERR_UNKNOWN, msg.as_bytes()).await?;
+                        continue;
+                    };
+                    let export = self.export(name, device);
+                    s.write_all(&self.info_replies(opt.option, &export, &req.infos)).await?;
+                    s.flush().await?;
+                    if opt.option == proto::OPT_GO {
+                        return Ok(Some(export));
+                    }
+                }
+                proto::OPT_STARTTLS => {
+                    // TLS hook (see above): not offered yet.
+                    send_option_reply(s, opt.option, proto::REP_ERR_UNSUP, b"TLS not supported").await?;
+                }
+                proto::OPT_STRUCTURED_REPLY => {
+                    // Simple replies only; clients fall back per the spec.
+                    send_option_reply(s, opt.option, proto::REP_ERR_UNSUP, b"structured replies not supported").await?;
+                }
+                other => {
+                    debug!(peer = %peer, option = other, "unsupported NBD option");
+                    send_option_reply(s, other, proto::REP_ERR_UNSUP, b"unsupported option").await?;
+                }
+            }
+        }
+    }
+
+    /// NBD_REP_INFO replies for INFO/GO, then the ACK.
+    fn info_replies(&self, option: u32, export: &Export, requested: &[u16]) -> Vec<u8> {
+        let mut out = proto::option_reply(option, proto::REP_INFO, &proto::info_export(export.size, export.flags));
+        let (min, pref, max) = proto::block_sizes(export.device.preferred_block_size(), self.config.max_request);
+        out.extend(proto::option_reply(option, proto::REP_INFO, &proto::info_block_size(min, pref, max)));
+        if requested.contains(&proto::INFO_NAME) && export.name.len() <= proto::MAX_STRING_LEN {
+            out.extend(proto::option_reply(
+                option,
+                proto::REP_INFO,
+                &proto::info_string(proto::INFO_NAME, &export.name),
+            ));
+        }
+        if requested.contains(&proto::INFO_DESCRIPTION) {
+            if let Some(desc) = export.device.description() {
+                let mut end = desc.len().min(proto::MAX_STRING_LEN);
+                while !desc.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let data = proto::info_string(proto::INFO_DESCRIPTION, &desc[..end]);
+                out.extend(proto::option_reply(option, proto::REP_INFO, &data));
+            }
+        }
+        out.extend(proto::option_reply(option, proto::REP_ACK, &[]));
+        out
+    }
+
+    async fn transmission<S>(&self, stream: S, export: Export, peer: &str) -> Result<(), ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
+        let (tx, rx) = mpsc::channel::<Reply>(self.config.max_inflight);
+        let writer = tokio::spawn(write_replies(wr, rx));
+        let read_result = self.read_requests(&mut rd, tx, &export, peer).await;
+        // The writer ends once every in-flight request has replied (each holds a sender).
+        let write_result = match writer.await {
+            Ok(r) => r.map_err(ProtocolError::from),
+            Err(e) => Err(ProtocolError::Io(std::io::Error::other(e))),
+        };
+        read_result.and(write_result)
+    }
+
+    /// Reads requests until DISC, EOF or a fatal error, dispatching each to its own task.
+    async fn read_requests<R>(
+        &self,
+        rd: &mut R,
+        tx: mpsc::Sender<Reply>,
+        export: &Export,
+        peer: &str,
+    ) -> Result<(), ProtocolError>
+    where
+        R: AsyncRead + Unpin,
+    {
+        let limits = ExportLimits {
+            size: export.size,
+            read_only: export.flags & proto::TFLAG_READ_ONLY != 0,
+            max_request: self.config.max_request,
+        };
+        let inflight = Arc::new(Semaphore::new(self.config.max_inflight));
+        loop {
+            let mut hdr = [0u8; proto::REQUEST_LEN];
+            if !read_exact_or_eof(rd, &mut hdr).await? {
+                debug!(peer = %peer, "NBD client closed without NBD_CMD_DISC");
+                return Ok(());
+            }
+            // A bad magic means we have lost framing: no reply is possible.
+            let req = proto::parse_request(&hdr)?;
+            if req.command == Command::Disc {
+                debug!(peer = %peer, "NBD_CMD_DISC");
+                return Ok(());
+            }
+            if req.command == Command::Write && req.len > self.config.max_request {
+                if u64::from(req.len) > MAX_DRAIN.max(self.config.max_request.into()) {
+                    return Err(ProtocolError::OversizedWrite(req.len));
+                }
+                warn!(peer = %peer, len = req.len, "NBD write larger than max_request; discarding payload");
+                drain(rd, req.len.into()).await?;
+                if !send_error(&tx, req.handle, proto::EINVAL).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            if let Err(error) = proto::check_request(&req, &limits) {
+                debug!(peer = %peer, ?req, error, "NBD request rejected");
+                if req.command == Command::Write {
+                    drain(rd, req.len.into()).await?;
+                }
+                if !send_error(&tx, req.handle, error).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            // Taken before reading the payload so at most max_inflight payloads are buffered.
+            let Ok(permit) = inflight.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let payload = if req.command == Command::Write { read_payload(rd, req.len).await? } else { Bytes::new() };
+            let device = export.device.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let reply = execute(device, req, payload).await;
+                // Fails only if the writer is gone, i.e. the connection is already dead.
+                let _ = tx.send(reply).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+fn is_per_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock | TimedOut)
+}
+
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+/// Fills `buf`, or returns `Ok(false)` on EOF before its first byte (a clean close).
+async fn read_exact_or_eof<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = r.read(&mut buf[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(false);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    Ok(true)
+}
+
+async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Result<Bytes> {
+    // read_to_end into exact capacity avoids zero-filling the buffer first.
+    let mut buf = Vec::with_capacity(len as usize);
+    r.take(len.into()).read_to_end(&mut buf).await?;
+    if buf.len() != len as usize {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn drain<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> std::io::Result<()> {
+    let n = tokio::io::copy(&mut r.take(len), &mut tokio::io::sink()).await?;
+    if n != len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Queues an error reply; false if the writer is gone.
+async fn send_error(tx: &mpsc::Sender<Reply>, handle: u64, error: u32) -> bool {
+    tx.send(Reply { handle, error, data: None }).await.is_ok()
+}
+
+async fn send_option_reply<S>(s: &mut S, option: u32, reply_type: u32, data: &[u8]) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    s.write_all(&proto::option_reply(option, reply_type, data)).await?;
+    s.flush().await
+}
+
+/// Runs one validated request against the device.
+async fn execute(device: Arc<dyn BlockDevice>, req: Request, payload: Bytes) -> Reply {
+    let handle = req.handle;
+    // Zero-length requests are no-ops (flush has no length and always runs).
+    if req.len == 0 && req.command != Command::Flush {
+        return Reply { handle, error: 0, data: (req.command == Command::Read).then(Bytes::new) };
+    }
+    let op = async {
+        match req.command {
+            Command::Read => {
+                let data = device.read(req.offset, req.len).await?;
+                if data.len() != req.len as usize {
+                    // A short reply would desynchronise the stream.
+                    return Err(BlockError::Io(format!("device returned {} bytes, wanted {}", data.len(), req.len)));
+                }
+                Ok(Some(data))
+            }
+            Command::Write => device.write(req.offset, payload, req.fua()).await.map(|_| None),
+            Command::Flush => device.flush().await.map(|_| None),
+            Command::Trim => {
+                device.trim(req.offset, req.len).await?;
+                if req.fua() {
+                    device.flush().await?;
+                }
+                Ok(None)
+            }
+            Command::WriteZeroes => device.write_zeroes(req.offset, req.len, req.fua()).await.map(|_| None),
+            Command::Disc | Command::Other(_) => Err(BlockError::Invalid("not a data command".into())),
+        }
+    };
+    match catch_panic(op).await {
+        Ok(Ok(data)) => Reply { handle, error: 0, data },
+        Ok(Err(e)) => {
+            debug!(?req, error = %e, "NBD request failed");
+            Reply { handle, error: e.nbd_error(), data: None }
+        }
+        Err(()) => {
+            warn!(?req, "block device panicked; replying EIO");
+            Reply { handle, error: proto::EIO, data: None }
+        }
+    }
+}
+
+/// A panicking device must not leave the client waiting forever for its reply.
+async fn catch_panic<T>(fut: impl Future<Output = T>) -> Result<T, ()> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+        Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(_) => Poll::Ready(Err(())),
+    })
+    .await
+}
+
+/// The only writer of the transmission stream; batches replies and flushes when idle.
+async fn write_replies<W>(wr: W, mut rx: mpsc::Receiver<Reply>) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut w = BufWriter::with_capacity(WRITE_BUFFER, wr);
+    while let Some(reply) = rx.recv().await {
+        write_reply(&mut w, reply).await?;
+        while let Ok(reply) = rx.try_recv() {
+            write_reply(&mut w, reply).await?;
+        }
+        w.flush().await?;
+    }
+    // Client may already be gone after DISC; nothing left to report.
+    let _ = w.shutdown().await;
+    Ok(())
+}
+
+async fn write_reply<W: AsyncWrite + Unpin>(w: &mut W, reply: Reply) -> std::io::Result<()> {
+    w.write_all(&proto::simple_reply_header(reply.error, reply.handle)).await?;
+    if let Some(data) = reply.data {
+        w.write_all(&data).await?;
+    }
+    Ok(())
+}

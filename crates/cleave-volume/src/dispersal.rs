@@ -1,0 +1,206 @@
+//! Talking to the N targets of a volume: writes that count once a quorum has them,
+//! and reads that ask the fastest targets first, hedge a late one, and read more
+//! when a share turns out bad.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cleave_target::{DynTarget, TargetError};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+/// Outcome of writing one object's N shares.
+#[derive(Debug, Default)]
+pub struct PutOutcome {
+    pub stored: Vec<usize>,
+    pub failed: Vec<(usize, String)>,
+    /// Indices where the object already existed: leftovers of an interrupted attempt.
+    pub existed: Vec<usize>,
+}
+
+/// Per-target health and speed, learned from every operation.
+#[derive(Debug)]
+pub struct TargetStats {
+    /// Exponentially weighted latency, microseconds.
+    latency_us: AtomicU64,
+    up: AtomicBool,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl TargetStats {
+    fn record(&self, started: Instant, result: Result<(), &TargetError>) {
+        let us = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        self.latency_us.store(if old == 0 { us } else { (old * 7 + us) / 8 }, Ordering::Relaxed);
+        match result {
+            Ok(()) | Err(TargetError::NotFound(_)) | Err(TargetError::AlreadyExists(_)) => {
+                self.up.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.up.store(false, Ordering::Relaxed);
+                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+            }
+        }
+    }
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
+    }
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("not poisoned").clone()
+    }
+}
+
+/// The N targets of a volume, in share-index order.
+#[derive(Debug)]
+pub struct Dispersal {
+    targets: Vec<DynTarget>,
+    stats: Vec<TargetStats>,
+    put_timeout: Duration,
+}
+
+impl Dispersal {
+    pub fn new(targets: Vec<DynTarget>, put_timeout: Duration) -> Self {
+        let stats = targets
+            .iter()
+            .map(|_| TargetStats {
+                latency_us: AtomicU64::new(0),
+                up: AtomicBool::new(true),
+                last_error: std::sync::Mutex::new(None),
+            })
+            .collect();
+        Dispersal { targets, stats, put_timeout }
+    }
+
+    pub fn targets(&self) -> &[DynTarget] {
+        &self.targets
+    }
+    pub fn stats(&self) -> &[TargetStats] {
+        &self.stats
+    }
+    pub fn up_count(&self) -> usize {
+        self.stats.iter().filter(|s| s.is_up()).count()
+    }
+
+    /// Writes share i to target i, all in parallel. Does not decide success: the caller
+    /// compares `stored` with its quorum.
+    pub async fn put_all(&self, key: &str, shares: Vec<Bytes>) -> PutOutcome {
+        let mut pending: FuturesUnordered<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(i, share)| async move {
+                let started = Instant::now();
+                let result = tokio::time::timeout(self.put_timeout, self.targets[i].put(key, share))
+                    .await
+                    .unwrap_or_else(|_| Err(TargetError::Unavailable("put timed out".into())));
+                self.stats[i].record(started, result.as_ref().map(|_| ()));
+                (i, result)
+            })
+            .collect();
+        let mut out = PutOutcome::default();
+        while let Some((i, result)) = pending.next().await {
+            match result {
+                Ok(()) => out.stored.push(i),
+                Err(TargetError::AlreadyExists(_)) => out.existed.push(i),
+                Err(e) => out.failed.push((i, e.to_string())),
+            }
+        }
+        out.stored.sort_unstable();
+        out
+    }
+
+    /// Gets `key` from target `i`.
+    pub async fn get(&self, i: usize, key: &str) -> Result<Bytes, TargetError> {
+        let started = Instant::now();
+        let result = self.targets[i].get(key).await;
+        self.stats[i].record(started, result.as_ref().map(|_| ()));
+        result
+    }
+
+    /// Deletes `key` everywhere, best effort; returns how many targets failed.
+    pub async fn delete_all(&self, key: &str) -> usize {
+        let results = futures::future::join_all(self.targets.iter().map(|t| t.delete(key))).await;
+        results.iter().filter(|r| r.is_err()).count()
+    }
+
+    /// Target indices, fastest first; targets believed down go last.
+    fn read_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.targets.len()).collect();
+        order.sort_by_key(|&i| (!self.stats[i].is_up(), self.stats[i].latency()));
+        order
+    }
+
+    /// Reads shares of `key` until `decode` succeeds. Asks the `m` fastest targets,
+    /// adds one more each time `hedge_after` passes without success, and one more for
+    /// every error or share that `decode` reports bad (by target index).
+    /// Returns the decoded value and the target indices whose share was missing or bad.
+    pub async fn read_decode<T>(
+        &self,
+        key: &str,
+        m: usize,
+        hedge_after: Duration,
+        mut decode: impl FnMut(&[(usize, Bytes)]) -> Result<T, Vec<usize>>,
+    ) -> Result<(T, Vec<usize>), String> {
+        let order = self.read_order();
+        let mut next = 0usize;
+        let mut pending = FuturesUnordered::new();
+        let launch = |i: usize| async move { (i, self.get(i, key).await) };
+        while next < order.len().min(m) {
+            pending.push(launch(order[next]));
+            next += 1;
+        }
+        let mut got: Vec<(usize, Bytes)> = Vec::new();
+        let mut bad: Vec<usize> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        let mut tried_with = usize::MAX;
+        loop {
+            let good = got.len();
+            if good >= m && good != tried_with {
+                match decode(&got) {
+                    Ok(v) => return Ok((v, bad)),
+                    Err(bad_targets) => {
+                        for t in bad_targets {
+                            if !bad.contains(&t) {
+                                bad.push(t);
+                                if next < order.len() {
+                                    pending.push(launch(order[next]));
+                                    next += 1;
+                                }
+                            }
+                        }
+                        got.retain(|(i, _)| !bad.contains(i));
+                        tried_with = got.len();
+                    }
+                }
+            }
+            if pending.is_empty() {
+                if next < order.len() {
+                    pending.push(launch(order[next]));
+                    next += 1;
+                    continue;
+                }
+                errors.extend(bad.iter().map(|t| format!("target {t}: bad share")));
+                return Err(format!("only {} of {m} shares usable: {}", got.len(), errors.join("; ")));
+            }
+            tokio::select! {
+                Some((i, result)) = pending.next() => match result {
+                    Ok(bytes) => got.push((i, bytes)),
+                    Err(e) => {
+                        errors.push(format!("{}: {e}", self.targets[i].name()));
+                        bad.push(i);
+                        if next < order.len() {
+                            pending.push(launch(order[next]));
+                            next += 1;
+                        }
+                    }
+                },
+                _ = tokio::time::sleep(hedge_after), if next < order.len() => {
+                    pending.push(launch(order[next]));
+                    next += 1;
+                }
+            }
+        }
+    }
+}

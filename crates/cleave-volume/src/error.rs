@@ -1,0 +1,30 @@
+use cleave_target::TargetError;
+
+/// What can go wrong in the volume engine.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("I/O range {offset}+{len} is outside the volume ({size} bytes)")]
+    OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("chunk {chunk} is unavailable: {reason}")]
+    Unavailable { chunk: u64, reason: String },
+    #[error("fewer than the write quorum of targets accepted the write: {0}")]
+    Quorum(String),
+    #[error("local cache: {0}")]
+    Cache(#[from] std::io::Error),
+    #[error("target: {0}")]
+    Target(#[from] TargetError),
+    #[error("keys: {0}")]
+    Key(#[from] cleave_split::KeyError),
+    #[error("invalid volume configuration: {0}")]
+    Config(String),
+    #[error("metadata: {0}")]
+    Metadata(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+impl From<cleave_split::EncodeError> for VolumeError {
+    fn from(e: cleave_split::EncodeError) -> Self {
+        VolumeError::Metadata(e.to_string())
+    }
+}

@@ -1,0 +1,213 @@
+//! Volume configuration, the superblock, and where objects live on a target.
+//!
+//! The superblock is stored on every target, so that any M targets plus the master
+//! key rebuild a volume. It holds no secret in the clear: group keys are wrapped by
+//! the master key, the volume keyring by the group keys, and a MAC under a key
+//! derived from the master key catches any tampering.
+
+use std::collections::BTreeMap;
+
+use cleave_split::keys::{GroupKey, MasterKey, VolumeKeySlots, WrappedKey};
+use cleave_split::{Keyring, MAX_SHARES};
+use serde::{Deserialize, Serialize};
+
+use crate::VolumeError;
+
+/// When a FLUSH or FUA is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Once durable (fsync) in the local cache; destage follows in the background.
+    #[default]
+    Local,
+    /// Once destaged to the targets and the journal record is committed.
+    Dispersed,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Durability::Local),
+            "dispersed" => Ok(Durability::Dispersed),
+            _ => Err(format!("unknown durability {s:?}: use local or dispersed")),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Local => "local",
+            Durability::Dispersed => "dispersed",
+        })
+    }
+}
+
+/// What defines a volume. Targets are in share-index order: target i holds share i.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeConfig {
+    pub name: String,
+    pub uuid: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub m: u8,
+    pub n: u8,
+    pub durability: Durability,
+    pub targets: Vec<String>,
+}
+
+impl VolumeConfig {
+    pub fn validate(&self) -> Result<(), VolumeError> {
+        let bad = |s: String| Err(VolumeError::Config(s));
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return bad(format!("name {:?}: use 1-64 letters, digits, '-', '_' or '.'", self.name));
+        }
+        let (m, n) = (self.m as usize, self.n as usize);
+        if m == 0 || m > n || n > MAX_SHARES {
+            return bad(format!("{m}-of-{n}: need 1 <= M <= N <= {MAX_SHARES}"));
+        }
+        if self.targets.len() != n {
+            return bad(format!("{} targets given for N = {n}", self.targets.len()));
+        }
+        if !(4096..=(64 << 20)).contains(&self.chunk_size) || !self.chunk_size.is_power_of_two() {
+            return bad(format!("chunk size {}: use a power of two from 4 KiB to 64 MiB", self.chunk_size));
+        }
+        if self.size == 0 || self.size % 512 != 0 {
+            return bad(format!("size {}: use a positive multiple of 512 bytes", self.size));
+        }
+        if self.uuid_bytes().is_none() {
+            return bad(format!("uuid {:?} is not 32 hex digits", self.uuid));
+        }
+        Ok(())
+    }
+
+    pub fn uuid_bytes(&self) -> Option<[u8; 16]> {
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(self.uuid.replace('-', ""), &mut out).ok()?;
+        Some(out)
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size as u64)
+    }
+
+    /// Shares that must be stored before a write counts: min(N, M+1).
+    pub fn write_quorum(&self) -> usize {
+        (self.m as usize + 1).min(self.n as usize)
+    }
+}
+
+/// Object names on a target. Every object is create-only and never rewritten.
+pub mod names {
+    pub fn chunk_prefix(uuid: &str) -> String {
+        format!("{uuid}/chunks/")
+    }
+    pub fn chunk(uuid: &str, chunk: u64, generation: u64) -> String {
+        format!("{uuid}/chunks/{chunk:012x}/{generation:016x}")
+    }
+    pub fn journal_prefix(uuid: &str) -> String {
+        format!("{uuid}/journal/")
+    }
+    pub fn journal(uuid: &str, seq: u64) -> String {
+        format!("{uuid}/journal/{seq:016x}")
+    }
+    pub fn checkpoint_prefix(uuid: &str) -> String {
+        format!("{uuid}/checkpoint/")
+    }
+    pub fn checkpoint(uuid: &str, seq: u64) -> String {
+        format!("{uuid}/checkpoint/{seq:016x}")
+    }
+    pub fn superblock_prefix(uuid: &str) -> String {
+        format!("{uuid}/superblock/")
+    }
+    pub fn superblock(uuid: &str, version: u64) -> String {
+        format!("{uuid}/superblock/{version:016x}")
+    }
+    /// The hex number after the last '/' of a name.
+    pub fn trailing_number(key: &str) -> Option<u64> {
+        u64::from_str_radix(key.rsplit('/').next()?, 16).ok()
+    }
+}
+
+/// The group that `cleave serve` creates for its administrator.
+pub const ADMIN_GROUP: &str = "admin";
+
+/// Everything needed to open a volume given the master key, stored on every target.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Superblock {
+    pub format: u32,
+    /// Increases with every change; the highest readable one wins.
+    pub version: u64,
+    pub config: VolumeConfig,
+    /// Group keys wrapped by the master key.
+    pub groups: BTreeMap<String, WrappedKey>,
+    /// The volume keyring, wrapped once per group with access.
+    pub slots: VolumeKeySlots,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SealedSuperblock {
+    superblock: Superblock,
+    mac: String,
+}
+
+impl Superblock {
+    /// A new volume: a fresh keyring, reachable by `group`.
+    pub fn create(
+        config: VolumeConfig,
+        master: &MasterKey,
+        group: &str,
+        group_key: &GroupKey,
+    ) -> Result<(Self, Keyring), VolumeError> {
+        config.validate()?;
+        let keyring = Keyring::generate()?;
+        let uuid = config.uuid_bytes().expect("validated");
+        let mut slots = VolumeKeySlots::new(uuid);
+        slots.grant(&keyring, group, group_key)?;
+        let groups = BTreeMap::from([(group.to_string(), master.wrap_group(group, group_key)?)]);
+        Ok((Superblock { format: 1, version: 1, config, groups, slots }, keyring))
+    }
+
+    /// Opens the keyring through any group whose key the master key unwraps.
+    pub fn unlock(&self, master: &MasterKey) -> Result<Keyring, VolumeError> {
+        let mut last = None;
+        for (group, wrapped) in &self.groups {
+            match master.unwrap_group(group, wrapped).and_then(|gk| self.slots.unlock(group, &gk)) {
+                Ok(k) => return Ok(k),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map(VolumeError::Key).unwrap_or_else(|| VolumeError::Key(cleave_split::KeyError::Erased)))
+    }
+
+    fn mac(master: &MasterKey, body: &[u8]) -> String {
+        let key = master.derive("cleave superblock mac v1");
+        hex::encode(blake3::keyed_hash(key.expose(), body).as_bytes())
+    }
+
+    pub fn seal(&self, master: &MasterKey) -> Result<Vec<u8>, VolumeError> {
+        let body = serde_json::to_vec(self).map_err(|e| VolumeError::Metadata(e.to_string()))?;
+        let mac = Self::mac(master, &body);
+        serde_json::to_vec(&SealedSuperblock { superblock: self.clone(), mac })
+            .map_err(|e| VolumeError::Metadata(e.to_string()))
+    }
+
+    /// Parses and authenticates a stored superblock.
+    pub fn open(bytes: &[u8], master: &MasterKey) -> Result<Self, VolumeError> {
+        let sealed: SealedSuperblock =
+            serde_json::from_slice(bytes).map_err(|e| VolumeError::Metadata(format!("superblock: {e}")))?;
+        let body = serde_json::to_vec(&sealed.superblock).map_err(|e| VolumeError::Metadata(e.to_string()))?;
+        let want = Self::mac(master, &body);
+        if want.as_bytes().len() != sealed.mac.len()
+            || want.bytes().zip(sealed.mac.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
+        {
+            return Err(VolumeError::Metadata("superblock MAC does not verify (wrong key or tampered)".into()));
+        }
+        sealed.superblock.config.validate()?;
+        Ok(sealed.superblock)
+    }
+}

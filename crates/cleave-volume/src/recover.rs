@@ -1,0 +1,116 @@
+//! Rebuilding a volume from its targets and the master key alone: no gateway, no
+//! data directory. Finds the superblock, replays the journal, decodes every chunk.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use cleave_split::keys::MasterKey;
+use cleave_split::{ChunkId, Codec, ShareKind};
+use cleave_target::DynTarget;
+
+use crate::dispersal::Dispersal;
+use crate::journal::Journal;
+use crate::meta::{names, Superblock};
+use crate::VolumeError;
+
+/// Finds the newest superblock of volume `name` that the master key authenticates.
+pub async fn find_superblock(targets: &[DynTarget], master: &MasterKey, name: &str) -> Result<Superblock, VolumeError> {
+    let mut best: Option<Superblock> = None;
+    let mut errors = Vec::new();
+    for t in targets {
+        let keys = match t.list("").await {
+            Ok(k) => k,
+            Err(e) => {
+                errors.push(format!("{}: {e}", t.name()));
+                continue;
+            }
+        };
+        for key in keys.iter().filter(|k| k.split('/').nth(1) == Some("superblock")) {
+            let Ok(bytes) = t.get(key).await else { continue };
+            match Superblock::open(&bytes, master) {
+                Ok(sb) if sb.config.name == name => {
+                    if best.as_ref().is_none_or(|b| sb.version > b.version) {
+                        best = Some(sb);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(format!("{}/{key}: {e}", t.name())),
+            }
+        }
+    }
+    best.ok_or_else(|| {
+        VolumeError::Metadata(format!(
+            "no superblock for volume {name:?} that this key opens on the given targets{}",
+            if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) }
+        ))
+    })
+}
+
+/// What `export` did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RecoverReport {
+    pub size: u64,
+    pub chunks_total: u64,
+    pub chunks_stored: u64,
+    pub chunks_zero: u64,
+}
+
+/// Writes the volume's exact image to `output` from whichever targets are given
+/// (any M of the N suffice, in any order). `progress(done, total)` is called per chunk.
+pub async fn export(
+    targets: Vec<DynTarget>,
+    master: &MasterKey,
+    name: &str,
+    output: &Path,
+    progress: impl Fn(u64, u64),
+) -> Result<RecoverReport, VolumeError> {
+    let sb = find_superblock(&targets, master, name).await?;
+    let keys = sb.unlock(master)?;
+    let config = &sb.config;
+    let volume = config.uuid_bytes().expect("validated");
+    let codec = Codec::new(config.m as usize, config.n as usize).map_err(|e| VolumeError::Config(e.to_string()))?;
+    let dispersal = Dispersal::new(targets, Duration::from_secs(30));
+    let hedge_after = Duration::from_millis(200);
+    let replayed = Journal {
+        dispersal: &dispersal,
+        codec: &codec,
+        keys: &keys,
+        uuid: &config.uuid,
+        volume,
+        quorum: config.write_quorum(),
+        hedge_after,
+        prune: false,
+    }
+    .replay()
+    .await?;
+    let file = std::fs::File::create(output)?;
+    file.set_len(config.size)?;
+    let total = config.chunks();
+    let mut report = RecoverReport { size: config.size, chunks_total: total, ..Default::default() };
+    for chunk in 0..total {
+        progress(chunk, total);
+        let Some(mapping) = replayed.map.get(&chunk) else {
+            report.chunks_zero += 1;
+            continue;
+        };
+        let id = ChunkId { volume, kind: ShareKind::Data, chunk, generation: mapping.generation };
+        let key = names::chunk(&config.uuid, chunk, mapping.generation);
+        let (data, _) = dispersal
+            .read_decode(&key, codec.m(), hedge_after, |got| {
+                let shares: Vec<&[u8]> = got.iter().map(|(_, b)| b.as_ref()).collect();
+                codec.decode(&keys, &id, &shares).map(|d| d.data).map_err(
+                    |cleave_split::DecodeError::NotEnoughShares { report, .. }| {
+                        report.bad.iter().map(|b| got[b.position].0).collect()
+                    },
+                )
+            })
+            .await
+            .map_err(|reason| VolumeError::Unavailable { chunk, reason })?;
+        file.write_all_at(&data, chunk * config.chunk_size as u64)?;
+        report.chunks_stored += 1;
+    }
+    progress(total, total);
+    file.sync_all()?;
+    Ok(report)
+}

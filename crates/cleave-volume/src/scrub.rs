@@ -1,0 +1,103 @@
+//! Scrub: read every share of every chunk, verify all of them, name what is missing,
+//! damaged or misplaced. Repair writes such chunks again as a new generation, which
+//! restores full redundancy.
+
+use serde::Serialize;
+
+use cleave_target::TargetError;
+
+use crate::meta::names;
+use crate::volume::Volume;
+use crate::VolumeError;
+
+/// One share that is not as it should be.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShareProblem {
+    pub chunk: u64,
+    pub share: usize,
+    pub target: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ScrubReport {
+    pub chunks_checked: u64,
+    pub chunks_healthy: u64,
+    pub problems: Vec<ShareProblem>,
+    pub chunks_repaired: u64,
+    /// Chunks with fewer than M good shares: their data is lost.
+    pub chunks_unrecoverable: Vec<u64>,
+}
+
+pub async fn scrub(volume: &Volume, repair: bool, progress: impl Fn(u64, u64)) -> Result<ScrubReport, VolumeError> {
+    let mapped = volume.mapped();
+    let total = mapped.len() as u64;
+    let mut report = ScrubReport::default();
+    let dispersal = volume.dispersal();
+    let codec = volume.codec();
+    for (done, (chunk, mapping)) in mapped.into_iter().enumerate() {
+        progress(done as u64, total);
+        report.chunks_checked += 1;
+        let key = names::chunk(volume.uuid(), chunk, mapping.generation);
+        let results = futures::future::join_all((0..dispersal.targets().len()).map(|i| dispersal.get(i, &key))).await;
+        let mut problems = Vec::new();
+        let mut shares = Vec::new();
+        let mut holders = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            let problem = |p: String| ShareProblem {
+                chunk,
+                share: i,
+                target: dispersal.targets()[i].name().to_string(),
+                problem: p,
+            };
+            match r {
+                Ok(bytes) => {
+                    if let Ok(label) = cleave_split::read_label(&bytes) {
+                        if label.index as usize != i {
+                            problems.push(problem(format!("holds share {} instead of {i} (swapped)", label.index)));
+                        }
+                    }
+                    shares.push(bytes);
+                    holders.push(i);
+                }
+                Err(TargetError::NotFound(_)) => problems.push(problem("missing".into())),
+                Err(e) => problems.push(problem(format!("unreadable: {e}"))),
+            }
+        }
+        let refs: Vec<&[u8]> = shares.iter().map(|b| b.as_ref()).collect();
+        let id = volume.chunk_id(chunk, mapping.generation);
+        let decoded = codec.decode_verify_all(volume.keys(), &id, &refs);
+        let bad = match &decoded {
+            Ok(d) => &d.report.bad,
+            Err(cleave_split::DecodeError::NotEnoughShares { report, .. }) => &report.bad,
+        };
+        for b in bad {
+            let i = holders[b.position];
+            if !problems.iter().any(|p| p.share == i) {
+                problems.push(ShareProblem {
+                    chunk,
+                    share: i,
+                    target: dispersal.targets()[i].name().to_string(),
+                    problem: b.fault.to_string(),
+                });
+            }
+        }
+        match decoded {
+            Ok(d) if problems.is_empty() => {
+                report.chunks_healthy += 1;
+                volume.set_missing(chunk, Vec::new());
+                drop(d);
+            }
+            Ok(d) => {
+                volume.set_missing(chunk, problems.iter().map(|p| p.share as u8).collect());
+                if repair && volume.rewrite(chunk, d.data).await? {
+                    report.chunks_repaired += 1;
+                }
+            }
+            Err(_) => report.chunks_unrecoverable.push(chunk),
+        }
+        report.problems.extend(problems);
+    }
+    progress(total, total);
+    Ok(report)
+}

@@ -1,0 +1,429 @@
+//! `cleave serve`: the embedded default. Gateway (volumes over NBD) and the admin
+//! API in one process, with directory targets under the data directory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use cleave_nbd::{BlockDevice, BlockError, ExportProvider, Server, ServerConfig};
+use cleave_split::keys::{GroupKey, MasterKey};
+use cleave_volume::meta::{names, ADMIN_GROUP};
+use cleave_volume::{Durability, Superblock, Volume, VolumeConfig, VolumeError, VolumeOptions};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::size::ByteSize;
+use crate::state::DataDir;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Where keys, volume metadata, caches and the default targets live.
+    #[arg(long, default_value = "./cleave-data")]
+    pub data_dir: PathBuf,
+    /// NBD listen address.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub nbd: SocketAddr,
+    /// Admin API listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Local cache size per volume.
+    #[arg(long, default_value = "1GiB")]
+    pub cache_size: ByteSize,
+}
+
+/// Adapts a volume to the NBD front end.
+struct VolumeDevice(Volume);
+
+fn block_error(e: VolumeError) -> BlockError {
+    match e {
+        VolumeError::OutOfRange { .. } => BlockError::Invalid(e.to_string()),
+        VolumeError::Cache(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => BlockError::NoSpace(e.to_string()),
+        e => {
+            warn!(error = %e, "I/O error returned to the client");
+            BlockError::Io(e.to_string())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BlockDevice for VolumeDevice {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn can_multi_conn(&self) -> bool {
+        // Every connection goes through the same cache, and FLUSH covers the whole volume.
+        true
+    }
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
+        self.0.read(offset, len).await.map_err(block_error)
+    }
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+        self.0.write(offset, data, fua).await.map_err(block_error)
+    }
+    async fn flush(&self) -> Result<(), BlockError> {
+        self.0.flush().await.map_err(block_error)
+    }
+    async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
+        self.0.trim(offset, len as u64).await.map_err(block_error)
+    }
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
+        self.0.write_zeroes(offset, len as u64, fua).await.map_err(block_error)
+    }
+}
+
+/// The running gateway: volumes by name.
+pub struct Gateway {
+    data: DataDir,
+    master: MasterKey,
+    group_key: GroupKey,
+    token: String,
+    cache_bytes: u64,
+    nbd_addr: SocketAddr,
+    volumes: RwLock<BTreeMap<String, Volume>>,
+    /// Serializes create and delete.
+    admin: tokio::sync::Mutex<()>,
+}
+
+impl ExportProvider for Gateway {
+    fn list(&self) -> Vec<String> {
+        self.volumes.read().expect("not poisoned").keys().cloned().collect()
+    }
+    fn open(&self, name: &str) -> Option<Arc<dyn BlockDevice>> {
+        let v = self.volumes.read().expect("not poisoned").get(name).cloned()?;
+        Some(Arc::new(VolumeDevice(v)))
+    }
+}
+
+/// Body of `POST /api/v1/volumes`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct CreateVolume {
+    pub name: String,
+    pub size_bytes: u64,
+    #[serde(default = "default_m")]
+    pub m: u8,
+    #[serde(default = "default_n")]
+    pub n: u8,
+    #[serde(default)]
+    pub chunk_size: Option<u32>,
+    #[serde(default)]
+    pub durability: Option<Durability>,
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+fn default_m() -> u8 {
+    3
+}
+fn default_n() -> u8 {
+    5
+}
+
+#[derive(Debug, Serialize)]
+struct VolumeView {
+    name: String,
+    uuid: String,
+    size_bytes: u64,
+    m: u8,
+    n: u8,
+    chunk_size: u32,
+    durability: Durability,
+    targets: Vec<String>,
+    nbd_uri: String,
+    health: cleave_volume::Health,
+    dirty_bytes: u64,
+    cache_bytes: u64,
+    cache_limit_bytes: u64,
+    mapped_chunks: usize,
+    last_destage_unix: Option<String>,
+    last_destage_error: Option<String>,
+    journal_seq: u64,
+}
+
+impl Gateway {
+    fn view(&self, v: &Volume) -> VolumeView {
+        let s = v.status();
+        let c = s.config;
+        VolumeView {
+            nbd_uri: format!("nbd://{}/{}", self.nbd_addr, c.name),
+            name: c.name,
+            uuid: c.uuid,
+            size_bytes: c.size,
+            m: c.m,
+            n: c.n,
+            chunk_size: c.chunk_size,
+            durability: c.durability,
+            targets: c.targets,
+            health: s.health,
+            dirty_bytes: s.dirty_bytes,
+            cache_bytes: s.cache_bytes,
+            cache_limit_bytes: s.cache_limit_bytes,
+            mapped_chunks: s.mapped_chunks,
+            last_destage_unix: s.last_destage,
+            last_destage_error: s.last_destage_error,
+            journal_seq: s.journal_seq,
+        }
+    }
+
+    fn options(&self) -> VolumeOptions {
+        let mut o = VolumeOptions::new(self.data.cache_dir());
+        o.cache_bytes = self.cache_bytes;
+        o
+    }
+
+    async fn open_volume(&self, sb: &Superblock) -> Result<Volume> {
+        let keys = sb.unlock(&self.master)?;
+        let targets = sb
+            .config
+            .targets
+            .iter()
+            .map(|u| cleave_target::open(u).with_context(|| format!("target {u}")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Volume::open(sb.config.clone(), keys, targets, self.options()).await?)
+    }
+
+    /// Creates a volume: superblock on its targets and locally, then opens it.
+    pub async fn create(&self, req: CreateVolume) -> Result<Volume> {
+        let _admin = self.admin.lock().await;
+        if self.volumes.read().expect("not poisoned").contains_key(&req.name) {
+            bail!("volume {:?} already exists", req.name);
+        }
+        let targets =
+            if req.targets.is_empty() { self.data.default_targets(req.n as usize)? } else { req.targets.clone() };
+        let size = req.size_bytes;
+        let config = VolumeConfig {
+            name: req.name.clone(),
+            uuid: uuid::Uuid::new_v4().simple().to_string(),
+            size,
+            chunk_size: req.chunk_size.unwrap_or(1 << 20),
+            m: req.m,
+            n: req.n,
+            durability: req.durability.unwrap_or_default(),
+            targets,
+        };
+        let (sb, _keys) = Superblock::create(config, &self.master, ADMIN_GROUP, &self.group_key)?;
+        let sealed = sb.seal(&self.master)?;
+        let handles = sb
+            .config
+            .targets
+            .iter()
+            .map(|u| cleave_target::open(u).with_context(|| format!("target {u}")))
+            .collect::<Result<Vec<_>>>()?;
+        let key = names::superblock(&sb.config.uuid, sb.version);
+        let puts = futures::future::join_all(handles.iter().map(|t| t.put(&key, Bytes::from(sealed.clone())))).await;
+        let stored = puts.iter().filter(|r| r.is_ok()).count();
+        if stored < sb.config.write_quorum() {
+            let errors: Vec<String> = puts.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
+            bail!("only {stored} targets took the superblock: {}", errors.join("; "));
+        }
+        self.data.save_volume(&sealed, &sb.config.name)?;
+        let v = self.open_volume(&sb).await?;
+        self.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v.clone());
+        info!(volume = %sb.config.name, size, m = sb.config.m, n = sb.config.n, "volume created");
+        Ok(v)
+    }
+
+    /// Deletes a volume: every object on its targets (superblock and key slots included,
+    /// which crypto-erases anything left behind), its cache and local metadata.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let _admin = self.admin.lock().await;
+        let v = self.volumes.write().expect("not poisoned").remove(name).context("no such volume")?;
+        let _ = v.shutdown(Duration::from_millis(1)).await;
+        let config = v.config().clone();
+        self.data.remove_volume(name)?;
+        for u in &config.targets {
+            let t = match cleave_target::open(u) {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(target = %u, error = %e, "cannot open target to delete volume objects");
+                    continue;
+                }
+            };
+            match t.list(&format!("{}/", config.uuid)).await {
+                Ok(keys) => {
+                    // Superblock last, so a partial delete can be resumed.
+                    let (sb, rest): (Vec<_>, Vec<_>) = keys.into_iter().partition(|k| k.contains("/superblock/"));
+                    for k in rest.into_iter().chain(sb) {
+                        if let Err(e) = t.delete(&k).await {
+                            warn!(target = %t.name(), key = %k, error = %e, "delete failed");
+                        }
+                    }
+                }
+                Err(e) => warn!(target = %t.name(), error = %e, "cannot list target to delete volume objects"),
+            }
+        }
+        cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &config.uuid)?;
+        info!(volume = %name, "volume deleted");
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Option<Volume> {
+        self.volumes.read().expect("not poisoned").get(name).cloned()
+    }
+
+    /// SIGTERM: destage every volume and record a clean shutdown.
+    pub async fn shutdown(&self) {
+        let volumes: Vec<Volume> = self.volumes.read().expect("not poisoned").values().cloned().collect();
+        for v in volumes {
+            match v.shutdown(Duration::from_secs(300)).await {
+                Ok(()) => info!(volume = %v.config().name, "destaged and closed"),
+                Err(e) => {
+                    error!(volume = %v.config().name, error = %e, "shutdown left dirty data in the cache; it is destaged at next start")
+                }
+            }
+        }
+    }
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(e: anyhow::Error) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, format!("{e:#}"))
+}
+
+type Shared = Arc<Gateway>;
+
+async fn auth(State(gw): State<Shared>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let want = gw.token.as_bytes();
+    let ok = given.len() == want.len() && given.bytes().zip(want).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+    if !ok {
+        return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
+    }
+    next.run(req).await
+}
+
+async fn list_volumes(State(gw): State<Shared>) -> Json<Vec<VolumeView>> {
+    let vols: Vec<Volume> = gw.volumes.read().expect("not poisoned").values().cloned().collect();
+    Json(vols.iter().map(|v| gw.view(v)).collect())
+}
+
+async fn create_volume(State(gw): State<Shared>, Json(req): Json<CreateVolume>) -> Result<Response, ApiError> {
+    let v = gw.create(req).await.map_err(bad_request)?;
+    Ok((StatusCode::CREATED, Json(gw.view(&v))).into_response())
+}
+
+async fn show_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Result<Json<VolumeView>, ApiError> {
+    let v = gw.get(&name).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}")))?;
+    Ok(Json(gw.view(&v)))
+}
+
+async fn delete_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    if gw.get(&name).is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}")));
+    }
+    gw.delete(&name).await.map_err(bad_request)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ScrubQuery {
+    #[serde(default)]
+    repair: bool,
+}
+
+async fn scrub_volume(
+    State(gw): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<ScrubQuery>,
+) -> Result<Json<cleave_volume::scrub::ScrubReport>, ApiError> {
+    let v = gw.get(&name).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}")))?;
+    let report = cleave_volume::scrub::scrub(&v, q.repair, |_, _| {})
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Json(report))
+}
+
+async fn flush_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let v = gw.get(&name).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}")))?;
+    v.destage_all(Duration::from_secs(300))
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub fn router(gw: Shared) -> Router {
+    Router::new()
+        .route("/api/v1/volumes", get(list_volumes).post(create_volume))
+        .route("/api/v1/volumes/{name}", get(show_volume).delete(delete_volume))
+        .route("/api/v1/volumes/{name}/scrub", post(scrub_volume))
+        .route("/api/v1/volumes/{name}/destage", post(flush_volume))
+        .layer(middleware::from_fn_with_state(gw.clone(), auth))
+        .with_state(gw)
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let data = DataDir::new(args.data_dir.clone())?;
+    let master = data.master_key()?;
+    let group_key = data.admin_group_key(&master)?;
+    let token = data.admin_token()?;
+    let nbd_listener = tokio::net::TcpListener::bind(args.nbd).await.with_context(|| format!("NBD on {}", args.nbd))?;
+    let http_listener =
+        tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("admin API on {}", args.http))?;
+    let nbd_addr = nbd_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let gw = Arc::new(Gateway {
+        data,
+        master,
+        group_key,
+        token,
+        cache_bytes: args.cache_size.0,
+        nbd_addr,
+        volumes: RwLock::new(BTreeMap::new()),
+        admin: tokio::sync::Mutex::new(()),
+    });
+    let existing = gw.data.load_volumes(&gw.master)?;
+    if existing.is_empty() {
+        info!("first run: creating volume demo (1 GiB, 3-of-5 on five directory targets)");
+        gw.create(CreateVolume {
+            name: "demo".into(),
+            size_bytes: 1 << 30,
+            m: 3,
+            n: 5,
+            chunk_size: None,
+            durability: None,
+            targets: Vec::new(),
+        })
+        .await?;
+    }
+    for sb in existing {
+        let v = gw.open_volume(&sb).await.with_context(|| format!("opening volume {}", sb.config.name))?;
+        gw.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v);
+    }
+    let nbd = Arc::new(Server::new(gw.clone(), ServerConfig::default()));
+    let nbd_task = tokio::spawn(nbd.serve(nbd_listener));
+    let app = router(gw.clone());
+    let http_task = tokio::spawn(async move { axum::serve(http_listener, app).await });
+    for name in gw.list() {
+        println!("NBD: nbd://{nbd_addr}/{name}");
+    }
+    println!("API: http://{http_addr}/api/v1 (token in {})", gw.data.root.join("admin.token").display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: destaging and shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt: destaging and shutting down"),
+        r = nbd_task => error!(result = ?r, "NBD server stopped"),
+        r = http_task => error!(result = ?r, "admin API stopped"),
+    }
+    gw.shutdown().await;
+    Ok(())
+}

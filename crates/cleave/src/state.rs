@@ -1,0 +1,160 @@
+//! The data directory of `cleave serve`: master key, admin token, group key,
+//! volume superblocks, default directory targets and caches.
+//!
+//! ```text
+//! DIR/master.key        key file (mode 0600), or
+//! DIR/master.sealed     the master key sealed under CLEAVE_PASSPHRASE (Argon2id)
+//! DIR/admin.token       bearer token for the admin API (mode 0600)
+//! DIR/groups.json       group keys wrapped by the master key
+//! DIR/volumes/NAME.json sealed superblock of each volume (also stored on its targets)
+//! DIR/targets/tI/       the default directory targets
+//! DIR/cache/            volume caches
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cleave_split::keys::{GroupKey, KdfParams, MasterKey, SealedMasterKey, WrappedKey};
+use cleave_volume::meta::ADMIN_GROUP;
+use cleave_volume::Superblock;
+use tracing::warn;
+
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+/// Writes a file readable only by its owner, atomically.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+impl DataDir {
+    pub fn new(root: PathBuf) -> Result<Self> {
+        fs::create_dir_all(root.join("volumes")).with_context(|| format!("creating {}", root.display()))?;
+        fs::create_dir_all(root.join("cache"))?;
+        Ok(DataDir { root })
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// Loads the master key, creating it on first run.
+    pub fn master_key(&self) -> Result<MasterKey> {
+        let key_file = self.root.join("master.key");
+        let sealed_file = self.root.join("master.sealed");
+        let passphrase = std::env::var("CLEAVE_PASSPHRASE").ok().filter(|p| !p.is_empty());
+        if sealed_file.exists() {
+            let Some(pass) = passphrase else {
+                bail!("{} is sealed under a passphrase: set CLEAVE_PASSPHRASE", sealed_file.display());
+            };
+            let sealed: SealedMasterKey = serde_json::from_slice(&fs::read(&sealed_file)?)
+                .with_context(|| format!("reading {}", sealed_file.display()))?;
+            return sealed.open(&pass).context("opening the master key (wrong CLEAVE_PASSPHRASE?)");
+        }
+        if key_file.exists() {
+            let text = fs::read_to_string(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
+            return MasterKey::from_key_file(&text).with_context(|| format!("parsing {}", key_file.display()));
+        }
+        let key = MasterKey::generate()?;
+        match passphrase {
+            Some(pass) => {
+                let sealed = key.seal(&pass, KdfParams::default())?;
+                write_private(&sealed_file, &serde_json::to_vec_pretty(&sealed)?)?;
+            }
+            None => {
+                write_private(&key_file, key.to_key_file().as_bytes())?;
+                warn!(
+                    path = %key_file.display(),
+                    "CLEAVE_PASSPHRASE is not set: the master key is stored unencrypted in a key file (mode 0600). \
+                     Keep a copy somewhere safe: with the targets, it is all that `cleave recover` needs."
+                );
+            }
+        }
+        Ok(key)
+    }
+
+    /// The admin bearer token, created on first run.
+    pub fn admin_token(&self) -> Result<String> {
+        let path = self.root.join("admin.token");
+        if let Ok(t) = fs::read_to_string(&path) {
+            return Ok(t.trim().to_string());
+        }
+        let mut raw = [0u8; 32];
+        cleave_split::keys::fill_random(&mut raw)?;
+        let token = hex::encode(raw);
+        write_private(&path, format!("{token}\n").as_bytes())?;
+        Ok(token)
+    }
+
+    /// The admin group's key, created (and wrapped by the master key) on first run.
+    pub fn admin_group_key(&self, master: &MasterKey) -> Result<GroupKey> {
+        let path = self.root.join("groups.json");
+        let mut groups: BTreeMap<String, WrappedKey> = match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))?,
+            Err(_) => BTreeMap::new(),
+        };
+        if let Some(w) = groups.get(ADMIN_GROUP) {
+            return master.unwrap_group(ADMIN_GROUP, w).context("unwrapping the admin group key");
+        }
+        let key = GroupKey::generate()?;
+        groups.insert(ADMIN_GROUP.to_string(), master.wrap_group(ADMIN_GROUP, &key)?);
+        write_private(&path, &serde_json::to_vec_pretty(&groups)?)?;
+        Ok(key)
+    }
+
+    /// Default directory targets `DIR/targets/t0..`, created as needed.
+    pub fn default_targets(&self, n: usize) -> Result<Vec<String>> {
+        (0..n)
+            .map(|i| {
+                let dir = self.root.join("targets").join(format!("t{i}"));
+                fs::create_dir_all(&dir)?;
+                let abs = dir.canonicalize()?;
+                Ok(format!("file://{}", abs.display()))
+            })
+            .collect()
+    }
+
+    fn volume_path(&self, name: &str) -> PathBuf {
+        self.root.join("volumes").join(format!("{name}.json"))
+    }
+
+    pub fn save_volume(&self, sealed: &[u8], name: &str) -> Result<()> {
+        write_private(&self.volume_path(name), sealed)
+    }
+
+    pub fn remove_volume(&self, name: &str) -> Result<()> {
+        fs::remove_file(self.volume_path(name)).with_context(|| format!("removing volume {name}"))
+    }
+
+    /// Every stored superblock, authenticated.
+    pub fn load_volumes(&self, master: &MasterKey) -> Result<Vec<Superblock>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.root.join("volumes"))? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let bytes = fs::read(&path)?;
+            out.push(Superblock::open(&bytes, master).with_context(|| format!("opening {}", path.display()))?);
+        }
+        out.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        Ok(out)
+    }
+}

@@ -1,0 +1,211 @@
+//! Harness for end-to-end tests: runs the real `cleave` binary and real NBD clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CLEAVE: &str = env!("CARGO_BIN_EXE_cleave");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `cleave serve` process.
+pub struct Serve {
+    pub child: Option<Child>,
+    pub data: PathBuf,
+    pub nbd_port: u16,
+    pub http_port: u16,
+    pub extra: Vec<String>,
+}
+
+impl Serve {
+    pub fn start(data: &Path, extra: &[&str]) -> Serve {
+        let mut s = Serve {
+            child: None,
+            data: data.to_path_buf(),
+            nbd_port: free_port(),
+            http_port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(CLEAVE)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--nbd")
+            .arg(format!("127.0.0.1:{}", self.nbd_port))
+            .arg("--http")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .args(&self.extra)
+            .env("CLEAVE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cleave serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(Instant::now() < deadline, "cleave serve did not start");
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("API:") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("cleave serve exited before it started: {:?}", child.wait()),
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn();
+    }
+
+    pub fn uri(&self, volume: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{volume}", self.nbd_port)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait: a clean shutdown destages everything.
+    pub fn term(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_kill(c.id() as i32, 15);
+            let status = c.wait().unwrap();
+            assert!(status.success(), "cleave serve exited with {status}");
+        }
+    }
+
+    /// Runs a `cleave` CLI command against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(CLEAVE)
+            .args(args)
+            .arg("--server")
+            .arg(format!("http://127.0.0.1:{}", self.http_port))
+            .arg("--token-file")
+            .arg(self.data.join("admin.token"))
+            .env("CLEAVE_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "cleave {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn show(&self, volume: &str) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(&["volume", "show", volume])).unwrap()
+    }
+
+    pub fn target_dir(&self, i: usize) -> PathBuf {
+        self.data.join("targets").join(format!("t{i}"))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn unsafe_kill(pid: i32, sig: i32) {
+    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+/// Runs a command and asserts it succeeded; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// qemu-io against an NBD URI, one `-c` per command.
+pub fn qemu_io(uri: &str, cmds: &[String]) -> String {
+    let mut c = Command::new("qemu-io");
+    c.arg("-f").arg("raw");
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    let out = run(c.arg(uri));
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    assert!(!out.to_lowercase().contains("error"), "qemu-io reported an error:\n{out}");
+    out
+}
+
+/// Copies the whole disk to a file with nbdcopy and returns its bytes.
+pub fn nbdcopy_image(uri: &str, dir: &Path) -> Vec<u8> {
+    let out = dir.join("copy.img");
+    let _ = std::fs::remove_file(&out);
+    run(Command::new("nbdcopy").arg(uri).arg(&out));
+    std::fs::read(&out).unwrap()
+}
+
+pub fn nbdinfo_size(uri: &str) -> u64 {
+    let json = run(Command::new("nbdinfo").arg("--json").arg(uri));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["exports"][0]["export-size"].as_u64().unwrap()
+}
+
+/// A deterministic pattern write: `len` bytes of `byte` at `offset`, applied to `image` too.
+pub struct Writes {
+    pub image: Vec<u8>,
+}
+
+impl Writes {
+    pub fn new(size: usize) -> Self {
+        Writes { image: vec![0; size] }
+    }
+    /// qemu-io commands writing each (offset, len, byte), FUA on every third.
+    pub fn commands(&mut self, writes: &[(u64, u64, u8)]) -> Vec<String> {
+        let mut cmds = Vec::new();
+        for (i, &(off, len, byte)) in writes.iter().enumerate() {
+            self.image[off as usize..(off + len) as usize].fill(byte);
+            let fua = if i % 3 == 0 { " -f" } else { "" };
+            cmds.push(format!("write{fua} -P {byte} {off} {len}"));
+        }
+        cmds
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
