@@ -158,8 +158,15 @@ fn survives_losing_n_minus_m_targets_and_repairs() {
     let show = s.show("v");
     assert_eq!(show["health"]["state"], "degraded", "{show}");
 
-    // Writes go on.
-    scattered(&s, "v", &mut w, 0x61);
+    // Scrub names the missing shares, on the two targets that lost them.
+    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v"])).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(!problems.is_empty(), "{report}");
+    assert!(problems.iter().all(|p| [0, 3].contains(&p["share"].as_u64().unwrap()) && p["problem"] == "missing"));
+
+    // Writes go on, in a region not written before.
+    let cmds = w.commands(&[(20 * MIB, 8192, 0x61), (30 * MIB + 4096, 4096, 0x62)]);
+    qemu_io(&s.uri("v"), &[cmds, vec!["flush".into()]].concat());
     assert_image(&s, "v", &w.image, dir.path());
 
     let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v", "--repair"])).unwrap();
@@ -303,4 +310,39 @@ fn no_plaintext_reaches_the_targets() {
         assert!(!bytes.windows(12).any(|w| w == &secret[..12]), "plaintext found in {}", f.display());
     }
     assert!(scanned > 2 * MIB as usize, "only {scanned} bytes under the targets");
+}
+
+#[test]
+fn s3_targets_on_moto_read_and_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let uris: Vec<String> = (0..5)
+        .map(|i| {
+            moto.create_bucket(&format!("cleave-t{i}"));
+            format!("s3://cleave-t{i}/pool?endpoint={}&region=us-east-1", moto.endpoint())
+        })
+        .collect();
+    let mut s = Serve::start_env(&dir.path().join("data"), &[], &AWS_ENV);
+    let mut args = vec!["--size", "24MiB"];
+    for u in &uris {
+        args.push("--target");
+        args.push(u);
+    }
+    create(&s, "v", "24MiB", &args[2..]);
+    let mut w = Writes::new(24 * MIB as usize);
+    scattered(&s, "v", &mut w, 0x31);
+    assert_image(&s, "v", &w.image, dir.path());
+    run(Command::new("fio")
+        .args(["--name=verify", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=8M"])
+        .args(["--offset=12M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1"])
+        .arg(format!("--uri={}", s.uri("v"))));
+    // Cold: reads must come back from the buckets.
+    s.term();
+    for f in files_under(&s.data.join("cache")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    s.restart();
+    let got = nbdcopy_image(&s.uri("v"), dir.path());
+    assert!(got[..12 * MIB as usize] == w.image[..12 * MIB as usize], "S3-backed image differs");
+    assert_eq!(s.show("v")["health"]["state"], "clean");
 }

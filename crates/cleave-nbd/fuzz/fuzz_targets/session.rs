@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use cleave_nbd::proto;
 use cleave_nbd::{BlockDevice, ExportProvider, MemDevice, Server, ServerConfig};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,7 +37,19 @@ fuzz_target!(|data: &[u8]| {
         let (client, srv) = tokio::io::duplex(1 << 16);
         let conn = tokio::spawn(server.serve_connection(srv, "fuzz".into()));
         let (mut rd, mut wr) = tokio::io::split(client);
-        let input = data.to_vec();
+        // Odd first byte: raw bytes from the start (handshake fuzzing). Even: a valid handshake
+        // to "disk" or "ro" comes first, so the fuzzer spends its time on transmission.
+        let input = match data.split_first() {
+            Some((&b, rest)) if b & 1 == 0 => {
+                let mut v = 3u32.to_be_bytes().to_vec();
+                let export = if b & 2 == 0 { "disk" } else { "ro" };
+                v.extend(proto::encode_option(proto::OPT_GO, &proto::encode_info_request(export, &[])));
+                v.extend_from_slice(rest);
+                v
+            }
+            Some((_, rest)) => rest.to_vec(),
+            None => Vec::new(),
+        };
         let writer = tokio::spawn(async move {
             // The server may close early; that's fine.
             let _ = wr.write_all(&input).await;

@@ -20,16 +20,22 @@ pub struct Serve {
     pub nbd_port: u16,
     pub http_port: u16,
     pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Serve {
     pub fn start(data: &Path, extra: &[&str]) -> Serve {
+        Self::start_env(data, extra, &[])
+    }
+
+    pub fn start_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut s = Serve {
             child: None,
             data: data.to_path_buf(),
             nbd_port: free_port(),
             http_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         s.spawn();
         s
@@ -45,6 +51,7 @@ impl Serve {
             .arg("--http")
             .arg(format!("127.0.0.1:{}", self.http_port))
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("CLEAVE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -209,3 +216,44 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A moto_server (S3) on loopback, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; .ci/run does)");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_bucket(&self, name: &str) {
+        run(Command::new("curl").args(["-sf", "-X", "PUT", &format!("{}/{name}", self.endpoint())]));
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const AWS_ENV: [(&str, &str); 2] = [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
