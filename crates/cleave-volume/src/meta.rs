@@ -76,7 +76,7 @@ impl VolumeConfig {
         if !(4096..=(64 << 20)).contains(&self.chunk_size) || !self.chunk_size.is_power_of_two() {
             return bad(format!("chunk size {}: use a power of two from 4 KiB to 64 MiB", self.chunk_size));
         }
-        if self.size == 0 || self.size % 512 != 0 {
+        if self.size == 0 || !self.size.is_multiple_of(512) {
             return bad(format!("size {}: use a positive multiple of 512 bytes", self.size));
         }
         if self.uuid_bytes().is_none() {
@@ -202,7 +202,7 @@ impl Superblock {
             serde_json::from_slice(bytes).map_err(|e| VolumeError::Metadata(format!("superblock: {e}")))?;
         let body = serde_json::to_vec(&sealed.superblock).map_err(|e| VolumeError::Metadata(e.to_string()))?;
         let want = Self::mac(master, &body);
-        if want.as_bytes().len() != sealed.mac.len()
+        if want.len() != sealed.mac.len()
             || want.bytes().zip(sealed.mac.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
         {
             return Err(VolumeError::Metadata("superblock MAC does not verify (wrong key or tampered)".into()));

@@ -55,6 +55,9 @@ impl VolumeOptions {
     }
 }
 
+/// A chunk written in a destage round: (chunk, write seq seen, new mapping, shares not stored).
+type Stored = (u64, u64, Mapping, Vec<u8>);
+
 #[derive(Clone, Copy, Debug, Default)]
 struct ChunkState {
     dirty: bool,
@@ -811,7 +814,7 @@ impl Inner {
         // Dirty data must be durable locally before the journal can point past it.
         let result = async {
             self.sync_local().await?;
-            let stored: Vec<Result<(u64, u64, Mapping, Vec<u8>), VolumeError>> = stream::iter(batch.iter().copied())
+            let stored: Vec<Result<Stored, VolumeError>> = stream::iter(batch.iter().copied())
                 .map(|chunk| async move {
                     let guard = self.stripe(chunk).read().await;
                     let seq = self.state.lock().expect("not poisoned").chunks.get(&chunk).map(|c| c.seq).unwrap_or(0);
