@@ -29,7 +29,8 @@ fio_nbd() {
   local uri=$1; shift
   fio --output-format=json --ioengine=nbd --uri="$uri" --name=job "$@" | python3 -c '
 import json, sys
-j = json.load(sys.stdin)["jobs"][0]
+text = sys.stdin.read()
+j = json.loads(text[text.index("{"):])["jobs"][0]
 r, w = j["read"], j["write"]
 bw = (r["bw_bytes"] + w["bw_bytes"]) / 1e6
 iops = r["iops"] + w["iops"]

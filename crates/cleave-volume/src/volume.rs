@@ -38,6 +38,10 @@ pub struct VolumeOptions {
     pub put_timeout: Duration,
     /// Journal records between checkpoints.
     pub checkpoint_every: u64,
+    /// A dirty chunk is destaged once unwritten for this long (sooner under pressure).
+    pub destage_after: Duration,
+    /// Above this fraction of the cache dirty, destage starts at once, oldest first.
+    pub dirty_high: f64,
 }
 
 impl VolumeOptions {
@@ -51,6 +55,8 @@ impl VolumeOptions {
             flush_timeout: Duration::from_secs(120),
             put_timeout: Duration::from_secs(30),
             checkpoint_every: 64,
+            destage_after: Duration::from_secs(3),
+            dirty_high: 0.5,
         }
     }
 }
@@ -66,6 +72,7 @@ struct ChunkState {
     destaged_seq: u64,
     destaging: bool,
     last_use: u64,
+    last_write: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +143,8 @@ struct Inner {
     wake_destager: Arc<Notify>,
     progress: Notify,
     stopping: AtomicBool,
+    /// Waiters that need dirty data destaged now (FLUSH in dispersed mode, a full cache, shutdown).
+    urgent: std::sync::atomic::AtomicUsize,
 }
 
 /// A volume, cheap to clone.
@@ -214,6 +223,7 @@ impl Volume {
             wake_destager: Arc::new(Notify::new()),
             progress: Notify::new(),
             stopping: AtomicBool::new(false),
+            urgent: std::sync::atomic::AtomicUsize::new(0),
             config,
             opts,
         });
@@ -289,7 +299,6 @@ impl Volume {
             drop(guard);
             touched.push(chunk);
         }
-        inner.wake_destager.notify_one();
         if fua {
             self.make_durable(Some(touched)).await?;
         }
@@ -317,7 +326,6 @@ impl Volume {
             }
             touched.push(chunk);
         }
-        inner.wake_destager.notify_one();
         if fua {
             self.make_durable(Some(touched)).await?;
         }
@@ -484,9 +492,14 @@ impl Inner {
         st.tick += 1;
         let tick = st.tick;
         let c = st.chunks.entry(chunk).or_default();
+        if !c.dirty {
+            // Only a newly dirty chunk can change what the destager should do.
+            self.wake_destager.notify_one();
+        }
         c.dirty = true;
         c.seq += 1;
         c.last_use = tick;
+        c.last_write = Some(Instant::now());
     }
 
     async fn zero_chunk(&self, chunk: u64, start: u64, end: u64) -> Result<(), VolumeError> {
@@ -554,6 +567,7 @@ impl Inner {
                 clean.into_iter().take(batch).map(|(_, k)| k).collect()
             };
             if victims.is_empty() {
+                let _urgent = Urgent::new(&self.urgent);
                 self.wake_destager.notify_one();
                 let _ = tokio::time::timeout(Duration::from_millis(200), self.progress.notified()).await;
                 waited += Duration::from_millis(200);
@@ -658,6 +672,7 @@ impl Inner {
     }
 
     async fn wait_destaged_inner(&self, chunks: Option<Vec<u64>>) -> Result<(), VolumeError> {
+        let _urgent = Urgent::new(&self.urgent);
         let snapshot: Vec<(u64, u64)> = {
             let st = self.state.lock().expect("not poisoned");
             match chunks {
@@ -799,8 +814,18 @@ impl Inner {
         let _commit = self.commit.lock().await;
         let batch: Vec<u64> = {
             let mut st = self.state.lock().expect("not poisoned");
-            let mut dirty: Vec<(u64, u64)> =
-                st.chunks.iter().filter(|(_, c)| c.dirty && !c.destaging).map(|(k, c)| (c.last_use, *k)).collect();
+            // Write-back: a chunk being rewritten is destaged once it settles, unless
+            // someone waits or the cache is filling up.
+            let dirty_count = st.chunks.values().filter(|c| c.dirty).count();
+            let pressed = self.urgent.load(Ordering::SeqCst) > 0
+                || dirty_count as f64 >= self.capacity_chunks as f64 * self.opts.dirty_high;
+            let settled = |c: &ChunkState| c.last_write.is_none_or(|t| t.elapsed() >= self.opts.destage_after);
+            let mut dirty: Vec<(u64, u64)> = st
+                .chunks
+                .iter()
+                .filter(|(_, c)| c.dirty && !c.destaging && (pressed || settled(c)))
+                .map(|(k, c)| (c.last_use, *k))
+                .collect();
             dirty.sort_unstable();
             let batch: Vec<u64> = dirty.into_iter().take(self.opts.destage_batch).map(|(_, k)| k).collect();
             for c in &batch {
@@ -880,6 +905,22 @@ impl Inner {
         drop(st);
         self.progress.notify_waiters();
         result
+    }
+}
+
+/// Counts a waiter in `urgent` for as long as it lives.
+struct Urgent<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Urgent<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Urgent(counter)
+    }
+}
+
+impl Drop for Urgent<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -42,7 +42,8 @@ pub fn uri(addr: SocketAddr, export: &str) -> String {
     format!("nbd://{addr}/{export}")
 }
 
-/// Whether an external client is installed; tests using it are skipped (loudly) otherwise.
+/// Asserts that an external client is installed: `.ci/run` installs them, and a
+/// missing tool must fail the test, never skip it.
 pub fn have(tool: &str) -> bool {
     let ok = std::process::Command::new("sh")
         .arg("-c")
@@ -50,9 +51,7 @@ pub fn have(tool: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP: {tool} not installed");
-    }
+    assert!(ok, "{tool} is not installed (run .ci/run, which installs it)");
     ok
 }
 
