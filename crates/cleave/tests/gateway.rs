@@ -58,6 +58,7 @@ fn real_clients_read_and_write() {
 
     // fio's own NBD engine, random writes at queue depth 32, verified.
     run(Command::new("fio")
+        .current_dir(dir.path())
         .args(["--name=verify", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=32M"])
         .args(["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0"])
         .arg(format!("--uri={}", s.uri("v"))));
@@ -90,6 +91,7 @@ fn crash_rounds(durability: &str) {
         qemu_io(&s.uri("v"), &cmds);
         // Unflushed writes in [32, 48) MiB are in flight when the gateway dies.
         let mut fio = Command::new("fio")
+            .current_dir(dir.path())
             .args(["--name=inflight", "--ioengine=nbd", "--rw=randwrite", "--bs=64k", "--iodepth=16"])
             .args(["--offset=32M", "--size=16M", "--time_based", "--runtime=30"])
             .arg(format!("--uri={}", s.uri("v")))
@@ -333,6 +335,7 @@ fn s3_targets_on_moto_read_and_write() {
     scattered(&s, "v", &mut w, 0x31);
     assert_image(&s, "v", &w.image, dir.path());
     run(Command::new("fio")
+        .current_dir(dir.path())
         .args(["--name=verify", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=8M"])
         .args(["--offset=12M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1"])
         .arg(format!("--uri={}", s.uri("v"))));
