@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cleave_target::{open, DynTarget, FaultyTarget, Target, TargetError};
+use cleave_target::{open, DynTarget, FaultyTarget, TargetError};
 
 async fn conformance(t: DynTarget) {
     t.health().await.unwrap();
