@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod node;
 mod server;
 mod size;
 mod state;
@@ -26,6 +27,10 @@ struct Cli {
 enum Command {
     /// Run the embedded default: gateway, admin API and directory targets in one process.
     Serve(server::ServeArgs),
+    /// Run control alone: the admin API and the node pool, without NBD.
+    Control(server::ControlArgs),
+    /// Run a storage node that registers itself with control; `cleave node list` lists them.
+    Node(NodeCommand),
     /// Manage volumes on a running server.
     #[command(subcommand)]
     Volume(VolumeCommand),
@@ -53,6 +58,24 @@ enum Command {
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct NodeCommand {
+    #[command(subcommand)]
+    sub: Option<NodeSub>,
+    #[command(flatten)]
+    run: node::NodeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeSub {
+    /// List storage nodes known to control: status, site, capacity.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,7 +160,30 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(args) => tokio::runtime::Runtime::new()?.block_on(server::serve(args)),
+        Command::Serve(args) => {
+            set_node_token(&args.data_dir)?;
+            tokio::runtime::Runtime::new()?.block_on(server::serve(args))
+        }
+        Command::Control(args) => {
+            set_node_token(&args.data_dir)?;
+            tokio::runtime::Runtime::new()?.block_on(server::control(args))
+        }
+        Command::Node(NodeCommand { sub: None, run }) => tokio::runtime::Runtime::new()?.block_on(node::run(run)),
+        Command::Node(NodeCommand { sub: Some(NodeSub::List { server }), .. }) => {
+            let list = Client::new(&server)?.get("/nodes")?;
+            for n in list.as_array().into_iter().flatten() {
+                println!(
+                    "{:<14} {:<22} {:<10} {:<5} {:>10} free of {:>10}",
+                    n["id"].as_str().unwrap_or("?"),
+                    n["address"].as_str().unwrap_or("?"),
+                    n["site"].as_str().unwrap_or("?"),
+                    n["status"].as_str().unwrap_or("?"),
+                    ByteSize(n["free_bytes"].as_u64().unwrap_or(0)).to_string(),
+                    ByteSize(n["capacity_bytes"].as_u64().unwrap_or(0)).to_string()
+                );
+            }
+            Ok(())
+        }
         Command::Volume(cmd) => volume_command(cmd),
         Command::Scrub { name, repair, server } => {
             let client = Client::new(&server)?;
@@ -181,6 +227,15 @@ fn main() -> Result<()> {
             bench::print(&report, args.json)
         }
     }
+}
+
+/// Node targets authenticate with a token derived from the cluster secret. It is put
+/// in the environment before any thread starts, where `cleave_target::open` finds it.
+fn set_node_token(data_dir: &std::path::Path) -> Result<()> {
+    let data = state::DataDir::new(data_dir.to_path_buf())?;
+    let secret = data.cluster_secret()?;
+    std::env::set_var("CLEAVE_NODE_TOKEN", cleave_node::access_token(&secret));
+    Ok(())
 }
 
 fn volume_command(cmd: VolumeCommand) -> Result<()> {

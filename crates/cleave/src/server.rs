@@ -39,6 +39,29 @@ pub struct ServeArgs {
     /// Local cache size per volume.
     #[arg(long, default_value = "1GiB")]
     pub cache_size: ByteSize,
+    #[command(flatten)]
+    pub control: ControlFlags,
+}
+
+/// What `cleave control` and `cleave serve` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControlFlags {
+    /// UDP address where storage nodes register (auto-configuration protocol).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub autoconfig: SocketAddr,
+    /// A node silent for this long is marked down.
+    #[arg(long, default_value_t = 5.0)]
+    pub heartbeat_timeout_secs: f64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ControlArgs {
+    #[arg(long, default_value = "./cleave-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    #[command(flatten)]
+    pub control: ControlFlags,
 }
 
 /// Adapts a volume to the NBD front end.
@@ -90,6 +113,7 @@ pub struct Gateway {
     cache_bytes: u64,
     nbd_addr: SocketAddr,
     volumes: RwLock<BTreeMap<String, Volume>>,
+    pool: Arc<cleave_control::pool::Pool>,
     /// Serializes create and delete.
     admin: tokio::sync::Mutex<()>,
 }
@@ -196,8 +220,13 @@ impl Gateway {
         if self.volumes.read().expect("not poisoned").contains_key(&req.name) {
             bail!("volume {:?} already exists", req.name);
         }
-        let targets =
-            if req.targets.is_empty() { self.data.default_targets(req.n as usize)? } else { req.targets.clone() };
+        let targets = if !req.targets.is_empty() {
+            req.targets.clone()
+        } else if self.pool.nodes().is_empty() {
+            self.data.default_targets(req.n as usize)?
+        } else {
+            self.place(&req)?
+        };
         let size = req.size_bytes;
         let config = VolumeConfig {
             name: req.name.clone(),
@@ -263,6 +292,39 @@ impl Gateway {
         cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &config.uuid)?;
         info!(volume = %name, "volume deleted");
         Ok(())
+    }
+
+    /// Storage on demand: N nodes that are up and have room for their share of the
+    /// volume, on distinct sites where there are enough of them, most free space first.
+    fn place(&self, req: &CreateVolume) -> Result<Vec<String>> {
+        let n = req.n as usize;
+        let per_share = req.size_bytes.div_ceil(req.m.max(1) as u64);
+        let nodes = self.pool.nodes();
+        let up: Vec<_> = nodes.iter().filter(|x| x.status == cleave_control::pool::NodeStatus::Up).collect();
+        let mut fit: Vec<_> = up.iter().filter(|x| x.free_bytes >= per_share).collect();
+        if fit.len() < n {
+            bail!(
+                "cannot place {}-of-{n}: {} nodes up, {} with {} free for a share (need {n})",
+                req.m,
+                up.len(),
+                fit.len(),
+                ByteSize(per_share)
+            );
+        }
+        fit.sort_by(|a, b| b.free_bytes.cmp(&a.free_bytes));
+        let mut chosen: Vec<&&&cleave_control::pool::NodeInfo> = Vec::new();
+        // First one per site, then fill up with the rest.
+        for x in &fit {
+            if chosen.len() < n && !chosen.iter().any(|c| c.site == x.site) {
+                chosen.push(x);
+            }
+        }
+        for x in &fit {
+            if chosen.len() < n && !chosen.iter().any(|c| c.id == x.id) {
+                chosen.push(x);
+            }
+        }
+        Ok(chosen.iter().map(|x| format!("node://{}", x.address)).collect())
     }
 
     fn get(&self, name: &str) -> Option<Volume> {
@@ -361,8 +423,18 @@ async fn flush_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Res
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn list_nodes(State(gw): State<Shared>) -> Json<Vec<cleave_control::pool::NodeInfo>> {
+    Json(gw.pool.nodes())
+}
+
+async fn list_events(State(gw): State<Shared>) -> Json<Vec<cleave_control::pool::Event>> {
+    Json(gw.pool.events())
+}
+
 pub fn router(gw: Shared) -> Router {
     Router::new()
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/events", get(list_events))
         .route("/api/v1/volumes", get(list_volumes).post(create_volume))
         .route("/api/v1/volumes/{name}", get(show_volume).delete(delete_volume))
         .route("/api/v1/volumes/{name}/scrub", post(scrub_volume))
@@ -371,28 +443,63 @@ pub fn router(gw: Shared) -> Router {
         .with_state(gw)
 }
 
+/// `cleave control`: the API and the node pool, without an NBD front end.
+pub async fn control(args: ControlArgs) -> Result<()> {
+    run(args.data_dir, None, args.http, ByteSize(1 << 30), args.control).await
+}
+
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    let data = DataDir::new(args.data_dir.clone())?;
+    run(args.data_dir, Some(args.nbd), args.http, args.cache_size, args.control).await
+}
+
+async fn run(
+    data_dir: PathBuf,
+    nbd: Option<SocketAddr>,
+    http: SocketAddr,
+    cache_size: ByteSize,
+    control: ControlFlags,
+) -> Result<()> {
+    let data = DataDir::new(data_dir)?;
     let master = data.master_key()?;
     let group_key = data.admin_group_key(&master)?;
     let token = data.admin_token()?;
-    let nbd_listener = tokio::net::TcpListener::bind(args.nbd).await.with_context(|| format!("NBD on {}", args.nbd))?;
+    let secret = data.cluster_secret()?;
+    let pool = cleave_control::pool::Pool::new();
+    let udp = tokio::net::UdpSocket::bind(control.autoconfig)
+        .await
+        .with_context(|| format!("auto-configuration on {}", control.autoconfig))?;
+    let autoconfig_addr = udp.local_addr()?;
+    tokio::spawn(cleave_control::autoconfig::listener::run_listener(
+        udp,
+        secret,
+        pool.clone(),
+        Duration::from_secs_f64(control.heartbeat_timeout_secs.max(0.1)),
+    ));
+    let nbd_listener = match nbd {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("NBD on {a}"))?),
+        None => None,
+    };
+    let args_http = http;
     let http_listener =
-        tokio::net::TcpListener::bind(args.http).await.with_context(|| format!("admin API on {}", args.http))?;
-    let nbd_addr = nbd_listener.local_addr()?;
+        tokio::net::TcpListener::bind(args_http).await.with_context(|| format!("admin API on {args_http}"))?;
+    let nbd_addr = match &nbd_listener {
+        Some(l) => l.local_addr()?,
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
     let http_addr = http_listener.local_addr()?;
     let gw = Arc::new(Gateway {
         data,
         master,
         group_key,
         token,
-        cache_bytes: args.cache_size.0,
+        cache_bytes: cache_size.0,
         nbd_addr,
         volumes: RwLock::new(BTreeMap::new()),
+        pool,
         admin: tokio::sync::Mutex::new(()),
     });
     let existing = gw.data.load_volumes(&gw.master)?;
-    if existing.is_empty() {
+    if existing.is_empty() && nbd.is_some() {
         info!("first run: creating volume demo (1 GiB, 3-of-5 on five directory targets)");
         gw.create(CreateVolume {
             name: "demo".into(),
@@ -409,13 +516,23 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let v = gw.open_volume(&sb).await.with_context(|| format!("opening volume {}", sb.config.name))?;
         gw.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v);
     }
-    let nbd = Arc::new(Server::new(gw.clone(), ServerConfig::default()));
-    let nbd_task = tokio::spawn(nbd.serve(nbd_listener));
+    let nbd_task = tokio::spawn({
+        let gw = gw.clone();
+        async move {
+            match nbd_listener {
+                Some(l) => Arc::new(Server::new(gw, ServerConfig::default())).serve(l).await,
+                None => std::future::pending().await,
+            }
+        }
+    });
     let app = router(gw.clone());
     let http_task = tokio::spawn(async move { axum::serve(http_listener, app).await });
-    for name in gw.list() {
-        println!("NBD: nbd://{nbd_addr}/{name}");
+    if nbd.is_some() {
+        for name in gw.list() {
+            println!("NBD: nbd://{nbd_addr}/{name}");
+        }
     }
+    println!("autoconfig: udp://{autoconfig_addr} (cluster secret in {})", gw.data.root.join("cluster.secret").display());
     println!("API: http://{http_addr}/api/v1 (token in {})", gw.data.root.join("admin.token").display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

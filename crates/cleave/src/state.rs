@@ -103,6 +103,19 @@ impl DataDir {
         Ok(token)
     }
 
+    /// The cluster secret that authenticates auto-configuration packets and node
+    /// access, created on first run (64 hex digits, mode 0600).
+    pub fn cluster_secret(&self) -> Result<[u8; 32]> {
+        let path = self.root.join("cluster.secret");
+        if path.exists() {
+            return crate::node::read_secret(&path);
+        }
+        let mut secret = [0u8; 32];
+        cleave_split::keys::fill_random(&mut secret)?;
+        write_private(&path, format!("{}\n", hex::encode(secret)).as_bytes())?;
+        Ok(secret)
+    }
+
     /// The admin group's key, created (and wrapped by the master key) on first run.
     pub fn admin_group_key(&self, master: &MasterKey) -> Result<GroupKey> {
         let path = self.root.join("groups.json");

@@ -1,0 +1,114 @@
+//! `cleave node`: a storage node. It offers a directory over HTTP and registers
+//! itself with control by the auto-configuration protocol.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tracing::info;
+
+use crate::size::ByteSize;
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// Directory that holds the shares.
+    #[arg(long, required = true)]
+    pub data: Option<PathBuf>,
+    /// HTTP listen address for share traffic.
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    pub listen: SocketAddr,
+    /// Control's auto-configuration address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub control: SocketAddr,
+    /// The cluster secret (control writes it to DATA_DIR/cluster.secret).
+    #[arg(long, required = true)]
+    pub secret_file: Option<PathBuf>,
+    /// Space offered; default: the filesystem's size.
+    #[arg(long)]
+    pub capacity: Option<ByteSize>,
+    /// Failure domain, for placement.
+    #[arg(long, default_value = "default")]
+    pub site: String,
+    /// Heartbeat interval.
+    #[arg(long, default_value_t = 1.0)]
+    pub heartbeat_secs: f64,
+}
+
+/// Reads a cluster secret file: 64 hex digits.
+pub fn read_secret(path: &std::path::Path) -> Result<[u8; 32]> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret)
+        .with_context(|| format!("{}: expected 64 hex digits", path.display()))?;
+    Ok(secret)
+}
+
+pub async fn run(args: NodeArgs) -> Result<()> {
+    let data = args.data.clone().context("--data is required")?;
+    let secret = read_secret(&args.secret_file.clone().context("--secret-file is required")?)?;
+    let node = cleave_node::Node::open(cleave_node::NodeConfig {
+        data: data.clone(),
+        listen: args.listen,
+        capacity: args.capacity.map(|c| c.0),
+        site: args.site.clone(),
+        secret,
+    })?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let id = node_id(&data)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let http = {
+        let node = node.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(node.serve(listener, async move {
+            let _ = rx.changed().await;
+        }))
+    };
+    let agent = {
+        let node = node.clone();
+        let mut rx = stop_rx.clone();
+        let cfg = cleave_control::autoconfig::agent::AgentConfig {
+            control: args.control,
+            secret,
+            id: id.clone(),
+            address: address.to_string(),
+            site: args.site.clone(),
+            heartbeat: Duration::from_secs_f64(args.heartbeat_secs.max(0.05)),
+        };
+        tokio::spawn(cleave_control::autoconfig::agent::run_agent(
+            cfg,
+            move || {
+                let s = node.stats();
+                (s.capacity_bytes, s.free_bytes, s.objects)
+            },
+            async move {
+                let _ = rx.changed().await;
+            },
+        ))
+    };
+    println!("node {id} serving on http://{address}, registering with {}", args.control);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("stopping: telling control");
+    let _ = stop_tx.send(true);
+    let _ = agent.await;
+    let _ = http.await;
+    Ok(())
+}
+
+/// A stable id per data directory, created on first run.
+fn node_id(data: &std::path::Path) -> Result<String> {
+    std::fs::create_dir_all(data)?;
+    let path = data.join("node.id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_string());
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    crate::state::write_private(&path, id.as_bytes())?;
+    Ok(id)
+}

@@ -1,0 +1,171 @@
+//! Storage nodes as separate processes, registering with control over UDP; volumes
+//! placed on them by size and used through NBD.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Node {
+    child: Option<Child>,
+    data: std::path::PathBuf,
+    port: u16,
+    site: String,
+}
+
+impl Node {
+    fn start(s: &Serve, autoconfig: u16, data: std::path::PathBuf, site: &str) -> Node {
+        let mut n = Node { child: None, data, port: free_port(), site: site.into() };
+        n.spawn(s, autoconfig);
+        n
+    }
+    fn spawn(&mut self, s: &Serve, autoconfig: u16) {
+        let child = Command::new(CLEAVE)
+            .args(["node", "--data"])
+            .arg(&self.data)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--control", &format!("127.0.0.1:{autoconfig}")])
+            .arg("--secret-file")
+            .arg(s.data.join("cluster.secret"))
+            .args(["--capacity", "1GiB", "--site", &self.site, "--heartbeat-secs", "0.3"])
+            .env("CLEAVE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+    fn term(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            run(Command::new("kill").args(["-TERM", &c.id().to_string()]));
+            c.wait().unwrap();
+        }
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn api(s: &Serve, path: &str) -> serde_json::Value {
+    let token = std::fs::read_to_string(s.data.join("admin.token")).unwrap();
+    let out = run(Command::new("curl").args([
+        "-sf",
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("http://127.0.0.1:{}/api/v1{path}", s.http_port),
+    ]));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn statuses(s: &Serve) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = api(s, "/nodes")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["address"].as_str().unwrap().to_string(), n["status"].as_str().unwrap().to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Polls until `pred` holds, failing after `limit`.
+fn wait_for(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status_of(s: &Serve, port: u16) -> String {
+    statuses(s)
+        .into_iter()
+        .find(|(a, _)| a.ends_with(&format!(":{port}")))
+        .map(|(_, st)| st)
+        .unwrap_or_else(|| "absent".into())
+}
+
+#[test]
+fn nodes_register_fail_return_and_hold_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ac = {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.local_addr().unwrap().port()
+    };
+    let s = Serve::start(
+        &dir.path().join("data"),
+        &["--autoconfig", &format!("127.0.0.1:{ac}"), "--heartbeat-timeout-secs", "2"],
+    );
+    let mut nodes: Vec<Node> =
+        (0..3).map(|i| Node::start(&s, ac, dir.path().join(format!("node{i}")), &format!("site{i}"))).collect();
+
+    // All three appear, up, with their capacity, within 5 seconds and with no manual step.
+    wait_for("three nodes up", Duration::from_secs(5), || {
+        statuses(&s).iter().filter(|(_, st)| st == "up").count() == 3
+    });
+    for n in api(&s, "/nodes").as_array().unwrap() {
+        assert_eq!(n["capacity_bytes"].as_u64().unwrap(), 1 << 30, "{n}");
+        assert!(n["free_bytes"].as_u64().unwrap() > 0);
+    }
+
+    // Garbage, oversized and wrongly keyed packets change nothing.
+    let before = statuses(&s);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(b"garbage", ("127.0.0.1", ac)).unwrap();
+    sock.send_to(&[1u8; 1500], ("127.0.0.1", ac)).unwrap();
+    let mut forged = vec![1u8, 4];
+    forged.extend_from_slice(&[0u8; 100]);
+    sock.send_to(&forged, ("127.0.0.1", ac)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(statuses(&s), before);
+
+    // Storage on demand: placed on the nodes, used through NBD.
+    let created: serde_json::Value =
+        serde_json::from_str(&s.cli_ok(&["volume", "create", "v", "--size", "32MiB", "--m", "2", "--n", "3"])).unwrap();
+    let targets: Vec<String> =
+        created["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    assert_eq!(targets.len(), 3);
+    assert!(targets.iter().all(|t| t.starts_with("node://")), "{targets:?}");
+    let mut w = Writes::new(32 << 20);
+    let mut cmds = w.commands(&[(0, 65536, 0x5a), (5 << 20, 4096, 0x5b), ((32 << 20) - 4096, 4096, 0x5c)]);
+    cmds.push("flush".into());
+    qemu_io(&s.uri("v"), &cmds);
+    let got = nbdcopy_image(&s.uri("v"), dir.path());
+    assert!(got == w.image, "image read back through nodes differs");
+    // A volume too large for the pool is refused, with the reason.
+    let out = s.cli(&["volume", "create", "huge", "--size", "100GiB", "--m", "2", "--n", "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot place"), "{out:?}");
+
+    // A clean stop shows the node down at once.
+    let port0 = nodes[0].port;
+    nodes[0].term();
+    wait_for("cleanly stopped node down", Duration::from_secs(1), || status_of(&s, port0) == "down");
+
+    // SIGKILL: down within the heartbeat timeout (2 s), with an event.
+    let port1 = nodes[1].port;
+    nodes[1].kill9();
+    wait_for("killed node down", Duration::from_secs(4), || status_of(&s, port1) == "down");
+    let events = api(&s, "/events");
+    assert!(events.as_array().unwrap().iter().filter(|e| e["kind"] == "node_down").count() >= 2, "{events}");
+
+    // Restarting brings them back.
+    nodes[0].spawn(&s, ac);
+    nodes[1].spawn(&s, ac);
+    wait_for("restarted nodes up", Duration::from_secs(5), || {
+        statuses(&s).iter().filter(|(_, st)| st == "up").count() == 3
+    });
+    let got = nbdcopy_image(&s.uri("v"), dir.path());
+    assert!(got == w.image);
+}
