@@ -24,7 +24,11 @@ pub struct Cache {
     dir: PathBuf,
     chunk_size: u64,
     size: u64,
+    large_writes: tokio::sync::Mutex<()>,
 }
+
+/// Writes at least this large take turns (see `write_at`).
+const LARGE_WRITE: usize = 128 << 10;
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
@@ -62,6 +66,7 @@ impl Cache {
             dir: dir.to_path_buf(),
             chunk_size: chunk_size as u64,
             size,
+            large_writes: tokio::sync::Mutex::new(()),
         };
         Ok((cache, present, clean))
     }
@@ -93,6 +98,13 @@ impl Cache {
     }
 
     pub async fn write_at(&self, offset: u64, data: bytes::Bytes) -> std::io::Result<()> {
+        if data.len() >= LARGE_WRITE {
+            // Buffered writes to one file serialize on its inode lock in the kernel, where a
+            // second writer spins. Queue large ones here instead, so that worker can go on
+            // receiving the next request.
+            let _turn = self.large_writes.lock().await;
+            return self.file.write_all_at(&data, offset);
+        }
         self.file.write_all_at(&data, offset)
     }
 
