@@ -12,8 +12,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # start_cleave DATA_DIR [serve args...]: sets CLEAVE_PID, NBD_PORT, HTTP_PORT.
 start_cleave() {
   local data=$1; shift
-  NBD_PORT=$(free_port); HTTP_PORT=$(free_port)
-  CLEAVE_LOG=warn "$CLEAVE" serve --data-dir "$data" --nbd "127.0.0.1:$NBD_PORT" --http "127.0.0.1:$HTTP_PORT" "$@" \
+  NBD_PORT=$(free_port); HTTP_PORT=$(free_port); UDP_PORT=$(free_port)
+  CLEAVE_LOG=warn "$CLEAVE" serve --data-dir "$data" --nbd "127.0.0.1:$NBD_PORT" --http "127.0.0.1:$HTTP_PORT" \
+    --autoconfig "127.0.0.1:$UDP_PORT" "$@" \
     >"$OUT/serve.log" 2>&1 &
   CLEAVE_PID=$!
   for _ in $(seq 600); do grep -q '^API:' "$OUT/serve.log" 2>/dev/null && return 0; sleep 0.1; done

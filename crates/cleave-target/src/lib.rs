@@ -2,6 +2,7 @@
 //!
 //! - [`Target`]: one small trait: create-only put, get (whole or range), delete, list, health.
 //! - [`file`]: a local directory (`file:///path`); durable puts by fsync and an atomic link.
+//! - [`node`]: a Cleave storage node (`node://host:port`).
 //! - [`s3`]: an S3-compatible bucket and prefix, through `object_store`.
 //! - [`faulty`]: a wrapper that injects latency, errors, outages and corruption into any target.
 //! - [`open`]: a target from its URI.
@@ -9,6 +10,7 @@
 pub mod error;
 pub mod faulty;
 pub mod file;
+pub mod node;
 pub mod s3;
 
 use std::ops::Range;
@@ -50,8 +52,15 @@ pub fn open(uri: &str) -> Result<DynTarget, TargetError> {
     if uri.starts_with("s3://") {
         return Ok(Arc::new(s3::S3Target::from_uri(uri)?));
     }
-    if uri.starts_with("node://") {
-        return Err(TargetError::Unsupported(format!("{uri}: node:// targets come with storage nodes")));
+    if let Some(addr) = uri.strip_prefix("node://") {
+        let addr = addr.trim_end_matches('/');
+        if addr.is_empty() || addr.contains('/') {
+            return Err(TargetError::InvalidUri(format!("{uri}: use node://host:port")));
+        }
+        let token = std::env::var("CLEAVE_NODE_TOKEN").map_err(|_| {
+            TargetError::InvalidUri(format!("{uri}: set CLEAVE_NODE_TOKEN (derived from the cluster secret)"))
+        })?;
+        return Ok(Arc::new(node::NodeTarget::new(addr.to_string(), token)));
     }
     Err(TargetError::InvalidUri(format!("{uri}: use file:///path or s3://bucket/prefix")))
 }

@@ -83,7 +83,8 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 fn uris_are_checked() {
     assert!(matches!(open("file://relative/path"), Err(TargetError::InvalidUri(_))));
     assert!(matches!(open("ftp://x"), Err(TargetError::InvalidUri(_))));
-    assert!(matches!(open("node://127.0.0.1:1"), Err(TargetError::Unsupported(_))));
+    std::env::remove_var("CLEAVE_NODE_TOKEN");
+    assert!(matches!(open("node://127.0.0.1:1"), Err(TargetError::InvalidUri(_))));
     assert!(matches!(open("s3://bucket/p?colour=red"), Err(TargetError::InvalidUri(_))));
     let t = open("s3://bucket/prefix?endpoint=http://127.0.0.1:9&region=us-east-1").unwrap();
     assert_eq!(t.name(), "s3://bucket/prefix?endpoint=http://127.0.0.1:9");

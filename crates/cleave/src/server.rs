@@ -311,7 +311,7 @@ impl Gateway {
                 ByteSize(per_share)
             );
         }
-        fit.sort_by(|a, b| b.free_bytes.cmp(&a.free_bytes));
+        fit.sort_by_key(|x| std::cmp::Reverse(x.free_bytes));
         let mut chosen: Vec<&&&cleave_control::pool::NodeInfo> = Vec::new();
         // First one per site, then fill up with the rest.
         for x in &fit {
@@ -532,7 +532,10 @@ async fn run(
             println!("NBD: nbd://{nbd_addr}/{name}");
         }
     }
-    println!("autoconfig: udp://{autoconfig_addr} (cluster secret in {})", gw.data.root.join("cluster.secret").display());
+    println!(
+        "autoconfig: udp://{autoconfig_addr} (cluster secret in {})",
+        gw.data.root.join("cluster.secret").display()
+    );
     println!("API: http://{http_addr}/api/v1 (token in {})", gw.data.root.join("admin.token").display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -51,6 +51,7 @@ impl Serve {
             .arg("--http")
             .arg(format!("127.0.0.1:{}", self.http_port))
             .args(&self.extra)
+            .args(self.autoconfig_args())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("CLEAVE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -71,6 +72,15 @@ impl Serve {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         self.child = Some(child);
+    }
+
+    /// Every server needs its own UDP auto-configuration port, unless the test picks one.
+    fn autoconfig_args(&self) -> Vec<String> {
+        if self.extra.iter().any(|a| a == "--autoconfig") {
+            return Vec::new();
+        }
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        vec!["--autoconfig".into(), format!("127.0.0.1:{port}")]
     }
 
     pub fn restart(&mut self) {

@@ -1,0 +1,115 @@
+//! The pool of storage nodes as control sees it, and the events an administrator reads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Up,
+    Down,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeInfo {
+    pub id: String,
+    /// host:port of the node's share API.
+    pub address: String,
+    pub site: String,
+    pub status: NodeStatus,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub objects: u64,
+    pub last_seen_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub time_unix_ms: u64,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Packets dropped by the auto-configuration listener, by reason.
+#[derive(Debug, Default, Serialize, Clone, Copy, PartialEq, Eq)]
+pub struct DropCounters {
+    pub unauthenticated: u64,
+    pub malformed: u64,
+    pub replayed: u64,
+    pub oversized: u64,
+    pub spoofed: u64,
+    pub unexpected: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub unauthenticated: AtomicU64,
+    pub malformed: AtomicU64,
+    pub replayed: AtomicU64,
+    pub oversized: AtomicU64,
+    pub spoofed: AtomicU64,
+    pub unexpected: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Highest sequence number accepted per node id.
+    pub last_seq: BTreeMap<String, u64>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Default)]
+pub struct Pool {
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) counters: Counters,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+const MAX_EVENTS: usize = 1000;
+
+impl Pool {
+    pub fn new() -> Arc<Pool> {
+        Arc::new(Pool::default())
+    }
+
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.inner.lock().expect("not poisoned").nodes.values().cloned().collect()
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.inner.lock().expect("not poisoned").events.clone()
+    }
+
+    pub fn push_event(&self, kind: &str, detail: String) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        push(&mut inner, kind, detail);
+    }
+
+    pub fn counters(&self) -> DropCounters {
+        let c = &self.counters;
+        DropCounters {
+            unauthenticated: c.unauthenticated.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
+            oversized: c.oversized.load(Ordering::Relaxed),
+            spoofed: c.spoofed.load(Ordering::Relaxed),
+            unexpected: c.unexpected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub(crate) fn push(inner: &mut Inner, kind: &str, detail: String) {
+    tracing::info!(kind, %detail, "event");
+    inner.events.push(Event { time_unix_ms: now_ms(), kind: kind.to_string(), detail });
+    if inner.events.len() > MAX_EVENTS {
+        inner.events.remove(0);
+    }
+}
