@@ -31,6 +31,9 @@ enum Command {
     Control(server::ControlArgs),
     /// Run a storage node that registers itself with control; `cleave node list` lists them.
     Node(NodeCommand),
+    /// Long-running work: start, list, show and wait for tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
     /// Manage volumes on a running server.
     #[command(subcommand)]
     Volume(VolumeCommand),
@@ -67,6 +70,33 @@ struct NodeCommand {
     sub: Option<NodeSub>,
     #[command(flatten)]
     run: node::NodeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum TaskCommand {
+    /// Start a scrub or repair task; prints its id at once.
+    Start {
+        /// scrub or repair
+        kind: String,
+        volume: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    Show {
+        id: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Wait for a task with a progress bar; fails if the task fails.
+    Wait {
+        id: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +215,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Volume(cmd) => volume_command(cmd),
+        Command::Task(cmd) => task_command(cmd),
         Command::Scrub { name, repair, server } => {
             let client = Client::new(&server)?;
             let spinner = indicatif::ProgressBar::new_spinner();
@@ -236,6 +267,49 @@ fn set_node_token(data_dir: &std::path::Path) -> Result<()> {
     let secret = data.cluster_secret()?;
     std::env::set_var("CLEAVE_NODE_TOKEN", cleave_node::access_token(&secret));
     Ok(())
+}
+
+fn task_command(cmd: TaskCommand) -> Result<()> {
+    match cmd {
+        TaskCommand::Start { kind, volume, server } => {
+            let t = Client::new(&server)?.post("/tasks", json!({ "kind": kind, "volume": volume }))?;
+            print_json(&t.unwrap_or_default())
+        }
+        TaskCommand::List { server } => {
+            for t in Client::new(&server)?.get("/tasks")?.as_array().into_iter().flatten() {
+                println!(
+                    "{:>4} {:<7} {:<20} {:<10} {:>5.0}%",
+                    t["id"],
+                    t["kind"].as_str().unwrap_or("?"),
+                    t["volume"].as_str().unwrap_or("?"),
+                    t["state"].as_str().unwrap_or("?"),
+                    t["progress"].as_f64().unwrap_or(0.0) * 100.0
+                );
+            }
+            Ok(())
+        }
+        TaskCommand::Show { id, server } => print_json(&Client::new(&server)?.get(&format!("/tasks/{id}"))?),
+        TaskCommand::Wait { id, server } => {
+            let client = Client::new(&server)?;
+            let bar = indicatif::ProgressBar::new(1000);
+            loop {
+                let t = client.get(&format!("/tasks/{id}"))?;
+                bar.set_position((t["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
+                bar.set_message(t["state"].as_str().unwrap_or("?").to_string());
+                match t["state"].as_str() {
+                    Some("succeeded") => {
+                        bar.finish_and_clear();
+                        return print_json(&t);
+                    }
+                    Some("failed") => {
+                        bar.finish_and_clear();
+                        anyhow::bail!("task {id} failed: {}", t["error"].as_str().unwrap_or("no reason given"));
+                    }
+                    _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+                }
+            }
+        }
+    }
 }
 
 fn volume_command(cmd: VolumeCommand) -> Result<()> {

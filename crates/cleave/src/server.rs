@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -114,6 +114,9 @@ pub struct Gateway {
     nbd_addr: SocketAddr,
     volumes: RwLock<BTreeMap<String, Volume>>,
     pool: Arc<cleave_control::pool::Pool>,
+    tasks: Mutex<BTreeMap<u64, TaskView>>,
+    /// Long work runs one task at a time; the rest wait as `queued`.
+    task_slot: Arc<tokio::sync::Semaphore>,
     /// Serializes create and delete.
     admin: tokio::sync::Mutex<()>,
 }
@@ -345,6 +348,104 @@ impl Gateway {
     }
 }
 
+/// Long work (scrub, repair) as a task: queued, then running with progress, then
+/// succeeded with its result or failed with its reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskView {
+    pub id: u64,
+    pub kind: String,
+    pub volume: String,
+    pub state: &'static str,
+    pub progress: f64,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub created_unix_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct NewTask {
+    kind: String,
+    volume: String,
+}
+
+impl Gateway {
+    fn update_task(&self, id: u64, f: impl FnOnce(&mut TaskView)) {
+        if let Some(t) = self.tasks.lock().expect("not poisoned").get_mut(&id) {
+            f(t);
+        }
+    }
+
+    fn start_task(self: &Arc<Self>, kind: &str, volume: &str) -> Result<TaskView> {
+        let repair = match kind {
+            "scrub" => false,
+            "repair" => true,
+            other => bail!("unknown task kind {other:?}: use scrub or repair"),
+        };
+        let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
+        let task = {
+            let mut tasks = self.tasks.lock().expect("not poisoned");
+            let id = tasks.keys().next_back().map_or(1, |k| k + 1);
+            let t = TaskView {
+                id,
+                kind: kind.to_string(),
+                volume: volume.to_string(),
+                state: "queued",
+                progress: 0.0,
+                result: None,
+                error: None,
+                created_unix_ms: cleave_control::pool::now_ms(),
+            };
+            tasks.insert(id, t.clone());
+            t
+        };
+        let gw = self.clone();
+        let id = task.id;
+        tokio::spawn(async move {
+            let Ok(_slot) = gw.task_slot.clone().acquire_owned().await else { return };
+            gw.update_task(id, |t| t.state = "running");
+            let progress = |done: u64, total: u64| {
+                let p = if total == 0 { 1.0 } else { done as f64 / total as f64 };
+                gw.update_task(id, |t| t.progress = p);
+            };
+            match cleave_volume::scrub::scrub(&v, repair, progress).await {
+                Ok(report) => gw.update_task(id, |t| {
+                    t.state = "succeeded";
+                    t.progress = 1.0;
+                    t.result = serde_json::to_value(&report).ok();
+                }),
+                Err(e) => gw.update_task(id, |t| {
+                    t.state = "failed";
+                    t.error = Some(e.to_string());
+                }),
+            }
+            gw.pool.push_event(
+                &format!("{}_done", if repair { "repair" } else { "scrub" }),
+                format!("task {id} on {}", v.config().name),
+            );
+        });
+        Ok(task)
+    }
+}
+
+async fn create_task(State(gw): State<Shared>, Json(req): Json<NewTask>) -> Result<Response, ApiError> {
+    let t = gw.start_task(&req.kind, &req.volume).map_err(bad_request)?;
+    Ok((StatusCode::ACCEPTED, Json(t)).into_response())
+}
+
+async fn list_tasks(State(gw): State<Shared>) -> Json<Vec<TaskView>> {
+    Json(gw.tasks.lock().expect("not poisoned").values().cloned().collect())
+}
+
+async fn show_task(State(gw): State<Shared>, Path(id): Path<u64>) -> Result<Json<TaskView>, ApiError> {
+    gw.tasks
+        .lock()
+        .expect("not poisoned")
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task {id}")))
+}
+
 struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
@@ -435,6 +536,8 @@ pub fn router(gw: Shared) -> Router {
     Router::new()
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/events", get(list_events))
+        .route("/api/v1/tasks", get(list_tasks).post(create_task))
+        .route("/api/v1/tasks/{id}", get(show_task))
         .route("/api/v1/volumes", get(list_volumes).post(create_volume))
         .route("/api/v1/volumes/{name}", get(show_volume).delete(delete_volume))
         .route("/api/v1/volumes/{name}/scrub", post(scrub_volume))
@@ -496,6 +599,8 @@ async fn run(
         nbd_addr,
         volumes: RwLock::new(BTreeMap::new()),
         pool,
+        tasks: Mutex::new(BTreeMap::new()),
+        task_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         admin: tokio::sync::Mutex::new(()),
     });
     let existing = gw.data.load_volumes(&gw.master)?;

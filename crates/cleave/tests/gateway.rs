@@ -349,3 +349,22 @@ fn s3_targets_on_moto_read_and_write() {
     assert!(got[..12 * MIB as usize] == w.image[..12 * MIB as usize], "S3-backed image differs");
     assert_eq!(s.show("v")["health"]["state"], "clean");
 }
+
+#[test]
+fn scrub_runs_as_a_task_with_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _w) = written_and_cold(dir.path(), 16);
+    s.restart();
+    let started: serde_json::Value = serde_json::from_str(&s.cli_ok(&["task", "start", "repair", "v"])).unwrap();
+    assert!(["queued", "running"].contains(&started["state"].as_str().unwrap()), "{started}");
+    let id = started["id"].as_u64().unwrap().to_string();
+    let done: serde_json::Value = serde_json::from_str(&s.cli_ok(&["task", "wait", &id])).unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["progress"].as_f64().unwrap(), 1.0);
+    assert!(done["result"]["chunks_checked"].as_u64().unwrap() > 0, "{done}");
+    assert!(s.cli_ok(&["task", "list"]).contains("succeeded"));
+    // A task on a volume that does not exist is refused with the reason.
+    let out = s.cli(&["task", "start", "scrub", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no volume"));
+}
