@@ -532,8 +532,14 @@ async fn list_events(State(gw): State<Shared>) -> Json<Vec<cleave_control::pool:
     Json(gw.pool.events())
 }
 
+/// The OpenAPI document of this API, public so that tools can read it.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
+
 pub fn router(gw: Shared) -> Router {
-    Router::new()
+    let public = Router::new().route("/api/v1/openapi.json", get(openapi));
+    let private = Router::new()
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/tasks", get(list_tasks).post(create_task))
@@ -543,7 +549,8 @@ pub fn router(gw: Shared) -> Router {
         .route("/api/v1/volumes/{name}/scrub", post(scrub_volume))
         .route("/api/v1/volumes/{name}/destage", post(flush_volume))
         .layer(middleware::from_fn_with_state(gw.clone(), auth))
-        .with_state(gw)
+        .with_state(gw);
+    public.merge(private)
 }
 
 /// `cleave control`: the API and the node pool, without an NBD front end.

@@ -368,3 +368,40 @@ fn scrub_runs_as_a_task_with_progress() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no volume"));
 }
+
+#[test]
+fn api_refuses_anonymous_calls_and_its_openapi_document_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    let base = format!("http://127.0.0.1:{}/api/v1", s.http_port);
+    for path in ["/volumes", "/nodes", "/tasks", "/events", "/volumes/demo"] {
+        let code =
+            run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}{path}")]));
+        assert_eq!(code, "401", "{path}");
+        let code = run(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Authorization: Bearer wrong",
+            &format!("{base}{path}"),
+        ]));
+        assert_eq!(code, "401", "{path} with a wrong token");
+    }
+    let code = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "DELETE",
+        &format!("{base}/volumes/demo"),
+    ]));
+    assert_eq!(code, "401");
+    let doc = dir.path().join("openapi.json");
+    run(Command::new("curl").args(["-sf", "-o"]).arg(&doc).arg(format!("{base}/openapi.json")));
+    run(Command::new("openapi-spec-validator").arg(&doc));
+}
