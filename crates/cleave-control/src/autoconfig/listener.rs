@@ -184,3 +184,73 @@ fn handle(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketAddr) -> Opt
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: [u8; 32] = [5; 32];
+
+    fn packet(kind: MessageType, seq: u64, src: SocketAddr, data: serde_json::Value) -> Vec<u8> {
+        let p = Packet { kind, seq, src, dst: "127.0.0.1:7700".parse().unwrap(), data: data.to_string().into_bytes() };
+        packet::encode(&p, &SECRET).unwrap()
+    }
+
+    #[test]
+    fn registration_replay_spoofing_and_shutdown() {
+        let pool = Pool::new();
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let hello = serde_json::json!({ "id": "n1" });
+        let startup = packet(MessageType::Startup, 10, from, hello.clone());
+        assert_eq!(handle(&pool, &SECRET, &startup, from), Some(MessageType::NeedInfo));
+        let info = serde_json::json!({
+            "id": "n1", "address": "127.0.0.1:7800", "site": "a", "capacity_bytes": 100, "free_bytes": 60,
+        });
+        assert_eq!(handle(&pool, &SECRET, &packet(MessageType::Info, 11, from, info), from), Some(MessageType::Ack));
+        assert_eq!(pool.nodes()[0].status, NodeStatus::Up);
+        let before = format!("{:?}", pool.nodes());
+
+        // A captured packet sent again is a replay: dropped, counted, nothing changes.
+        assert_eq!(handle(&pool, &SECRET, &startup, from), None);
+        assert_eq!(pool.counters().replayed, 1);
+        // The same packet from another address is spoofed.
+        let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let shutdown = packet(MessageType::Shutdown, 12, from, hello.clone());
+        assert_eq!(handle(&pool, &SECRET, &shutdown, other), None);
+        assert_eq!(pool.counters().spoofed, 1);
+        // Wrong secret, garbage, oversized.
+        let mut forged = shutdown.clone();
+        forged[20] ^= 1;
+        assert_eq!(handle(&pool, &SECRET, &forged, from), None);
+        assert_eq!(handle(&pool, &SECRET, b"garbage", from), None);
+        assert_eq!(handle(&pool, &SECRET, &[0u8; 1500], from), None);
+        let c = pool.counters();
+        assert_eq!((c.unauthenticated, c.malformed, c.oversized), (1, 1, 1));
+        assert_eq!(format!("{:?}", pool.nodes()), before);
+
+        // The genuine SHUTDOWN marks it down at once, with an event.
+        assert_eq!(handle(&pool, &SECRET, &shutdown, from), None);
+        assert_eq!(pool.nodes()[0].status, NodeStatus::Down);
+        assert!(pool.events().iter().any(|e| e.kind == "node_down" && e.detail.contains("clean stop")));
+        // A heartbeat from a node marked down asks it to register again.
+        let beat = serde_json::json!({ "id": "n1", "free_bytes": 50 });
+        assert_eq!(
+            handle(&pool, &SECRET, &packet(MessageType::Heartbeat, 13, from, beat), from),
+            Some(MessageType::NeedInfo)
+        );
+    }
+
+    #[test]
+    fn silent_nodes_expire() {
+        let pool = Pool::new();
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let info = serde_json::json!({
+            "id": "n2", "address": "127.0.0.1:7801", "site": "b", "capacity_bytes": 1, "free_bytes": 1,
+        });
+        handle(&pool, &SECRET, &packet(MessageType::Info, 1, from, info), from);
+        pool.inner.lock().unwrap().nodes.get_mut("n2").unwrap().last_seen_unix_ms -= 10_000;
+        expire(&pool, Duration::from_secs(5));
+        assert_eq!(pool.nodes()[0].status, NodeStatus::Down);
+        assert!(pool.events().iter().any(|e| e.detail.contains("no heartbeat")));
+    }
+}
