@@ -169,7 +169,7 @@ async fn auth(State(node): State<Node>, req: Request, next: Next) -> Response {
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
     let want = node.inner.token.as_bytes();
-    if given.len() != want.len() || given.bytes().zip(want).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0 {
+    if !cleave_split::constant_time_eq(given.as_bytes(), want) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong access token".into());
     }
     next.run(req).await

@@ -18,7 +18,9 @@ pub mod format;
 pub mod keys;
 pub mod shamir;
 
-pub use codec::{BadShare, Codec, DecodeError, DecodeReport, Decoded, EncodeError, ShareFault, Verify};
+pub use codec::{
+    constant_time_eq, BadShare, Codec, DecodeError, DecodeReport, Decoded, EncodeError, ShareFault, Verify,
+};
 pub use format::{read_label, ChunkId, LabelError, ShareKind, ShareLabel, HEADER_LEN, TAG_LEN};
 pub use keys::{
     GroupKey, KeyError, KeySlot, Keyring, MasterKey, SealedMasterKey, VolumeKey, VolumeKeySlots, WrappedKey,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cleave_split::{ChunkId, Codec, DecodeError, Keyring};
 use cleave_target::{DynTarget, TargetError};
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -132,11 +133,30 @@ impl Dispersal {
         order
     }
 
+    /// Reads and decodes the object `key` (a chunk generation or a journal record).
+    /// Shares the codec rejects are reported by target index, so that another is read.
+    pub async fn read_decoded(
+        &self,
+        key: &str,
+        codec: &Codec,
+        keys: &Keyring,
+        id: &ChunkId,
+        hedge_after: Duration,
+    ) -> Result<(Vec<u8>, Vec<usize>), String> {
+        self.read_decode(key, codec.m(), hedge_after, |got| {
+            let shares: Vec<&[u8]> = got.iter().map(|(_, b)| b.as_ref()).collect();
+            codec.decode(keys, id, &shares).map(|d| d.data).map_err(
+                |DecodeError::NotEnoughShares { report, .. }| report.bad.iter().map(|b| got[b.position].0).collect(),
+            )
+        })
+        .await
+    }
+
     /// Reads shares of `key` until `decode` succeeds. Asks the `m` fastest targets,
     /// adds one more each time `hedge_after` passes without success, and one more for
     /// every error or share that `decode` reports bad (by target index).
     /// Returns the decoded value and the target indices whose share was missing or bad.
-    pub async fn read_decode<T>(
+    async fn read_decode<T>(
         &self,
         key: &str,
         m: usize,

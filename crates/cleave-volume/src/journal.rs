@@ -116,19 +116,7 @@ impl Journal<'_> {
     }
 
     async fn read<T: for<'de> Deserialize<'de>>(&self, key: &str, id: ChunkId) -> Result<T, String> {
-        let codec = self.codec;
-        let keys = self.keys;
-        let (body, _) = self
-            .dispersal
-            .read_decode(key, codec.m(), self.hedge_after, |got| {
-                let shares: Vec<&[u8]> = got.iter().map(|(_, b)| b.as_ref()).collect();
-                codec.decode(keys, &id, &shares).map(|d| d.data).map_err(
-                    |cleave_split::DecodeError::NotEnoughShares { report, .. }| {
-                        report.bad.iter().map(|b| got[b.position].0).collect()
-                    },
-                )
-            })
-            .await?;
+        let (body, _) = self.dispersal.read_decoded(key, self.codec, self.keys, &id, self.hedge_after).await?;
         serde_json::from_slice(&body).map_err(|e| format!("{key}: {e}"))
     }
 

@@ -202,9 +202,7 @@ impl Superblock {
             serde_json::from_slice(bytes).map_err(|e| VolumeError::Metadata(format!("superblock: {e}")))?;
         let body = serde_json::to_vec(&sealed.superblock).map_err(|e| VolumeError::Metadata(e.to_string()))?;
         let want = Self::mac(master, &body);
-        if want.len() != sealed.mac.len()
-            || want.bytes().zip(sealed.mac.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0
-        {
+        if !cleave_split::constant_time_eq(want.as_bytes(), sealed.mac.as_bytes()) {
             return Err(VolumeError::Metadata("superblock MAC does not verify (wrong key or tampered)".into()));
         }
         sealed.superblock.config.validate()?;

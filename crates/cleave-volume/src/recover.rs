@@ -97,14 +97,7 @@ pub async fn export(
         let id = ChunkId { volume, kind: ShareKind::Data, chunk, generation: mapping.generation };
         let key = names::chunk(&config.uuid, chunk, mapping.generation);
         let (data, _) = dispersal
-            .read_decode(&key, codec.m(), hedge_after, |got| {
-                let shares: Vec<&[u8]> = got.iter().map(|(_, b)| b.as_ref()).collect();
-                codec.decode(&keys, &id, &shares).map(|d| d.data).map_err(
-                    |cleave_split::DecodeError::NotEnoughShares { report, .. }| {
-                        report.bad.iter().map(|b| got[b.position].0).collect()
-                    },
-                )
-            })
+            .read_decoded(&key, &codec, &keys, &id, hedge_after)
             .await
             .map_err(|reason| VolumeError::Unavailable { chunk, reason })?;
         file.write_all_at(&data, chunk * config.chunk_size as u64)?;

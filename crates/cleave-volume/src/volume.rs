@@ -292,11 +292,8 @@ impl Volume {
         let inner = &self.inner;
         let mut touched = Vec::new();
         for (chunk, pos, n) in self.pieces(offset, data.len() as u64) {
-            let guard = inner.ensure_present(chunk).await?;
             let from = (pos - offset) as usize;
-            inner.cache.write_at(pos, data.slice(from..from + n as usize)).await?;
-            inner.mark_dirty(chunk);
-            drop(guard);
+            inner.write_piece(chunk, pos, data.slice(from..from + n as usize)).await?;
             touched.push(chunk);
         }
         if fua {
@@ -319,10 +316,7 @@ impl Volume {
                 let _guard = inner.stripe(chunk).write().await;
                 inner.zero_chunk(chunk, start, end).await?;
             } else {
-                let guard = inner.ensure_present(chunk).await?;
-                inner.cache.write_at(pos, Bytes::from(vec![0u8; n as usize])).await?;
-                inner.mark_dirty(chunk);
-                drop(guard);
+                inner.write_piece(chunk, pos, Bytes::from(vec![0u8; n as usize])).await?;
             }
             touched.push(chunk);
         }
@@ -502,6 +496,14 @@ impl Inner {
         c.last_write = Some(Instant::now());
     }
 
+    /// Writes bytes within one chunk through the cache and marks the chunk dirty.
+    async fn write_piece(&self, chunk: u64, pos: u64, data: Bytes) -> Result<(), VolumeError> {
+        let _guard = self.ensure_present(chunk).await?;
+        self.cache.write_at(pos, data).await?;
+        self.mark_dirty(chunk);
+        Ok(())
+    }
+
     async fn zero_chunk(&self, chunk: u64, start: u64, end: u64) -> Result<(), VolumeError> {
         self.cache.punch(start, end - start).await?;
         let mut st = self.state.lock().expect("not poisoned");
@@ -631,19 +633,7 @@ impl Inner {
         };
         let key = names::chunk(&self.uuid, chunk, mapping.generation);
         let id = ChunkId { volume: self.volume, kind: ShareKind::Data, chunk, generation: mapping.generation };
-        let codec = &self.codec;
-        let keys = &self.keys;
-        let result = self
-            .dispersal
-            .read_decode(&key, codec.m(), self.opts.hedge_after, |got| {
-                let shares: Vec<&[u8]> = got.iter().map(|(_, b)| b.as_ref()).collect();
-                codec.decode(keys, &id, &shares).map(|d| d.data).map_err(
-                    |cleave_split::DecodeError::NotEnoughShares { report, .. }| {
-                        report.bad.iter().map(|b| got[b.position].0).collect()
-                    },
-                )
-            })
-            .await;
+        let result = self.dispersal.read_decoded(&key, &self.codec, &self.keys, &id, self.opts.hedge_after).await;
         match result {
             Ok((data, bad)) if data.len() == len => {
                 if !bad.is_empty() {

@@ -468,7 +468,7 @@ async fn auth(State(gw): State<Shared>, req: Request, next: Next) -> Response {
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
     let want = gw.token.as_bytes();
-    let ok = given.len() == want.len() && given.bytes().zip(want).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+    let ok = cleave_split::constant_time_eq(given.as_bytes(), want);
     if !ok {
         return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
     }

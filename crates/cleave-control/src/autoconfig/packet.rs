@@ -115,7 +115,7 @@ pub fn decode(bytes: &[u8], secret: &[u8; 32]) -> Result<Packet, PacketError> {
     }
     let (body, tag) = bytes.split_at(bytes.len() - MAC);
     let want = mac(secret, body);
-    if want.iter().zip(tag).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0 {
+    if !cleave_split::constant_time_eq(&want, tag) {
         return Err(PacketError::BadMac);
     }
     let kind = MessageType::from_u8(bytes[1]).ok_or(PacketError::UnknownType(bytes[1]))?;
