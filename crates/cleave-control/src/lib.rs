@@ -1,7 +1,11 @@
 //! `cleave-control`: what control knows about the storage pool.
 //!
 //! - [`autoconfig`]: the UDP protocol by which nodes register, report and leave.
+//! - [`access`]: clients, groups and grants; the rights of an identity on a volume.
+//! - [`ca`]: control's certificate authority for NBD over TLS.
 //! - [`pool`]: nodes with their status, capacity, site and last-seen time; events.
 
+pub mod access;
 pub mod autoconfig;
+pub mod ca;
 pub mod pool;

@@ -17,6 +17,9 @@ pub enum BlockError {
     Invalid(String),
     #[error("read-only")]
     ReadOnly,
+    /// The client's rights do not cover the request.
+    #[error("not permitted: {0}")]
+    Denied(String),
 }
 
 impl BlockError {
@@ -26,7 +29,7 @@ impl BlockError {
             BlockError::Io(_) => proto::EIO,
             BlockError::NoSpace(_) => proto::ENOSPC,
             BlockError::Invalid(_) => proto::EINVAL,
-            BlockError::ReadOnly => proto::EPERM,
+            BlockError::ReadOnly | BlockError::Denied(_) => proto::EPERM,
         }
     }
 }
@@ -58,11 +61,52 @@ pub trait BlockDevice: Send + Sync {
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError>;
 }
 
-/// Exports by name.
+/// Who is on the other end of a connection, as far as the server knows it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    /// The connection went through NBD_OPT_STARTTLS.
+    pub tls: bool,
+    /// The client certificate (DER), already verified against the server's client CA.
+    pub certificate: Option<Vec<u8>>,
+}
+
+impl Peer {
+    pub fn is_loopback(&self) -> bool {
+        match self.addr.ip() {
+            std::net::IpAddr::V4(a) => a.is_loopback(),
+            std::net::IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|a| a.is_loopback()),
+        }
+    }
+}
+
+/// Why an export is not handed to a peer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// NBD_REP_ERR_UNKNOWN. Also used where telling "exists" from "forbidden" would leak names.
+    #[error("unknown export")]
+    Unknown,
+    /// NBD_REP_ERR_TLS_REQD: retry after NBD_OPT_STARTTLS.
+    #[error("TLS required: {0}")]
+    TlsRequired(String),
+    /// NBD_REP_ERR_POLICY.
+    #[error("refused: {0}")]
+    Denied(String),
+}
+
+/// Exports by name. Access control lives in the `*_for` methods; their defaults allow everyone.
 pub trait ExportProvider: Send + Sync {
     fn list(&self) -> Vec<String>;
     /// None → the export does not exist (NBD_REP_ERR_UNKNOWN).
     fn open(&self, name: &str) -> Option<Arc<dyn BlockDevice>>;
+    /// The exports this peer may see (NBD_OPT_LIST, and the default export).
+    fn list_for(&self, _peer: &Peer) -> Vec<String> {
+        self.list()
+    }
+    /// The export as this peer may use it (a provider can hand out a read-only or range-limited view).
+    fn open_for(&self, name: &str, _peer: &Peer) -> Result<Arc<dyn BlockDevice>, Refusal> {
+        self.open(name).ok_or(Refusal::Unknown)
+    }
 }
 
 /// RAM-backed device for tests and benches. Trim zeroes, so reads after trim are deterministic.

@@ -6,6 +6,7 @@
 //! which may complete out of order, are never interleaved.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::Poll;
@@ -18,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::device::{BlockDevice, BlockError, ExportProvider};
+use crate::device::{BlockDevice, BlockError, ExportProvider, Peer, Refusal};
 use crate::proto::{self, Command, ExportLimits, ProtoError, Request};
 
 /// Limits that bound what one client can make the server hold in memory.
@@ -28,11 +29,13 @@ pub struct ServerConfig {
     pub max_request: u32,
     /// Requests executing concurrently per connection. 0 is treated as 1.
     pub max_inflight: usize,
+    /// Offered through NBD_OPT_STARTTLS. When set, peers that are not on loopback must use it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_request: 32 << 20, max_inflight: 64 }
+        Self { max_request: 32 << 20, max_inflight: 64, tls: None }
     }
 }
 
@@ -48,8 +51,10 @@ pub enum ProtocolError {
     #[error("option {option} carries {len} bytes, more than we accept")]
     OptionTooBig { option: u32, len: u32 },
     /// NBD_OPT_EXPORT_NAME cannot report errors; the spec says to close.
-    #[error("unknown export {0:?} requested with NBD_OPT_EXPORT_NAME")]
-    UnknownExport(String),
+    #[error("export {0:?} requested with NBD_OPT_EXPORT_NAME refused: {1}")]
+    UnknownExport(String, Refusal),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     #[error("write of {0} bytes is too large to drain")]
     OversizedWrite(u32),
 }
@@ -81,6 +86,15 @@ struct Export {
     flags: u16,
 }
 
+/// How option haggling ended.
+enum Haggled {
+    Export(Export),
+    /// ABORT or EOF.
+    Left,
+    /// The client sent NBD_OPT_STARTTLS and got its ACK.
+    StartTls,
+}
+
 /// One reply for the writer task.
 struct Reply {
     handle: u64,
@@ -90,8 +104,11 @@ struct Reply {
 
 impl Server {
     pub fn new(provider: Arc<dyn ExportProvider>, config: ServerConfig) -> Self {
-        let config =
-            ServerConfig { max_request: config.max_request.max(512), max_inflight: config.max_inflight.max(1) };
+        let config = ServerConfig {
+            max_request: config.max_request.max(512),
+            max_inflight: config.max_inflight.max(1),
+            tls: config.tls,
+        };
         Self { provider, config }
     }
 
@@ -117,47 +134,95 @@ impl Server {
             let this = self.clone();
             tokio::spawn(async move {
                 // Errors are logged inside serve_connection.
-                let _ = this.serve_connection(sock, addr.to_string()).await;
+                let _ = this.serve_connection(sock, addr).await;
             });
         }
     }
 
-    /// One connection over any stream (TLS comes later: keep it generic over AsyncRead + AsyncWrite + Unpin + Send + 'static).
-    pub async fn serve_connection<S>(self: Arc<Self>, mut stream: S, peer: String) -> Result<(), ProtocolError>
+    /// One connection over any stream. `addr` decides whether TLS is required (everything but loopback).
+    pub async fn serve_connection<S>(self: Arc<Self>, mut stream: S, addr: SocketAddr) -> Result<(), ProtocolError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        debug!(peer = %peer, "NBD connection opened");
-        let negotiated = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut stream, &peer)).await {
-            Ok(r) => r,
-            Err(_) => Err(ProtocolError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
-        };
+        debug!(peer = %addr, "NBD connection opened");
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut peer = Peer { addr, tls: false, certificate: None };
+        let negotiated = tokio::time::timeout_at(deadline, async {
+            let Some(client) = self.greet(&mut stream).await? else { return Ok((Haggled::Left, None)) };
+            Ok((self.haggle(&mut stream, &peer, client).await?, Some(client)))
+        })
+        .await
+        .unwrap_or(Err(ProtocolError::HandshakeTimeout(HANDSHAKE_TIMEOUT)));
+        match negotiated {
+            Ok((Haggled::StartTls, Some(client))) => {
+                let config = self.config.tls.clone().expect("STARTTLS is only accepted with a TLS config");
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                let mut tls = match tokio::time::timeout_at(deadline, accept).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return self.failed(&peer, ProtocolError::Tls(e)),
+                    Err(_) => return self.failed(&peer, ProtocolError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+                };
+                peer.tls = true;
+                peer.certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+                let negotiated = tokio::time::timeout_at(deadline, self.haggle(&mut tls, &peer, client))
+                    .await
+                    .unwrap_or(Err(ProtocolError::HandshakeTimeout(HANDSHAKE_TIMEOUT)));
+                self.after_handshake(tls, negotiated, &peer).await
+            }
+            Ok((outcome, _)) => self.after_handshake(stream, Ok(outcome), &peer).await,
+            Err(e) => self.failed(&peer, e),
+        }
+    }
+
+    fn failed(&self, peer: &Peer, e: ProtocolError) -> Result<(), ProtocolError> {
+        warn!(peer = %peer.addr, tls = peer.tls, error = %e, "NBD handshake failed");
+        Err(e)
+    }
+
+    async fn after_handshake<S>(
+        &self,
+        stream: S,
+        negotiated: Result<Haggled, ProtocolError>,
+        peer: &Peer,
+    ) -> Result<(), ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let export = match negotiated {
-            Ok(Some(export)) => export,
-            Ok(None) => {
-                debug!(peer = %peer, "NBD client left during negotiation");
+            Ok(Haggled::Export(export)) => export,
+            Ok(Haggled::Left) => {
+                debug!(peer = %peer.addr, "NBD client left during negotiation");
                 return Ok(());
             }
-            Err(e) => {
-                warn!(peer = %peer, error = %e, "NBD handshake failed");
-                return Err(e);
-            }
+            // Only reachable when TLS is not configured, where STARTTLS is refused instead.
+            Ok(Haggled::StartTls) => return Ok(()),
+            Err(e) => return self.failed(peer, e),
         };
-        info!(peer = %peer, export = %export.name, size = export.size, "NBD client connected");
+        let who = peer.addr.to_string();
+        info!(peer = %who, tls = peer.tls, export = %export.name, size = export.size, read_only = export.device.read_only(), "NBD client connected");
         let name = export.name.clone();
-        let result = self.transmission(stream, export, &peer).await;
+        let result = self.transmission(stream, export, &who).await;
         match &result {
-            Ok(()) => info!(peer = %peer, export = %name, "NBD client disconnected"),
-            Err(e) => warn!(peer = %peer, export = %name, error = %e, "NBD client disconnected with protocol error"),
+            Ok(()) => info!(peer = %who, export = %name, "NBD client disconnected"),
+            Err(e) => warn!(peer = %who, export = %name, error = %e, "NBD client disconnected with protocol error"),
         }
         result
     }
 
-    /// Resolves an export name; the empty name means the first listed export.
-    fn resolve(&self, name: &str) -> Option<(String, Arc<dyn BlockDevice>)> {
-        let name = if name.is_empty() { self.provider.list().into_iter().next()? } else { name.to_owned() };
-        let device = self.provider.open(&name)?;
-        Some((name, device))
+    /// Resolves an export name for this peer; the empty name means the first export it may see.
+    fn resolve(&self, name: &str, peer: &Peer) -> Result<(String, Arc<dyn BlockDevice>), Refusal> {
+        let name = if name.is_empty() {
+            self.provider.list_for(peer).into_iter().next().ok_or(Refusal::Unknown)?
+        } else {
+            name.to_owned()
+        };
+        let device = self.provider.open_for(&name, peer)?;
+        Ok((name, device))
+    }
+
+    /// TLS is offered and this peer is not on loopback, but has not started it yet.
+    fn tls_missing(&self, peer: &Peer) -> bool {
+        self.config.tls.is_some() && !peer.tls && !peer.is_loopback()
     }
 
     fn export(&self, name: String, device: Arc<dyn BlockDevice>) -> Export {
@@ -176,12 +241,8 @@ impl Server {
         Export { name, device, size, flags }
     }
 
-    /// Option haggling. `Ok(None)` means the client aborted or went away cleanly.
-    ///
-    /// TLS hook: NBD_OPT_STARTTLS is where the stream gets upgraded. Because this function is
-    /// generic over the stream, adding TLS means: reply ACK, wrap `s` in a TLS acceptor, and
-    /// continue haggling (and then transmission) on the wrapped stream.
-    async fn handshake<S>(&self, s: &mut S, peer: &str) -> Result<Option<Export>, ProtocolError>
+    /// Greeting and client flags. `None`: the client went away.
+    async fn greet<S>(&self, s: &mut S) -> Result<Option<proto::ClientFlags>, ProtocolError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -191,11 +252,20 @@ impl Server {
         if !read_exact_or_eof(s, &mut flags).await? {
             return Ok(None);
         }
-        let client = proto::parse_client_flags(&flags)?;
+        Ok(Some(proto::parse_client_flags(&flags)?))
+    }
+
+    /// Option haggling, until an export is chosen, the client leaves, or TLS starts
+    /// (the caller wraps the stream and haggles again on it).
+    async fn haggle<S>(&self, s: &mut S, who: &Peer, client: proto::ClientFlags) -> Result<Haggled, ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let peer = &who.addr.to_string();
         loop {
             let mut hdr = [0u8; proto::OPTION_HEADER_LEN];
             if !read_exact_or_eof(s, &mut hdr).await? {
-                return Ok(None);
+                return Ok(Haggled::Left);
             }
             let opt = proto::parse_option_header(&hdr)?;
             if opt.len > proto::MAX_OPTION_LEN {
@@ -205,21 +275,32 @@ impl Server {
             }
             let mut data = vec![0u8; opt.len as usize];
             s.read_exact(&mut data).await?;
+            if self.tls_missing(who) && !matches!(opt.option, proto::OPT_STARTTLS | proto::OPT_ABORT) {
+                if opt.option == proto::OPT_EXPORT_NAME {
+                    // No error reply exists for EXPORT_NAME; the spec says to close.
+                    let refusal = Refusal::TlsRequired("peer is not on loopback".into());
+                    return Err(ProtocolError::UnknownExport(proto::parse_export_name(&data)?, refusal));
+                }
+                send_option_reply(s, opt.option, proto::REP_ERR_TLS_REQD, b"TLS is required: use NBD_OPT_STARTTLS")
+                    .await?;
+                continue;
+            }
             match opt.option {
                 proto::OPT_EXPORT_NAME => {
                     let name = proto::parse_export_name(&data)?;
-                    let Some((name, device)) = self.resolve(&name) else {
-                        return Err(ProtocolError::UnknownExport(name));
+                    let (name, device) = match self.resolve(&name, who) {
+                        Ok(x) => x,
+                        Err(refusal) => return Err(ProtocolError::UnknownExport(name, refusal)),
                     };
                     let export = self.export(name, device);
                     s.write_all(&proto::export_name_reply(export.size, export.flags, client.no_zeroes)).await?;
                     s.flush().await?;
-                    return Ok(Some(export));
+                    return Ok(Haggled::Export(export));
                 }
                 proto::OPT_ABORT => {
                     // The client may already have closed; the ACK is a courtesy.
                     let _ = send_option_reply(s, opt.option, proto::REP_ACK, &[]).await;
-                    return Ok(None);
+                    return Ok(Haggled::Left);
                 }
                 proto::OPT_LIST => {
                     if !data.is_empty() {
@@ -227,7 +308,7 @@ impl Server {
                         continue;
                     }
                     let mut out = Vec::new();
-                    for name in self.provider.list() {
+                    for name in self.provider.list_for(who) {
                         out.extend(proto::option_reply(opt.option, proto::REP_SERVER, &proto::rep_server_data(&name)));
                     }
                     out.extend(proto::option_reply(opt.option, proto::REP_ACK, &[]));
@@ -243,21 +324,38 @@ impl Server {
                             continue;
                         }
                     };
-                    let Some((name, device)) = self.resolve(&req.name) else {
-                        let msg = format!("unknown export {:?}", req.name);
-                        send_option_reply(s, opt.option, proto::REP_ERR_UNKNOWN, msg.as_bytes()).await?;
-                        continue;
+                    let (name, device) = match self.resolve(&req.name, who) {
+                        Ok(x) => x,
+                        Err(refusal) => {
+                            let code = match refusal {
+                                Refusal::Unknown => proto::REP_ERR_UNKNOWN,
+                                Refusal::TlsRequired(_) => proto::REP_ERR_TLS_REQD,
+                                Refusal::Denied(_) => proto::REP_ERR_POLICY,
+                            };
+                            info!(peer = %peer, tls = who.tls, export = %req.name, reason = %refusal, "export refused");
+                            let msg = format!("export {:?}: {refusal}", req.name);
+                            send_option_reply(s, opt.option, code, msg.as_bytes()).await?;
+                            continue;
+                        }
                     };
                     let export = self.export(name, device);
                     s.write_all(&self.info_replies(opt.option, &export, &req.infos)).await?;
                     s.flush().await?;
                     if opt.option == proto::OPT_GO {
-                        return Ok(Some(export));
+                        return Ok(Haggled::Export(export));
                     }
                 }
                 proto::OPT_STARTTLS => {
-                    // TLS hook (see above): not offered yet.
-                    send_option_reply(s, opt.option, proto::REP_ERR_UNSUP, b"TLS not supported").await?;
+                    if self.config.tls.is_none() {
+                        send_option_reply(s, opt.option, proto::REP_ERR_UNSUP, b"TLS not configured").await?;
+                    } else if who.tls {
+                        send_option_reply(s, opt.option, proto::REP_ERR_INVALID, b"TLS already started").await?;
+                    } else if !data.is_empty() {
+                        send_option_reply(s, opt.option, proto::REP_ERR_INVALID, b"STARTTLS takes no data").await?;
+                    } else {
+                        send_option_reply(s, opt.option, proto::REP_ACK, &[]).await?;
+                        return Ok(Haggled::StartTls);
+                    }
                 }
                 proto::OPT_STRUCTURED_REPLY => {
                     // Simple replies only; clients fall back per the spec.

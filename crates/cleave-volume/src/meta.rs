@@ -184,6 +184,28 @@ impl Superblock {
         Err(last.map(VolumeError::Key).unwrap_or_else(|| VolumeError::Key(cleave_split::KeyError::Erased)))
     }
 
+    /// Gives `group` a key slot (the next version must then be published).
+    pub fn grant_group(&mut self, master: &MasterKey, group: &str, group_key: &GroupKey) -> Result<(), VolumeError> {
+        let keyring = self.unlock(master)?;
+        self.slots.grant(&keyring, group, group_key)?;
+        self.groups.insert(group.to_string(), master.wrap_group(group, group_key)?);
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Removes `group`'s key slot; returns how many slots remain (0: the volume is crypto-erased
+    /// once this version replaces the older ones everywhere).
+    pub fn revoke_group(&mut self, group: &str) -> usize {
+        if self.slots.revoke(group) | self.groups.remove(group).is_some() {
+            self.version += 1;
+        }
+        self.slots.groups().count()
+    }
+
+    pub fn has_group(&self, group: &str) -> bool {
+        self.slots.groups().any(|g| g == group)
+    }
+
     fn mac(master: &MasterKey, body: &[u8]) -> String {
         let key = master.derive("cleave superblock mac v1");
         hex::encode(blake3::keyed_hash(key.expose(), body).as_bytes())

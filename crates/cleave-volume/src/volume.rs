@@ -369,6 +369,15 @@ impl Volume {
         result
     }
 
+    /// Stops destaging without flushing (the volume is being deleted): once this returns,
+    /// nothing more is written to the targets.
+    pub async fn close(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.wake_destager.notify_one();
+        // A round in progress holds the commit lock; later rounds see `stopping`.
+        let _commit = self.inner.commit.lock().await;
+    }
+
     pub fn status(&self) -> VolumeStatus {
         let inner = &self.inner;
         let st = inner.state.lock().expect("not poisoned");
@@ -802,6 +811,9 @@ impl Inner {
     /// Returns how many chunks were committed.
     async fn destage_round(&self) -> Result<usize, VolumeError> {
         let _commit = self.commit.lock().await;
+        if self.stopping.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
         let batch: Vec<u64> = {
             let mut st = self.state.lock().expect("not poisoned");
             // Write-back: a chunk being rewritten is destaged once it settles, unless

@@ -44,7 +44,13 @@ impl Client {
         };
         match result {
             Ok(resp) if resp.status() == 204 => Ok(None),
-            Ok(resp) => Ok(Some(resp.into_json().context("reading the server's answer")?)),
+            Ok(resp) => {
+                let text = resp.into_string().context("reading the server's answer")?;
+                if text.trim().is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(serde_json::from_str(&text).context("parsing the server's answer")?))
+            }
             Err(ureq::Error::Status(code, resp)) => {
                 let body: Value = resp.into_json().unwrap_or(Value::Null);
                 let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("no detail").to_string();
@@ -59,6 +65,9 @@ impl Client {
     }
     pub fn post(&self, path: &str, body: Value) -> Result<Option<Value>> {
         self.call("POST", path, Some(body))
+    }
+    pub fn put(&self, path: &str, body: Value) -> Result<Option<Value>> {
+        self.call("PUT", path, Some(body))
     }
     pub fn delete(&self, path: &str) -> Result<()> {
         self.call("DELETE", path, None).map(|_| ())

@@ -1,7 +1,10 @@
 //! The `cleave` binary: command line, configuration and wiring of the library crates.
 
+mod access;
+mod access_cli;
 mod bench;
 mod client;
+mod groups;
 mod node;
 mod server;
 mod size;
@@ -37,6 +40,12 @@ enum Command {
     /// Manage volumes on a running server.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Hosts that attach disks over NBD with a client certificate.
+    #[command(subcommand)]
+    Client(access_cli::ClientCommand),
+    /// Groups (communities of interest): their clients and their rights on volumes.
+    #[command(subcommand)]
+    Group(access_cli::GroupCommand),
     /// Verify every share of a volume; with --repair, restore full redundancy.
     Scrub {
         name: String,
@@ -127,6 +136,15 @@ enum VolumeCommand {
         /// Target URIs in share order (default: directory targets in the server's data dir).
         #[arg(long = "target")]
         targets: Vec<String>,
+        /// Groups given read-write access (default: the local admin group).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Storage on demand for a host: a group named after the volume with this client in it.
+        #[arg(long)]
+        client: Option<String>,
+        /// Where to write the new client's credentials (default: ./CLIENT-tls).
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -186,7 +204,12 @@ fn main() -> Result<()> {
     tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CLEAVE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLEAVE_LOG")
+                .unwrap_or_else(|_| "info".into())
+                // rustls warns about every client that sends an IP address as SNI (libnbd does).
+                .add_directive("rustls=error".parse().expect("valid directive")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
@@ -215,6 +238,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Volume(cmd) => volume_command(cmd),
+        Command::Client(cmd) => access_cli::client_command(cmd),
+        Command::Group(cmd) => access_cli::group_command(cmd),
         Command::Task(cmd) => task_command(cmd),
         Command::Scrub { name, repair, server } => {
             let client = Client::new(&server)?;
@@ -314,14 +339,20 @@ fn task_command(cmd: TaskCommand) -> Result<()> {
 
 fn volume_command(cmd: VolumeCommand) -> Result<()> {
     match cmd {
-        VolumeCommand::Create { name, size, m, n, chunk_size, durability, targets, server } => {
-            let client = Client::new(&server)?;
+        VolumeCommand::Create { name, size, m, n, chunk_size, durability, targets, groups, client, out, server } => {
+            let api = Client::new(&server)?;
             let chunk = u32::try_from(chunk_size.0).context("chunk size too large")?;
             let body = json!({
                 "name": name, "size_bytes": size.0, "m": m, "n": n,
                 "chunk_size": chunk, "durability": durability, "targets": targets,
+                "groups": groups, "client": client,
             });
-            print_json(&client.post("/volumes", body)?.unwrap_or_default())
+            let mut v = api.post("/volumes", body)?.unwrap_or_default();
+            if let Some(c) = v.as_object_mut().and_then(|o| o.remove("credentials")) {
+                let who = c["client"].as_str().unwrap_or("client").to_string();
+                access_cli::write_credentials(&c, &out.unwrap_or_else(|| PathBuf::from(format!("{who}-tls"))))?;
+            }
+            print_json(&v)
         }
         VolumeCommand::List { server } => {
             let list = Client::new(&server)?.get("/volumes")?;

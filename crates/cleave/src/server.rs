@@ -15,13 +15,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use cleave_nbd::{BlockDevice, BlockError, ExportProvider, Server, ServerConfig};
-use cleave_split::keys::{GroupKey, MasterKey};
-use cleave_volume::meta::{names, ADMIN_GROUP};
+use cleave_control::access::{Grant, Identity, Mode, LOCAL_GROUP};
+use cleave_nbd::{BlockDevice, BlockError, ExportProvider, Peer, Refusal, Server, ServerConfig};
+use cleave_split::keys::MasterKey;
+use cleave_volume::meta::names;
 use cleave_volume::{Durability, Superblock, Volume, VolumeConfig, VolumeError, VolumeOptions};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+use crate::access::{AccessControl, Guarded};
 use crate::size::ByteSize;
 use crate::state::DataDir;
 
@@ -39,6 +41,10 @@ pub struct ServeArgs {
     /// Local cache size per volume.
     #[arg(long, default_value = "1GiB")]
     pub cache_size: ByteSize,
+    /// Extra DNS names or IP addresses for the NBD TLS certificate (localhost, loopback
+    /// addresses, the host name and the NBD address are always in it).
+    #[arg(long = "tls-name")]
+    pub tls_names: Vec<String>,
     #[command(flatten)]
     pub control: ControlFlags,
 }
@@ -106,9 +112,9 @@ impl BlockDevice for VolumeDevice {
 
 /// The running gateway: volumes by name.
 pub struct Gateway {
-    data: DataDir,
-    master: MasterKey,
-    group_key: GroupKey,
+    pub(crate) data: DataDir,
+    pub(crate) master: MasterKey,
+    pub(crate) access: Arc<AccessControl>,
     token: String,
     cache_bytes: u64,
     nbd_addr: SocketAddr,
@@ -117,8 +123,8 @@ pub struct Gateway {
     tasks: Mutex<BTreeMap<u64, TaskView>>,
     /// Long work runs one task at a time; the rest wait as `queued`.
     task_slot: Arc<tokio::sync::Semaphore>,
-    /// Serializes create and delete.
-    admin: tokio::sync::Mutex<()>,
+    /// Serializes create, delete and key-slot changes.
+    pub(crate) admin: tokio::sync::Mutex<()>,
 }
 
 impl ExportProvider for Gateway {
@@ -128,6 +134,24 @@ impl ExportProvider for Gateway {
     fn open(&self, name: &str) -> Option<Arc<dyn BlockDevice>> {
         let v = self.volumes.read().expect("not poisoned").get(name).cloned()?;
         Some(Arc::new(VolumeDevice(v)))
+    }
+    fn list_for(&self, peer: &Peer) -> Vec<String> {
+        let Ok(who) = self.access.identify(peer) else { return Vec::new() };
+        self.list().into_iter().filter(|v| !self.access.rights(&who, v).is_none()).collect()
+    }
+    fn open_for(&self, name: &str, peer: &Peer) -> Result<Arc<dyn BlockDevice>, Refusal> {
+        let device = self.open(name).ok_or(Refusal::Unknown)?;
+        let who = self.access.identify(peer)?;
+        if self.access.rights(&who, name).is_none() {
+            return Err(match who {
+                Identity::Local if !peer.tls => {
+                    Refusal::TlsRequired(format!("volume {name:?} needs a client certificate"))
+                }
+                Identity::Local => Refusal::Denied(format!("volume {name:?} needs a client certificate")),
+                Identity::Client(c) => Refusal::Denied(format!("no group of client {c:?} can reach volume {name:?}")),
+            });
+        }
+        Ok(Arc::new(Guarded::new(device, self.access.clone(), who, name.to_string())))
     }
 }
 
@@ -146,6 +170,14 @@ pub struct CreateVolume {
     pub durability: Option<Durability>,
     #[serde(default)]
     pub targets: Vec<String>,
+    /// Groups that get read-write access (and a key slot). Default: the local `admin` group,
+    /// unless `client` is given.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Storage on demand for one host: a group named after the volume, with this client in it
+    /// (issued a certificate if it is new; the response then carries its credentials).
+    #[serde(default)]
+    pub client: Option<String>,
 }
 fn default_m() -> u8 {
     3
@@ -173,12 +205,14 @@ struct VolumeView {
     last_destage_unix: Option<String>,
     last_destage_error: Option<String>,
     journal_seq: u64,
+    groups: Vec<String>,
 }
 
 impl Gateway {
     fn view(&self, v: &Volume) -> VolumeView {
         let s = v.status();
         let c = s.config;
+        let name = c.name.clone();
         VolumeView {
             nbd_uri: format!("nbd://{}/{}", self.nbd_addr, c.name),
             name: c.name,
@@ -197,6 +231,7 @@ impl Gateway {
             last_destage_unix: s.last_destage,
             last_destage_error: s.last_destage_error,
             journal_seq: s.journal_seq,
+            groups: self.access.snapshot().groups_of_volume(&name),
         }
     }
 
@@ -217,11 +252,28 @@ impl Gateway {
         Ok(Volume::open(sb.config.clone(), keys, targets, self.options()).await?)
     }
 
-    /// Creates a volume: superblock on its targets and locally, then opens it.
-    pub async fn create(&self, req: CreateVolume) -> Result<Volume> {
+    /// Creates a volume: superblock on its targets and locally, then opens it. Returns new
+    /// client credentials when `req.client` named a client that did not exist yet.
+    pub async fn create(&self, req: CreateVolume) -> Result<(Volume, Option<crate::groups::Credentials>)> {
         let _admin = self.admin.lock().await;
         if self.volumes.read().expect("not poisoned").contains_key(&req.name) {
             bail!("volume {:?} already exists", req.name);
+        }
+        cleave_control::access::check_name(&req.name)?;
+        let mut groups = req.groups.clone();
+        if let Some(client) = &req.client {
+            groups.push(req.name.clone());
+            cleave_control::access::check_name(client)?;
+        }
+        if groups.is_empty() {
+            groups.push(LOCAL_GROUP.to_string());
+        }
+        groups.dedup();
+        let registry = self.access.snapshot();
+        for g in &groups {
+            if !registry.groups.contains_key(g) && Some(g) != req.client.as_ref().map(|_| &req.name) {
+                bail!("no group {g:?}");
+            }
         }
         let targets = if !req.targets.is_empty() {
             req.targets.clone()
@@ -241,7 +293,32 @@ impl Gateway {
             durability: req.durability.unwrap_or_default(),
             targets,
         };
-        let (sb, _keys) = Superblock::create(config, &self.master, ADMIN_GROUP, &self.group_key)?;
+        let first = self.data.group_key(&self.master, &groups[0])?;
+        let (mut sb, _keys) = Superblock::create(config, &self.master, &groups[0], &first)?;
+        for g in &groups[1..] {
+            let gk = self.data.group_key(&self.master, g)?;
+            sb.grant_group(&self.master, g, &gk)?;
+        }
+        self.publish(&sb).await?;
+        let credentials = match &req.client {
+            Some(client) => self.ensure_client_group(client, &req.name)?,
+            None => None,
+        };
+        self.access.update(|r| {
+            for g in &groups {
+                r.grant(g, &req.name, Grant { mode: Mode::ReadWrite, regions: Vec::new() })?;
+            }
+            Ok(())
+        })?;
+        let v = self.open_volume(&sb).await?;
+        self.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v.clone());
+        info!(volume = %sb.config.name, size, m = sb.config.m, n = sb.config.n, groups = ?groups, "volume created");
+        Ok((v, credentials))
+    }
+
+    /// Stores a superblock version on the volume's targets (a write quorum must take it) and
+    /// locally, then removes the older versions from the targets.
+    pub(crate) async fn publish(&self, sb: &Superblock) -> Result<()> {
         let sealed = sb.seal(&self.master)?;
         let handles = sb
             .config
@@ -257,18 +334,29 @@ impl Gateway {
             bail!("only {stored} targets took the superblock: {}", errors.join("; "));
         }
         self.data.save_volume(&sealed, &sb.config.name)?;
-        let v = self.open_volume(&sb).await?;
-        self.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v.clone());
-        info!(volume = %sb.config.name, size, m = sb.config.m, n = sb.config.n, "volume created");
-        Ok(v)
+        let prefix = names::superblock_prefix(&sb.config.uuid);
+        for t in &handles {
+            let Ok(keys) = t.list(&prefix).await else { continue };
+            for k in keys.iter().filter(|k| names::trailing_number(k).is_some_and(|v| v < sb.version)) {
+                if let Err(e) = t.delete(k).await {
+                    warn!(target = %t.name(), key = %k, error = %e, "cannot remove an old superblock version");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a volume: every object on its targets (superblock and key slots included,
     /// which crypto-erases anything left behind), its cache and local metadata.
     pub async fn delete(&self, name: &str) -> Result<()> {
         let _admin = self.admin.lock().await;
+        self.delete_locked(name).await
+    }
+
+    /// [`Gateway::delete`] with `self.admin` already held.
+    pub(crate) async fn delete_locked(&self, name: &str) -> Result<()> {
         let v = self.volumes.write().expect("not poisoned").remove(name).context("no such volume")?;
-        let _ = v.shutdown(Duration::from_millis(1)).await;
+        v.close().await;
         let config = v.config().clone();
         self.data.remove_volume(name)?;
         for u in &config.targets {
@@ -293,6 +381,10 @@ impl Gateway {
             }
         }
         cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &config.uuid)?;
+        self.access.update(|r| {
+            r.forget_volume(name);
+            Ok(())
+        })?;
         info!(volume = %name, "volume deleted");
         Ok(())
     }
@@ -330,7 +422,7 @@ impl Gateway {
         Ok(chosen.iter().map(|x| format!("node://{}", x.address)).collect())
     }
 
-    fn get(&self, name: &str) -> Option<Volume> {
+    pub(crate) fn get(&self, name: &str) -> Option<Volume> {
         self.volumes.read().expect("not poisoned").get(name).cloned()
     }
 
@@ -446,7 +538,7 @@ async fn show_task(State(gw): State<Shared>, Path(id): Path<u64>) -> Result<Json
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no task {id}")))
 }
 
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -454,11 +546,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad_request(e: anyhow::Error) -> ApiError {
+pub(crate) fn bad_request(e: anyhow::Error) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, format!("{e:#}"))
 }
 
-type Shared = Arc<Gateway>;
+pub(crate) type Shared = Arc<Gateway>;
 
 async fn auth(State(gw): State<Shared>, req: Request, next: Next) -> Response {
     let given = req
@@ -481,8 +573,12 @@ async fn list_volumes(State(gw): State<Shared>) -> Json<Vec<VolumeView>> {
 }
 
 async fn create_volume(State(gw): State<Shared>, Json(req): Json<CreateVolume>) -> Result<Response, ApiError> {
-    let v = gw.create(req).await.map_err(bad_request)?;
-    Ok((StatusCode::CREATED, Json(gw.view(&v))).into_response())
+    let (v, credentials) = gw.create(req).await.map_err(bad_request)?;
+    let mut body = serde_json::to_value(gw.view(&v)).map_err(|e| bad_request(e.into()))?;
+    if let Some(c) = credentials {
+        body["credentials"] = serde_json::to_value(c).map_err(|e| bad_request(e.into()))?;
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn show_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Result<Json<VolumeView>, ApiError> {
@@ -548,6 +644,7 @@ pub fn router(gw: Shared) -> Router {
         .route("/api/v1/volumes/{name}", get(show_volume).delete(delete_volume))
         .route("/api/v1/volumes/{name}/scrub", post(scrub_volume))
         .route("/api/v1/volumes/{name}/destage", post(flush_volume))
+        .merge(crate::groups::routes())
         .layer(middleware::from_fn_with_state(gw.clone(), auth))
         .with_state(gw);
     public.merge(private)
@@ -555,11 +652,11 @@ pub fn router(gw: Shared) -> Router {
 
 /// `cleave control`: the API and the node pool, without an NBD front end.
 pub async fn control(args: ControlArgs) -> Result<()> {
-    run(args.data_dir, None, args.http, ByteSize(1 << 30), args.control).await
+    run(args.data_dir, None, args.http, ByteSize(1 << 30), args.control, Vec::new()).await
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    run(args.data_dir, Some(args.nbd), args.http, args.cache_size, args.control).await
+    run(args.data_dir, Some(args.nbd), args.http, args.cache_size, args.control, args.tls_names).await
 }
 
 async fn run(
@@ -568,10 +665,12 @@ async fn run(
     http: SocketAddr,
     cache_size: ByteSize,
     control: ControlFlags,
+    tls_names: Vec<String>,
 ) -> Result<()> {
     let data = DataDir::new(data_dir)?;
     let master = data.master_key()?;
-    let group_key = data.admin_group_key(&master)?;
+    data.group_key(&master, LOCAL_GROUP)?;
+    let access = Arc::new(AccessControl::load(&data)?);
     let token = data.admin_token()?;
     let secret = data.cluster_secret()?;
     let pool = cleave_control::pool::Pool::new();
@@ -600,7 +699,7 @@ async fn run(
     let gw = Arc::new(Gateway {
         data,
         master,
-        group_key,
+        access,
         token,
         cache_bytes: cache_size.0,
         nbd_addr,
@@ -621,18 +720,38 @@ async fn run(
             chunk_size: None,
             durability: None,
             targets: Vec::new(),
+            groups: Vec::new(),
+            client: None,
         })
         .await?;
     }
     for sb in existing {
+        // Data directories from before access control: the admin slot means local access.
+        let name = sb.config.name.clone();
+        if sb.has_group(LOCAL_GROUP) && gw.access.snapshot().groups_of_volume(&name).is_empty() {
+            let full = Grant { mode: Mode::ReadWrite, regions: Vec::new() };
+            gw.access.update(|r| Ok(r.grant(LOCAL_GROUP, &name, full)?))?;
+        }
         let v = gw.open_volume(&sb).await.with_context(|| format!("opening volume {}", sb.config.name))?;
         gw.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v);
     }
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(h.trim().to_string());
+    }
+    if !nbd_addr.ip().is_unspecified() {
+        names.push(nbd_addr.ip().to_string());
+    }
+    names.extend(tls_names);
+    names.dedup();
+    let tls = gw.access.tls_config(&names).context("NBD TLS configuration")?;
     let nbd_task = tokio::spawn({
         let gw = gw.clone();
         async move {
             match nbd_listener {
-                Some(l) => Arc::new(Server::new(gw, ServerConfig::default())).serve(l).await,
+                Some(l) => {
+                    Arc::new(Server::new(gw, ServerConfig { tls: Some(tls), ..Default::default() })).serve(l).await
+                }
                 None => std::future::pending().await,
             }
         }

@@ -6,6 +6,8 @@
 //! DIR/master.sealed     the master key sealed under CLEAVE_PASSPHRASE (Argon2id)
 //! DIR/admin.token       bearer token for the admin API (mode 0600)
 //! DIR/groups.json       group keys wrapped by the master key
+//! DIR/access.json       clients, groups and their grants
+//! DIR/tls/              control's CA (ca.crt, ca.key 0600, ca.id)
 //! DIR/volumes/NAME.json sealed superblock of each volume (also stored on its targets)
 //! DIR/targets/tI/       the default directory targets
 //! DIR/cache/            volume caches
@@ -19,7 +21,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cleave_split::keys::{GroupKey, KdfParams, MasterKey, SealedMasterKey, WrappedKey};
-use cleave_volume::meta::ADMIN_GROUP;
 use cleave_volume::Superblock;
 use tracing::warn;
 
@@ -116,20 +117,34 @@ impl DataDir {
         Ok(secret)
     }
 
-    /// The admin group's key, created (and wrapped by the master key) on first run.
-    pub fn admin_group_key(&self, master: &MasterKey) -> Result<GroupKey> {
+    fn group_keys(&self) -> Result<BTreeMap<String, WrappedKey>> {
         let path = self.root.join("groups.json");
-        let mut groups: BTreeMap<String, WrappedKey> = match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))?,
-            Err(_) => BTreeMap::new(),
-        };
-        if let Some(w) = groups.get(ADMIN_GROUP) {
-            return master.unwrap_group(ADMIN_GROUP, w).context("unwrapping the admin group key");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// A group's key, created (and wrapped by the master key) on first use.
+    pub fn group_key(&self, master: &MasterKey, group: &str) -> Result<GroupKey> {
+        let mut groups = self.group_keys()?;
+        if let Some(w) = groups.get(group) {
+            return master.unwrap_group(group, w).with_context(|| format!("unwrapping the key of group {group}"));
         }
         let key = GroupKey::generate()?;
-        groups.insert(ADMIN_GROUP.to_string(), master.wrap_group(ADMIN_GROUP, &key)?);
-        write_private(&path, &serde_json::to_vec_pretty(&groups)?)?;
+        groups.insert(group.to_string(), master.wrap_group(group, &key)?);
+        write_private(&self.root.join("groups.json"), &serde_json::to_vec_pretty(&groups)?)?;
         Ok(key)
+    }
+
+    /// Destroys a group's key: superblock versions that only it could open become unreadable.
+    pub fn remove_group_key(&self, group: &str) -> Result<()> {
+        let mut groups = self.group_keys()?;
+        if groups.remove(group).is_some() {
+            write_private(&self.root.join("groups.json"), &serde_json::to_vec_pretty(&groups)?)?;
+        }
+        Ok(())
     }
 
     /// Default directory targets `DIR/targets/t0..`, created as needed.

@@ -131,8 +131,24 @@ fn nodes_register_fail_return_and_hold_volumes() {
     assert_eq!(statuses(&s), before);
 
     // Storage on demand: placed on the nodes, used through NBD.
-    let created: serde_json::Value =
-        serde_json::from_str(&s.cli_ok(&["volume", "create", "v", "--size", "32MiB", "--m", "2", "--n", "3"])).unwrap();
+    // Asked for by size for one host, which gets a client certificate and attaches over TLS.
+    let creds = dir.path().join("host-tls");
+    let created: serde_json::Value = serde_json::from_str(&s.cli_ok(&[
+        "volume",
+        "create",
+        "v",
+        "--size",
+        "32MiB",
+        "--m",
+        "2",
+        "--n",
+        "3",
+        "--client",
+        "host",
+        "--out",
+        creds.to_str().unwrap(),
+    ]))
+    .unwrap();
     let targets: Vec<String> =
         created["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
     assert_eq!(targets.len(), 3);
@@ -140,8 +156,9 @@ fn nodes_register_fail_return_and_hold_volumes() {
     let mut w = Writes::new(32 << 20);
     let mut cmds = w.commands(&[(0, 65536, 0x5a), (5 << 20, 4096, 0x5b), ((32 << 20) - 4096, 4096, 0x5c)]);
     cmds.push("flush".into());
-    qemu_io(&s.uri("v"), &cmds);
-    let got = nbdcopy_image(&s.uri("v"), dir.path());
+    qemu_io_tls(s.nbd_port, "v", &creds, &cmds);
+    let tls = tls_uri(s.nbd_port, "v", &creds);
+    let got = nbdcopy_image(&tls, dir.path());
     assert!(got == w.image, "image read back through nodes differs");
     // A volume too large for the pool is refused, with the reason.
     let out = s.cli(&["volume", "create", "huge", "--size", "100GiB", "--m", "2", "--n", "3"]);
@@ -166,6 +183,6 @@ fn nodes_register_fail_return_and_hold_volumes() {
     wait_for("restarted nodes up", Duration::from_secs(5), || {
         statuses(&s).iter().filter(|(_, st)| st == "up").count() == 3
     });
-    let got = nbdcopy_image(&s.uri("v"), dir.path());
+    let got = nbdcopy_image(&tls, dir.path());
     assert!(got == w.image);
 }

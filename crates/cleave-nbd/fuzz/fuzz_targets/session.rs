@@ -32,10 +32,10 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 fuzz_target!(|data: &[u8]| {
     let provider = Arc::new(Provider(Arc::new(MemDevice::new(1 << 16)), Arc::new(MemDevice::read_only(4096))));
-    let server = Arc::new(Server::new(provider, ServerConfig { max_request: 1 << 16, max_inflight: 4 }));
+    let server = Arc::new(Server::new(provider, ServerConfig { max_request: 1 << 16, max_inflight: 4, ..Default::default() }));
     runtime().block_on(async {
         let (client, srv) = tokio::io::duplex(1 << 16);
-        let conn = tokio::spawn(server.serve_connection(srv, "fuzz".into()));
+        let conn = tokio::spawn(server.serve_connection(srv, ([127, 0, 0, 1], 10809).into()));
         let (mut rd, mut wr) = tokio::io::split(client);
         // Odd first byte: raw bytes from the start (handshake fuzzing). Even: a valid handshake
         // to "disk" or "ro" comes first, so the fuzzer spends its time on transmission.

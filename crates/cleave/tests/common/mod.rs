@@ -267,3 +267,39 @@ impl Drop for Moto {
 }
 
 pub const AWS_ENV: [(&str, &str); 2] = [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
+
+/// An NBD-over-TLS URI for libnbd tools, with a credentials directory (ca-cert.pem,
+/// client-cert.pem, client-key.pem).
+pub fn tls_uri(port: u16, volume: &str, creds: &Path) -> String {
+    format!("nbds://127.0.0.1:{port}/{volume}?tls-certificates={}", creds.display())
+}
+
+/// qemu-io over TLS with a client certificate; returns (success, stdout + stderr).
+pub fn qemu_io_tls_output(port: u16, volume: &str, creds: &Path, cmds: &[String]) -> (bool, String) {
+    let mut c = Command::new("qemu-io");
+    c.arg("--object").arg(format!("tls-creds-x509,id=tls0,endpoint=client,dir={}", creds.display()));
+    c.arg("--image-opts");
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    c.arg(format!("driver=nbd,host=127.0.0.1,port={port},export={volume},tls-creds=tls0"));
+    let out = c.output().expect("qemu-io");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success() && !text.to_lowercase().contains("error") && !text.contains("failed"), text)
+}
+
+pub fn qemu_io_tls(port: u16, volume: &str, creds: &Path, cmds: &[String]) -> String {
+    let (ok, text) = qemu_io_tls_output(port, volume, creds, cmds);
+    assert!(ok, "qemu-io over TLS failed:\n{text}");
+    text
+}
+
+/// Runs an nbdsh script against `uri`; returns (success, stderr).
+pub fn nbdsh(uri: &str, script: &str) -> (bool, String) {
+    // nbdsh runs `env python3`; the libnbd module is installed for the system Python.
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    // `-u` refuses URIs that name local files (tls-certificates), so connect from the script.
+    let script = format!("h.set_uri_allow_local_file(True)\nh.connect_uri({uri:?})\n{script}");
+    let out = Command::new("nbdsh").arg("-c").arg(script).env("PATH", path).output().expect("nbdsh");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}

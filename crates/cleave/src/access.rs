@@ -1,0 +1,184 @@
+//! Access control at the gateway: the registry of clients and groups (persisted as
+//! `DIR/access.json`), control's CA under `DIR/tls/`, the NBD TLS configuration,
+//! and [`Guarded`], the device wrapper that checks the caller's rights on every request.
+//!
+//! Identity: a verified client certificate whose fingerprint is in the registry names a
+//! client; no certificate on loopback is a local administrator (the `admin` group);
+//! anything else is refused.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use cleave_control::access::{Identity, Registry, Rights, LOCAL_GROUP};
+use cleave_control::ca::{self, Ca};
+use cleave_nbd::{BlockDevice, BlockError, Peer, Refusal};
+
+use crate::state::{write_private, DataDir};
+
+pub struct AccessControl {
+    registry: RwLock<Registry>,
+    /// Bumped on every change, so connections re-check their rights.
+    version: AtomicU64,
+    path: PathBuf,
+    pub ca: Ca,
+}
+
+impl AccessControl {
+    /// Loads the registry and the CA, creating both on first run.
+    pub fn load(data: &DataDir) -> Result<Self> {
+        let tls = data.root.join("tls");
+        std::fs::create_dir_all(&tls)?;
+        let (cert, key, id) = (tls.join("ca.crt"), tls.join("ca.key"), tls.join("ca.id"));
+        let ca = if cert.exists() {
+            let id = std::fs::read_to_string(&id).context("reading tls/ca.id")?;
+            let key_pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key).context("reading tls/ca.key")?);
+            Ca::load(id.trim(), &std::fs::read_to_string(&cert)?, &key_pem).context("loading the CA")?
+        } else {
+            let mut raw = [0u8; 8];
+            cleave_split::keys::fill_random(&mut raw)?;
+            let name = hex::encode(raw);
+            let (ca, key_pem) = Ca::generate(&name)?;
+            write_private(&key, key_pem.as_bytes())?;
+            std::fs::write(&id, format!("{name}\n"))?;
+            std::fs::write(&cert, ca.cert_pem())?;
+            ca
+        };
+        let path = data.root.join("access.json");
+        let registry = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut r = Registry::default();
+                r.add_group(LOCAL_GROUP)?;
+                r
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(AccessControl { registry: RwLock::new(registry), version: AtomicU64::new(1), path, ca })
+    }
+
+    pub fn snapshot(&self) -> Registry {
+        self.registry.read().expect("not poisoned").clone()
+    }
+
+    /// Applies a change to a copy, stores it, then makes it current.
+    pub fn update<T>(&self, f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
+        let mut guard = self.registry.write().expect("not poisoned");
+        let mut next = guard.clone();
+        let out = f(&mut next)?;
+        write_private(&self.path, &serde_json::to_vec_pretty(&next)?)?;
+        *guard = next;
+        self.version.fetch_add(1, Ordering::Release);
+        Ok(out)
+    }
+
+    pub fn rights(&self, who: &Identity, volume: &str) -> Rights {
+        self.registry.read().expect("not poisoned").rights(who, volume)
+    }
+
+    /// Who a peer is, or why it gets nothing.
+    pub fn identify(&self, peer: &Peer) -> Result<Identity, Refusal> {
+        match &peer.certificate {
+            Some(der) => {
+                let fp = ca::fingerprint(der);
+                match self.registry.read().expect("not poisoned").client_by_fingerprint(&fp) {
+                    Some(c) => Ok(Identity::Client(c.name.clone())),
+                    None => Err(Refusal::Denied(format!("client certificate {fp} is not registered (removed?)"))),
+                }
+            }
+            None if peer.is_loopback() => Ok(Identity::Local),
+            None if !peer.tls => Err(Refusal::TlsRequired("use TLS with a client certificate".into())),
+            None => Err(Refusal::Denied("a client certificate is required".into())),
+        }
+    }
+
+    /// NBD TLS: a server certificate for `names` (issued fresh at each start), and client
+    /// certificates verified against the CA when presented.
+    pub fn tls_config(&self, names: &[String]) -> Result<Arc<rustls::ServerConfig>> {
+        use rustls_pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.cert_der()?.into())?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .allow_unauthenticated()
+            .build()?;
+        let issued = self.ca.issue_server(names)?;
+        let chain = vec![rustls_pki_types::CertificateDer::from(ca::pem_to_der(&issued.cert_pem)?)];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// A volume as one identity may use it. Rights are looked up again whenever the
+/// registry changes, so removing a client or a grant takes effect on open connections.
+pub struct Guarded {
+    inner: Arc<dyn BlockDevice>,
+    access: Arc<AccessControl>,
+    who: Identity,
+    volume: String,
+    cached: Mutex<(u64, Rights)>,
+    read_only: bool,
+}
+
+impl Guarded {
+    pub fn new(inner: Arc<dyn BlockDevice>, access: Arc<AccessControl>, who: Identity, volume: String) -> Self {
+        let version = access.version.load(Ordering::Acquire);
+        let rights = access.rights(&who, &volume);
+        let read_only = rights.read_only();
+        Guarded { inner, access, who, volume, cached: Mutex::new((version, rights)), read_only }
+    }
+
+    fn check(&self, write: bool, offset: u64, len: u64) -> Result<(), BlockError> {
+        let version = self.access.version.load(Ordering::Acquire);
+        let mut cached = self.cached.lock().expect("not poisoned");
+        if cached.0 != version {
+            *cached = (version, self.access.rights(&self.who, &self.volume));
+        }
+        let ranges = if write { &cached.1.write } else { &cached.1.read };
+        if ranges.covers(offset, len) {
+            Ok(())
+        } else {
+            let what = if write { "write" } else { "read" };
+            Err(BlockError::Denied(format!("{what} of {len} bytes at {offset} is outside this client's rights")))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BlockDevice for Guarded {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn can_multi_conn(&self) -> bool {
+        self.inner.can_multi_conn()
+    }
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
+        self.check(false, offset, len as u64)?;
+        self.inner.read(offset, len).await
+    }
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
+        self.check(true, offset, data.len() as u64)?;
+        self.inner.write(offset, data, fua).await
+    }
+    async fn flush(&self) -> Result<(), BlockError> {
+        self.inner.flush().await
+    }
+    async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
+        self.check(true, offset, len as u64)?;
+        self.inner.trim(offset, len).await
+    }
+    async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
+        self.check(true, offset, len as u64)?;
+        self.inner.write_zeroes(offset, len, fua).await
+    }
+}

@@ -1,0 +1,170 @@
+//! `cleave client …` and `cleave group …`: the CLI side of `/api/v1/clients` and `/api/v1/groups`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::client::{Client, ServerArgs};
+use crate::size::ByteSize;
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Issue a client certificate from control's CA. Writes DIR/ca-cert.pem, client-cert.pem and
+    /// client-key.pem (the layout qemu's tls-creds-x509 and libnbd's tls-certificates read).
+    Add {
+        name: String,
+        /// Where to write the credentials (default: ./NAME-tls).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a client: its certificate stops opening anything, on open connections too.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Create a group (a community of interest) and its key.
+    Add {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a group and its key. If it is the last group that can reach a volume, that volume
+    /// is crypto-erased: this needs --erase.
+    Delete {
+        name: String,
+        #[arg(long)]
+        erase: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Put a client in a group.
+    Join {
+        group: String,
+        client: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Take a client out of a group.
+    Leave {
+        group: String,
+        client: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Give a group access to a volume (a key slot plus the grant).
+    Grant {
+        group: String,
+        volume: String,
+        #[arg(long)]
+        read_only: bool,
+        /// Limit to bytes OFFSET..OFFSET+LENGTH, written OFFSET:LENGTH (e.g. 0:1GiB); repeatable.
+        #[arg(long = "region")]
+        regions: Vec<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Take a volume from a group. Revoking the last group crypto-erases the volume: needs --erase.
+    Revoke {
+        group: String,
+        volume: String,
+        #[arg(long)]
+        erase: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+fn parse_region(s: &str) -> Result<Value> {
+    let (o, l) = s.split_once(':').with_context(|| format!("region {s:?}: write OFFSET:LENGTH"))?;
+    let offset: ByteSize = o.parse().map_err(|e| anyhow::anyhow!("region offset {o:?}: {e}"))?;
+    let length: ByteSize = l.parse().map_err(|e| anyhow::anyhow!("region length {l:?}: {e}"))?;
+    Ok(json!({ "offset": offset.0, "length": length.0 }))
+}
+
+/// Writes credentials returned by the API; the key file is 0600.
+pub fn write_credentials(c: &Value, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let field = |k: &str| c[k].as_str().with_context(|| format!("answer lacks {k}")).map(str::to_string);
+    std::fs::write(dir.join("ca-cert.pem"), field("ca_pem")?)?;
+    std::fs::write(dir.join("client-cert.pem"), field("cert_pem")?)?;
+    crate::state::write_private(&dir.join("client-key.pem"), field("key_pem")?.as_bytes())?;
+    eprintln!(
+        "client {}: credentials in {} (fingerprint {})",
+        c["client"].as_str().unwrap_or("?"),
+        dir.display(),
+        c["fingerprint"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+pub fn client_command(cmd: ClientCommand) -> Result<()> {
+    match cmd {
+        ClientCommand::Add { name, out, server } => {
+            let c = Client::new(&server)?.post("/clients", json!({ "name": name }))?.unwrap_or_default();
+            write_credentials(&c, &out.unwrap_or_else(|| PathBuf::from(format!("{name}-tls"))))
+        }
+        ClientCommand::List { server } => {
+            for c in Client::new(&server)?.get("/clients")?.as_array().into_iter().flatten() {
+                println!(
+                    "{:<20} {} groups: {}",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["fingerprint"].as_str().unwrap_or("?"),
+                    c["groups"]
+                        .as_array()
+                        .map(|g| g.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        ClientCommand::Remove { name, server } => Client::new(&server)?.delete(&format!("/clients/{name}")),
+    }
+}
+
+pub fn group_command(cmd: GroupCommand) -> Result<()> {
+    match cmd {
+        GroupCommand::Add { name, server } => {
+            Client::new(&server)?.post("/groups", json!({ "name": name })).map(|_| ())
+        }
+        GroupCommand::List { server } => {
+            let list = Client::new(&server)?.get("/groups")?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            Ok(())
+        }
+        GroupCommand::Delete { name, erase, server } => {
+            Client::new(&server)?.delete(&format!("/groups/{name}?erase={erase}"))
+        }
+        GroupCommand::Join { group, client, server } => {
+            Client::new(&server)?.put(&format!("/groups/{group}/clients/{client}"), json!({})).map(|_| ())
+        }
+        GroupCommand::Leave { group, client, server } => {
+            Client::new(&server)?.delete(&format!("/groups/{group}/clients/{client}"))
+        }
+        GroupCommand::Grant { group, volume, read_only, regions, server } => {
+            let regions = regions.iter().map(|r| parse_region(r)).collect::<Result<Vec<_>>>()?;
+            let mode = if read_only { "read-only" } else { "read-write" };
+            let body = json!({ "mode": mode, "regions": regions });
+            Client::new(&server)?.put(&format!("/groups/{group}/volumes/{volume}"), body).map(|_| ())
+        }
+        GroupCommand::Revoke { group, volume, erase, server } => {
+            Client::new(&server)?.delete(&format!("/groups/{group}/volumes/{volume}?erase={erase}"))
+        }
+    }
+}

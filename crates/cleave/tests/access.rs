@@ -1,0 +1,173 @@
+//! Access control end to end: client certificates from control's CA, groups with
+//! read-write, read-only and region grants, enforced on every NBD request; revocation;
+//! crypto-erase when the last group goes. Real clients (qemu-io, nbdcopy, nbdsh, nbdinfo).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap()
+}
+
+/// Whether nbdinfo can open the export; returns its stderr when it cannot (with libnbd's
+/// debug log, which carries the server's own error message).
+fn nbdinfo(uri: &str) -> Result<serde_json::Value, String> {
+    let out = Command::new("nbdinfo").arg("--json").arg(uri).env("LIBNBD_DEBUG", "1").output().unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn creds(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}-tls"))
+}
+
+#[test]
+fn certificates_groups_modes_and_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    let port = s.nbd_port;
+    const MIB: u64 = 1 << 20;
+
+    // Storage on demand for host alice: a group named after the volume, a new certificate.
+    let a = creds(dir.path(), "alice");
+    let v = json(&s.cli_ok(&[
+        "volume",
+        "create",
+        "v",
+        "--size",
+        "16MiB",
+        "--m",
+        "2",
+        "--n",
+        "3",
+        "--client",
+        "alice",
+        "--out",
+        a.to_str().unwrap(),
+    ]));
+    assert_eq!(v["groups"], serde_json::json!(["v"]), "{v}");
+    assert!(v.get("credentials").is_none(), "the key is written to files, not printed: {v}");
+    for f in ["ca-cert.pem", "client-cert.pem", "client-key.pem"] {
+        assert!(a.join(f).exists(), "{f} missing");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(a.join("client-key.pem")).unwrap().permissions().mode() & 0o077, 0);
+
+    // alice writes with qemu-io and reads back with nbdcopy, both over TLS with her certificate.
+    let mut w = Writes::new(16 << 20);
+    let mut cmds = w.commands(&[(0, 65536, 0x41), (MIB, 8192, 0x42), ((16 << 20) - 4096, 4096, 0x43)]);
+    cmds.push("flush".into());
+    qemu_io_tls(port, "v", &a, &cmds);
+    let got = nbdcopy_image(&tls_uri(port, "v", &a), dir.path());
+    assert!(got == w.image, "image read back over TLS differs");
+
+    // No certificate: refused in plain text on loopback (the volume is not the admin group's) ...
+    let err = nbdinfo(&s.uri("v")).unwrap_err();
+    assert!(err.contains("server error message: export \"v\": TLS required"), "{err}");
+    // ... and over TLS without a client certificate.
+    let nocert = dir.path().join("nocert");
+    std::fs::create_dir_all(&nocert).unwrap();
+    std::fs::copy(a.join("ca-cert.pem"), nocert.join("ca-cert.pem")).unwrap();
+    let err = nbdinfo(&tls_uri(port, "v", &nocert)).unwrap_err();
+    assert!(
+        err.contains("server error message: export \"v\": refused: volume \"v\" needs a client certificate"),
+        "{err}"
+    );
+    // The demo volume (admin group) stays open to local clients without a certificate.
+    assert!(nbdinfo(&s.uri("demo")).is_ok());
+
+    // bob's group has no grant on v: refused, and v is not even listed to him.
+    let b = creds(dir.path(), "bob");
+    s.cli_ok(&["client", "add", "bob", "--out", b.to_str().unwrap()]);
+    s.cli_ok(&["group", "add", "others"]);
+    s.cli_ok(&["group", "join", "others", "bob"]);
+    let err = nbdinfo(&tls_uri(port, "v", &b)).unwrap_err();
+    assert!(err.contains("no group of client \"bob\""), "{err}");
+    let listed = run(Command::new("nbdinfo")
+        .args(["--list", "--json"])
+        .arg(format!("nbds://127.0.0.1:{port}?tls-certificates={}", b.display())));
+    assert!(!listed.contains("\"v\""), "bob must not see v listed: {listed}");
+
+    // carol may only read: the export says read-only, and the server refuses writes even
+    // from a client that ignores that (strict mode off).
+    let c = creds(dir.path(), "carol");
+    s.cli_ok(&["client", "add", "carol", "--out", c.to_str().unwrap()]);
+    s.cli_ok(&["group", "add", "readers"]);
+    s.cli_ok(&["group", "join", "readers", "carol"]);
+    s.cli_ok(&["group", "grant", "readers", "v", "--read-only"]);
+    let info = nbdinfo(&tls_uri(port, "v", &c)).unwrap();
+    assert_eq!(info["exports"][0]["is_read_only"], true, "{info}");
+    let script = "import errno\n\
+        h.set_strict_mode(0)\n\
+        assert h.pread(8192, 1048576) == b'\\x42' * 8192\n\
+        try:\n    h.pwrite(b'x' * 4096, 0)\n    raise SystemExit('read-only client wrote')\n\
+        except nbd.Error as e:\n    assert e.errnum == errno.EPERM, e\n";
+    let (ok, out) = nbdsh(&tls_uri(port, "v", &c), script);
+    assert!(ok, "{out}");
+
+    // dave may only touch 1 MiB..2 MiB: inside works, anything outside or straddling is EPERM.
+    let d = creds(dir.path(), "dave");
+    s.cli_ok(&["client", "add", "dave", "--out", d.to_str().unwrap()]);
+    s.cli_ok(&["group", "add", "part"]);
+    s.cli_ok(&["group", "join", "part", "dave"]);
+    s.cli_ok(&["group", "grant", "part", "v", "--region", "1MiB:1MiB"]);
+    let script = "import errno\n\
+        h.set_strict_mode(0)\n\
+        h.pwrite(b'\\x44' * 4096, 1048576 + 65536)\n\
+        assert h.pread(4096, 1048576 + 65536) == b'\\x44' * 4096\n\
+        h.flush()\n\
+        for (off, n) in [(0, 512), (2097152 - 512, 1024), (2097152, 512), (16777216 - 512, 512)]:\n\
+        \x20   try:\n\
+        \x20       h.pread(n, off)\n\
+        \x20       raise SystemExit('read outside the region at %d' % off)\n\
+        \x20   except nbd.Error as e:\n\
+        \x20       assert e.errnum == errno.EPERM, e\n\
+        for (off, n) in [(0, 4096), (2097152 - 512, 1024)]:\n\
+        \x20   for op in (lambda: h.pwrite(b'z' * n, off), lambda: h.zero(n, off), lambda: h.trim(n, off)):\n\
+        \x20       try:\n\
+        \x20           op()\n\
+        \x20           raise SystemExit('changed bytes outside the region at %d' % off)\n\
+        \x20       except nbd.Error as e:\n\
+        \x20           assert e.errnum == errno.EPERM, e\n";
+    let (ok, out) = nbdsh(&tls_uri(port, "v", &d), script);
+    assert!(ok, "{out}");
+    // Outside the region nothing changed; inside, dave's write is there.
+    w.image[(MIB + 65536) as usize..(MIB + 65536 + 4096) as usize].fill(0x44);
+    let got = nbdcopy_image(&tls_uri(port, "v", &a), dir.path());
+    assert!(got == w.image, "region client changed bytes it should not have");
+
+    // Removing a client stops its certificate at once.
+    s.cli_ok(&["client", "remove", "carol"]);
+    let err = nbdinfo(&tls_uri(port, "v", &c)).unwrap_err();
+    assert!(err.contains("not registered"), "{err}");
+    // A certificate from another CA does not get past TLS.
+    let other = tempfile::tempdir().unwrap();
+    let s2 = Serve::start(&other.path().join("data"), &[]);
+    let e = creds(dir.path(), "eve");
+    s2.cli_ok(&["client", "add", "eve", "--out", e.to_str().unwrap()]);
+    std::fs::copy(a.join("ca-cert.pem"), e.join("ca-cert.pem")).unwrap();
+    assert!(nbdinfo(&tls_uri(port, "v", &e)).is_err());
+    drop(s2);
+
+    // Key slots follow grants. Revoking groups one by one; the last one crypto-erases and needs --erase.
+    let uuid = s.show("v")["uuid"].as_str().unwrap().to_string();
+    s.cli_ok(&["group", "revoke", "v", "v"]);
+    assert!(nbdinfo(&tls_uri(port, "v", &a)).is_err(), "alice's group lost access");
+    s.cli_ok(&["group", "revoke", "readers", "v"]);
+    let out = s.cli(&["group", "revoke", "part", "v"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("crypto-erases"), "{out:?}");
+    assert!(nbdinfo(&tls_uri(port, "v", &d)).is_ok(), "a refused revoke changes nothing");
+    s.cli_ok(&["group", "revoke", "part", "v", "--erase"]);
+    assert!(!s.cli(&["volume", "show", "v"]).status.success(), "volume is gone");
+    let left: Vec<_> =
+        (0..3).flat_map(|i| files_under(&s.target_dir(i))).filter(|p| p.to_string_lossy().contains(&uuid)).collect();
+    assert!(left.is_empty(), "objects of the erased volume remain: {left:?}");
+}
