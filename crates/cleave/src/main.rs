@@ -83,11 +83,14 @@ struct NodeCommand {
 
 #[derive(Subcommand, Debug)]
 enum TaskCommand {
-    /// Start a scrub or repair task; prints its id at once.
+    /// Start a task; prints its id at once.
     Start {
-        /// scrub or repair
+        /// scrub, repair, delete, or recover (serve a volume found on --target URIs)
         kind: String,
         volume: String,
+        /// For recover: the volume's targets (at least M of them).
+        #[arg(long = "target")]
+        targets: Vec<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -296,8 +299,9 @@ fn set_node_token(data_dir: &std::path::Path) -> Result<()> {
 
 fn task_command(cmd: TaskCommand) -> Result<()> {
     match cmd {
-        TaskCommand::Start { kind, volume, server } => {
-            let t = Client::new(&server)?.post("/tasks", json!({ "kind": kind, "volume": volume }))?;
+        TaskCommand::Start { kind, volume, targets, server } => {
+            let body = json!({ "kind": kind, "volume": volume, "targets": targets });
+            let t = Client::new(&server)?.post("/tasks", body)?;
             print_json(&t.unwrap_or_default())
         }
         TaskCommand::List { server } => {

@@ -458,6 +458,9 @@ pub struct TaskView {
 struct NewTask {
     kind: String,
     volume: String,
+    /// For `recover`: the volume's targets.
+    #[serde(default)]
+    targets: Vec<String>,
 }
 
 impl Gateway {
@@ -467,13 +470,32 @@ impl Gateway {
         }
     }
 
-    fn start_task(self: &Arc<Self>, kind: &str, volume: &str) -> Result<TaskView> {
-        let repair = match kind {
-            "scrub" => false,
-            "repair" => true,
-            other => bail!("unknown task kind {other:?}: use scrub or repair"),
+    /// Queues a task. `targets` is for `recover`: where to find the volume.
+    fn start_task_with(self: &Arc<Self>, kind: &str, volume: &str, targets: Vec<String>) -> Result<TaskView> {
+        let job = match kind {
+            "scrub" | "repair" => {
+                let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
+                Job::Scrub { volume: v, repair: kind == "repair" }
+            }
+            "delete" => {
+                self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
+                Job::Delete
+            }
+            "recover" => {
+                if self.get(volume).is_some() {
+                    bail!("volume {volume:?} is already served here");
+                }
+                if targets.is_empty() {
+                    bail!("recover needs the volume's targets (at least M of them)");
+                }
+                let handles = targets
+                    .iter()
+                    .map(|u| cleave_target::open(u).with_context(|| format!("target {u}")))
+                    .collect::<Result<Vec<_>>>()?;
+                Job::Recover { targets: handles }
+            }
+            other => bail!("unknown task kind {other:?}: use scrub, repair, delete or recover"),
         };
-        let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
         let task = {
             let mut tasks = self.tasks.lock().expect("not poisoned");
             let id = tasks.keys().next_back().map_or(1, |k| k + 1);
@@ -492,6 +514,7 @@ impl Gateway {
         };
         let gw = self.clone();
         let id = task.id;
+        let (kind, volume) = (kind.to_string(), volume.to_string());
         tokio::spawn(async move {
             let Ok(_slot) = gw.task_slot.clone().acquire_owned().await else { return };
             gw.update_task(id, |t| t.state = "running");
@@ -499,28 +522,76 @@ impl Gateway {
                 let p = if total == 0 { 1.0 } else { done as f64 / total as f64 };
                 gw.update_task(id, |t| t.progress = p);
             };
-            match cleave_volume::scrub::scrub(&v, repair, progress).await {
-                Ok(report) => gw.update_task(id, |t| {
+            let outcome: Result<serde_json::Value> = match job {
+                Job::Scrub { volume, repair } => cleave_volume::scrub::scrub(&volume, repair, progress)
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| Ok(serde_json::to_value(&r)?)),
+                Job::Delete => gw.delete(&volume).await.map(|()| serde_json::json!({ "deleted": volume })),
+                Job::Recover { targets } => gw.recover(&volume, targets, progress).await,
+            };
+            match outcome {
+                Ok(result) => gw.update_task(id, |t| {
                     t.state = "succeeded";
                     t.progress = 1.0;
-                    t.result = serde_json::to_value(&report).ok();
+                    t.result = Some(result);
                 }),
                 Err(e) => gw.update_task(id, |t| {
                     t.state = "failed";
-                    t.error = Some(e.to_string());
+                    t.error = Some(format!("{e:#}"));
                 }),
             }
-            gw.pool.push_event(
-                &format!("{}_done", if repair { "repair" } else { "scrub" }),
-                format!("task {id} on {}", v.config().name),
-            );
+            gw.pool.push_event(&format!("{kind}_done"), format!("task {id} on {volume}"));
         });
         Ok(task)
     }
+
+    /// Serves a volume found on its targets: the newest superblock this master key opens,
+    /// then the journal replayed from the targets (for a gateway that lost its data directory).
+    async fn recover(
+        &self,
+        name: &str,
+        targets: Vec<cleave_target::DynTarget>,
+        progress: impl Fn(u64, u64),
+    ) -> Result<serde_json::Value> {
+        let _admin = self.admin.lock().await;
+        if self.get(name).is_some() {
+            bail!("volume {name:?} is already served here");
+        }
+        let sb = cleave_volume::recover::find_superblock(&targets, &self.master, name).await?;
+        progress(1, 3);
+        sb.unlock(&self.master).context("no key slot this master key opens (crypto-erased?)")?;
+        self.data.save_volume(&sb.seal(&self.master)?, name)?;
+        progress(2, 3);
+        let v = self.open_volume(&sb).await?;
+        // Grants are control's records, not the volume's: the admin group gets its access back if
+        // it holds a slot; other groups are granted again by the administrator.
+        if sb.has_group(LOCAL_GROUP) {
+            let full = Grant { mode: Mode::ReadWrite, regions: Vec::new() };
+            self.access.update(|r| Ok(r.grant(LOCAL_GROUP, name, full)?))?;
+        }
+        let status = v.status();
+        self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
+        info!(volume = name, version = sb.version, "volume recovered from its targets");
+        Ok(serde_json::json!({
+            "volume": name,
+            "superblock_version": sb.version,
+            "journal_seq": status.journal_seq,
+            "mapped_chunks": status.mapped_chunks,
+            "key_slots": sb.slots.groups().collect::<Vec<_>>(),
+        }))
+    }
+}
+
+/// What a task does.
+enum Job {
+    Scrub { volume: Volume, repair: bool },
+    Delete,
+    Recover { targets: Vec<cleave_target::DynTarget> },
 }
 
 async fn create_task(State(gw): State<Shared>, Json(req): Json<NewTask>) -> Result<Response, ApiError> {
-    let t = gw.start_task(&req.kind, &req.volume).map_err(bad_request)?;
+    let t = gw.start_task_with(&req.kind, &req.volume, req.targets).map_err(bad_request)?;
     Ok((StatusCode::ACCEPTED, Json(t)).into_response())
 }
 

@@ -351,9 +351,9 @@ fn s3_targets_on_moto_read_and_write() {
 }
 
 #[test]
-fn scrub_runs_as_a_task_with_progress() {
+fn scrub_repair_recover_and_delete_run_as_tasks() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut s, _w) = written_and_cold(dir.path(), 16);
+    let (mut s, w) = written_and_cold(dir.path(), 16);
     s.restart();
     let started: serde_json::Value = serde_json::from_str(&s.cli_ok(&["task", "start", "repair", "v"])).unwrap();
     assert!(["queued", "running"].contains(&started["state"].as_str().unwrap()), "{started}");
@@ -367,6 +367,42 @@ fn scrub_runs_as_a_task_with_progress() {
     let out = s.cli(&["task", "start", "scrub", "nope"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no volume"));
+
+    // Another gateway that has only the master key serves the volume again from 3 of its 5
+    // targets (a recover task), then deletes it (a delete task).
+    let uuid = s.show("v")["uuid"].as_str().unwrap().to_string();
+    s.term();
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(s.data.join("master.key"), other.join("master.key")).unwrap();
+    let b = Serve::start(&other, &[]);
+    let mut args = vec!["task".to_string(), "start".into(), "recover".into(), "v".into()];
+    for i in [0usize, 2, 4] {
+        args.extend(["--target".into(), format!("file://{}", s.target_dir(i).display())]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started: serde_json::Value = serde_json::from_str(&b.cli_ok(&args)).unwrap();
+    let id = started["id"].as_u64().unwrap().to_string();
+    let done: serde_json::Value = serde_json::from_str(&b.cli_ok(&["task", "wait", &id])).unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["result"]["mapped_chunks"].as_u64().unwrap() > 0, "{done}");
+    assert_image(&b, "v", &w.image, dir.path());
+    let started: serde_json::Value = serde_json::from_str(&b.cli_ok(&["task", "start", "delete", "v"])).unwrap();
+    let id = started["id"].as_u64().unwrap().to_string();
+    let done: serde_json::Value = serde_json::from_str(&b.cli_ok(&["task", "wait", &id])).unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(!b.cli(&["volume", "show", "v"]).status.success());
+    for i in [0usize, 2, 4] {
+        let left: Vec<_> =
+            files_under(&s.target_dir(i)).into_iter().filter(|p| p.to_string_lossy().contains(&uuid)).collect();
+        assert!(left.is_empty(), "target {i} still holds objects of v after delete: {left:?}");
+    }
+    // Recovering what no longer exists fails with the reason.
+    let started: serde_json::Value = serde_json::from_str(&b.cli_ok(&args)).unwrap();
+    let id = started["id"].as_u64().unwrap().to_string();
+    let out = b.cli(&["task", "wait", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no superblock"), "{out:?}");
 }
 
 #[test]
@@ -374,7 +410,7 @@ fn api_refuses_anonymous_calls_and_its_openapi_document_validates() {
     let dir = tempfile::tempdir().unwrap();
     let s = Serve::start(&dir.path().join("data"), &[]);
     let base = format!("http://127.0.0.1:{}/api/v1", s.http_port);
-    for path in ["/volumes", "/nodes", "/tasks", "/events", "/volumes/demo"] {
+    for path in ["/volumes", "/nodes", "/tasks", "/events", "/volumes/demo", "/clients", "/groups"] {
         let code =
             run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}{path}")]));
         assert_eq!(code, "401", "{path}");
