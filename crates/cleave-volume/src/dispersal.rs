@@ -57,7 +57,8 @@ impl TargetStats {
 /// The N targets of a volume, in share-index order.
 #[derive(Debug)]
 pub struct Dispersal {
-    targets: Vec<DynTarget>,
+    /// Swapped one at a time when a volume moves off a target.
+    targets: std::sync::RwLock<Vec<DynTarget>>,
     stats: Vec<TargetStats>,
     put_timeout: Duration,
 }
@@ -72,11 +73,29 @@ impl Dispersal {
                 last_error: std::sync::Mutex::new(None),
             })
             .collect();
-        Dispersal { targets, stats, put_timeout }
+        Dispersal { targets: std::sync::RwLock::new(targets), stats, put_timeout }
     }
 
-    pub fn targets(&self) -> &[DynTarget] {
-        &self.targets
+    /// The targets in share order (a snapshot).
+    pub fn targets(&self) -> Vec<DynTarget> {
+        self.targets.read().expect("not poisoned").clone()
+    }
+
+    fn target(&self, i: usize) -> DynTarget {
+        self.targets.read().expect("not poisoned")[i].clone()
+    }
+
+    fn len(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// Puts `target` in place of target `i`, with fresh statistics.
+    pub fn replace(&self, i: usize, target: DynTarget) {
+        self.targets.write().expect("not poisoned")[i] = target;
+        let s = &self.stats[i];
+        s.latency_us.store(0, std::sync::atomic::Ordering::Relaxed);
+        s.up.store(true, std::sync::atomic::Ordering::Relaxed);
+        *s.last_error.lock().expect("not poisoned") = None;
     }
     pub fn stats(&self) -> &[TargetStats] {
         &self.stats
@@ -88,12 +107,14 @@ impl Dispersal {
     /// Writes share i to target i, all in parallel. Does not decide success: the caller
     /// compares `stored` with its quorum.
     pub async fn put_all(&self, key: &str, shares: Vec<Bytes>) -> PutOutcome {
+        let targets = self.targets();
+        let targets = &targets;
         let mut pending: FuturesUnordered<_> = shares
             .into_iter()
             .enumerate()
             .map(|(i, share)| async move {
                 let started = Instant::now();
-                let result = tokio::time::timeout(self.put_timeout, self.targets[i].put(key, share))
+                let result = tokio::time::timeout(self.put_timeout, targets[i].put(key, share))
                     .await
                     .unwrap_or_else(|_| Err(TargetError::Unavailable("put timed out".into())));
                 self.stats[i].record(started, result.as_ref().map(|_| ()));
@@ -115,20 +136,20 @@ impl Dispersal {
     /// Gets `key` from target `i`.
     pub async fn get(&self, i: usize, key: &str) -> Result<Bytes, TargetError> {
         let started = Instant::now();
-        let result = self.targets[i].get(key).await;
+        let result = self.target(i).get(key).await;
         self.stats[i].record(started, result.as_ref().map(|_| ()));
         result
     }
 
     /// Deletes `key` everywhere, best effort; returns how many targets failed.
     pub async fn delete_all(&self, key: &str) -> usize {
-        let results = futures::future::join_all(self.targets.iter().map(|t| t.delete(key))).await;
+        let results = futures::future::join_all(self.targets().iter().map(|t| t.delete(key))).await;
         results.iter().filter(|r| r.is_err()).count()
     }
 
     /// Target indices, fastest first; targets believed down go last.
     fn read_order(&self) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.targets.len()).collect();
+        let mut order: Vec<usize> = (0..self.len()).collect();
         order.sort_by_key(|&i| (!self.stats[i].is_up(), self.stats[i].latency()));
         order
     }
@@ -208,7 +229,7 @@ impl Dispersal {
                 Some((i, result)) = pending.next() => match result {
                     Ok(bytes) => got.push((i, bytes)),
                     Err(e) => {
-                        errors.push(format!("{}: {e}", self.targets[i].name()));
+                        errors.push(format!("{}: {e}", self.target(i).name()));
                         bad.push(i);
                         if next < order.len() {
                             pending.push(launch(order[next]));

@@ -130,6 +130,8 @@ struct Inner {
     codec: Codec,
     keys: Keyring,
     dispersal: Dispersal,
+    /// Target URIs in share order; `config.targets` as opened, this as moved since.
+    target_uris: Mutex<Vec<String>>,
     cache: Cache,
     opts: VolumeOptions,
     capacity_chunks: usize,
@@ -214,6 +216,7 @@ impl Volume {
             codec,
             keys,
             dispersal,
+            target_uris: Mutex::new(config.targets.clone()),
             cache,
             capacity_chunks,
             state: Mutex::new(state),
@@ -369,6 +372,43 @@ impl Volume {
         result
     }
 
+    /// Moves share `i` to another target: later writes go there, reads of older chunks find
+    /// the share missing and read around it until a repair rewrites them.
+    pub async fn replace_target(&self, i: usize, uri: String, target: DynTarget) -> Result<(), VolumeError> {
+        if i >= self.inner.config.n as usize {
+            return Err(VolumeError::Metadata(format!("share index {i} out of range")));
+        }
+        // Not in the middle of a destage round: its shares all go to one target set.
+        let _commit = self.inner.commit.lock().await;
+        self.inner.dispersal.replace(i, target);
+        self.inner.target_uris.lock().expect("not poisoned")[i] = uri;
+        Ok(())
+    }
+
+    /// Writes a journal record and a checkpoint now, so the whole map is on the current targets.
+    pub async fn checkpoint_now(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let _commit = inner.commit.lock().await;
+        inner.commit_entries(Vec::new()).await?;
+        let (cp, previous) = {
+            let st = inner.state.lock().expect("not poisoned");
+            let cp = Checkpoint {
+                seq: st.next_seq - 1,
+                next_generation: st.next_generation,
+                entries: st.map.iter().map(|(c, m)| (*c, m.generation, m.key_id)).collect(),
+            };
+            (cp, st.last_checkpoint)
+        };
+        if cp.seq == previous {
+            return Ok(()); // commit_entries just wrote one
+        }
+        inner.journal().checkpoint(&cp, previous).await?;
+        let mut st = inner.state.lock().expect("not poisoned");
+        st.last_checkpoint = cp.seq;
+        st.records_since_checkpoint = 0;
+        Ok(())
+    }
+
     /// Stops destaging without flushing (the volume is being deleted): once this returns,
     /// nothing more is written to the targets.
     pub async fn close(&self) {
@@ -401,8 +441,10 @@ impl Volume {
         } else {
             Health::Clean
         };
+        let mut config = inner.config.clone();
+        config.targets = inner.target_uris.lock().expect("not poisoned").clone();
         VolumeStatus {
-            config: inner.config.clone(),
+            config,
             health,
             dirty_bytes: st.chunks.values().filter(|c| c.dirty).count() as u64 * cs,
             cache_bytes: st.chunks.len() as u64 * cs,

@@ -85,12 +85,18 @@ struct NodeCommand {
 enum TaskCommand {
     /// Start a task; prints its id at once.
     Start {
-        /// scrub, repair, delete, or recover (serve a volume found on --target URIs)
+        /// scrub, repair, delete, recover (serve a volume found on --target URIs), or move (--from)
         kind: String,
         volume: String,
         /// For recover: the volume's targets (at least M of them).
         #[arg(long = "target")]
         targets: Vec<String>,
+        /// For move: the node (id or address) or target URI to move the volume off.
+        #[arg(long)]
+        from: Option<String>,
+        /// For move: the target to move to (default: chosen among the nodes).
+        #[arg(long)]
+        to: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -299,8 +305,8 @@ fn set_node_token(data_dir: &std::path::Path) -> Result<()> {
 
 fn task_command(cmd: TaskCommand) -> Result<()> {
     match cmd {
-        TaskCommand::Start { kind, volume, targets, server } => {
-            let body = json!({ "kind": kind, "volume": volume, "targets": targets });
+        TaskCommand::Start { kind, volume, targets, from, to, server } => {
+            let body = json!({ "kind": kind, "volume": volume, "targets": targets, "from": from, "to": to });
             let t = Client::new(&server)?.post("/tasks", body)?;
             print_json(&t.unwrap_or_default())
         }

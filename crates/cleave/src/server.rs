@@ -357,7 +357,8 @@ impl Gateway {
     pub(crate) async fn delete_locked(&self, name: &str) -> Result<()> {
         let v = self.volumes.write().expect("not poisoned").remove(name).context("no such volume")?;
         v.close().await;
-        let config = v.config().clone();
+        // The current targets: a move may have changed them since the volume was opened.
+        let config = v.status().config;
         self.data.remove_volume(name)?;
         for u in &config.targets {
             let t = match cleave_target::open(u) {
@@ -461,6 +462,12 @@ struct NewTask {
     /// For `recover`: the volume's targets.
     #[serde(default)]
     targets: Vec<String>,
+    /// For `move`: the node (id or address) or target URI to move off.
+    #[serde(default)]
+    from: Option<String>,
+    /// For `move`: where to (default: a node chosen like a new placement).
+    #[serde(default)]
+    to: Option<String>,
 }
 
 impl Gateway {
@@ -471,7 +478,14 @@ impl Gateway {
     }
 
     /// Queues a task. `targets` is for `recover`: where to find the volume.
-    fn start_task_with(self: &Arc<Self>, kind: &str, volume: &str, targets: Vec<String>) -> Result<TaskView> {
+    fn start_task_with(
+        self: &Arc<Self>,
+        kind: &str,
+        volume: &str,
+        targets: Vec<String>,
+        from: Option<String>,
+        to: Option<String>,
+    ) -> Result<TaskView> {
         let job = match kind {
             "scrub" | "repair" => {
                 let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
@@ -494,7 +508,13 @@ impl Gateway {
                     .collect::<Result<Vec<_>>>()?;
                 Job::Recover { targets: handles }
             }
-            other => bail!("unknown task kind {other:?}: use scrub, repair, delete or recover"),
+            "move" => {
+                let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
+                let from = from.context("move needs `from`: the node or target to move off")?;
+                let (index, to) = self.plan_move(&v, &from, to)?;
+                Job::Move { volume: v, index, to }
+            }
+            other => bail!("unknown task kind {other:?}: use scrub, repair, delete, recover or move"),
         };
         let task = {
             let mut tasks = self.tasks.lock().expect("not poisoned");
@@ -529,6 +549,7 @@ impl Gateway {
                     .and_then(|r| Ok(serde_json::to_value(&r)?)),
                 Job::Delete => gw.delete(&volume).await.map(|()| serde_json::json!({ "deleted": volume })),
                 Job::Recover { targets } => gw.recover(&volume, targets, progress).await,
+                Job::Move { volume, index, to } => gw.move_share(&volume, index, to, progress).await,
             };
             match outcome {
                 Ok(result) => gw.update_task(id, |t| {
@@ -583,15 +604,113 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Which share moves, and where to: `to`, or the up node with the most room that the
+    /// volume does not use yet, on a site it does not use yet if there is one.
+    fn plan_move(&self, v: &Volume, from: &str, to: Option<String>) -> Result<(usize, String)> {
+        let config = v.status().config;
+        let nodes = self.pool.nodes();
+        let from_addr = nodes.iter().find(|n| n.id == from).map_or(from.to_string(), |n| n.address.to_string());
+        let index = config
+            .targets
+            .iter()
+            .position(|u| u == from || *u == format!("node://{from_addr}"))
+            .with_context(|| format!("volume {:?} has no target {from:?}", config.name))?;
+        if let Some(to) = to {
+            if config.targets.contains(&to) {
+                bail!("volume {:?} already uses {to}", config.name);
+            }
+            return Ok((index, to));
+        }
+        let per_share = config.size.div_ceil(config.m.max(1) as u64);
+        let used_sites: Vec<&str> = nodes
+            .iter()
+            .filter(|n| {
+                config.targets.iter().enumerate().any(|(j, u)| j != index && *u == format!("node://{}", n.address))
+            })
+            .map(|n| n.site.as_str())
+            .collect();
+        let mut candidates: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.status == cleave_control::pool::NodeStatus::Up && n.free_bytes >= per_share)
+            .filter(|n| !config.targets.contains(&format!("node://{}", n.address)))
+            .collect();
+        candidates.sort_by_key(|n| (used_sites.contains(&n.site.as_str()), std::cmp::Reverse(n.free_bytes)));
+        let best = candidates.first().with_context(|| {
+            format!(
+                "cannot move share {index} of {:?}: no other node is up with {} free",
+                config.name,
+                ByteSize(per_share)
+            )
+        })?;
+        Ok((index, format!("node://{}", best.address)))
+    }
+
+    /// Moves share `index` of a volume to target `to`: a new superblock naming it, the volume
+    /// switched over, every chunk rewritten (repair) and a checkpoint, then the old target's
+    /// objects removed if it can still be reached.
+    async fn move_share(
+        &self,
+        v: &Volume,
+        index: usize,
+        to: String,
+        progress: impl Fn(u64, u64),
+    ) -> Result<serde_json::Value> {
+        let name = v.config().name.clone();
+        let handle = cleave_target::open(&to).with_context(|| format!("target {to}"))?;
+        let old = {
+            let _admin = self.admin.lock().await;
+            let mut sb = self
+                .data
+                .load_volumes(&self.master)?
+                .into_iter()
+                .find(|sb| sb.config.name == name)
+                .with_context(|| format!("no volume {name:?}"))?;
+            let old = std::mem::replace(&mut sb.config.targets[index], to.clone());
+            sb.version += 1;
+            self.publish(&sb).await?;
+            v.replace_target(index, to.clone(), handle).await?;
+            old
+        };
+        info!(volume = %name, index, from = %old, to = %to, "share moved; rewriting chunks");
+        let report = cleave_volume::scrub::scrub(v, true, |done, total| progress(done, total + 1)).await?;
+        v.checkpoint_now().await?;
+        let mut removed = 0usize;
+        let mut cleanup_error = None;
+        match cleave_target::open(&old) {
+            Ok(t) => match t.list(&format!("{}/", v.config().uuid)).await {
+                Ok(keys) => {
+                    for k in keys {
+                        if t.delete(&k).await.is_ok() {
+                            removed += 1;
+                        }
+                    }
+                }
+                Err(e) => cleanup_error = Some(e.to_string()),
+            },
+            Err(e) => cleanup_error = Some(e.to_string()),
+        }
+        self.pool.push_event("volume_moved", format!("{name}: share {index} from {old} to {to}"));
+        Ok(serde_json::json!({
+            "volume": name, "share": index, "from": old, "to": to,
+            "chunks_rewritten": report.chunks_repaired,
+            "chunks_unrecoverable": report.chunks_unrecoverable,
+            "old_objects_removed": removed,
+            "old_target_error": cleanup_error,
+        }))
+    }
+}
+
 /// What a task does.
 enum Job {
     Scrub { volume: Volume, repair: bool },
     Delete,
     Recover { targets: Vec<cleave_target::DynTarget> },
+    Move { volume: Volume, index: usize, to: String },
 }
 
 async fn create_task(State(gw): State<Shared>, Json(req): Json<NewTask>) -> Result<Response, ApiError> {
-    let t = gw.start_task_with(&req.kind, &req.volume, req.targets).map_err(bad_request)?;
+    let t = gw.start_task_with(&req.kind, &req.volume, req.targets, req.from, req.to).map_err(bad_request)?;
     Ok((StatusCode::ACCEPTED, Json(t)).into_response())
 }
 

@@ -185,4 +185,44 @@ fn nodes_register_fail_return_and_hold_volumes() {
     });
     let got = nbdcopy_image(&tls, dir.path());
     assert!(got == w.image);
+
+    // Moving the volume off a node (a task): a fourth node takes its share, every chunk is
+    // rewritten, and the old node keeps nothing of the volume.
+    nodes.push(Node::start(&s, ac, dir.path().join("node3"), "site3"));
+    wait_for("fourth node up", Duration::from_secs(5), || {
+        statuses(&s).iter().filter(|(_, st)| st == "up").count() == 4
+    });
+    // Destaged first, so that the shares to move are on the nodes and not only in the cache.
+    let token = std::fs::read_to_string(s.data.join("admin.token")).unwrap();
+    run(Command::new("curl")
+        .args(["-sf", "-X", "POST", "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()))
+        .arg(format!("http://127.0.0.1:{}/api/v1/volumes/v/destage", s.http_port)));
+    let leaving = targets[0].trim_start_matches("node://").to_string();
+    let started: serde_json::Value =
+        serde_json::from_str(&s.cli_ok(&["task", "start", "move", "v", "--from", &leaving])).unwrap();
+    let id = started["id"].as_u64().unwrap().to_string();
+    let done: serde_json::Value = serde_json::from_str(&s.cli_ok(&["task", "wait", &id])).unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["result"]["chunks_rewritten"].as_u64().unwrap() > 0, "{done}");
+    let now: Vec<String> =
+        s.show("v")["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    let newcomer = format!("node://127.0.0.1:{}", nodes[3].port);
+    assert_eq!(now[0], newcomer, "share 0 moved to the new node: {now:?}");
+    assert_eq!(&now[1..], &targets[1..]);
+    // Every share of every chunk is now on the current targets, and intact.
+    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v"])).unwrap();
+    assert_eq!(report["chunks_checked"], report["chunks_healthy"], "{report}");
+    assert!(report["problems"].as_array().unwrap().is_empty(), "{report}");
+    let uuid = s.show("v")["uuid"].as_str().unwrap().to_string();
+    let old_node = nodes.iter().find(|n| leaving.ends_with(&format!(":{}", n.port))).unwrap();
+    let left: Vec<_> =
+        files_under(&old_node.data).into_iter().filter(|p| p.to_string_lossy().contains(&uuid)).collect();
+    assert!(left.is_empty(), "the old node still holds objects of v: {left:?}");
+    let got = nbdcopy_image(&tls, dir.path());
+    assert!(got == w.image, "image differs after the move");
+    // Moving off a target the volume does not use is refused with the reason.
+    let out = s.cli(&["task", "start", "move", "v", "--from", &leaving]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no target"), "{out:?}");
 }
