@@ -41,7 +41,9 @@ pub struct DropCounters {
     pub malformed: u64,
     pub replayed: u64,
     pub oversized: u64,
+    /// Authentic, but the embedded source address is not the UDP source.
     pub spoofed: u64,
+    /// Authentic, but a message control never receives (NEED_INFO, ACK).
     pub unexpected: u64,
 }
 
@@ -71,6 +73,12 @@ pub struct Pool {
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch: where sequence numbers start, so that a
+/// restarted sender's numbers still exceed those it used before.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 const MAX_EVENTS: usize = 1000;
