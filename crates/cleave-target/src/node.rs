@@ -4,6 +4,7 @@
 // ureq's error is large, but it lives only on the error path of a network call.
 #![allow(clippy::result_large_err)]
 
+use std::io::Read as _;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,13 +68,18 @@ impl NodeTarget {
     }
 }
 
+/// Larger bodies are refused rather than cut short: a truncated share would look like corruption.
+const MAX_BODY: u64 = 128 << 20;
+
 fn read_body(r: ureq::Response) -> Result<Bytes, ureq::Error> {
     let mut v = Vec::new();
-    std::io::Read::read_to_end(&mut r.into_reader().take(128 << 20), &mut v).map_err(ureq::Error::from)?;
+    r.into_reader().take(MAX_BODY + 1).read_to_end(&mut v).map_err(ureq::Error::from)?;
+    if v.len() as u64 > MAX_BODY {
+        let e = std::io::Error::other(format!("response body larger than {MAX_BODY} bytes"));
+        return Err(ureq::Error::from(e));
+    }
     Ok(Bytes::from(v))
 }
-
-use std::io::Read as _;
 
 #[async_trait::async_trait]
 impl Target for NodeTarget {
