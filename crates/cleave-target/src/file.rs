@@ -39,9 +39,14 @@ pub(crate) fn io(target: &str, key: &str, e: std::io::Error) -> TargetError {
 }
 
 /// Like [`io`], for reads and deletes: a key whose path runs into a file, or names a
-/// directory, is simply not an object.
-fn io_read(target: &str, key: &str, e: std::io::Error) -> TargetError {
+/// directory, is simply not an object. But when the root itself is gone (unmounted, or
+/// replaced by a file) every key would read as "not found": that is a target that is
+/// down, not an empty one, and the volume must see it as such.
+fn io_read(target: &str, root: &Path, key: &str, e: std::io::Error) -> TargetError {
     match e.kind() {
+        ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory if !root.is_dir() => {
+            TargetError::Unavailable(format!("{target}: the target directory is missing"))
+        }
         ErrorKind::NotADirectory | ErrorKind::IsADirectory => TargetError::NotFound(format!("{target}/{key}")),
         _ => io(target, key, e),
     }
@@ -136,6 +141,10 @@ fn get_range_sync(path: &Path, range: Range<u64>) -> std::io::Result<Bytes> {
 
 fn list_sync(root: &Path, prefix: &str) -> std::io::Result<Vec<String>> {
     let mut out = Vec::new();
+    // A missing root is a target that is down, not an empty one.
+    if !root.is_dir() {
+        return Err(std::io::Error::new(ErrorKind::NotFound, "the target directory is missing"));
+    }
     // Start from the deepest directory the prefix names, so listing one volume stays cheap.
     // A directory part that is not a valid key matches nothing (and must not be joined to
     // the root: "../" or "/etc" would walk outside it).
@@ -190,22 +199,22 @@ impl Target for FileTarget {
 
     async fn get(&self, key: &str) -> Result<Bytes, TargetError> {
         let path = self.path(key)?;
-        let (name, key) = (self.name.clone(), key.to_string());
-        self.blocking(move || std::fs::read(&path).map(Bytes::from).map_err(|e| io_read(&name, &key, e))).await
+        let (name, root, key) = (self.name.clone(), self.root.clone(), key.to_string());
+        self.blocking(move || std::fs::read(&path).map(Bytes::from).map_err(|e| io_read(&name, &root, &key, e))).await
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, TargetError> {
         let path = self.path(key)?;
-        let (name, key) = (self.name.clone(), key.to_string());
-        self.blocking(move || get_range_sync(&path, range).map_err(|e| io_read(&name, &key, e))).await
+        let (name, root, key) = (self.name.clone(), self.root.clone(), key.to_string());
+        self.blocking(move || get_range_sync(&path, range).map_err(|e| io_read(&name, &root, &key, e))).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), TargetError> {
         let path = self.path(key)?;
-        let (name, key) = (self.name.clone(), key.to_string());
+        let (name, root, key) = (self.name.clone(), self.root.clone(), key.to_string());
         self.blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
-            Err(e) => match io_read(&name, &key, e) {
+            Err(e) => match io_read(&name, &root, &key, e) {
                 TargetError::NotFound(_) => Ok(()),
                 e => Err(e),
             },
@@ -251,8 +260,17 @@ mod tests {
         }
         let e = io("file:///t", "k", std::io::Error::from_raw_os_error(5 /* EIO */));
         assert!(matches!(e, TargetError::Io(_)), "{e}");
-        let e = io_read("file:///t", "k", std::io::Error::from_raw_os_error(20 /* ENOTDIR */));
+        let dir = tempfile::tempdir().unwrap();
+        let e = io_read("file:///t", dir.path(), "k", std::io::Error::from_raw_os_error(20 /* ENOTDIR */));
         assert!(e.is_not_found(), "{e}");
+        // The root itself gone (or replaced by a file): the target is down, not empty.
+        let gone = dir.path().join("gone");
+        for errno in [2 /* ENOENT */, 20 /* ENOTDIR */] {
+            let e = io_read("file:///t", &gone, "k", std::io::Error::from_raw_os_error(errno));
+            assert!(matches!(e, TargetError::Unavailable(_)), "{e}");
+        }
+        std::fs::write(&gone, b"file").unwrap();
+        assert!(list_sync(&gone, "").is_err());
     }
 
     #[test]
