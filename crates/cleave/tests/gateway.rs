@@ -382,7 +382,7 @@ fn api_refuses_anonymous_calls_and_its_openapi_document_validates() {
     let dir = tempfile::tempdir().unwrap();
     let s = Serve::start(&dir.path().join("data"), &[]);
     let base = format!("http://127.0.0.1:{}/api/v1", s.http_port);
-    for path in ["/volumes", "/nodes", "/tasks", "/events", "/volumes/demo"] {
+    for path in ["/volumes", "/nodes", "/nodes?all=true", "/controls", "/tasks", "/events", "/volumes/demo"] {
         let code =
             run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}{path}")]));
         assert_eq!(code, "401", "{path}");

@@ -1,4 +1,4 @@
-//! A node's side of the protocol: register, report, keep beating, say goodbye.
+//! A member's side of the protocol: register, report, keep beating, say goodbye.
 //!
 //! The agent sends STARTUP, answers NEED_INFO with INFO, and sends HEARTBEAT
 //! every `heartbeat` once control has acknowledged it. When control has said
@@ -6,6 +6,10 @@
 //! opens a fresh socket and starts over with STARTUP, so it registers again as
 //! soon as control can be reached. Control's answers must carry the MAC and
 //! strictly increasing sequence numbers; anything else is ignored.
+//!
+//! A storage node runs [`run_agent`]. A control server that registers with a
+//! parent control runs the same loop ([`run_member`]) with other message bodies
+//! (see [`crate::hierarchy`]).
 
 use std::future::Future;
 use std::io;
@@ -34,6 +38,21 @@ pub struct AgentConfig {
 /// Heartbeats without any answer after which the agent starts over with STARTUP.
 pub const SILENT_HEARTBEATS: u32 = 3;
 
+/// What a member says, whatever kind it is. `info` gets the local address of
+/// the socket that talks to control (never 0.0.0.0), which a member may use to
+/// tell control where it can be reached.
+pub(crate) struct Member<I, B> {
+    pub control: SocketAddr,
+    pub secret: [u8; 32],
+    pub heartbeat: Duration,
+    /// Body of STARTUP and SHUTDOWN.
+    pub hello: serde_json::Value,
+    /// Body of INFO.
+    pub info: I,
+    /// Body of HEARTBEAT.
+    pub beat: B,
+}
+
 /// A socket connected to control, and the source address control will see
 /// (the connected socket's local address, so never 0.0.0.0).
 async fn open(control: SocketAddr) -> io::Result<(UdpSocket, SocketAddr)> {
@@ -55,21 +74,21 @@ struct Link {
 }
 
 struct Sender<'a> {
-    cfg: &'a AgentConfig,
+    control: SocketAddr,
+    secret: &'a [u8; 32],
     /// Last sequence number used. Starts at the clock (µs) so a restarted
-    /// node's numbers still exceed those it used before.
+    /// member's numbers still exceed those it used before.
     seq: u64,
 }
 
 impl Sender<'_> {
     async fn send(&mut self, link: &Link, kind: MessageType, data: serde_json::Value) {
         self.seq += 1;
-        let p =
-            Packet { kind, seq: self.seq, src: link.local, dst: self.cfg.control, data: data.to_string().into_bytes() };
-        match packet::encode(&p, &self.cfg.secret) {
+        let p = Packet { kind, seq: self.seq, src: link.local, dst: self.control, data: data.to_string().into_bytes() };
+        match packet::encode(&p, self.secret) {
             Ok(bytes) => {
                 if let Err(e) = link.socket.send(&bytes).await {
-                    debug!(control = %self.cfg.control, error = %e, ?kind, "auto-configuration send failed");
+                    debug!(control = %self.control, error = %e, ?kind, "auto-configuration send failed");
                 }
             }
             Err(e) => warn!(error = %e, ?kind, "auto-configuration packet not encoded"),
@@ -77,11 +96,11 @@ impl Sender<'_> {
     }
 }
 
-async fn connect(cfg: &AgentConfig) -> Option<Link> {
-    match open(cfg.control).await {
+async fn connect(control: SocketAddr) -> Option<Link> {
+    match open(control).await {
         Ok((socket, local)) => Some(Link { socket, local }),
         Err(e) => {
-            warn!(control = %cfg.control, error = %e, "cannot reach control; will retry");
+            warn!(%control, error = %e, "cannot reach control; will retry");
             None
         }
     }
@@ -95,16 +114,38 @@ pub async fn run_agent(
     stats: impl Fn() -> (u64, u64, u64) + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    let AgentConfig { control, secret, id, address, site, heartbeat } = cfg;
+    let hello = json!({ "id": id });
+    let info = |_local: SocketAddr| {
+        let (capacity, free, objects) = stats();
+        json!({
+            "id": id, "address": address, "site": site,
+            "capacity_bytes": capacity, "free_bytes": free, "objects": objects,
+        })
+    };
+    let beat = || {
+        let (_, free, objects) = stats();
+        json!({ "id": id, "free_bytes": free, "objects": objects })
+    };
+    run_member(Member { control, secret, heartbeat, hello, info, beat }, shutdown).await
+}
+
+/// The protocol loop shared by every kind of member; see the module docs.
+pub(crate) async fn run_member<I, B>(member: Member<I, B>, shutdown: impl Future<Output = ()> + Send)
+where
+    I: Fn(SocketAddr) -> serde_json::Value,
+    B: Fn() -> serde_json::Value,
+{
     tokio::pin!(shutdown);
-    let hello = json!({ "id": cfg.id });
-    let mut out = Sender { cfg: &cfg, seq: now_us() };
+    let Member { control, secret, heartbeat, hello, info, beat } = member;
+    let mut out = Sender { control, secret: &secret, seq: now_us() };
     let mut control_seq = 0u64;
-    let mut tick = tokio::time::interval_at(Instant::now() + cfg.heartbeat, cfg.heartbeat);
+    let mut tick = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut buf = vec![0u8; 2048];
     let mut silent = 0u32;
     let mut registered = false;
-    let mut link = connect(&cfg).await;
+    let mut link = connect(control).await;
     if let Some(l) = &link {
         out.send(l, MessageType::Startup, hello.clone()).await;
     }
@@ -123,17 +164,15 @@ pub async fn run_agent(
                     // No answer for a while: control restarted or the network went away.
                     // Start over on a fresh socket (the local address may have changed).
                     if registered {
-                        info!(control = %cfg.control, "no answer from control; registering again");
+                        info!(%control, "no answer from control; registering again");
                     }
                     registered = false;
                     silent = 0;
-                    link = connect(&cfg).await;
+                    link = connect(control).await;
                 }
                 let Some(l) = &link else { continue };
                 if registered {
-                    let (_, free, objects) = stats();
-                    out.send(l, MessageType::Heartbeat, json!({ "id": cfg.id, "free_bytes": free, "objects": objects }))
-                        .await;
+                    out.send(l, MessageType::Heartbeat, beat()).await;
                 } else {
                     out.send(l, MessageType::Startup, hello.clone()).await;
                 }
@@ -142,7 +181,7 @@ pub async fn run_agent(
                 // Errors here are ICMP reports of earlier sends (control not listening): keep going.
                 let Ok(n) = r else { continue };
                 let Some(l) = &link else { continue };
-                let p = match packet::decode(&buf[..n], &cfg.secret) {
+                let p = match packet::decode(&buf[..n], &secret) {
                     Ok(p) if p.seq > control_seq => p,
                     Ok(_) => {
                         debug!("replayed packet from control ignored");
@@ -157,20 +196,16 @@ pub async fn run_agent(
                 silent = 0;
                 match p.kind {
                     MessageType::NeedInfo => {
-                        let (capacity, free, objects) = stats();
-                        let info = json!({
-                            "id": cfg.id, "address": cfg.address, "site": cfg.site,
-                            "capacity_bytes": capacity, "free_bytes": free, "objects": objects,
-                        });
-                        out.send(l, MessageType::Info, info).await;
+                        let body = info(l.local);
+                        out.send(l, MessageType::Info, body).await;
                     }
                     MessageType::Ack => {
                         if !registered {
-                            info!(control = %cfg.control, "registered with control");
+                            info!(%control, "registered with control");
                         }
                         registered = true;
                     }
-                    other => debug!(?other, "unexpected message from control"),
+                    _ => debug!(kind = ?p.kind, "unexpected message from control"),
                 }
             }
         }

@@ -1,12 +1,15 @@
-//! Control's side of the protocol: records nodes, asks for their details, marks
-//! them down on SHUTDOWN or when their heartbeats stop.
+//! Control's side of the protocol: records nodes (and child control servers, see
+//! [`crate::hierarchy`]), asks for their details, marks them down on SHUTDOWN or
+//! when their heartbeats stop.
 //!
 //! Every datagram is checked before anything in the pool changes, in this order:
 //! size (oversized), codec (malformed), MAC (unauthenticated), embedded source
 //! address against the UDP source (spoofed), message body (malformed), message
 //! type (unexpected: control never receives NEED_INFO or ACK), and last the
-//! per-node sequence number, which must strictly increase (replayed). A dropped
-//! datagram is counted, changes nothing and gets no answer.
+//! per-member sequence number, which must strictly increase (replayed). A dropped
+//! datagram is counted, changes nothing and gets no answer. Members are told apart
+//! by the body's `"kind"` (`node` when absent, or `control`); a node and a control
+//! may share an id without meeting.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,14 +21,18 @@ use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
 use super::packet::{self, MessageType, Packet, PacketError, MAX_PACKET};
-use crate::pool::{now_ms, now_us, push, NodeInfo, NodeStatus, Pool};
+use crate::hierarchy::{self, ControlBeat, ControlInfo};
+use crate::pool::{now_ms, now_us, push, MemberKind, NodeInfo, NodeStatus, Pool};
 
-/// Longest node id accepted.
+/// Longest member id accepted.
 pub const MAX_ID: usize = 128;
 
+/// What every message body starts with.
 #[derive(Deserialize)]
 struct Hello {
     id: String,
+    #[serde(default)]
+    kind: MemberKind,
 }
 
 #[derive(Deserialize)]
@@ -41,7 +48,6 @@ struct Info {
 
 #[derive(Deserialize)]
 struct Beat {
-    id: String,
     free_bytes: u64,
     #[serde(default)]
     objects: u64,
@@ -53,6 +59,8 @@ enum Body {
     Info(Info),
     Heartbeat(Beat),
     Shutdown,
+    ControlInfo(ControlInfo),
+    ControlBeat(ControlBeat),
 }
 
 /// Serves the protocol on `socket` until the task is dropped (or aborted); the
@@ -110,6 +118,7 @@ pub(crate) fn expire(pool: &Pool, timeout: Duration) {
     for g in gone {
         push(&mut inner, "node_down", g);
     }
+    hierarchy::expire(&mut inner, now, timeout);
 }
 
 fn count(c: &AtomicU64) -> Option<MessageType> {
@@ -146,25 +155,46 @@ pub(crate) fn handle(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketA
         debug!(%from, claimed = %p.src, "auto-configuration packet from elsewhere than it claims");
         return count(&c.spoofed);
     }
-    let body = match p.kind {
-        MessageType::Startup => serde_json::from_slice::<Hello>(&p.data).map(|h| (h.id, Body::Startup)),
-        MessageType::Shutdown => serde_json::from_slice::<Hello>(&p.data).map(|h| (h.id, Body::Shutdown)),
-        MessageType::Info => serde_json::from_slice::<Info>(&p.data).map(|i| (i.id.clone(), Body::Info(i))),
-        MessageType::Heartbeat => serde_json::from_slice::<Beat>(&p.data).map(|b| (b.id.clone(), Body::Heartbeat(b))),
-        MessageType::NeedInfo | MessageType::Ack => return count(&c.unexpected),
+    if matches!(p.kind, MessageType::NeedInfo | MessageType::Ack) {
+        return count(&c.unexpected);
+    }
+    let Ok(Hello { id, kind }) = serde_json::from_slice::<Hello>(&p.data) else { return count(&c.malformed) };
+    let body = match (p.kind, kind) {
+        (MessageType::Startup, _) => Ok(Body::Startup),
+        (MessageType::Shutdown, _) => Ok(Body::Shutdown),
+        (MessageType::Info, MemberKind::Node) => serde_json::from_slice::<Info>(&p.data).map(Body::Info),
+        (MessageType::Heartbeat, MemberKind::Node) => serde_json::from_slice::<Beat>(&p.data).map(Body::Heartbeat),
+        (MessageType::Info, MemberKind::Control) => {
+            serde_json::from_slice::<ControlInfo>(&p.data).map(Body::ControlInfo)
+        }
+        (MessageType::Heartbeat, MemberKind::Control) => {
+            serde_json::from_slice::<ControlBeat>(&p.data).map(Body::ControlBeat)
+        }
+        (MessageType::NeedInfo | MessageType::Ack, _) => return count(&c.unexpected),
     };
-    let Ok((id, body)) = body else { return count(&c.malformed) };
-    if !valid_id(&id) {
+    let Ok(body) = body else { return count(&c.malformed) };
+    if !valid_id(&id) || matches!(&body, Body::ControlInfo(i) if !i.valid()) {
         return count(&c.malformed);
     }
     let mut inner = pool.inner.lock().expect("not poisoned");
-    if inner.last_seq.get(&id).is_some_and(|&last| p.seq <= last) {
+    let member = (kind, id.clone());
+    if inner.last_seq.get(&member).is_some_and(|&last| p.seq <= last) {
         drop(inner);
         return count(&c.replayed);
     }
-    inner.last_seq.insert(id.clone(), p.seq);
+    inner.last_seq.insert(member, p.seq);
     let now = now_ms();
     match body {
+        Body::Startup if kind == MemberKind::Control => {
+            hierarchy::on_startup(&mut inner, id, now);
+            Some(MessageType::NeedInfo)
+        }
+        Body::Shutdown if kind == MemberKind::Control => {
+            hierarchy::on_shutdown(&mut inner, &id, now);
+            None
+        }
+        Body::ControlInfo(info) => Some(hierarchy::on_info(&mut inner, info, now)),
+        Body::ControlBeat(beat) => Some(hierarchy::on_beat(&mut inner, &id, beat, now)),
         Body::Startup => {
             // Control records the unit, then asks for its details.
             let n = inner.nodes.entry(id.clone()).or_insert_with(|| NodeInfo {
@@ -225,6 +255,7 @@ pub(crate) fn handle(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketA
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +364,103 @@ mod tests {
         assert!(!same_addr(v4, "10.0.0.1:5001".parse().unwrap()));
         assert!(!same_addr(v4, "10.0.0.2:5000".parse().unwrap()));
         assert!(!same_addr("0.0.0.0:5000".parse().unwrap(), v4), "an unspecified source is not a wildcard");
+    }
+
+    fn control_info(id: &str, api: &str, nodes_up: u64) -> serde_json::Value {
+        serde_json::json!({
+            "id": id, "kind": "control", "name": format!("{id}-name"), "site": "east", "api": api,
+            "summary": { "nodes_up": nodes_up, "nodes_down": 0, "capacity_bytes": 10, "free_bytes": 5 },
+        })
+    }
+
+    #[test]
+    fn child_controls_register_beat_and_leave_apart_from_nodes() {
+        let pool = Pool::new();
+        let from: SocketAddr = "127.0.0.1:40010".parse().unwrap();
+        let hello = serde_json::json!({ "id": "c1", "kind": "control" });
+        assert_eq!(
+            handle(&pool, &SECRET, &packet(MessageType::Startup, 1, from, hello.clone()), from),
+            Some(MessageType::NeedInfo)
+        );
+        assert_eq!(pool.controls()[0].status, NodeStatus::Down);
+        assert!(pool.nodes().is_empty(), "a control is not a node");
+        let info = control_info("c1", "http://127.0.0.1:8081", 2);
+        assert_eq!(handle(&pool, &SECRET, &packet(MessageType::Info, 2, from, info), from), Some(MessageType::Ack));
+        let c = &pool.controls()[0];
+        assert_eq!(
+            (c.status, c.name.as_str(), c.api.as_str(), c.summary.nodes_up),
+            (NodeStatus::Up, "c1-name", "http://127.0.0.1:8081", 2)
+        );
+        assert_eq!(pool.events().iter().filter(|e| e.kind == "control_up").count(), 1);
+        // A heartbeat refreshes the summary.
+        let beat = serde_json::json!({ "id": "c1", "kind": "control", "summary": { "nodes_up": 3, "nodes_down": 1, "capacity_bytes": 7, "free_bytes": 1 } });
+        assert_eq!(
+            handle(&pool, &SECRET, &packet(MessageType::Heartbeat, 3, from, beat), from),
+            Some(MessageType::Ack)
+        );
+        assert_eq!(pool.controls()[0].summary.nodes_down, 1);
+        assert_eq!(pool.summary().nodes_up, 3);
+        assert_eq!(pool.summary().controls_up, 1);
+        // A node with the same id has its own record and its own sequence numbers.
+        let node = serde_json::json!({ "id": "c1" });
+        assert_eq!(
+            handle(&pool, &SECRET, &packet(MessageType::Startup, 1, from, node), from),
+            Some(MessageType::NeedInfo)
+        );
+        assert_eq!((pool.nodes().len(), pool.controls().len()), (1, 1));
+        assert_eq!(pool.counters().replayed, 0);
+        // Replayed, forged and malformed control messages change nothing.
+        let before = format!("{:?}", pool.controls());
+        let replay = packet(MessageType::Info, 2, from, control_info("c1", "http://10.9.9.9:1", 99));
+        assert_eq!(handle(&pool, &SECRET, &replay, from), None);
+        let forged = {
+            let p = Packet {
+                kind: MessageType::Info,
+                seq: 100,
+                src: from,
+                dst: from,
+                data: control_info("c1", "http://10.9.9.9:1", 99).to_string().into_bytes(),
+            };
+            packet::encode(&p, &[6; 32]).unwrap()
+        };
+        assert_eq!(handle(&pool, &SECRET, &forged, from), None);
+        for bad_api in ["10.9.9.9:1", "http://u:p@10.9.9.9:1", "http://10.9.9.9:1/x", "https://10.9.9.9:1"] {
+            let bad = packet(MessageType::Info, 101, from, control_info("c1", bad_api, 99));
+            assert_eq!(handle(&pool, &SECRET, &bad, from), None, "{bad_api}");
+        }
+        let unknown_kind =
+            packet(MessageType::Startup, 102, from, serde_json::json!({ "id": "c1", "kind": "gateway" }));
+        assert_eq!(handle(&pool, &SECRET, &unknown_kind, from), None);
+        let spoofed = packet(MessageType::Shutdown, 103, "127.0.0.1:40011".parse().unwrap(), hello.clone());
+        assert_eq!(handle(&pool, &SECRET, &spoofed, from), None);
+        let c = pool.counters();
+        assert_eq!((c.replayed, c.unauthenticated, c.malformed, c.spoofed), (1, 1, 5, 1));
+        assert_eq!(format!("{:?}", pool.controls()), before);
+        // A clean stop.
+        assert_eq!(handle(&pool, &SECRET, &packet(MessageType::Shutdown, 104, from, hello), from), None);
+        assert_eq!(pool.controls()[0].status, NodeStatus::Down);
+        assert!(pool.events().iter().any(|e| e.kind == "control_down" && e.detail.contains("clean stop")));
+        assert_eq!(pool.summary().controls_down, 1);
+        assert_eq!(pool.summary().nodes_up, 0);
+    }
+
+    #[test]
+    fn silent_controls_expire() {
+        let pool = Pool::new();
+        let from: SocketAddr = "127.0.0.1:40020".parse().unwrap();
+        let info = control_info("c2", "http://127.0.0.1:8082", 1);
+        assert_eq!(handle(&pool, &SECRET, &packet(MessageType::Info, 5, from, info), from), Some(MessageType::Ack));
+        expire(&pool, Duration::from_secs(5));
+        assert_eq!(pool.controls()[0].status, NodeStatus::Up);
+        pool.inner.lock().unwrap().controls.get_mut("c2").unwrap().last_seen_unix_ms -= 10_000;
+        expire(&pool, Duration::from_secs(5));
+        assert_eq!(pool.controls()[0].status, NodeStatus::Down);
+        assert!(pool.events().iter().any(|e| e.kind == "control_down" && e.detail.contains("heartbeat timeout")));
+        // A heartbeat from a control marked down asks it to register again.
+        let beat = serde_json::json!({ "id": "c2", "kind": "control", "summary": { "nodes_up": 1, "nodes_down": 0, "capacity_bytes": 1, "free_bytes": 1 } });
+        assert_eq!(
+            handle(&pool, &SECRET, &packet(MessageType::Heartbeat, 6, from, beat), from),
+            Some(MessageType::NeedInfo)
+        );
     }
 }
