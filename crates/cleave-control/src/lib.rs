@@ -1,11 +1,13 @@
 //! `cleave-control`: what control knows about the storage pool.
 //!
-//! - [`autoconfig`]: the UDP protocol by which nodes register, report and leave.
+//! - [`autoconfig`]: the UDP protocol by which nodes (and child controls) register, report and leave.
 //! - [`access`]: clients, groups and grants; the rights of an identity on a volume.
 //! - [`ca`]: control's certificate authority for NBD over TLS.
-//! - [`pool`]: nodes with their status, capacity, site and last-seen time; events.
+//! - [`pool`]: nodes with their status, capacity, site and last-seen time; child controls; events.
+//! - [`hierarchy`]: a control server as the child of another, and a parent's view of its children.
 
 pub mod access;
 pub mod autoconfig;
 pub mod ca;
+pub mod hierarchy;
 pub mod pool;

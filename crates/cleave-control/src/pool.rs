@@ -1,20 +1,59 @@
-//! The pool of storage nodes as control sees it, and the events an administrator reads.
+//! The pool of storage nodes as control sees it, the child control servers that
+//! registered with it (see [`crate::hierarchy`]), and the events an administrator reads.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+use crate::hierarchy::ChildControl;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     Up,
     Down,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// What registers by the auto-configuration protocol: a storage node, or a child
+/// control server. Carried as `"kind"` in every message body; absent means node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberKind {
+    #[default]
+    Node,
+    Control,
+}
+
+/// A pool at a glance: what a child control reports to its parent. It covers the
+/// child's whole subtree: its own nodes plus the summaries of its child controls
+/// that are up. Capacity and free space count nodes that are up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSummary {
+    pub nodes_up: u64,
+    pub nodes_down: u64,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    #[serde(default)]
+    pub controls_up: u64,
+    #[serde(default)]
+    pub controls_down: u64,
+}
+
+impl PoolSummary {
+    fn add(&mut self, o: &PoolSummary) {
+        self.nodes_up = self.nodes_up.saturating_add(o.nodes_up);
+        self.nodes_down = self.nodes_down.saturating_add(o.nodes_down);
+        self.capacity_bytes = self.capacity_bytes.saturating_add(o.capacity_bytes);
+        self.free_bytes = self.free_bytes.saturating_add(o.free_bytes);
+        self.controls_up = self.controls_up.saturating_add(o.controls_up);
+        self.controls_down = self.controls_down.saturating_add(o.controls_down);
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeInfo {
     pub id: String,
     /// host:port of the node's share API.
@@ -27,7 +66,7 @@ pub struct NodeInfo {
     pub last_seen_unix_ms: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Event {
     pub time_unix_ms: u64,
     pub kind: String,
@@ -41,7 +80,9 @@ pub struct DropCounters {
     pub malformed: u64,
     pub replayed: u64,
     pub oversized: u64,
+    /// Authentic, but the embedded source address is not the UDP source.
     pub spoofed: u64,
+    /// Authentic, but a message control never receives (NEED_INFO, ACK).
     pub unexpected: u64,
 }
 
@@ -58,8 +99,10 @@ pub(crate) struct Counters {
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
     pub nodes: BTreeMap<String, NodeInfo>,
-    /// Highest sequence number accepted per node id.
-    pub last_seq: BTreeMap<String, u64>,
+    /// Child control servers, by id.
+    pub controls: BTreeMap<String, ChildControl>,
+    /// Highest sequence number accepted per member (kind and id).
+    pub last_seq: BTreeMap<(MemberKind, String), u64>,
     pub events: Vec<Event>,
 }
 
@@ -73,6 +116,12 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Microseconds since the Unix epoch: where sequence numbers start, so that a
+/// restarted sender's numbers still exceed those it used before.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 const MAX_EVENTS: usize = 1000;
 
 impl Pool {
@@ -82,6 +131,35 @@ impl Pool {
 
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.inner.lock().expect("not poisoned").nodes.values().cloned().collect()
+    }
+
+    /// Child control servers that registered here, with their status and summaries.
+    pub fn controls(&self) -> Vec<ChildControl> {
+        self.inner.lock().expect("not poisoned").controls.values().cloned().collect()
+    }
+
+    /// This pool at a glance, child controls' subtrees included.
+    pub fn summary(&self) -> PoolSummary {
+        let inner = self.inner.lock().expect("not poisoned");
+        let mut s = PoolSummary::default();
+        for n in inner.nodes.values() {
+            if n.status == NodeStatus::Up {
+                s.nodes_up += 1;
+                s.capacity_bytes = s.capacity_bytes.saturating_add(n.capacity_bytes);
+                s.free_bytes = s.free_bytes.saturating_add(n.free_bytes);
+            } else {
+                s.nodes_down += 1;
+            }
+        }
+        for c in inner.controls.values() {
+            if c.status == NodeStatus::Up {
+                s.controls_up += 1;
+                s.add(&c.summary);
+            } else {
+                s.controls_down += 1;
+            }
+        }
+        s
     }
 
     pub fn events(&self) -> Vec<Event> {

@@ -2,13 +2,22 @@
 //! `file` target: fsync before acknowledging, create-only, nothing half-written),
 //! serves them over HTTP to callers holding the cluster's access token, and reports
 //! its capacity and free space.
+//!
+//! HTTP API (every route needs `Authorization: Bearer <access_token>`, else 401):
+//! - `PUT /v1/objects/{key}`: 201; 409 if it exists; 507 if the node or its disk is full; 400 on a bad key.
+//! - `GET /v1/objects/{key}`: 200, or 206 for `Range: bytes=a-b`; 404 if missing.
+//! - `DELETE /v1/objects/{key}`: 204, also when missing.
+//! - `GET /v1/list?prefix=p`: the keys starting with `p`, sorted, as a JSON array.
+//! - `GET /v1/health`: [`NodeStats`] as JSON.
+//!
+//! Errors are JSON: `{"error": "..."}`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -18,6 +27,9 @@ use axum::{Json, Router};
 use cleave_target::file::FileTarget;
 use cleave_target::{Target, TargetError};
 use serde::{Deserialize, Serialize};
+
+/// Largest object a node accepts.
+pub const MAX_OBJECT: usize = 80 << 20;
 
 /// The bearer token every caller presents, derived from the cluster secret.
 pub fn access_token(secret: &[u8; 32]) -> String {
@@ -49,82 +61,152 @@ pub struct NodeStats {
     pub objects: u64,
 }
 
+/// Space accounting. Signed: a delete may account for an object before the put that
+/// created it has.
+#[derive(Default)]
+struct Usage {
+    used: i64,
+    objects: i64,
+    /// Bytes admitted for puts still in flight.
+    reserved: u64,
+}
+
 struct Inner {
     store: FileTarget,
     objects_dir: PathBuf,
     capacity: Option<u64>,
+    site: String,
     token: String,
-    used: AtomicU64,
-    objects: AtomicU64,
-    /// Serializes the capacity check with the write it admits.
-    admit: tokio::sync::Mutex<()>,
+    usage: Mutex<Usage>,
+    /// Deletes one at a time, so each object's size is subtracted exactly once.
+    deletes: tokio::sync::Mutex<()>,
 }
 
+/// A storage node; cheap to clone.
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
 }
 
-fn scan(dir: &std::path::Path) -> (u64, u64) {
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("objects_dir", &self.inner.objects_dir).field("site", &self.inner.site).finish()
+    }
+}
+
+/// (bytes, objects) stored below `dir`; removes temporary files an interrupted put left.
+fn scan(dir: &FsPath) -> std::io::Result<(u64, u64)> {
     let (mut bytes, mut count) = (0, 0);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let Ok(meta) = e.metadata() else { continue };
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let meta = e.metadata()?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
             if meta.is_dir() {
                 stack.push(e.path());
-            } else if !e.file_name().to_string_lossy().starts_with('.') {
+            } else if name.starts_with(".tmp-") || name.starts_with(".health-") {
+                tracing::info!(path = %e.path().display(), "removing a leftover temporary file");
+                std::fs::remove_file(e.path())?;
+            } else if !name.starts_with('.') {
                 bytes += meta.len();
                 count += 1;
             }
         }
     }
-    (bytes, count)
+    Ok((bytes, count))
 }
 
 /// (size, free) of the filesystem holding `dir`.
-fn statvfs(dir: &std::path::Path) -> (u64, u64) {
+fn statvfs(dir: &FsPath) -> (u64, u64) {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return (0, 0) };
-    // SAFETY: a valid NUL-terminated path and a zeroed out-struct.
+    // SAFETY: a zeroed plain-data out-struct, filled by statvfs.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a valid pointer to the out-struct.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
         return (0, 0);
     }
-    (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize)
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    let (blocks, avail, frsize) = (s.f_blocks as u64, s.f_bavail as u64, s.f_frsize as u64);
+    (blocks.saturating_mul(frsize), avail.saturating_mul(frsize))
+}
+
+/// The same rule as the targets': a relative '/'-separated name without empty, `.`-led or `..` parts.
+fn key_ok(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('/')
+        && !key.contains('\\')
+        && !key.contains('\0')
+        && key.split('/').all(|c| !c.is_empty() && !c.starts_with('.'))
 }
 
 impl Node {
+    /// Opens (creating it if needed) the node's data directory and counts what it holds.
     pub fn open(config: NodeConfig) -> Result<Node, NodeError> {
         let objects_dir = config.data.join("objects");
         std::fs::create_dir_all(&objects_dir)?;
         let store = FileTarget::new(objects_dir.clone())?;
-        let (used, objects) = scan(&objects_dir);
+        let (used, objects) = scan(&objects_dir)?;
+        tracing::info!(
+            data = %config.data.display(),
+            site = %config.site,
+            capacity = ?config.capacity,
+            used,
+            objects,
+            "storage node opened"
+        );
         Ok(Node {
             inner: Arc::new(Inner {
                 store,
                 objects_dir,
                 capacity: config.capacity,
+                site: config.site,
                 token: access_token(&config.secret),
-                used: AtomicU64::new(used),
-                objects: AtomicU64::new(objects),
-                admit: tokio::sync::Mutex::new(()),
+                usage: Mutex::new(Usage { used: used as i64, objects: objects as i64, reserved: 0 }),
+                deletes: tokio::sync::Mutex::new(()),
             }),
         })
     }
 
+    /// The failure domain given at start.
+    pub fn site(&self) -> &str {
+        &self.inner.site
+    }
+
     pub fn stats(&self) -> NodeStats {
-        let i = &self.inner;
-        let used = i.used.load(Ordering::Relaxed);
-        let (fs_size, fs_free) = statvfs(&i.objects_dir);
-        let capacity = i.capacity.unwrap_or(fs_size);
+        let (used, objects) = {
+            let u = self.inner.usage.lock().unwrap();
+            (u.used.max(0) as u64, u.objects.max(0) as u64)
+        };
+        let (fs_size, fs_free) = statvfs(&self.inner.objects_dir);
+        let capacity = self.inner.capacity.unwrap_or(fs_size);
         NodeStats {
             capacity_bytes: capacity,
             free_bytes: capacity.saturating_sub(used).min(fs_free),
             used_bytes: used,
-            objects: i.objects.load(Ordering::Relaxed),
+            objects,
         }
+    }
+
+    /// Admits a put of `len` bytes, or says why not.
+    fn reserve(&self, len: u64) -> Result<Reservation, String> {
+        let (fs_size, fs_free) = statvfs(&self.inner.objects_dir);
+        let capacity = self.inner.capacity.unwrap_or(fs_size);
+        let mut u = self.inner.usage.lock().unwrap();
+        let committed = (u.used.max(0) as u64).saturating_add(u.reserved);
+        if committed.saturating_add(len) > capacity {
+            return Err(format!(
+                "node full: {len} bytes offered, {} of {capacity} bytes free",
+                capacity.saturating_sub(committed)
+            ));
+        }
+        if len > fs_free.saturating_sub(u.reserved) {
+            return Err(format!("node disk full: {len} bytes offered, {fs_free} bytes free on the filesystem"));
+        }
+        u.reserved += len;
+        Ok(Reservation { node: self.clone(), len })
     }
 
     pub fn router(&self) -> Router {
@@ -132,22 +214,46 @@ impl Node {
             .route("/v1/objects/{*key}", get(get_object).put(put_object).delete(delete_object))
             .route("/v1/list", get(list))
             .route("/v1/health", get(health))
-            .layer(DefaultBodyLimit::max(80 << 20))
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
+            .layer(DefaultBodyLimit::max(MAX_OBJECT))
             .layer(middleware::from_fn_with_state(self.clone(), auth))
             .with_state(self.clone())
     }
 
+    /// Serves the HTTP API on `listener` until `shutdown` completes.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "storage node serving");
+        }
+        let result = axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await;
+        tracing::info!("storage node stopped");
+        result
+    }
+}
+
+/// Bytes admitted for a put; released when dropped.
+struct Reservation {
+    node: Node,
+    len: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut u = self.node.inner.usage.lock().unwrap();
+        u.reserved = u.reserved.saturating_sub(self.len);
     }
 }
 
 fn error(status: StatusCode, msg: String) -> Response {
     (status, Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+fn invalid_key(key: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, TargetError::InvalidKey(key.to_string()).to_string())
 }
 
 fn target_error(e: TargetError) -> Response {
@@ -158,9 +264,13 @@ fn target_error(e: TargetError) -> Response {
         TargetError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    if status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::INSUFFICIENT_STORAGE {
+        tracing::warn!(error = %e, "storage error");
+    }
     error(status, e.to_string())
 }
 
+/// Constant-time comparison of the presented token with the node's.
 async fn auth(State(node): State<Node>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
@@ -168,62 +278,105 @@ async fn auth(State(node): State<Node>, req: Request, next: Next) -> Response {
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
-    let want = node.inner.token.as_bytes();
-    if !cleave_split::constant_time_eq(given.as_bytes(), want) {
+    if !cleave_split::constant_time_eq(given.as_bytes(), node.inner.token.as_bytes()) {
+        let (method, path) = (req.method(), req.uri().path());
+        tracing::warn!(%method, path, "request refused: missing or wrong access token");
         return error(StatusCode::UNAUTHORIZED, "missing or wrong access token".into());
     }
     next.run(req).await
 }
 
-async fn put_object(State(node): State<Node>, Path(key): Path<String>, body: Bytes) -> Response {
-    let i = &node.inner;
-    let _admit = i.admit.lock().await;
-    let stats = node.stats();
-    if body.len() as u64 > stats.free_bytes {
-        return error(
-            StatusCode::INSUFFICIENT_STORAGE,
-            format!("node full: {} bytes offered, {} free", body.len(), stats.free_bytes),
-        );
+async fn put_object(
+    State(node): State<Node>,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Ok(Path(key)) = key else { return error(StatusCode::BAD_REQUEST, "invalid object path".into()) };
+    if !key_ok(&key) {
+        return invalid_key(&key);
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("object {key} too large: at most {MAX_OBJECT} bytes")
+            } else {
+                format!("object {key}: {}", e.body_text())
+            };
+            return error(e.status(), msg);
+        }
+    };
     let len = body.len() as u64;
-    match i.store.put(&key, body).await {
+    let _reservation = match node.reserve(len) {
+        Ok(r) => r,
+        Err(msg) => {
+            tracing::warn!(%key, len, "put refused: {msg}");
+            return error(StatusCode::INSUFFICIENT_STORAGE, msg);
+        }
+    };
+    match node.inner.store.put(&key, body).await {
         Ok(()) => {
-            i.used.fetch_add(len, Ordering::Relaxed);
-            i.objects.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut u = node.inner.usage.lock().unwrap();
+                u.used += len as i64;
+                u.objects += 1;
+            }
+            tracing::debug!(%key, len, "stored");
             StatusCode::CREATED.into_response()
         }
         Err(e) => target_error(e),
     }
 }
 
-async fn get_object(State(node): State<Node>, Path(key): Path<String>, headers: HeaderMap) -> Response {
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|r| r.strip_prefix("bytes="))
-        .and_then(|r| r.split_once('-'))
-        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
-    match range {
-        Some((a, b)) => match node.inner.store.get_range(&key, a..b.saturating_add(1)).await {
-            Ok(bytes) => (StatusCode::PARTIAL_CONTENT, bytes).into_response(),
+/// `bytes=a-b` or `bytes=a-` as a half-open range; None for anything else.
+fn parse_range(headers: &HeaderMap) -> Option<std::ops::Range<u64>> {
+    let spec = headers.get(header::RANGE)?.to_str().ok()?.trim().strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let start = a.trim().parse::<u64>().ok()?;
+    let end = match b.trim() {
+        "" => u64::MAX,
+        b => b.parse::<u64>().ok()?.checked_add(1)?,
+    };
+    (end > start).then_some(start..end)
+}
+
+async fn get_object(
+    State(node): State<Node>,
+    key: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(Path(key)) = key else { return error(StatusCode::BAD_REQUEST, "invalid object path".into()) };
+    if !key_ok(&key) {
+        return invalid_key(&key);
+    }
+    let octets = [(header::CONTENT_TYPE, "application/octet-stream")];
+    match parse_range(&headers) {
+        Some(range) => match node.inner.store.get_range(&key, range).await {
+            Ok(bytes) => (StatusCode::PARTIAL_CONTENT, octets, bytes).into_response(),
             Err(e) => target_error(e),
         },
         None => match node.inner.store.get(&key).await {
-            Ok(bytes) => bytes.into_response(),
+            Ok(bytes) => (StatusCode::OK, octets, bytes).into_response(),
             Err(e) => target_error(e),
         },
     }
 }
 
-async fn delete_object(State(node): State<Node>, Path(key): Path<String>) -> Response {
+async fn delete_object(State(node): State<Node>, key: Result<Path<String>, PathRejection>) -> Response {
+    let Ok(Path(key)) = key else { return error(StatusCode::BAD_REQUEST, "invalid object path".into()) };
+    if !key_ok(&key) {
+        return invalid_key(&key);
+    }
     let i = &node.inner;
-    let path = i.objects_dir.join(&key);
-    let len = std::fs::metadata(&path).map(|m| m.len()).ok();
+    let _one_at_a_time = i.deletes.lock().await;
+    let len = tokio::fs::symlink_metadata(i.objects_dir.join(&key)).await.ok().filter(|m| m.is_file()).map(|m| m.len());
     match i.store.delete(&key).await {
         Ok(()) => {
             if let Some(len) = len {
-                i.used.fetch_sub(len.min(i.used.load(Ordering::Relaxed)), Ordering::Relaxed);
-                i.objects.fetch_sub(1.min(i.objects.load(Ordering::Relaxed)), Ordering::Relaxed);
+                let mut u = i.usage.lock().unwrap();
+                u.used -= len as i64;
+                u.objects -= 1;
+                tracing::debug!(%key, len, "deleted");
             }
             StatusCode::NO_CONTENT.into_response()
         }
@@ -237,7 +390,11 @@ struct ListQuery {
     prefix: String,
 }
 
-async fn list(State(node): State<Node>, Query(q): Query<ListQuery>) -> Response {
+async fn list(State(node): State<Node>, q: Result<Query<ListQuery>, QueryRejection>) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     match node.inner.store.list(&q.prefix).await {
         Ok(keys) => Json(keys).into_response(),
         Err(e) => target_error(e),
@@ -246,4 +403,38 @@ async fn list(State(node): State<Node>, Query(q): Query<ListQuery>) -> Response 
 
 async fn health(State(node): State<Node>) -> Json<NodeStats> {
     Json(node.stats())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::RANGE, v.parse().unwrap());
+            parse_range(&m)
+        };
+        assert_eq!(h("bytes=6-10"), Some(6..11));
+        assert_eq!(h("bytes=6-"), Some(6..u64::MAX));
+        assert_eq!(h("bytes=10-6"), None);
+        assert_eq!(h("bytes=-5"), None);
+        assert_eq!(h("items=1-2"), None);
+        assert_eq!(parse_range(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn tokens_and_keys() {
+        let t = access_token(&[1; 32]);
+        assert_eq!(t.len(), 64);
+        assert_ne!(t, access_token(&[2; 32]));
+        assert!(cleave_split::constant_time_eq(t.as_bytes(), t.as_bytes()));
+        assert!(!cleave_split::constant_time_eq(b"", t.as_bytes()));
+        assert!(!cleave_split::constant_time_eq(&t.as_bytes()[..63], t.as_bytes()));
+        assert!(key_ok("vol/chunks/1/a"));
+        for bad in ["", "/abs", "a/../b", "a/.hidden", "a//b", "a\\b", "a\0b"] {
+            assert!(!key_ok(bad), "{bad:?}");
+        }
+    }
 }

@@ -40,12 +40,19 @@ pub trait Target: Send + Sync + std::fmt::Debug {
 
 pub type DynTarget = Arc<dyn Target>;
 
-/// Opens `file:///abs/path` or `s3://bucket/prefix?endpoint=URL&region=R`.
-/// `node://host:port` comes with the storage-node issue.
+/// Opens `file:///abs/path`, `s3://bucket/prefix?endpoint=URL&region=R` or `node://host:port`.
+///
+/// A `file://` path is taken literally (no percent-decoding), so `format!("file://{}", p.display())`
+/// round-trips. Errors show the URI with any user-info and unknown parameter values masked, so a
+/// credential pasted into a URI does not end up in logs.
 pub fn open(uri: &str) -> Result<DynTarget, TargetError> {
+    let bad = |m: &str| TargetError::InvalidUri(format!("{}: {m}", redact_uri(uri)));
     if let Some(path) = uri.strip_prefix("file://") {
         if !path.starts_with('/') {
-            return Err(TargetError::InvalidUri(format!("{uri}: file:// needs an absolute path")));
+            return Err(bad("file:// needs an absolute path, as in file:///var/lib/cleave"));
+        }
+        if path.contains('\0') {
+            return Err(bad("the path contains a NUL byte"));
         }
         return Ok(Arc::new(file::FileTarget::new(path.into())?));
     }
@@ -54,13 +61,70 @@ pub fn open(uri: &str) -> Result<DynTarget, TargetError> {
     }
     if let Some(addr) = uri.strip_prefix("node://") {
         let addr = addr.trim_end_matches('/');
-        if addr.is_empty() || addr.contains('/') {
-            return Err(TargetError::InvalidUri(format!("{uri}: use node://host:port")));
+        if addr.is_empty() || addr.contains(['/', '?', '#', '@']) {
+            return Err(bad("use node://host:port"));
         }
-        let token = std::env::var("CLEAVE_NODE_TOKEN").map_err(|_| {
-            TargetError::InvalidUri(format!("{uri}: set CLEAVE_NODE_TOKEN (derived from the cluster secret)"))
-        })?;
+        let token = std::env::var("CLEAVE_NODE_TOKEN")
+            .map_err(|_| bad("set CLEAVE_NODE_TOKEN (derived from the cluster secret)"))?;
         return Ok(Arc::new(node::NodeTarget::new(addr.to_string(), token)));
     }
-    Err(TargetError::InvalidUri(format!("{uri}: use file:///path or s3://bucket/prefix")))
+    Err(bad("unknown scheme; use file:///path, s3://bucket/prefix or node://host:port"))
+}
+
+/// The URI for messages: user-info and the values of parameters other than `endpoint` and
+/// `region` become `***`, since either may hold a credential.
+pub(crate) fn redact_uri(uri: &str) -> String {
+    let (scheme, rest) = match uri.split_once("://") {
+        Some((s, r)) => (s, r),
+        None => {
+            let lower = uri.to_ascii_lowercase();
+            return if lower.contains(['@', '?']) || lower.contains("%40") {
+                "***".to_string()
+            } else {
+                uri.to_string()
+            };
+        }
+    };
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let authority_end = before_query.find('/').unwrap_or(before_query.len());
+    let (authority, path) = before_query.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let mut out = format!("{scheme}://{authority}{path}");
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if k == "endpoint" || k == "region" => format!("{k}={}", redact_uri(v)),
+                Some((k, _)) => format!("{k}=***"),
+                None => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_uri;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_uri("file:///a/b"), "file:///a/b");
+        assert_eq!(redact_uri("s3://AK:SECRET@bucket/p"), "s3://***@bucket/p");
+        assert_eq!(
+            redact_uri("s3://b/p?endpoint=http://u:pw@h:1&region=r&secret=SECRET"),
+            "s3://b/p?endpoint=http://***@h:1&region=r&secret=***"
+        );
+        assert_eq!(redact_uri("garbage@SECRET"), "***");
+        assert_eq!(redact_uri("s3://b/p?endpoint=http%3A%2F%2Fu%3Apw%40h"), "s3://b/p?endpoint=***");
+        assert_eq!(redact_uri(""), "");
+    }
 }

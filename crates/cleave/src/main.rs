@@ -5,6 +5,7 @@ mod access_cli;
 mod bench;
 mod client;
 mod groups;
+mod hierarchy;
 mod node;
 mod server;
 mod size;
@@ -30,8 +31,9 @@ struct Cli {
 enum Command {
     /// Run the embedded default: gateway, admin API and directory targets in one process.
     Serve(server::ServeArgs),
-    /// Run control alone: the admin API and the node pool, without NBD.
-    Control(server::ControlArgs),
+    /// Run control alone: the admin API and the node pool, without NBD; `cleave control list`
+    /// lists the child controls registered with it.
+    Control(ControlCommand),
     /// Run a storage node that registers itself with control; `cleave node list` lists them.
     Node(NodeCommand),
     /// Long-running work: start, list, show and wait for tasks.
@@ -120,6 +122,27 @@ enum TaskCommand {
 #[derive(Subcommand, Debug)]
 enum NodeSub {
     /// List storage nodes known to control: status, site, capacity.
+    List {
+        /// Also the nodes of child control servers, with the control that holds each.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct ControlCommand {
+    #[command(subcommand)]
+    sub: Option<ControlSub>,
+    #[command(flatten)]
+    run: server::ControlArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum ControlSub {
+    /// List the child control servers registered with this one: status and pool summary.
     List {
         #[command(flatten)]
         server: ServerArgs,
@@ -226,14 +249,21 @@ fn main() -> Result<()> {
             set_node_token(&args.data_dir)?;
             tokio::runtime::Runtime::new()?.block_on(server::serve(args))
         }
-        Command::Control(args) => {
+        Command::Control(ControlCommand { sub: None, run: args }) => {
             set_node_token(&args.data_dir)?;
             tokio::runtime::Runtime::new()?.block_on(server::control(args))
         }
+        Command::Control(ControlCommand { sub: Some(ControlSub::List { server }), .. }) => {
+            hierarchy::print_controls(&Client::new(&server)?.get("/controls")?);
+            Ok(())
+        }
         Command::Node(NodeCommand { sub: None, run }) => tokio::runtime::Runtime::new()?.block_on(node::run(run)),
-        Command::Node(NodeCommand { sub: Some(NodeSub::List { server }), .. }) => {
-            let list = Client::new(&server)?.get("/nodes")?;
+        Command::Node(NodeCommand { sub: Some(NodeSub::List { all, server }), .. }) => {
+            let list = Client::new(&server)?.get(if all { "/nodes?all=true" } else { "/nodes" })?;
             for n in list.as_array().into_iter().flatten() {
+                if all {
+                    print!("{:<14} ", n["control"].as_str().unwrap_or("?"));
+                }
                 println!(
                     "{:<14} {:<22} {:<10} {:<5} {:>10} free of {:>10}",
                     n["id"].as_str().unwrap_or("?"),

@@ -55,9 +55,11 @@ pub struct ControlFlags {
     /// UDP address where storage nodes register (auto-configuration protocol).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub autoconfig: SocketAddr,
-    /// A node silent for this long is marked down.
+    /// A node (or child control) silent for this long is marked down.
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_timeout_secs: f64,
+    #[command(flatten)]
+    pub hierarchy: crate::hierarchy::HierarchyFlags,
 }
 
 #[derive(clap::Args, Debug)]
@@ -120,6 +122,7 @@ pub struct Gateway {
     nbd_addr: SocketAddr,
     volumes: RwLock<BTreeMap<String, Volume>>,
     pool: Arc<cleave_control::pool::Pool>,
+    hierarchy: Arc<cleave_control::hierarchy::Hierarchy>,
     tasks: Mutex<BTreeMap<u64, TaskView>>,
     /// Long work runs one task at a time; the rest wait as `queued`.
     task_slot: Arc<tokio::sync::Semaphore>,
@@ -750,7 +753,9 @@ async fn auth(State(gw): State<Shared>, req: Request, next: Next) -> Response {
         .and_then(|h| h.strip_prefix("Bearer "))
         .unwrap_or("");
     let want = gw.token.as_bytes();
-    let ok = cleave_split::constant_time_eq(given.as_bytes(), want);
+    // A parent control may read (GET) with its own token; see docs/control.md.
+    let ok = cleave_split::constant_time_eq(given.as_bytes(), want)
+        || (req.method() == axum::http::Method::GET && gw.hierarchy.accepts_parent_token(given));
     if !ok {
         return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
     }
@@ -810,8 +815,12 @@ async fn flush_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Res
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_nodes(State(gw): State<Shared>) -> Json<Vec<cleave_control::pool::NodeInfo>> {
-    Json(gw.pool.nodes())
+async fn list_nodes(State(gw): State<Shared>, Query(q): Query<crate::hierarchy::NodesQuery>) -> Response {
+    crate::hierarchy::list_nodes(&gw.hierarchy, q).await
+}
+
+async fn list_controls(State(gw): State<Shared>) -> Response {
+    crate::hierarchy::list_controls(&gw.hierarchy)
 }
 
 async fn list_events(State(gw): State<Shared>) -> Json<Vec<cleave_control::pool::Event>> {
@@ -827,6 +836,7 @@ pub fn router(gw: Shared) -> Router {
     let public = Router::new().route("/api/v1/openapi.json", get(openapi));
     let private = Router::new()
         .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/controls", get(list_controls))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/tasks", get(list_tasks).post(create_task))
         .route("/api/v1/tasks/{id}", get(show_task))
@@ -886,6 +896,7 @@ async fn run(
         None => SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let http_addr = http_listener.local_addr()?;
+    let hierarchy = crate::hierarchy::start(&control.hierarchy, &data, secret, pool.clone(), http_addr)?;
     let gw = Arc::new(Gateway {
         data,
         master,
@@ -895,6 +906,7 @@ async fn run(
         nbd_addr,
         volumes: RwLock::new(BTreeMap::new()),
         pool,
+        hierarchy,
         tasks: Mutex::new(BTreeMap::new()),
         task_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         admin: tokio::sync::Mutex::new(()),
@@ -965,6 +977,7 @@ async fn run(
         r = nbd_task => error!(result = ?r, "NBD server stopped"),
         r = http_task => error!(result = ?r, "admin API stopped"),
     }
+    gw.hierarchy.leave().await;
     gw.shutdown().await;
     Ok(())
 }

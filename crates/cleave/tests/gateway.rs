@@ -207,8 +207,16 @@ fn more_than_n_minus_m_failing_gives_eio_and_keeps_writes() {
     // Writes land in the cache and are acknowledged (local durability).
     let cmds = w.commands(&[(20 * MIB, 4096, 0x77), (21 * MIB + 512, 8192, 0x78)]);
     qemu_io(&s.uri("v"), &[cmds, vec!["flush".into()]].concat());
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(s.show("v")["health"]["state"], "unavailable");
+    // The destager finds the targets down in the background: poll, generously.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = s.show("v")["health"]["state"].clone();
+        if state == "unavailable" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "volume health stayed {state}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for i in [1, 2, 4] {
         restore_target(&s, i);
     }
@@ -410,7 +418,17 @@ fn api_refuses_anonymous_calls_and_its_openapi_document_validates() {
     let dir = tempfile::tempdir().unwrap();
     let s = Serve::start(&dir.path().join("data"), &[]);
     let base = format!("http://127.0.0.1:{}/api/v1", s.http_port);
-    for path in ["/volumes", "/nodes", "/tasks", "/events", "/volumes/demo", "/clients", "/groups"] {
+    for path in [
+        "/volumes",
+        "/nodes",
+        "/nodes?all=true",
+        "/controls",
+        "/tasks",
+        "/events",
+        "/volumes/demo",
+        "/clients",
+        "/groups",
+    ] {
         let code =
             run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}{path}")]));
         assert_eq!(code, "401", "{path}");

@@ -1,8 +1,18 @@
-//! Control's side of the protocol: records nodes, asks for their details, marks
-//! them down on SHUTDOWN or when their heartbeats stop.
+//! Control's side of the protocol: records nodes (and child control servers, see
+//! [`crate::hierarchy`]), asks for their details, marks them down on SHUTDOWN or
+//! when their heartbeats stop.
+//!
+//! Every datagram is checked before anything in the pool changes, in this order:
+//! size (oversized), codec (malformed), MAC (unauthenticated), embedded source
+//! address against the UDP source (spoofed), message body (malformed), message
+//! type (unexpected: control never receives NEED_INFO or ACK), and last the
+//! per-member sequence number, which must strictly increase (replayed). A dropped
+//! datagram is counted, changes nothing and gets no answer. Members are told apart
+//! by the body's `"kind"` (`node` when absent, or `control`); a node and a control
+//! may share an id without meeting.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +21,18 @@ use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
 use super::packet::{self, MessageType, Packet, PacketError, MAX_PACKET};
-use crate::pool::{now_ms, push, NodeInfo, NodeStatus, Pool};
+use crate::hierarchy::{self, ControlBeat, ControlInfo};
+use crate::pool::{now_ms, now_us, push, MemberKind, NodeInfo, NodeStatus, Pool};
 
+/// Longest member id accepted.
+pub const MAX_ID: usize = 128;
+
+/// What every message body starts with.
 #[derive(Deserialize)]
 struct Hello {
     id: String,
+    #[serde(default)]
+    kind: MemberKind,
 }
 
 #[derive(Deserialize)]
@@ -31,111 +48,173 @@ struct Info {
 
 #[derive(Deserialize)]
 struct Beat {
-    id: String,
     free_bytes: u64,
     #[serde(default)]
     objects: u64,
 }
 
-/// Serves the protocol on `socket` until the task is dropped.
+/// A fully checked message body.
+enum Body {
+    Startup,
+    Info(Info),
+    Heartbeat(Beat),
+    Shutdown,
+    ControlInfo(ControlInfo),
+    ControlBeat(ControlBeat),
+}
+
+/// Serves the protocol on `socket` until the task is dropped (or aborted); the
+/// heartbeat-expiry tick runs inside the same task and stops with it.
 pub async fn run_listener(socket: UdpSocket, secret: [u8; 32], pool: Arc<Pool>, heartbeat_timeout: Duration) {
-    let socket = Arc::new(socket);
     let local = socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tick.tick().await;
-                expire(&pool, heartbeat_timeout);
-            }
-        });
-    }
+    let period = (heartbeat_timeout / 5).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Recv buffer larger than MAX_PACKET so oversized datagrams are seen as such.
     let mut buf = vec![0u8; 2048];
-    let mut seq = now_ms() * 1000;
+    let mut seq = now_us();
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "auto-configuration socket error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let (n, from) = tokio::select! {
+            _ = tick.tick() => {
+                expire(&pool, heartbeat_timeout);
                 continue;
             }
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Not fatal (an ICMP report of an earlier send, say); pause so a
+                    // persistent error cannot spin.
+                    debug!(error = %e, "auto-configuration socket error");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
         };
         let Some(reply) = handle(&pool, &secret, &buf[..n], from) else { continue };
         seq += 1;
         let p = Packet { kind: reply, seq, src: local, dst: from, data: Vec::new() };
-        if let Ok(bytes) = packet::encode(&p, &secret) {
-            let _ = socket.send_to(&bytes, from).await;
+        match packet::encode(&p, &secret) {
+            Ok(bytes) => {
+                if let Err(e) = socket.send_to(&bytes, from).await {
+                    warn!(%from, error = %e, "auto-configuration reply not sent");
+                }
+            }
+            Err(e) => warn!(error = %e, "auto-configuration reply not encoded"),
         }
     }
 }
 
-fn expire(pool: &Pool, timeout: Duration) {
+pub(crate) fn expire(pool: &Pool, timeout: Duration) {
     let mut inner = pool.inner.lock().expect("not poisoned");
     let now = now_ms();
+    let limit = timeout.as_millis() as u64;
     let mut gone = Vec::new();
     for n in inner.nodes.values_mut() {
-        if n.status == NodeStatus::Up && now.saturating_sub(n.last_seen_unix_ms) > timeout.as_millis() as u64 {
+        if n.status == NodeStatus::Up && now.saturating_sub(n.last_seen_unix_ms) > limit {
             n.status = NodeStatus::Down;
-            gone.push(format!("{} ({}): no heartbeat for {:?}", n.id, n.address, timeout));
+            gone.push(format!("{} ({}): heartbeat timeout (none for {:?})", n.id, n.address, timeout));
         }
     }
     for g in gone {
         push(&mut inner, "node_down", g);
     }
+    hierarchy::expire(&mut inner, now, timeout);
+}
+
+fn count(c: &AtomicU64) -> Option<MessageType> {
+    c.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
+/// Same address, whether written as IPv4 or IPv4-mapped IPv6.
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID && !id.chars().any(char::is_control)
 }
 
 /// Handles one datagram; returns the message to answer with, if any.
-fn handle(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketAddr) -> Option<MessageType> {
+pub(crate) fn handle(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketAddr) -> Option<MessageType> {
     let c = &pool.counters;
     if bytes.len() > MAX_PACKET {
-        c.oversized.fetch_add(1, Ordering::Relaxed);
-        return None;
+        return count(&c.oversized);
     }
     let p = match packet::decode(bytes, secret) {
         Ok(p) => p,
-        Err(PacketError::BadMac) => {
-            c.unauthenticated.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Err(PacketError::Oversized(_)) => {
-            c.oversized.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
+        Err(PacketError::BadMac) => return count(&c.unauthenticated),
+        Err(PacketError::Oversized(_)) => return count(&c.oversized),
         Err(e) => {
             debug!(%from, error = %e, "malformed auto-configuration packet");
-            c.malformed.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return count(&c.malformed);
         }
     };
     // The packet must come from where it says it comes from.
-    if p.src.port() != from.port() || (p.src.ip() != from.ip() && !p.src.ip().is_unspecified()) {
-        c.spoofed.fetch_add(1, Ordering::Relaxed);
-        return None;
+    if !same_addr(p.src, from) {
+        debug!(%from, claimed = %p.src, "auto-configuration packet from elsewhere than it claims");
+        return count(&c.spoofed);
     }
-    let Ok(hello) = serde_json::from_slice::<Hello>(&p.data) else {
-        c.malformed.fetch_add(1, Ordering::Relaxed);
-        return None;
+    if matches!(p.kind, MessageType::NeedInfo | MessageType::Ack) {
+        return count(&c.unexpected);
+    }
+    let Ok(Hello { id, kind }) = serde_json::from_slice::<Hello>(&p.data) else { return count(&c.malformed) };
+    let body = match (p.kind, kind) {
+        (MessageType::Startup, _) => Ok(Body::Startup),
+        (MessageType::Shutdown, _) => Ok(Body::Shutdown),
+        (MessageType::Info, MemberKind::Node) => serde_json::from_slice::<Info>(&p.data).map(Body::Info),
+        (MessageType::Heartbeat, MemberKind::Node) => serde_json::from_slice::<Beat>(&p.data).map(Body::Heartbeat),
+        (MessageType::Info, MemberKind::Control) => {
+            serde_json::from_slice::<ControlInfo>(&p.data).map(Body::ControlInfo)
+        }
+        (MessageType::Heartbeat, MemberKind::Control) => {
+            serde_json::from_slice::<ControlBeat>(&p.data).map(Body::ControlBeat)
+        }
+        (MessageType::NeedInfo | MessageType::Ack, _) => return count(&c.unexpected),
     };
-    let mut inner = pool.inner.lock().expect("not poisoned");
-    if inner.last_seq.get(&hello.id).is_some_and(|&last| p.seq <= last) {
-        c.replayed.fetch_add(1, Ordering::Relaxed);
-        return None;
+    let Ok(body) = body else { return count(&c.malformed) };
+    if !valid_id(&id) || matches!(&body, Body::ControlInfo(i) if !i.valid()) {
+        return count(&c.malformed);
     }
-    inner.last_seq.insert(hello.id.clone(), p.seq);
+    let mut inner = pool.inner.lock().expect("not poisoned");
+    let member = (kind, id.clone());
+    if inner.last_seq.get(&member).is_some_and(|&last| p.seq <= last) {
+        drop(inner);
+        return count(&c.replayed);
+    }
+    inner.last_seq.insert(member, p.seq);
     let now = now_ms();
-    match p.kind {
-        MessageType::Startup => Some(MessageType::NeedInfo),
-        MessageType::Info => {
-            let Ok(info) = serde_json::from_slice::<Info>(&p.data) else {
-                c.malformed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            let was_up = inner.nodes.get(&info.id).is_some_and(|n| n.status == NodeStatus::Up);
+    match body {
+        Body::Startup if kind == MemberKind::Control => {
+            hierarchy::on_startup(&mut inner, id, now);
+            Some(MessageType::NeedInfo)
+        }
+        Body::Shutdown if kind == MemberKind::Control => {
+            hierarchy::on_shutdown(&mut inner, &id, now);
+            None
+        }
+        Body::ControlInfo(info) => Some(hierarchy::on_info(&mut inner, info, now)),
+        Body::ControlBeat(beat) => Some(hierarchy::on_beat(&mut inner, &id, beat, now)),
+        Body::Startup => {
+            // Control records the unit, then asks for its details.
+            let n = inner.nodes.entry(id.clone()).or_insert_with(|| NodeInfo {
+                id,
+                address: String::new(),
+                site: String::new(),
+                status: NodeStatus::Down,
+                capacity_bytes: 0,
+                free_bytes: 0,
+                objects: 0,
+                last_seen_unix_ms: now,
+            });
+            n.last_seen_unix_ms = now;
+            Some(MessageType::NeedInfo)
+        }
+        Body::Info(info) => {
+            let was_up = inner.nodes.get(&id).is_some_and(|n| n.status == NodeStatus::Up);
             let detail = format!("{} ({}, site {})", info.id, info.address, info.site);
             inner.nodes.insert(
-                info.id.clone(),
+                id,
                 NodeInfo {
                     id: info.id,
                     address: info.address,
@@ -152,34 +231,26 @@ fn handle(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketAddr) -> Opt
             }
             Some(MessageType::Ack)
         }
-        MessageType::Heartbeat => {
-            let Ok(beat) = serde_json::from_slice::<Beat>(&p.data) else {
-                c.malformed.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            match inner.nodes.get_mut(&beat.id) {
-                Some(n) if n.status == NodeStatus::Up => {
-                    n.last_seen_unix_ms = now;
-                    n.free_bytes = beat.free_bytes;
-                    n.objects = beat.objects;
-                    Some(MessageType::Ack)
-                }
-                // Unknown, or back after being marked down: register again.
-                _ => Some(MessageType::NeedInfo),
+        Body::Heartbeat(beat) => match inner.nodes.get_mut(&id) {
+            Some(n) => {
+                n.last_seen_unix_ms = now;
+                n.free_bytes = beat.free_bytes;
+                n.objects = beat.objects;
+                // Back after being marked down: register again.
+                Some(if n.status == NodeStatus::Up { MessageType::Ack } else { MessageType::NeedInfo })
             }
-        }
-        MessageType::Shutdown => {
-            if let Some(n) = inner.nodes.get_mut(&hello.id) {
+            // Unknown (control restarted, say): register again.
+            None => Some(MessageType::NeedInfo),
+        },
+        Body::Shutdown => {
+            if let Some(n) = inner.nodes.get_mut(&id) {
+                n.last_seen_unix_ms = now;
                 if n.status == NodeStatus::Up {
                     n.status = NodeStatus::Down;
                     let detail = format!("{} ({}): clean stop", n.id, n.address);
                     push(&mut inner, "node_down", detail);
                 }
             }
-            None
-        }
-        MessageType::NeedInfo | MessageType::Ack => {
-            c.unexpected.fetch_add(1, Ordering::Relaxed);
             None
         }
     }
@@ -251,6 +322,145 @@ mod tests {
         pool.inner.lock().unwrap().nodes.get_mut("n2").unwrap().last_seen_unix_ms -= 10_000;
         expire(&pool, Duration::from_secs(5));
         assert_eq!(pool.nodes()[0].status, NodeStatus::Down);
-        assert!(pool.events().iter().any(|e| e.detail.contains("no heartbeat")));
+        assert!(pool.events().iter().any(|e| e.kind == "node_down" && e.detail.contains("heartbeat timeout")));
+    }
+
+    #[test]
+    fn startup_records_and_rejected_bodies_leave_no_trace() {
+        let pool = Pool::new();
+        let from: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let startup = packet(MessageType::Startup, 10, from, serde_json::json!({ "id": "n3" }));
+        assert_eq!(handle(&pool, &SECRET, &startup, from), Some(MessageType::NeedInfo));
+        let n = &pool.nodes()[0];
+        assert_eq!((n.id.as_str(), n.status), ("n3", NodeStatus::Down));
+        assert!(pool.events().is_empty(), "no node_up before INFO");
+        let before = format!("{:?}", pool.nodes());
+        // An authentic INFO whose body is incomplete is malformed, and does not use up its number.
+        let bad = packet(MessageType::Info, 11, from, serde_json::json!({ "id": "n3", "address": "x" }));
+        assert_eq!(handle(&pool, &SECRET, &bad, from), None);
+        // Empty and absurd ids are malformed too.
+        let empty = packet(MessageType::Startup, 12, from, serde_json::json!({ "id": "" }));
+        assert_eq!(handle(&pool, &SECRET, &empty, from), None);
+        let long = packet(MessageType::Startup, 12, from, serde_json::json!({ "id": "x".repeat(MAX_ID + 1) }));
+        assert_eq!(handle(&pool, &SECRET, &long, from), None);
+        let ack = packet(MessageType::Ack, 12, from, serde_json::json!({ "id": "n3" }));
+        assert_eq!(handle(&pool, &SECRET, &ack, from), None);
+        let c = pool.counters();
+        assert_eq!((c.malformed, c.unexpected, c.replayed), (3, 1, 0));
+        assert_eq!(format!("{:?}", pool.nodes()), before);
+        let info = serde_json::json!({
+            "id": "n3", "address": "127.0.0.1:7803", "site": "c", "capacity_bytes": 9, "free_bytes": 8,
+        });
+        assert_eq!(handle(&pool, &SECRET, &packet(MessageType::Info, 11, from, info), from), Some(MessageType::Ack));
+        assert_eq!(pool.nodes()[0].status, NodeStatus::Up);
+        assert_eq!(pool.events().len(), 1);
+    }
+
+    #[test]
+    fn source_comparison_ignores_ipv4_mapping_only() {
+        let v4: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:5000".parse().unwrap();
+        assert!(same_addr(v4, mapped) && same_addr(mapped, v4));
+        assert!(!same_addr(v4, "10.0.0.1:5001".parse().unwrap()));
+        assert!(!same_addr(v4, "10.0.0.2:5000".parse().unwrap()));
+        assert!(!same_addr("0.0.0.0:5000".parse().unwrap(), v4), "an unspecified source is not a wildcard");
+    }
+
+    fn control_info(id: &str, api: &str, nodes_up: u64) -> serde_json::Value {
+        serde_json::json!({
+            "id": id, "kind": "control", "name": format!("{id}-name"), "site": "east", "api": api,
+            "summary": { "nodes_up": nodes_up, "nodes_down": 0, "capacity_bytes": 10, "free_bytes": 5 },
+        })
+    }
+
+    #[test]
+    fn child_controls_register_beat_and_leave_apart_from_nodes() {
+        let pool = Pool::new();
+        let from: SocketAddr = "127.0.0.1:40010".parse().unwrap();
+        let hello = serde_json::json!({ "id": "c1", "kind": "control" });
+        assert_eq!(
+            handle(&pool, &SECRET, &packet(MessageType::Startup, 1, from, hello.clone()), from),
+            Some(MessageType::NeedInfo)
+        );
+        assert_eq!(pool.controls()[0].status, NodeStatus::Down);
+        assert!(pool.nodes().is_empty(), "a control is not a node");
+        let info = control_info("c1", "http://127.0.0.1:8081", 2);
+        assert_eq!(handle(&pool, &SECRET, &packet(MessageType::Info, 2, from, info), from), Some(MessageType::Ack));
+        let c = &pool.controls()[0];
+        assert_eq!(
+            (c.status, c.name.as_str(), c.api.as_str(), c.summary.nodes_up),
+            (NodeStatus::Up, "c1-name", "http://127.0.0.1:8081", 2)
+        );
+        assert_eq!(pool.events().iter().filter(|e| e.kind == "control_up").count(), 1);
+        // A heartbeat refreshes the summary.
+        let beat = serde_json::json!({ "id": "c1", "kind": "control", "summary": { "nodes_up": 3, "nodes_down": 1, "capacity_bytes": 7, "free_bytes": 1 } });
+        assert_eq!(
+            handle(&pool, &SECRET, &packet(MessageType::Heartbeat, 3, from, beat), from),
+            Some(MessageType::Ack)
+        );
+        assert_eq!(pool.controls()[0].summary.nodes_down, 1);
+        assert_eq!(pool.summary().nodes_up, 3);
+        assert_eq!(pool.summary().controls_up, 1);
+        // A node with the same id has its own record and its own sequence numbers.
+        let node = serde_json::json!({ "id": "c1" });
+        assert_eq!(
+            handle(&pool, &SECRET, &packet(MessageType::Startup, 1, from, node), from),
+            Some(MessageType::NeedInfo)
+        );
+        assert_eq!((pool.nodes().len(), pool.controls().len()), (1, 1));
+        assert_eq!(pool.counters().replayed, 0);
+        // Replayed, forged and malformed control messages change nothing.
+        let before = format!("{:?}", pool.controls());
+        let replay = packet(MessageType::Info, 2, from, control_info("c1", "http://10.9.9.9:1", 99));
+        assert_eq!(handle(&pool, &SECRET, &replay, from), None);
+        let forged = {
+            let p = Packet {
+                kind: MessageType::Info,
+                seq: 100,
+                src: from,
+                dst: from,
+                data: control_info("c1", "http://10.9.9.9:1", 99).to_string().into_bytes(),
+            };
+            packet::encode(&p, &[6; 32]).unwrap()
+        };
+        assert_eq!(handle(&pool, &SECRET, &forged, from), None);
+        for bad_api in ["10.9.9.9:1", "http://u:p@10.9.9.9:1", "http://10.9.9.9:1/x", "https://10.9.9.9:1"] {
+            let bad = packet(MessageType::Info, 101, from, control_info("c1", bad_api, 99));
+            assert_eq!(handle(&pool, &SECRET, &bad, from), None, "{bad_api}");
+        }
+        let unknown_kind =
+            packet(MessageType::Startup, 102, from, serde_json::json!({ "id": "c1", "kind": "gateway" }));
+        assert_eq!(handle(&pool, &SECRET, &unknown_kind, from), None);
+        let spoofed = packet(MessageType::Shutdown, 103, "127.0.0.1:40011".parse().unwrap(), hello.clone());
+        assert_eq!(handle(&pool, &SECRET, &spoofed, from), None);
+        let c = pool.counters();
+        assert_eq!((c.replayed, c.unauthenticated, c.malformed, c.spoofed), (1, 1, 5, 1));
+        assert_eq!(format!("{:?}", pool.controls()), before);
+        // A clean stop.
+        assert_eq!(handle(&pool, &SECRET, &packet(MessageType::Shutdown, 104, from, hello), from), None);
+        assert_eq!(pool.controls()[0].status, NodeStatus::Down);
+        assert!(pool.events().iter().any(|e| e.kind == "control_down" && e.detail.contains("clean stop")));
+        assert_eq!(pool.summary().controls_down, 1);
+        assert_eq!(pool.summary().nodes_up, 0);
+    }
+
+    #[test]
+    fn silent_controls_expire() {
+        let pool = Pool::new();
+        let from: SocketAddr = "127.0.0.1:40020".parse().unwrap();
+        let info = control_info("c2", "http://127.0.0.1:8082", 1);
+        assert_eq!(handle(&pool, &SECRET, &packet(MessageType::Info, 5, from, info), from), Some(MessageType::Ack));
+        expire(&pool, Duration::from_secs(5));
+        assert_eq!(pool.controls()[0].status, NodeStatus::Up);
+        pool.inner.lock().unwrap().controls.get_mut("c2").unwrap().last_seen_unix_ms -= 10_000;
+        expire(&pool, Duration::from_secs(5));
+        assert_eq!(pool.controls()[0].status, NodeStatus::Down);
+        assert!(pool.events().iter().any(|e| e.kind == "control_down" && e.detail.contains("heartbeat timeout")));
+        // A heartbeat from a control marked down asks it to register again.
+        let beat = serde_json::json!({ "id": "c2", "kind": "control", "summary": { "nodes_up": 1, "nodes_down": 0, "capacity_bytes": 1, "free_bytes": 1 } });
+        assert_eq!(
+            handle(&pool, &SECRET, &packet(MessageType::Heartbeat, 6, from, beat), from),
+            Some(MessageType::NeedInfo)
+        );
     }
 }

@@ -159,14 +159,109 @@ mod tests {
         assert_eq!(decode(&v2, &SECRET), Err(PacketError::BadVersion(2)));
     }
 
+    #[test]
+    fn layout_is_big_endian_in_field_order() {
+        let p = Packet {
+            kind: MessageType::Heartbeat,
+            seq: 0x0102_0304_0506_0708,
+            src: "10.1.2.3:4660".parse().unwrap(),
+            dst: "[2001:db8::1]:22136".parse().unwrap(),
+            data: b"xyz".to_vec(),
+        };
+        let b = encode(&p, &SECRET).unwrap();
+        assert_eq!(b.len(), 48 + 3 + 32);
+        assert_eq!(b[0], 1);
+        assert_eq!(b[1], 5);
+        assert_eq!(&b[2..10], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&b[10..26], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
+        assert_eq!(&b[26..42], &"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(&b[42..44], &[0x12, 0x34]);
+        assert_eq!(&b[44..46], &[0x56, 0x78]);
+        assert_eq!(&b[46..48], &[0, 3]);
+        assert_eq!(&b[48..51], b"xyz");
+        assert_eq!(&b[51..], blake3::keyed_hash(&SECRET, &b[..51]).as_bytes());
+    }
+
+    #[test]
+    fn size_limits() {
+        // The largest packet that fits exactly, and one byte more.
+        let fits = packet(vec![7; MAX_PACKET - HEADER - MAC]);
+        let bytes = encode(&fits, &SECRET).unwrap();
+        assert_eq!(bytes.len(), MAX_PACKET);
+        assert_eq!(decode(&bytes, &SECRET).unwrap(), fits);
+        assert_eq!(encode(&packet(vec![7; MAX_PACKET - HEADER - MAC + 1]), &SECRET), Err(PacketError::Oversized(1401)));
+        assert_eq!(decode(&[0u8; 1401], &SECRET), Err(PacketError::Oversized(1401)));
+        assert_eq!(decode(&[], &SECRET), Err(PacketError::TooShort(0)));
+        assert_eq!(decode(&[1u8; HEADER + MAC - 1], &SECRET), Err(PacketError::TooShort(79)));
+        // The smallest valid packet: no data.
+        let empty = packet(Vec::new());
+        assert_eq!(decode(&encode(&empty, &SECRET).unwrap(), &SECRET).unwrap(), empty);
+    }
+
+    #[test]
+    fn length_field_must_match() {
+        let bytes = encode(&packet(b"abcd".to_vec()), &SECRET).unwrap();
+        let mut longer = bytes.clone();
+        longer[47] = 5;
+        assert_eq!(decode(&longer, &SECRET), Err(PacketError::LengthMismatch));
+        let mut truncated = bytes.clone();
+        truncated.pop();
+        assert_eq!(decode(&truncated, &SECRET), Err(PacketError::LengthMismatch));
+        let mut extended = bytes;
+        extended.push(0);
+        assert_eq!(decode(&extended, &SECRET), Err(PacketError::LengthMismatch));
+    }
+
+    #[test]
+    fn unknown_type_is_reported_only_when_authentic() {
+        let mut bytes = encode(&packet(Vec::new()), &SECRET).unwrap();
+        bytes[1] = 9;
+        // Without a fresh MAC it is simply not authentic.
+        assert_eq!(decode(&bytes, &SECRET), Err(PacketError::BadMac));
+        let body = bytes.len() - MAC;
+        let m = mac(&SECRET, &bytes[..body]);
+        bytes[body..].copy_from_slice(&m);
+        assert_eq!(decode(&bytes, &SECRET), Err(PacketError::UnknownType(9)));
+        bytes[1] = 0;
+        let m = mac(&SECRET, &bytes[..body]);
+        bytes[body..].copy_from_slice(&m);
+        assert_eq!(decode(&bytes, &SECRET), Err(PacketError::UnknownType(0)));
+    }
+
+    fn addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_filter("IPv4-mapped addresses decode as IPv4", |(ip, _)| Ipv6Addr::from(*ip)
+                    .to_ipv4_mapped()
+                    .is_none())
+                .prop_map(|(ip, port)| SocketAddr::from((Ipv6Addr::from(ip), port))),
+        ]
+    }
+
     proptest! {
         #[test]
-        fn any_packet_round_trips(seq in any::<u64>(), data in prop::collection::vec(any::<u8>(), 0..1300), t in 1u8..=6) {
-            let mut p = packet(data);
-            p.seq = seq;
-            p.kind = MessageType::from_u8(t).unwrap();
-            let bytes = encode(&p, &SECRET).unwrap();
-            prop_assert_eq!(decode(&bytes, &SECRET).unwrap(), p);
+        fn any_packet_round_trips(
+            seq in any::<u64>(),
+            data in prop::collection::vec(any::<u8>(), 0..=(MAX_PACKET - HEADER - MAC)),
+            t in 1u8..=6,
+            src in addr(),
+            dst in addr(),
+            secret in any::<[u8; 32]>(),
+        ) {
+            let p = Packet { kind: MessageType::from_u8(t).unwrap(), seq, src, dst, data };
+            let bytes = encode(&p, &secret).unwrap();
+            prop_assert_eq!(bytes.len(), HEADER + p.data.len() + MAC);
+            prop_assert_eq!(decode(&bytes, &secret).unwrap(), p);
+        }
+
+        #[test]
+        fn any_single_bit_flip_is_rejected(data in prop::collection::vec(any::<u8>(), 0..64), bit in 0usize..(8 * 200)) {
+            let bytes = encode(&packet(data), &SECRET).unwrap();
+            let bit = bit % (8 * bytes.len());
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(decode(&flipped, &SECRET).is_err());
         }
 
         #[test]

@@ -1,0 +1,511 @@
+//! The control hierarchy (SEEDS 004): a control server registers with a parent
+//! control server by the same auto-configuration protocol as a storage node, as
+//! a member of kind `control`, and reports a summary of its pool.
+//!
+//! Child side ([`Hierarchy::join_parent`]): STARTUP → NEED_INFO → INFO, then
+//! HEARTBEATs, SHUTDOWN on a clean stop, re-registration when the parent comes
+//! back; every body carries `"kind": "control"`. INFO says where the child's REST
+//! API is, its name and site, and a [`PoolSummary`]; HEARTBEAT refreshes the
+//! summary. Nothing secret is sent.
+//!
+//! Parent side: the listener records child controls next to nodes (separate
+//! table, separate sequence numbers), marks them down on SHUTDOWN or when their
+//! heartbeats stop, and raises `control_up` / `control_down` events. The parent
+//! reads a child's nodes from the child's API ([`Hierarchy::all_nodes`]), with a
+//! per-child read-only token that both derive from the cluster secret they share
+//! ([`parent_token`]): the parent computes it from the secret its listener uses,
+//! the child from the secret it registers with, and the child accepts it only
+//! while it has a parent and only for reads. A child never acts on its parent's
+//! pool or on a sibling's: its placement sees only its own nodes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::AUTHORIZATION;
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::autoconfig::agent::{run_member, Member};
+use crate::autoconfig::packet::MessageType;
+use crate::pool::{push, Inner, NodeInfo, NodeStatus, Pool, PoolSummary};
+
+/// Longest API URL, name or site a child may report.
+pub const MAX_FIELD: usize = 256;
+/// How deep `all_nodes` descends by default (a guard against a misconfigured cycle).
+pub const MAX_DEPTH: u32 = 8;
+/// Header naming the child controls whose nodes are missing from a merged list.
+pub const INCOMPLETE_HEADER: &str = "cleave-incomplete";
+/// Time allowed for one child to answer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest node list accepted from a child.
+const MAX_BODY: usize = 16 << 20;
+
+/// A child control as its parent sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChildControl {
+    pub id: String,
+    pub name: String,
+    pub site: String,
+    /// Base URL of the child's REST API, such as `http://10.0.0.5:8080`.
+    pub api: String,
+    pub status: NodeStatus,
+    pub summary: PoolSummary,
+    pub last_seen_unix_ms: u64,
+}
+
+/// INFO from a child control.
+#[derive(Deserialize)]
+pub(crate) struct ControlInfo {
+    pub id: String,
+    pub name: String,
+    pub site: String,
+    pub api: String,
+    pub summary: PoolSummary,
+}
+
+/// HEARTBEAT from a child control.
+#[derive(Deserialize)]
+pub(crate) struct ControlBeat {
+    pub summary: PoolSummary,
+}
+
+fn plain(s: &str, max: usize) -> bool {
+    s.len() <= max && !s.chars().any(char::is_control)
+}
+
+/// Whether `api` is an `http://host:port` base URL (no user-info, path or query).
+pub fn valid_api(api: &str) -> bool {
+    if !plain(api, MAX_FIELD) || api.contains('@') {
+        return false;
+    }
+    let Ok(uri) = api.parse::<Uri>() else { return false };
+    uri.scheme_str() == Some("http")
+        && uri.authority().is_some_and(|a| a.port_u16().is_some())
+        && matches!(uri.path(), "" | "/")
+        && uri.query().is_none()
+}
+
+impl ControlInfo {
+    pub(crate) fn valid(&self) -> bool {
+        plain(&self.name, MAX_FIELD) && plain(&self.site, MAX_FIELD) && valid_api(&self.api)
+    }
+}
+
+// Listener side: called with the pool locked, after every check has passed.
+
+pub(crate) fn on_startup(inner: &mut Inner, id: String, now: u64) {
+    let c = inner.controls.entry(id.clone()).or_insert_with(|| ChildControl {
+        id,
+        name: String::new(),
+        site: String::new(),
+        api: String::new(),
+        status: NodeStatus::Down,
+        summary: PoolSummary::default(),
+        last_seen_unix_ms: now,
+    });
+    c.last_seen_unix_ms = now;
+}
+
+pub(crate) fn on_info(inner: &mut Inner, info: ControlInfo, now: u64) -> MessageType {
+    let was_up = inner.controls.get(&info.id).is_some_and(|c| c.status == NodeStatus::Up);
+    let detail = format!("control {} ({}, {}, site {})", info.id, info.name, info.api, info.site);
+    inner.controls.insert(
+        info.id.clone(),
+        ChildControl {
+            id: info.id,
+            name: info.name,
+            site: info.site,
+            api: info.api,
+            status: NodeStatus::Up,
+            summary: info.summary,
+            last_seen_unix_ms: now,
+        },
+    );
+    if !was_up {
+        push(inner, "control_up", detail);
+    }
+    MessageType::Ack
+}
+
+pub(crate) fn on_beat(inner: &mut Inner, id: &str, beat: ControlBeat, now: u64) -> MessageType {
+    match inner.controls.get_mut(id) {
+        Some(c) => {
+            c.last_seen_unix_ms = now;
+            c.summary = beat.summary;
+            // Back after being marked down: register again.
+            if c.status == NodeStatus::Up {
+                MessageType::Ack
+            } else {
+                MessageType::NeedInfo
+            }
+        }
+        None => MessageType::NeedInfo,
+    }
+}
+
+pub(crate) fn on_shutdown(inner: &mut Inner, id: &str, now: u64) {
+    if let Some(c) = inner.controls.get_mut(id) {
+        c.last_seen_unix_ms = now;
+        if c.status == NodeStatus::Up {
+            c.status = NodeStatus::Down;
+            let detail = format!("control {} ({}): clean stop", c.id, c.api);
+            push(inner, "control_down", detail);
+        }
+    }
+}
+
+pub(crate) fn expire(inner: &mut Inner, now: u64, timeout: Duration) {
+    let limit = timeout.as_millis() as u64;
+    let mut gone = Vec::new();
+    for c in inner.controls.values_mut() {
+        if c.status == NodeStatus::Up && now.saturating_sub(c.last_seen_unix_ms) > limit {
+            c.status = NodeStatus::Down;
+            gone.push(format!("control {} ({}): heartbeat timeout (none for {timeout:?})", c.id, c.api));
+        }
+    }
+    for g in gone {
+        push(inner, "control_down", g);
+    }
+}
+
+/// The read-only token a parent presents to the child `child_id`: keyed BLAKE3 under
+/// the cluster secret the two share, bound to the child's id (so a token seen by one
+/// child, or sent to a wrong address, opens no other child).
+pub fn parent_token(secret: &[u8; 32], child_id: &str) -> String {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(b"cleave parent access v1\0");
+    h.update(child_id.as_bytes());
+    hex::encode(h.finalize().as_bytes())
+}
+
+/// This control server's identity in the hierarchy.
+pub struct HierarchyConfig {
+    /// Stable id (kept in the data directory).
+    pub id: String,
+    pub name: String,
+    pub site: String,
+    /// The secret this control's own listener uses: child tokens derive from it.
+    pub secret: [u8; 32],
+}
+
+/// How to register with a parent.
+pub struct ParentConfig {
+    /// The parent's auto-configuration (UDP) address.
+    pub parent: SocketAddr,
+    /// The cluster secret shared with the parent.
+    pub secret: [u8; 32],
+    pub heartbeat: Duration,
+    /// Where this control's REST API listens. An unspecified IP (0.0.0.0) is
+    /// replaced by the address this control uses to reach the parent.
+    pub api: SocketAddr,
+    /// An explicit base URL to report instead (behind NAT or a proxy).
+    pub advertise: Option<String>,
+}
+
+struct ParentLink {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// A node of the whole tree, with the control that manages it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TreeNode {
+    #[serde(flatten)]
+    pub node: NodeInfo,
+    /// Id of the control server whose pool holds the node.
+    #[serde(default)]
+    pub control: String,
+}
+
+/// Every node of this control and of the child controls below it.
+#[derive(Debug, Default)]
+pub struct TreeNodes {
+    pub nodes: Vec<TreeNode>,
+    /// Child controls whose nodes are missing (down, or did not answer), at any depth.
+    pub incomplete: Vec<String>,
+}
+
+/// This control's place in the hierarchy: its child controls (in the pool) and,
+/// when it has one, its link to a parent.
+pub struct Hierarchy {
+    cfg: HierarchyConfig,
+    pool: Arc<Pool>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    parent: Mutex<Option<ParentLink>>,
+    /// The token this control accepts from its parent, while it has one.
+    accepted: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Hierarchy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hierarchy").field("id", &self.cfg.id).field("name", &self.cfg.name).finish()
+    }
+}
+
+impl Hierarchy {
+    pub fn new(cfg: HierarchyConfig, pool: Arc<Pool>) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Arc::new(Hierarchy { cfg, pool, client, parent: Mutex::new(None), accepted: Mutex::new(None) })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Child controls with their status and summaries.
+    pub fn controls(&self) -> Vec<ChildControl> {
+        self.pool.controls()
+    }
+
+    /// Starts registering with a parent; runs until [`Hierarchy::leave`].
+    pub fn join_parent(self: &Arc<Self>, p: ParentConfig) {
+        *self.accepted.lock().expect("not poisoned") = Some(parent_token(&p.secret, &self.cfg.id));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let me = self.clone();
+        let hello = json!({ "id": self.cfg.id, "kind": "control" });
+        let info = {
+            let me = me.clone();
+            let (api, advertise) = (p.api, p.advertise.clone());
+            move |local: SocketAddr| {
+                let api = advertise.clone().unwrap_or_else(|| {
+                    let ip = if api.ip().is_unspecified() { local.ip() } else { api.ip() };
+                    format!("http://{}", SocketAddr::new(ip, api.port()))
+                });
+                json!({
+                    "id": me.cfg.id, "kind": "control", "name": me.cfg.name, "site": me.cfg.site,
+                    "api": api, "summary": me.pool.summary(),
+                })
+            }
+        };
+        let beat = {
+            let me = me.clone();
+            move || json!({ "id": me.cfg.id, "kind": "control", "summary": me.pool.summary() })
+        };
+        let member = Member { control: p.parent, secret: p.secret, heartbeat: p.heartbeat, hello, info, beat };
+        info!(parent = %p.parent, id = %self.cfg.id, "registering with the parent control");
+        let task = tokio::spawn(run_member(member, async move {
+            let _ = stopped.await;
+        }));
+        let old = self.parent.lock().expect("not poisoned").replace(ParentLink { stop, task });
+        if let Some(old) = old {
+            old.task.abort();
+        }
+    }
+
+    /// Whether `given` is the token of this control's parent (constant time).
+    pub fn accepts_parent_token(&self, given: &str) -> bool {
+        match &*self.accepted.lock().expect("not poisoned") {
+            Some(want) => cleave_split::constant_time_eq(given.as_bytes(), want.as_bytes()),
+            None => false,
+        }
+    }
+
+    /// Clean stop: tells the parent (SHUTDOWN) and waits for the link to end.
+    pub async fn leave(&self) {
+        let link = self.parent.lock().expect("not poisoned").take();
+        *self.accepted.lock().expect("not poisoned") = None;
+        if let Some(ParentLink { stop, task }) = link {
+            let _ = stop.send(());
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                warn!("the link to the parent control did not stop in time");
+            }
+        }
+    }
+
+    /// This control's nodes and, down to `depth` levels, those of the child controls
+    /// below it, read from their APIs in parallel. A child that is down or does not
+    /// answer is listed in `incomplete`; its nodes are left out.
+    pub async fn all_nodes(&self, depth: u32) -> TreeNodes {
+        let mut out = TreeNodes {
+            nodes: self.pool.nodes().into_iter().map(|node| TreeNode { node, control: self.cfg.id.clone() }).collect(),
+            incomplete: Vec::new(),
+        };
+        if depth == 0 {
+            out.incomplete.extend(self.controls().into_iter().map(|c| c.id));
+            return out;
+        }
+        let children = self.controls();
+        let fetches = children.iter().map(|c| async move {
+            if c.status != NodeStatus::Up {
+                return Err(format!("control {} is down", c.id));
+            }
+            tokio::time::timeout(FETCH_TIMEOUT, self.fetch_nodes(c, depth - 1))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")))
+        });
+        for (c, r) in children.iter().zip(futures::future::join_all(fetches).await) {
+            match r {
+                Ok(mut sub) => {
+                    for n in &mut sub.nodes {
+                        if n.control.is_empty() {
+                            n.control = c.id.clone();
+                        }
+                    }
+                    out.nodes.append(&mut sub.nodes);
+                    out.incomplete.append(&mut sub.incomplete);
+                }
+                Err(e) => {
+                    debug!(control = %c.id, error = %e, "child control's nodes not read");
+                    out.incomplete.push(c.id.clone());
+                }
+            }
+        }
+        out
+    }
+
+    async fn fetch_nodes(&self, c: &ChildControl, depth: u32) -> Result<TreeNodes, String> {
+        if !valid_api(&c.api) {
+            return Err(format!("unusable API address {:?}", c.api));
+        }
+        let url = format!("{}/api/v1/nodes?all=true&depth={depth}", c.api.trim_end_matches('/'));
+        let req = Request::get(url)
+            .header(AUTHORIZATION, format!("Bearer {}", parent_token(&self.cfg.secret, &c.id)))
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let resp = self.client.request(req).await.map_err(|e| format!("{}: {e}", c.api))?;
+        let status = resp.status();
+        let incomplete: Vec<String> = resp
+            .headers()
+            .get(INCOMPLETE_HEADER)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("{}: reading the answer: {e}", c.api))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!("{} answered {status}", c.api));
+        }
+        let nodes: Vec<TreeNode> = serde_json::from_slice(&body).map_err(|e| format!("{}: {e}", c.api))?;
+        Ok(TreeNodes { nodes, incomplete })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_addresses() {
+        assert!(valid_api("http://127.0.0.1:8080"));
+        assert!(valid_api("http://[::1]:8080/"));
+        assert!(valid_api("http://control.example:80"));
+        for bad in [
+            "",
+            "127.0.0.1:8080",
+            "http://127.0.0.1",
+            "https://127.0.0.1:8443",
+            "ftp://h:1",
+            "http://u:p@h:1",
+            "http://h:1/api",
+            "http://h:1?x=1",
+            "http://h:1\n",
+        ] {
+            assert!(!valid_api(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parent_tokens_are_per_child_and_per_secret() {
+        let a = parent_token(&[1; 32], "c1");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, parent_token(&[1; 32], "c1"));
+        assert_ne!(a, parent_token(&[1; 32], "c2"));
+        assert_ne!(a, parent_token(&[2; 32], "c1"));
+    }
+
+    #[tokio::test]
+    async fn a_child_accepts_its_parent_token_only_while_it_has_a_parent() {
+        let cfg = HierarchyConfig { id: "c1".into(), name: "c1".into(), site: "s".into(), secret: [3; 32] };
+        let h = Hierarchy::new(cfg, Pool::new());
+        let token = parent_token(&[1; 32], "c1");
+        assert!(!h.accepts_parent_token(&token), "no parent, no parent token");
+        h.join_parent(ParentConfig {
+            parent: "127.0.0.1:9".parse().unwrap(),
+            secret: [1; 32],
+            heartbeat: Duration::from_secs(1),
+            api: "0.0.0.0:8080".parse().unwrap(),
+            advertise: None,
+        });
+        assert!(h.accepts_parent_token(&token));
+        assert!(!h.accepts_parent_token(&parent_token(&[1; 32], "c2")));
+        assert!(!h.accepts_parent_token(""));
+        h.leave().await;
+        assert!(!h.accepts_parent_token(&token));
+    }
+
+    #[test]
+    fn summaries_count_subtrees() {
+        let pool = Pool::new();
+        {
+            let mut inner = pool.inner.lock().unwrap();
+            for (id, up, cap) in [("a", true, 100), ("b", true, 50), ("c", false, 1000)] {
+                inner.nodes.insert(
+                    id.into(),
+                    NodeInfo {
+                        id: id.into(),
+                        address: String::new(),
+                        site: String::new(),
+                        status: if up { NodeStatus::Up } else { NodeStatus::Down },
+                        capacity_bytes: cap,
+                        free_bytes: cap / 2,
+                        objects: 0,
+                        last_seen_unix_ms: 0,
+                    },
+                );
+            }
+            let child = |id: &str, status| ChildControl {
+                id: id.into(),
+                name: id.into(),
+                site: String::new(),
+                api: "http://127.0.0.1:1".into(),
+                status,
+                summary: PoolSummary {
+                    nodes_up: 2,
+                    nodes_down: 1,
+                    capacity_bytes: 10,
+                    free_bytes: 5,
+                    controls_up: 1,
+                    controls_down: 0,
+                },
+                last_seen_unix_ms: 0,
+            };
+            inner.controls.insert("x".into(), child("x", NodeStatus::Up));
+            inner.controls.insert("y".into(), child("y", NodeStatus::Down));
+        }
+        let s = pool.summary();
+        assert_eq!(
+            s,
+            PoolSummary {
+                nodes_up: 4,
+                nodes_down: 2,
+                capacity_bytes: 160,
+                free_bytes: 80,
+                controls_up: 2,
+                controls_down: 1
+            }
+        );
+    }
+}
