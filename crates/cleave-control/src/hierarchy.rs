@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::AUTHORIZATION;
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -47,6 +47,8 @@ pub const MAX_DEPTH: u32 = 8;
 pub const INCOMPLETE_HEADER: &str = "cleave-incomplete";
 /// Time allowed for one child to answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for a child to answer a forwarded call (volume creation places and writes).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest node list accepted from a child.
 const MAX_BODY: usize = 16 << 20;
 
@@ -188,6 +190,23 @@ pub fn parent_token(secret: &[u8; 32], child_id: &str) -> String {
     hex::encode(h.finalize().as_bytes())
 }
 
+/// The token with which a parent acts on the child `child_id` (any method): separate from
+/// the read token, so that reading the tree never carries the power to change it.
+pub fn parent_admin_token(secret: &[u8; 32], child_id: &str) -> String {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(b"cleave parent admin v1\0");
+    h.update(child_id.as_bytes());
+    hex::encode(h.finalize().as_bytes())
+}
+
+/// A child's answer to a forwarded call.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
 /// This control server's identity in the hierarchy.
 pub struct HierarchyConfig {
     /// Stable id (kept in the data directory).
@@ -240,10 +259,10 @@ pub struct TreeNodes {
 pub struct Hierarchy {
     cfg: HierarchyConfig,
     pool: Arc<Pool>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpConnector, Full<Bytes>>,
     parent: Mutex<Option<ParentLink>>,
-    /// The token this control accepts from its parent, while it has one.
-    accepted: Mutex<Option<String>>,
+    /// The tokens this control accepts from its parent (read, act), while it has one.
+    accepted: Mutex<Option<(String, String)>>,
 }
 
 impl std::fmt::Debug for Hierarchy {
@@ -279,7 +298,8 @@ impl Hierarchy {
 
     /// Starts registering with a parent; runs until [`Hierarchy::leave`].
     pub fn join_parent(self: &Arc<Self>, p: ParentConfig) {
-        *self.accepted.lock().expect("not poisoned") = Some(parent_token(&p.secret, &self.cfg.id));
+        *self.accepted.lock().expect("not poisoned") =
+            Some((parent_token(&p.secret, &self.cfg.id), parent_admin_token(&p.secret, &self.cfg.id)));
         let (stop, stopped) = oneshot::channel::<()>();
         let me = self.clone();
         let hello = json!({ "id": self.cfg.id, "kind": "control" });
@@ -315,9 +335,62 @@ impl Hierarchy {
     /// Whether `given` is the token of this control's parent (constant time).
     pub fn accepts_parent_token(&self, given: &str) -> bool {
         match &*self.accepted.lock().expect("not poisoned") {
-            Some(want) => cleave_split::constant_time_eq(given.as_bytes(), want.as_bytes()),
+            Some((read, _)) => cleave_split::constant_time_eq(given.as_bytes(), read.as_bytes()),
             None => false,
         }
+    }
+
+    /// Whether `given` is the token with which this control's parent acts on it (constant time).
+    pub fn accepts_parent_admin_token(&self, given: &str) -> bool {
+        match &*self.accepted.lock().expect("not poisoned") {
+            Some((_, act)) => cleave_split::constant_time_eq(given.as_bytes(), act.as_bytes()),
+            None => false,
+        }
+    }
+
+    /// Acts on a child control: sends `method` `/api/v1/{path_and_query}` with `body` (JSON) to
+    /// the child's API with this parent's act token, and returns the child's answer as it is.
+    pub async fn forward(
+        &self,
+        child_id: &str,
+        method: hyper::Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<Forwarded, String> {
+        let c = self
+            .controls()
+            .into_iter()
+            .find(|c| c.id == child_id || c.name == child_id)
+            .ok_or_else(|| format!("no child control {child_id:?}"))?;
+        if c.status != NodeStatus::Up {
+            return Err(format!("child control {} is down", c.id));
+        }
+        if !valid_api(&c.api) {
+            return Err(format!("child control {} reports an unusable API address {:?}", c.id, c.api));
+        }
+        let url = format!("{}/api/v1/{}", c.api.trim_end_matches('/'), path_and_query.trim_start_matches('/'));
+        let req = Request::builder()
+            .method(method)
+            .uri(url)
+            .header(AUTHORIZATION, format!("Bearer {}", parent_admin_token(&self.cfg.secret, &c.id)))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| format!("{}: {e}", c.api))?;
+            let status = resp.status().as_u16();
+            let content_type =
+                resp.headers().get(hyper::header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).map(str::to_string);
+            let body = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("{}: reading the answer: {e}", c.api))?
+                .to_bytes();
+            Ok(Forwarded { status, content_type, body })
+        };
+        tokio::time::timeout(FORWARD_TIMEOUT, call)
+            .await
+            .unwrap_or_else(|_| Err(format!("child control {} did not answer within {FORWARD_TIMEOUT:?}", c.id)))
     }
 
     /// Clean stop: tells the parent (SHUTDOWN) and waits for the link to end.
@@ -380,7 +453,7 @@ impl Hierarchy {
         let url = format!("{}/api/v1/nodes?all=true&depth={depth}", c.api.trim_end_matches('/'));
         let req = Request::get(url)
             .header(AUTHORIZATION, format!("Bearer {}", parent_token(&self.cfg.secret, &c.id)))
-            .body(Empty::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
         let resp = self.client.request(req).await.map_err(|e| format!("{}: {e}", c.api))?;
         let status = resp.status();

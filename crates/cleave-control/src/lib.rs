@@ -5,9 +5,11 @@
 //! - [`ca`]: control's certificate authority for NBD over TLS.
 //! - [`pool`]: nodes with their status, capacity, site and last-seen time; child controls; events.
 //! - [`hierarchy`]: a control server as the child of another, and a parent's view of its children.
+//! - [`users`]: users of the API and console, their roles, passwords and tokens; the access policy.
 
 pub mod access;
 pub mod autoconfig;
 pub mod ca;
 pub mod hierarchy;
 pub mod pool;
+pub mod users;

@@ -168,3 +168,128 @@ pub fn group_command(cmd: GroupCommand) -> Result<()> {
         }
     }
 }
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user of the API and the console. The password is read from --password-file, or
+    /// generated and printed once.
+    Add {
+        name: String,
+        /// viewer (reads), operator (also volumes and tasks) or admin (also users, clients, groups).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Remove a user and its API tokens (not the last admin).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Change a user's role and/or password.
+    Set {
+        name: String,
+        #[arg(long)]
+        role: Option<String>,
+        /// Set the password from this file; `-` generates one and prints it.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Issue an API token for a user; printed once (use it as CLEAVE_TOKEN).
+    Token {
+        name: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke one of a user's API tokens by its id (see `user list`).
+    Revoke {
+        name: String,
+        id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// The password from a file, or a fresh one printed once.
+fn password(file: Option<&Path>) -> Result<String> {
+    match file {
+        Some(f) if f != Path::new("-") => Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string()),
+        _ => {
+            let mut raw = [0u8; 12];
+            cleave_split::keys::fill_random(&mut raw)?;
+            let p = hex::encode(raw);
+            println!("password: {p}");
+            Ok(p)
+        }
+    }
+}
+
+pub fn user_command(cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Add { name, role, password_file, server } => {
+            let client = Client::new(&server)?;
+            let password = password(password_file.as_deref())?;
+            client.post("/users", json!({ "name": name, "role": role, "password": password }))?;
+            println!("user {name} added ({role})");
+        }
+        UserCommand::List { server } => {
+            let users = Client::new(&server)?.get("/users")?;
+            for u in users.as_array().into_iter().flatten() {
+                let tokens: Vec<String> = u["tokens"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| format!("{} {}", t["id"].as_str().unwrap_or(""), t["label"].as_str().unwrap_or("")))
+                    .collect();
+                println!(
+                    "{:<20} {:<9} tokens: {}",
+                    u["name"].as_str().unwrap_or(""),
+                    u["role"].as_str().unwrap_or(""),
+                    if tokens.is_empty() { "none".to_string() } else { tokens.join(", ") }
+                );
+            }
+        }
+        UserCommand::Remove { name, server } => {
+            Client::new(&server)?.delete(&format!("/users/{name}"))?;
+            println!("user {name} removed");
+        }
+        UserCommand::Set { name, role, password_file, server } => {
+            let client = Client::new(&server)?;
+            let mut body = json!({});
+            if let Some(r) = role {
+                body["role"] = Value::String(r);
+            }
+            if password_file.is_some() {
+                body["password"] = Value::String(password(password_file.as_deref())?);
+            }
+            client.put(&format!("/users/{name}"), body)?;
+            println!("user {name} changed");
+        }
+        UserCommand::Token { name, label, server } => {
+            let t = Client::new(&server)?
+                .post(&format!("/users/{name}/tokens"), json!({ "label": label }))?
+                .context("empty answer")?;
+            println!("{}", t["token"].as_str().unwrap_or_default());
+            eprintln!("token {} for {name}: shown once, keep it secret", t["id"].as_str().unwrap_or_default());
+        }
+        UserCommand::Revoke { name, id, server } => {
+            Client::new(&server)?.delete(&format!("/users/{name}/tokens/{id}"))?;
+            println!("token {id} of {name} revoked");
+        }
+    }
+    Ok(())
+}

@@ -137,3 +137,37 @@ pub fn print_controls(list: &serde_json::Value) {
         );
     }
 }
+
+/// `ANY /api/v1/controls/{id}/api/{*path}`: acts on a child control through its own API
+/// (`/api/v1/{path}` there), with this parent's act token. The child's answer is returned as it is.
+pub async fn forward(
+    h: &Hierarchy,
+    child: &str,
+    method: axum::http::Method,
+    path: &str,
+    query: Option<&str>,
+    body: bytes::Bytes,
+) -> Response {
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    match h.forward(child, method, &path_and_query, body).await {
+        Ok(f) => {
+            let status = axum::http::StatusCode::from_u16(f.status).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            let mut resp = (status, f.body).into_response();
+            if let Some(ct) = f.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                resp.headers_mut().insert(axum::http::header::CONTENT_TYPE, ct);
+            }
+            resp
+        }
+        Err(e) => {
+            let status = if e.starts_with("no child") {
+                axum::http::StatusCode::NOT_FOUND
+            } else {
+                axum::http::StatusCode::BAD_GATEWAY
+            };
+            (status, Json(serde_json::json!({ "error": e }))).into_response()
+        }
+    }
+}

@@ -4,12 +4,14 @@ mod access;
 mod access_cli;
 mod bench;
 mod client;
+mod console;
 mod groups;
 mod hierarchy;
 mod node;
 mod server;
 mod size;
 mod state;
+mod users;
 
 use std::path::PathBuf;
 
@@ -48,6 +50,9 @@ enum Command {
     /// Groups (communities of interest): their clients and their rights on volumes.
     #[command(subcommand)]
     Group(access_cli::GroupCommand),
+    /// Users of the API and the console: roles (viewer, operator, admin), passwords, API tokens.
+    #[command(subcommand)]
+    User(access_cli::UserCommand),
     /// Verify every share of a volume; with --repair, restore full redundancy.
     Scrub {
         name: String,
@@ -279,6 +284,7 @@ fn main() -> Result<()> {
         Command::Volume(cmd) => volume_command(cmd),
         Command::Client(cmd) => access_cli::client_command(cmd),
         Command::Group(cmd) => access_cli::group_command(cmd),
+        Command::User(cmd) => access_cli::user_command(cmd),
         Command::Task(cmd) => task_command(cmd),
         Command::Scrub { name, repair, server } => {
             let client = Client::new(&server)?;

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use cleave_control::access::{Grant, Identity, Mode, LOCAL_GROUP};
@@ -117,12 +117,13 @@ pub struct Gateway {
     pub(crate) data: DataDir,
     pub(crate) master: MasterKey,
     pub(crate) access: Arc<AccessControl>,
-    token: String,
+    pub(crate) users: crate::users::UserStore,
+    pub(crate) token: String,
     cache_bytes: u64,
     nbd_addr: SocketAddr,
     volumes: RwLock<BTreeMap<String, Volume>>,
     pool: Arc<cleave_control::pool::Pool>,
-    hierarchy: Arc<cleave_control::hierarchy::Hierarchy>,
+    pub(crate) hierarchy: Arc<cleave_control::hierarchy::Hierarchy>,
     tasks: Mutex<BTreeMap<u64, TaskView>>,
     /// Long work runs one task at a time; the rest wait as `queued`.
     task_slot: Arc<tokio::sync::Semaphore>,
@@ -745,23 +746,6 @@ pub(crate) fn bad_request(e: anyhow::Error) -> ApiError {
 
 pub(crate) type Shared = Arc<Gateway>;
 
-async fn auth(State(gw): State<Shared>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let want = gw.token.as_bytes();
-    // A parent control may read (GET) with its own token; see docs/control.md.
-    let ok = cleave_split::constant_time_eq(given.as_bytes(), want)
-        || (req.method() == axum::http::Method::GET && gw.hierarchy.accepts_parent_token(given));
-    if !ok {
-        return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
-    }
-    next.run(req).await
-}
-
 async fn list_volumes(State(gw): State<Shared>) -> Json<Vec<VolumeView>> {
     let vols: Vec<Volume> = gw.volumes.read().expect("not poisoned").values().cloned().collect();
     Json(vols.iter().map(|v| gw.view(v)).collect())
@@ -815,6 +799,16 @@ async fn flush_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Res
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn forward_to_child(
+    State(gw): State<Shared>,
+    Path((id, path)): Path<(String, String)>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    crate::hierarchy::forward(&gw.hierarchy, &id, method, &path, uri.query(), body).await
+}
+
 async fn list_nodes(State(gw): State<Shared>, Query(q): Query<crate::hierarchy::NodesQuery>) -> Response {
     crate::hierarchy::list_nodes(&gw.hierarchy, q).await
 }
@@ -833,10 +827,15 @@ async fn openapi() -> Response {
 }
 
 pub fn router(gw: Shared) -> Router {
-    let public = Router::new().route("/api/v1/openapi.json", get(openapi));
+    let public = Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/login", post(crate::users::login))
+        .merge(crate::console::routes())
+        .with_state(gw.clone());
     let private = Router::new()
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/controls", get(list_controls))
+        .route("/api/v1/controls/{id}/api/{*path}", any(forward_to_child))
         .route("/api/v1/events", get(list_events))
         .route("/api/v1/tasks", get(list_tasks).post(create_task))
         .route("/api/v1/tasks/{id}", get(show_task))
@@ -845,7 +844,8 @@ pub fn router(gw: Shared) -> Router {
         .route("/api/v1/volumes/{name}/scrub", post(scrub_volume))
         .route("/api/v1/volumes/{name}/destage", post(flush_volume))
         .merge(crate::groups::routes())
-        .layer(middleware::from_fn_with_state(gw.clone(), auth))
+        .merge(crate::users::routes())
+        .layer(middleware::from_fn_with_state(gw.clone(), crate::users::auth))
         .with_state(gw);
     public.merge(private)
 }
@@ -872,6 +872,7 @@ async fn run(
     data.group_key(&master, LOCAL_GROUP)?;
     let access = Arc::new(AccessControl::load(&data)?);
     let token = data.admin_token()?;
+    let users = crate::users::UserStore::load(&data)?;
     let secret = data.cluster_secret()?;
     let pool = cleave_control::pool::Pool::new();
     let udp = tokio::net::UdpSocket::bind(control.autoconfig)
@@ -901,6 +902,7 @@ async fn run(
         data,
         master,
         access,
+        users,
         token,
         cache_bytes: cache_size.0,
         nbd_addr,
@@ -968,6 +970,11 @@ async fn run(
     println!(
         "autoconfig: udp://{autoconfig_addr} (cluster secret in {})",
         gw.data.root.join("cluster.secret").display()
+    );
+    println!(
+        "console: http://{http_addr}/ (user {}, password in {})",
+        crate::users::FIRST_ADMIN,
+        gw.data.root.join("admin.password").display()
     );
     println!("API: http://{http_addr}/api/v1 (token in {})", gw.data.root.join("admin.token").display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -428,6 +428,8 @@ fn api_refuses_anonymous_calls_and_its_openapi_document_validates() {
         "/volumes/demo",
         "/clients",
         "/groups",
+        "/users",
+        "/me",
     ] {
         let code =
             run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{base}{path}")]));

@@ -235,6 +235,49 @@ fn parent_lists_child_controls_and_their_nodes() {
         cleave_control::hierarchy::parent_token(&read_secret(&parent.data.join("cluster.secret")), "other");
     assert_eq!(child.call("GET", &other_child, "/nodes").0, 401);
 
+    // The parent acts on its child through the child's own API: it creates a volume on the
+    // child's node, reads it back, starts a task there and deletes the volume.
+    let via = |method: &str, path: &str, body: Option<Value>| -> (u16, Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-X", method, "-H", &format!("Authorization: Bearer {}", parent.token())]);
+        if let Some(b) = body {
+            cmd.args(["-H", "Content-Type: application/json", "-d", &b.to_string()]);
+        }
+        let out = run(cmd.args([
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:{}/api/v1/controls/{child_id}/api{path}", parent.http),
+        ]));
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+    };
+    let (code, created) =
+        via("POST", "/volumes", Some(json!({ "name": "far", "size_bytes": 8 << 20, "m": 1, "n": 1 })));
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["targets"], json!([format!("node://{node_address}")]), "{created}");
+    assert_eq!(child.api("/volumes/far")["size_bytes"].as_u64(), Some(8 << 20));
+    let (code, shown) = via("GET", "/volumes/far", None);
+    assert_eq!((code, shown["name"].as_str()), (200, Some("far")), "{shown}");
+    let (code, task) = via("POST", "/tasks", Some(json!({ "kind": "scrub", "volume": "far" })));
+    assert_eq!(code, 202, "{task}");
+    let task_path = format!("/tasks/{}", task["id"]);
+    wait_for("the scrub started by the parent to finish", || via("GET", &task_path, None).1["state"] == "succeeded");
+    // The child's refusals come back as they are.
+    let (code, refused) =
+        via("POST", "/volumes", Some(json!({ "name": "far", "size_bytes": 1 << 20, "m": 1, "n": 1 })));
+    assert_eq!(code, 400, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("already exists"), "{refused}");
+    assert_eq!(via("DELETE", "/volumes/far", None).0, 204);
+    assert_eq!(child.call("GET", &child.token(), "/volumes/far").0, 404);
+    // Only the parent's act token acts; an unknown child is named as such; a child cannot
+    // act on its parent (it has no controls below it).
+    assert_eq!(child.call("POST", &parent_token, "/volumes").0, 401);
+    let (code, _, body) = parent.call("GET", &parent.token(), "/controls/nosuch/api/volumes");
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(parent.call("GET", "wrong", &format!("/controls/{child_id}/api/volumes")).0, 401);
+    let parent_id = std::fs::read_to_string(parent.data.join("control.id")).unwrap_or_default();
+    assert_eq!(child.call("GET", &child.token(), &format!("/controls/{}/api/volumes", parent_id.trim())).0, 404);
+
     // Forged, spoofed and replayed packets that claim to be a control change nothing.
     let before: Vec<_> = parent.controls().iter().map(identity).collect();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();

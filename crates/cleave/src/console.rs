@@ -1,0 +1,40 @@
+//! The web console: one page, a stylesheet and a script, embedded in the binary and served
+//! by control. No build step: the script is plain JavaScript that calls the admin API with
+//! the login session; the API decides what each role may do, the page only hides what the
+//! role cannot use.
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::server::Shared;
+
+const INDEX: &str = include_str!("console/index.html");
+const SCRIPT: &str = include_str!("console/app.js");
+const STYLE: &str = include_str!("console/style.css");
+
+/// Only our own script and style; no framing, no sniffing, no referrer.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+pub(crate) fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console/") }))
+        .route("/console", get(|| async { Redirect::to("/console/") }))
+        .route("/console/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
+        .route("/console/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
+        .route("/console/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+}

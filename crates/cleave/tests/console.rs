@@ -1,0 +1,303 @@
+//! The web console in headless Chromium, driven through chromedriver (W3C WebDriver): log in,
+//! see the three nodes, create a volume, start a scrub and watch it finish, refuse a delete
+//! that is not confirmed, log out. Screenshots go to `target/tmp/console/`.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A chromedriver process with one headless Chromium session.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    agent: ureq::Agent,
+    shots: PathBuf,
+}
+
+impl Browser {
+    fn start(shots: &Path) -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; .ci/run installs it)");
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + PATIENCE;
+        while agent.get(&format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1366,900", "--no-first-run", "--disable-extensions"],
+            },
+        }}});
+        let resp: Value = agent
+            .post(&format!("{base}/session"))
+            .send_json(caps)
+            .unwrap_or_else(|e| panic!("new WebDriver session: {}", describe(e)))
+            .into_json()
+            .unwrap();
+        let session = resp["value"]["sessionId"].as_str().expect("a session id").to_string();
+        std::fs::create_dir_all(shots).unwrap();
+        Browser { driver, base, session, agent, shots: shots.to_path_buf() }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let req = self.agent.request(method, &url);
+        let resp = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        let v: Value = resp.unwrap_or_else(|e| panic!("{method} {path}: {}", describe(e))).into_json().unwrap();
+        v["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    /// Runs a script in the page and returns its value.
+    fn eval(&self, script: &str) -> Value {
+        self.call("POST", "/execute/sync", Some(json!({ "script": script, "args": [] })))
+    }
+
+    /// Waits until `script` (an expression) is truthy in the page.
+    fn wait(&self, what: &str, expr: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let v = self.eval(&format!("return !!({expr});"));
+            if v == Value::Bool(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let text = self.eval("return document.body.innerText;");
+                panic!("timed out waiting for {what} ({expr}); the page says: {text}");
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    fn element(&self, css: &str) -> String {
+        self.wait(&format!("element {css}"), &format!("document.querySelector({})", json!(css)));
+        let v = self.call("POST", "/element", Some(json!({ "using": "css selector", "value": css })));
+        // The W3C element reference is the object's only value.
+        v.as_object().and_then(|o| o.values().next()).and_then(|x| x.as_str()).expect("an element").to_string()
+    }
+
+    fn click(&self, css: &str) {
+        let id = self.element(css);
+        self.call("POST", &format!("/element/{id}/click"), Some(json!({})));
+    }
+
+    fn fill(&self, css: &str, text: &str) {
+        let id = self.element(css);
+        self.call("POST", &format!("/element/{id}/clear"), Some(json!({})));
+        self.call("POST", &format!("/element/{id}/value"), Some(json!({ "text": text })));
+    }
+
+    fn text(&self, css: &str) -> String {
+        let id = self.element(css);
+        self.call("GET", &format!("/element/{id}/text"), None).as_str().unwrap_or_default().to_string()
+    }
+
+    fn screenshot(&self, name: &str) -> PathBuf {
+        let b64 = self.call("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "{name}: not a real screenshot");
+        let path = self.shots.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+fn describe(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, r) => format!("{code}: {}", r.into_string().unwrap_or_default()),
+        e => e.to_string(),
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.agent.delete(&format!("{}/session/{}", self.base, self.session)).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn api(s: &Serve, path: &str) -> Value {
+    let token = std::fs::read_to_string(s.data.join("admin.token")).unwrap();
+    let out = run(Command::new("curl").args([
+        "-sf",
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("http://127.0.0.1:{}/api/v1{path}", s.http_port),
+    ]));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn console_logs_in_shows_nodes_creates_a_volume_runs_a_scrub_and_logs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let ac = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = Serve::start(&dir.path().join("data"), &["--autoconfig", &format!("127.0.0.1:{ac}")]);
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let port = free_port();
+            Node(
+                Command::new(CLEAVE)
+                    .args(["node", "--data"])
+                    .arg(dir.path().join(format!("node{i}")))
+                    .args(["--listen", &format!("127.0.0.1:{port}")])
+                    .args(["--control", &format!("127.0.0.1:{ac}")])
+                    .arg("--secret-file")
+                    .arg(s.data.join("cluster.secret"))
+                    .args(["--capacity", "2GiB", "--site", &format!("site{i}"), "--heartbeat-secs", "0.3"])
+                    .env("CLEAVE_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    while api(&s, "/nodes").as_array().unwrap().iter().filter(|n| n["status"] == "up").count() < 3 {
+        assert!(Instant::now() < deadline, "three nodes up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let addresses: Vec<String> =
+        api(&s, "/nodes").as_array().unwrap().iter().map(|n| n["address"].as_str().unwrap().to_string()).collect();
+
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+    let b = Browser::start(&shots);
+    let console = format!("http://127.0.0.1:{}/", s.http_port);
+
+    // Without a session the console asks for a login; a wrong password is refused.
+    b.goto(&console);
+    b.element("#login-name");
+    b.screenshot("01-login");
+    b.fill("#login-name", "admin");
+    b.fill("#login-password", "not the password");
+    b.click("#login-submit");
+    b.wait("the refusal", "document.querySelector('#login-error').textContent.includes('wrong')");
+    let password = std::fs::read_to_string(s.data.join("admin.password")).unwrap();
+    b.fill("#login-password", password.trim());
+    b.click("#login-submit");
+
+    // The dashboard: three nodes up, the pool's capacity.
+    b.wait("the dashboard", "document.body.dataset.page === 'dashboard'");
+    b.wait("three nodes up on the dashboard", "document.querySelector('#card-nodes').innerText.includes('3 up')");
+    assert!(b.text("#card-capacity").contains("6.0 GiB"), "{}", b.text("#card-capacity"));
+    assert_eq!(b.text("#whoami"), "admin (admin)");
+    b.screenshot("02-dashboard");
+
+    // The nodes page lists the three, up, with their addresses.
+    b.click("a[href='#/nodes']");
+    b.wait("three nodes listed up", "document.querySelectorAll('#nodes-table tr[data-status=up]').length === 3");
+    let listed = b.text("#nodes-table");
+    for a in &addresses {
+        assert!(listed.contains(a.as_str()), "{a} missing from {listed}");
+    }
+    b.screenshot("03-nodes");
+
+    // Create a volume by size and M-of-N: it lands on the three nodes.
+    b.click("a[href='#/volumes']");
+    b.fill("#vol-name", "web");
+    b.fill("#vol-size", "64MiB");
+    b.fill("#vol-m", "2");
+    b.fill("#vol-n", "3");
+    b.click("#vol-create");
+    b.wait("the new volume listed", "document.querySelector('tr[data-volume=web]')");
+    let web = api(&s, "/volumes/web");
+    assert_eq!((web["size_bytes"].as_u64(), web["m"].as_u64(), web["n"].as_u64()), (Some(64 << 20), Some(2), Some(3)));
+    let mut targets: Vec<String> =
+        web["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    targets.sort();
+    let mut want: Vec<String> = addresses.iter().map(|a| format!("node://{a}")).collect();
+    want.sort();
+    assert_eq!(targets, want);
+    let row = b.text("tr[data-volume=web]");
+    assert!(row.contains("2-of-3") && row.contains("64 MiB"), "{row}");
+    b.screenshot("04-volumes");
+
+    // Some data on it, destaged to the nodes, so the scrub has chunks to check.
+    qemu_io(&s.uri("web"), &["write -P 0x5a 0 8M".to_string()]);
+    let token = std::fs::read_to_string(s.data.join("admin.token")).unwrap();
+    run(Command::new("curl").args([
+        "-sf",
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("http://127.0.0.1:{}/api/v1/volumes/web/destage", s.http_port),
+    ]));
+
+    // A scrub task, followed live on the tasks page until it succeeds.
+    b.click("tr[data-volume=web] button[data-action=scrub]");
+    b.wait("the tasks page", "document.body.dataset.page === 'tasks'");
+    b.wait("the scrub listed", "document.querySelector('#tasks-table tr[data-task]')");
+    b.wait(
+        "the scrub to succeed",
+        "document.querySelector('#tasks-table tr[data-task]').dataset.state === 'succeeded'",
+    );
+    let row = b.text("#tasks-table tr[data-task]");
+    assert!(row.contains("scrub") && row.contains("web") && row.contains("100%"), "{row}");
+    let tasks = api(&s, "/tasks");
+    let scrub = tasks.as_array().unwrap().iter().find(|t| t["kind"] == "scrub" && t["volume"] == "web").unwrap();
+    assert_eq!(scrub["state"], "succeeded", "{scrub}");
+    assert_eq!(scrub["result"]["chunks_checked"].as_u64(), Some(8), "{scrub}");
+    assert_eq!(scrub["result"]["chunks_healthy"].as_u64(), Some(8), "{scrub}");
+    b.screenshot("05-tasks");
+
+    // Deleting asks for the volume's name; without it nothing is deleted.
+    b.click("a[href='#/volumes']");
+    b.click("tr[data-volume=web] button[data-action=delete]");
+    b.wait("the confirmation", "!document.querySelector('#confirm').hidden");
+    b.fill("#confirm-input", "wrong");
+    assert_eq!(b.eval("return document.querySelector('#confirm-ok').disabled;"), Value::Bool(true));
+    b.screenshot("06-confirm");
+    b.click("#confirm-cancel");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(api(&s, "/volumes/web")["name"], "web");
+
+    // Log out: the session ends, and the console asks for a login again.
+    b.click("#logout");
+    b.element("#login-name");
+    b.goto(&format!("{console}console/#/nodes"));
+    b.element("#login-name");
+    let status = b.call(
+        "POST",
+        "/execute/async",
+        Some(json!({ "script": "const done = arguments[0]; fetch('/api/v1/nodes').then(r => done(r.status));", "args": [] })),
+    );
+    assert_eq!(status, json!(401));
+    b.screenshot("07-logged-out");
+    drop(nodes);
+}
