@@ -3,6 +3,7 @@
 //! - [`autoconfig`]: the UDP protocol by which nodes (and child controls) register, report and leave.
 //! - [`access`]: clients, groups and grants; the rights of an identity on a volume.
 //! - [`ca`]: control's certificate authority for NBD over TLS.
+//! - [`config`]: the configuration database, an embedded store (redb).
 //! - [`pool`]: nodes with their status, capacity, site and last-seen time; child controls; events.
 //! - [`hierarchy`]: a control server as the child of another, and a parent's view of its children.
 //! - [`users`]: users of the API and console, their roles, passwords and tokens; the access policy.
@@ -10,6 +11,7 @@
 pub mod access;
 pub mod autoconfig;
 pub mod ca;
+pub mod config;
 pub mod hierarchy;
 pub mod pool;
 pub mod users;

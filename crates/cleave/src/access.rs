@@ -1,12 +1,11 @@
-//! Access control at the gateway: the registry of clients and groups (persisted as
-//! `DIR/access.json`), control's CA under `DIR/tls/`, the NBD TLS configuration,
+//! Access control at the gateway: the registry of clients and groups (key `access` of the
+//! configuration database), control's CA under `DIR/tls/`, the NBD TLS configuration,
 //! and [`Guarded`], the device wrapper that checks the caller's rights on every request.
 //!
 //! Identity: a verified client certificate whose fingerprint is in the registry names a
 //! client; no certificate on loopback is a local administrator (the `admin` group);
 //! anything else is refused.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -14,15 +13,19 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use cleave_control::access::{Identity, Registry, Rights, LOCAL_GROUP};
 use cleave_control::ca::{self, Ca};
+use cleave_control::config::ConfigDb;
 use cleave_nbd::{BlockDevice, BlockError, Peer, Refusal};
 
 use crate::state::{write_private, DataDir};
+
+/// Key of the registry in the configuration database.
+const KEY: &str = "access";
 
 pub struct AccessControl {
     registry: RwLock<Registry>,
     /// Bumped on every change, so connections re-check their rights.
     version: AtomicU64,
-    path: PathBuf,
+    db: Arc<ConfigDb>,
     pub ca: Ca,
 }
 
@@ -46,17 +49,15 @@ impl AccessControl {
             std::fs::write(&cert, ca.cert_pem())?;
             ca
         };
-        let path = data.root.join("access.json");
-        let registry = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let registry = match data.config.get(KEY)? {
+            Some(b) => serde_json::from_slice(&b).context("reading clients and groups")?,
+            None => {
                 let mut r = Registry::default();
                 r.add_group(LOCAL_GROUP)?;
                 r
             }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Ok(AccessControl { registry: RwLock::new(registry), version: AtomicU64::new(1), path, ca })
+        Ok(AccessControl { registry: RwLock::new(registry), version: AtomicU64::new(1), db: data.config.clone(), ca })
     }
 
     pub fn snapshot(&self) -> Registry {
@@ -68,7 +69,7 @@ impl AccessControl {
         let mut guard = self.registry.write().expect("not poisoned");
         let mut next = guard.clone();
         let out = f(&mut next)?;
-        write_private(&self.path, &serde_json::to_vec_pretty(&next)?)?;
+        self.db.put(KEY, &serde_json::to_vec(&next)?)?;
         *guard = next;
         self.version.fetch_add(1, Ordering::Release);
         Ok(out)

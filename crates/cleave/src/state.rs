@@ -5,10 +5,12 @@
 //! DIR/master.key        key file (mode 0600), or
 //! DIR/master.sealed     the master key sealed under CLEAVE_PASSPHRASE (Argon2id)
 //! DIR/admin.token       bearer token for the admin API (mode 0600)
-//! DIR/groups.json       group keys wrapped by the master key
-//! DIR/access.json       clients, groups and their grants
+//! DIR/config.redb       the configuration database (mode 0600): clients, groups and grants,
+//!                       users, group keys wrapped by the master key, and the sealed
+//!                       superblock of each volume (also stored on its targets)
+//! DIR/admin.password    the first console user's password (mode 0600)
+//! DIR/cluster.secret    authenticates auto-configuration packets and node access (mode 0600)
 //! DIR/tls/              control's CA (ca.crt, ca.key 0600, ca.id)
-//! DIR/volumes/NAME.json sealed superblock of each volume (also stored on its targets)
 //! DIR/targets/tI/       the default directory targets
 //! DIR/cache/            volume caches
 //! ```
@@ -18,14 +20,25 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use cleave_control::config::ConfigDb;
 use cleave_split::keys::{GroupKey, KdfParams, MasterKey, SealedMasterKey, WrappedKey};
 use cleave_volume::Superblock;
 use tracing::warn;
 
 pub struct DataDir {
     pub root: PathBuf,
+    pub config: Arc<ConfigDb>,
+}
+
+/// Files of data directories from before the configuration database, and their keys in it.
+const LEGACY: [(&str, &str); 3] = [("access.json", "access"), ("users.json", "users"), ("groups.json", GROUP_KEYS)];
+const GROUP_KEYS: &str = "group-keys";
+
+fn volume_key(name: &str) -> String {
+    format!("volume/{name}")
 }
 
 /// Writes a file readable only by its owner, atomically.
@@ -47,9 +60,39 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
 
 impl DataDir {
     pub fn new(root: PathBuf) -> Result<Self> {
-        fs::create_dir_all(root.join("volumes")).with_context(|| format!("creating {}", root.display()))?;
-        fs::create_dir_all(root.join("cache"))?;
-        Ok(DataDir { root })
+        fs::create_dir_all(root.join("cache")).with_context(|| format!("creating {}", root.display()))?;
+        let config = Arc::new(ConfigDb::open(&root.join("config.redb"))?);
+        let data = DataDir { root, config };
+        data.import_legacy_files()?;
+        Ok(data)
+    }
+
+    /// Moves the JSON files of older data directories into the configuration database.
+    fn import_legacy_files(&self) -> Result<()> {
+        for (file, key) in LEGACY {
+            let path = self.root.join(file);
+            if let Ok(bytes) = fs::read(&path) {
+                if self.config.get(key)?.is_none() {
+                    self.config.put(key, &bytes)?;
+                }
+                fs::remove_file(&path)?;
+            }
+        }
+        let dir = self.root.join("volumes");
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries {
+                let path = entry?.path();
+                let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+                    continue;
+                };
+                if self.config.get(&volume_key(name))?.is_none() {
+                    self.config.put(&volume_key(name), &fs::read(&path)?)?;
+                }
+                fs::remove_file(&path)?;
+            }
+            let _ = fs::remove_dir(&dir);
+        }
+        Ok(())
     }
 
     pub fn cache_dir(&self) -> PathBuf {
@@ -118,11 +161,9 @@ impl DataDir {
     }
 
     fn group_keys(&self) -> Result<BTreeMap<String, WrappedKey>> {
-        let path = self.root.join("groups.json");
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        match self.config.get(GROUP_KEYS)? {
+            Some(b) => serde_json::from_slice(&b).context("reading the group keys"),
+            None => Ok(BTreeMap::new()),
         }
     }
 
@@ -134,7 +175,7 @@ impl DataDir {
         }
         let key = GroupKey::generate()?;
         groups.insert(group.to_string(), master.wrap_group(group, &key)?);
-        write_private(&self.root.join("groups.json"), &serde_json::to_vec_pretty(&groups)?)?;
+        self.config.put(GROUP_KEYS, &serde_json::to_vec(&groups)?)?;
         Ok(key)
     }
 
@@ -142,7 +183,7 @@ impl DataDir {
     pub fn remove_group_key(&self, group: &str) -> Result<()> {
         let mut groups = self.group_keys()?;
         if groups.remove(group).is_some() {
-            write_private(&self.root.join("groups.json"), &serde_json::to_vec_pretty(&groups)?)?;
+            self.config.put(GROUP_KEYS, &serde_json::to_vec(&groups)?)?;
         }
         Ok(())
     }
@@ -159,30 +200,55 @@ impl DataDir {
             .collect()
     }
 
-    fn volume_path(&self, name: &str) -> PathBuf {
-        self.root.join("volumes").join(format!("{name}.json"))
-    }
-
     pub fn save_volume(&self, sealed: &[u8], name: &str) -> Result<()> {
-        write_private(&self.volume_path(name), sealed)
+        Ok(self.config.put(&volume_key(name), sealed)?)
     }
 
     pub fn remove_volume(&self, name: &str) -> Result<()> {
-        fs::remove_file(self.volume_path(name)).with_context(|| format!("removing volume {name}"))
+        if !self.config.delete(&volume_key(name))? {
+            bail!("no volume {name:?} in the configuration database");
+        }
+        Ok(())
     }
 
     /// Every stored superblock, authenticated.
     pub fn load_volumes(&self, master: &MasterKey) -> Result<Vec<Superblock>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(self.root.join("volumes"))? {
-            let path = entry?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let bytes = fs::read(&path)?;
-            out.push(Superblock::open(&bytes, master).with_context(|| format!("opening {}", path.display()))?);
+        for (key, bytes) in self.config.scan(&volume_key(""))? {
+            out.push(Superblock::open(&bytes, master).with_context(|| format!("opening {key}"))?);
         }
         out.sort_by(|a, b| a.config.name.cmp(&b.config.name));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_of_older_data_directories_move_into_the_configuration_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        fs::create_dir_all(root.join("volumes")).unwrap();
+        fs::write(root.join("access.json"), b"{\"a\":1}").unwrap();
+        fs::write(root.join("users.json"), b"{\"u\":2}").unwrap();
+        fs::write(root.join("groups.json"), b"{}").unwrap();
+        fs::write(root.join("volumes").join("demo.json"), b"sealed").unwrap();
+        {
+            let data = DataDir::new(root.clone()).unwrap();
+            assert_eq!(data.config.get("access").unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
+            assert_eq!(data.config.get("users").unwrap().as_deref(), Some(&b"{\"u\":2}"[..]));
+            assert_eq!(data.config.get("volume/demo").unwrap().as_deref(), Some(&b"sealed"[..]));
+            assert!(data.group_keys().unwrap().is_empty());
+        }
+        for gone in ["access.json", "users.json", "groups.json", "volumes"] {
+            assert!(!root.join(gone).exists(), "{gone} is still there");
+        }
+        // Opened again, nothing is lost.
+        let data = DataDir::new(root).unwrap();
+        assert_eq!(data.config.scan("volume/").unwrap().len(), 1);
+        data.remove_volume("demo").unwrap();
+        assert!(data.remove_volume("demo").is_err());
     }
 }

@@ -1,12 +1,12 @@
-//! Users of the admin API and the console: the store (`DIR/users.json`), login sessions
+//! Users of the admin API and the console: the store (key `users` of the configuration
+//! database), login sessions
 //! (in memory, by cookie), API tokens, the authentication middleware and the API under
 //! `/api/v1/users`, `/api/v1/me`, `/api/v1/login` and `/api/v1/logout`.
 //!
 //! Who may do what is decided in one place: [`cleave_control::users::required_role`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -16,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
+use cleave_control::config::ConfigDb;
 use cleave_control::users::{hash_password, token_hash, verify_password, Role, Users, TOKEN_PREFIX};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -59,9 +60,12 @@ struct Session {
     expires: Instant,
 }
 
+/// Key of the users in the configuration database.
+const KEY: &str = "users";
+
 pub struct UserStore {
     users: RwLock<Users>,
-    path: PathBuf,
+    db: Arc<ConfigDb>,
     /// Keyed by the hash of the session id: a memory dump gives no usable cookie.
     sessions: Mutex<HashMap<String, Session>>,
 }
@@ -79,23 +83,21 @@ fn new_hash(password: &str) -> Result<String> {
 }
 
 impl UserStore {
-    /// Loads `DIR/users.json`. On first run, creates the user `admin` with a random password
+    /// Loads the users. On first run, creates the user `admin` with a random password
     /// written to `DIR/admin.password` (mode 0600).
     pub fn load(data: &DataDir) -> Result<Self> {
-        let path = data.root.join("users.json");
-        let users = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let users = match data.config.get(KEY)? {
+            Some(b) => serde_json::from_slice(&b).context("reading the users")?,
+            None => {
                 let password = random_hex(12)?;
                 let mut u = Users::default();
                 u.add(FIRST_ADMIN, Role::Admin, new_hash(&password)?)?;
                 write_private(&data.root.join("admin.password"), format!("{password}\n").as_bytes())?;
-                write_private(&path, &serde_json::to_vec_pretty(&u)?)?;
+                data.config.put(KEY, &serde_json::to_vec(&u)?)?;
                 u
             }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Ok(UserStore { users: RwLock::new(users), path, sessions: Mutex::new(HashMap::new()) })
+        Ok(UserStore { users: RwLock::new(users), db: data.config.clone(), sessions: Mutex::new(HashMap::new()) })
     }
 
     fn snapshot(&self) -> Users {
@@ -106,7 +108,7 @@ impl UserStore {
         let mut guard = self.users.write().expect("not poisoned");
         let mut next = guard.clone();
         let out = f(&mut next)?;
-        write_private(&self.path, &serde_json::to_vec_pretty(&next)?)?;
+        self.db.put(KEY, &serde_json::to_vec(&next)?)?;
         *guard = next;
         // Sessions of removed users end now.
         let users = guard.clone();
