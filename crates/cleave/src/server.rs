@@ -19,7 +19,7 @@ use cleave_control::access::{Grant, Identity, Mode, LOCAL_GROUP};
 use cleave_nbd::{BlockDevice, BlockError, ExportProvider, Peer, Refusal, Server, ServerConfig};
 use cleave_split::keys::MasterKey;
 use cleave_volume::meta::names;
-use cleave_volume::{Durability, Superblock, Volume, VolumeConfig, VolumeError, VolumeOptions};
+use cleave_volume::{Durability, Health, Superblock, Volume, VolumeConfig, VolumeError, VolumeOptions};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
@@ -213,8 +213,75 @@ struct VolumeView {
 }
 
 impl Gateway {
+    /// A volume's health, also counting the node targets that the pool has marked down: a
+    /// volume without I/O would not notice a node that stopped.
+    pub(crate) fn health(&self, s: &cleave_volume::VolumeStatus) -> Health {
+        let nodes = self.pool.nodes();
+        let pool_down = |uri: &str| {
+            uri.strip_prefix("node://").is_some_and(|a| {
+                nodes.iter().any(|n| n.address == a && n.status != cleave_control::pool::NodeStatus::Up)
+            })
+        };
+        let (mut down, chunks, missing) = match s.health.clone() {
+            Health::Clean => (Vec::new(), 0, Vec::new()),
+            Health::Degraded { targets_down, chunks_missing_shares, missing } => {
+                (targets_down, chunks_missing_shares, missing)
+            }
+            Health::Unavailable { targets_down } => (targets_down, 0, Vec::new()),
+        };
+        let before = down.len();
+        for t in s.config.targets.iter().filter(|t| pool_down(t)) {
+            if !down.contains(t) {
+                down.push(t.clone());
+            }
+        }
+        if down.len() == before {
+            return s.health.clone();
+        }
+        if s.config.targets.len() - down.len().min(s.config.targets.len()) < s.config.m as usize {
+            Health::Unavailable { targets_down: down }
+        } else {
+            Health::Degraded { targets_down: down, chunks_missing_shares: chunks, missing }
+        }
+    }
+
+    /// Watches every volume's health and records an event when it changes: degraded,
+    /// unavailable, or clean again.
+    async fn watch_health(self: Arc<Self>) {
+        let mut last: BTreeMap<String, &'static str> = BTreeMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let volumes: Vec<Volume> = self.volumes.read().expect("not poisoned").values().cloned().collect();
+            let mut seen = BTreeMap::new();
+            for v in volumes {
+                let s = v.status();
+                let health = self.health(&s);
+                let (state, down) = match &health {
+                    Health::Clean => ("clean", Vec::new()),
+                    Health::Degraded { targets_down, .. } => ("degraded", targets_down.clone()),
+                    Health::Unavailable { targets_down } => ("unavailable", targets_down.clone()),
+                };
+                let name = s.config.name;
+                let was = last.get(&name).copied().unwrap_or("clean");
+                if was != state {
+                    let detail = if down.is_empty() {
+                        format!("{name}: {state} (was {was})")
+                    } else {
+                        format!("{name}: {state} (was {was}); targets down: {}", down.join(", "))
+                    };
+                    warn!(volume = %name, state, was, "volume health changed");
+                    self.pool.push_event(&format!("volume_{state}"), detail);
+                }
+                seen.insert(name, state);
+            }
+            last = seen;
+        }
+    }
+
     fn view(&self, v: &Volume) -> VolumeView {
         let s = v.status();
+        let health = self.health(&s);
         let c = s.config;
         let name = c.name.clone();
         VolumeView {
@@ -227,7 +294,7 @@ impl Gateway {
             chunk_size: c.chunk_size,
             durability: c.durability,
             targets: c.targets,
-            health: s.health,
+            health,
             dirty_bytes: s.dirty_bytes,
             cache_bytes: s.cache_bytes,
             cache_limit_bytes: s.cache_limit_bytes,
@@ -960,6 +1027,7 @@ async fn run(
             }
         }
     });
+    tokio::spawn(gw.clone().watch_health());
     let app = router(gw.clone());
     let http_task = tokio::spawn(async move { axum::serve(http_listener, app).await });
     if nbd.is_some() {

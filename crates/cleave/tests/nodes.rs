@@ -176,6 +176,17 @@ fn nodes_register_fail_return_and_hold_volumes() {
     wait_for("killed node down", Duration::from_secs(4), || status_of(&s, port1) == "down");
     let events = api(&s, "/events");
     assert!(events.as_array().unwrap().iter().filter(|e| e["kind"] == "node_down").count() >= 2, "{events}");
+    // The volume on them shows it at once, without any I/O, and the administrator is told.
+    let has_event = |kind: &str| {
+        api(&s, "/events")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == kind && e["detail"].as_str().unwrap().starts_with("v: "))
+    };
+    assert_eq!(api(&s, "/volumes/v")["health"]["state"], "unavailable", "two of three nodes down, M = 2");
+    wait_for("volume degraded event", Duration::from_secs(5), || has_event("volume_degraded"));
+    wait_for("volume unavailable event", Duration::from_secs(5), || has_event("volume_unavailable"));
 
     // Restarting brings them back.
     nodes[0].spawn(&s, ac);
@@ -185,6 +196,9 @@ fn nodes_register_fail_return_and_hold_volumes() {
     });
     let got = nbdcopy_image(&tls, dir.path());
     assert!(got == w.image);
+    wait_for("volume clean again, with an event", Duration::from_secs(10), || {
+        api(&s, "/volumes/v")["health"]["state"] == "clean" && has_event("volume_clean")
+    });
 
     // Moving the volume off a node (a task): a fourth node takes its share, every chunk is
     // rewritten, and the old node keeps nothing of the volume.
