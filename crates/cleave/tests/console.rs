@@ -287,6 +287,16 @@ fn console_logs_in_shows_nodes_creates_a_volume_runs_a_scrub_and_logs_out() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(api(&s, "/volumes/web")["name"], "web");
 
+    // A client for a host: its certificate is issued and shown once, with its key.
+    b.click("a[href='#/clients']");
+    b.fill("#client-name", "web1");
+    b.click("#client-add");
+    b.wait("the credentials", "document.querySelector('#credentials')");
+    let shown = b.text("#credentials");
+    assert!(shown.contains("BEGIN CERTIFICATE") && shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(b.text("#clients-table").contains("web1"));
+    assert!(api(&s, "/clients").to_string().contains("web1"));
+
     // Log out: the session ends, and the console asks for a login again.
     b.click("#logout");
     b.element("#login-name");
@@ -299,5 +309,27 @@ fn console_logs_in_shows_nodes_creates_a_volume_runs_a_scrub_and_logs_out() {
     );
     assert_eq!(status, json!(401));
     b.screenshot("07-logged-out");
+
+    // A viewer sees the pool but is offered no action, and the API refuses one anyway.
+    let pw = dir.path().join("vic.pw");
+    std::fs::write(&pw, "vic's password").unwrap();
+    s.cli_ok(&["user", "add", "vic", "--role", "viewer", "--password-file", pw.to_str().unwrap()]);
+    b.fill("#login-name", "vic");
+    b.fill("#login-password", "vic's password");
+    b.click("#login-submit");
+    b.wait("the viewer's dashboard", "document.querySelector('#card-nodes')");
+    assert_eq!(b.text("#whoami"), "vic (viewer)");
+    b.click("a[href='#/volumes']");
+    b.wait("the volume list", "document.querySelector('tr[data-volume=web]')");
+    assert_eq!(b.eval("return document.querySelectorAll('#volume-form, button[data-action]').length;"), json!(0));
+    let status = b.call(
+        "POST",
+        "/execute/async",
+        Some(json!({ "script": "const done = arguments[0];
+            fetch('/api/v1/me').then(r => r.json()).then(me => fetch('/api/v1/volumes/web', {
+                method: 'DELETE', headers: { 'X-Cleave-CSRF': me.csrf } })).then(r => done(r.status));", "args": [] })),
+    );
+    assert_eq!(status, json!(403));
+    assert_eq!(api(&s, "/volumes/web")["name"], "web");
     drop(nodes);
 }

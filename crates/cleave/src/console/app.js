@@ -246,12 +246,15 @@ async function volumesPage() {
   refreshIn(5000);
 }
 
+// New credentials are shown once, under the page that made them (after its re-render).
 function showCredentials(c) {
-  const box = h("div", { id: "credentials" },
+  state.credentials = c;
+}
+function credentialsBox(c) {
+  return h("div", { id: "credentials" },
     h("h2", {}, `Credentials for client ${c.client} (shown once)`),
-    h("p", { class: "muted" }, "Save these three files on the host: ca.crt, client.crt and client.key."),
+    h("p", { class: "muted" }, "Save these as ca-cert.pem, client-cert.pem and client-key.pem on the host (nbd-client -cacertfile -certfile -keyfile)."),
     h("div", { class: "secret" }, c.ca_pem), h("div", { class: "secret" }, c.cert_pem), h("div", { class: "secret" }, c.key_pem));
-  setTimeout(() => $("#main").append(box), 0);
 }
 
 async function volumePage(name) {
@@ -343,7 +346,7 @@ async function clientsPage() {
   const admin = can("admin");
   const form = h("form", { class: "inline", id: "client-form" },
     h("label", {}, "New client (host)", h("input", { id: "client-name", required: true })),
-    h("button", { class: "primary", type: "submit" }, "Issue certificate"));
+    h("button", { id: "client-add", class: "primary", type: "submit" }, "Issue certificate"));
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     act("client added", async () => showCredentials(await api("POST", "/clients", { name: $("#client-name").value.trim() })));
@@ -434,6 +437,11 @@ async function route() {
   try {
     if (parts[0] === "volumes" && parts[1]) await volumePage(parts[1]);
     else await (pages[parts[0]] || dashboard)();
+    if (state.credentials) {
+      $("#main").append(credentialsBox(state.credentials));
+      state.credentials = null;
+      clearTimeout(state.timer); // keep them on screen until the user moves on
+    }
     document.body.dataset.page = parts[0] || "dashboard";
   } catch (e) {
     if (e.status !== 401) show(h("h1", {}, "Error"), h("p", { class: "error" }, e.message));
