@@ -153,14 +153,7 @@ impl Drop for Node {
 }
 
 fn api(s: &Serve, path: &str) -> Value {
-    let token = std::fs::read_to_string(s.data.join("admin.token")).unwrap();
-    let out = run(Command::new("curl").args([
-        "-sf",
-        "-H",
-        &format!("Authorization: Bearer {}", token.trim()),
-        &format!("http://127.0.0.1:{}/api/v1{path}", s.http_port),
-    ]));
-    serde_json::from_str(&out).unwrap()
+    s.api(path)
 }
 
 #[test]

@@ -127,6 +127,18 @@ impl Serve {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// GET on the admin API with the admin token; the call must succeed.
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
+        let out = run(Command::new("curl").args([
+            "-sf",
+            "-H",
+            &format!("Authorization: Bearer {}", token.trim()),
+            &format!("http://127.0.0.1:{}/api/v1{path}", self.http_port),
+        ]));
+        serde_json::from_str(&out).unwrap()
+    }
+
     pub fn show(&self, volume: &str) -> serde_json::Value {
         serde_json::from_str(&self.cli_ok(&["volume", "show", volume])).unwrap()
     }
