@@ -220,6 +220,18 @@ fn parent_lists_child_controls_and_their_nodes() {
     assert!(listed.contains("east-1") && listed.contains(" up ") && listed.contains("nodes 1 up 0 down"), "{listed}");
     let listed = parent.cli(&["node", "list", "--all"]);
     assert!(listed.contains(&child_id) && listed.contains(&node_address), "{listed}");
+    // The parent's console shows the child control and the child's node, named by its control.
+    let browser = common::browser::Browser::start(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hierarchy"));
+    let password = std::fs::read_to_string(parent.data.join("admin.password")).unwrap();
+    browser.login(&format!("http://127.0.0.1:{}/", parent.http), "admin", password.trim());
+    browser.click("a[href='#/nodes']");
+    browser.wait("the child control, up", "document.querySelector('#controls-table tr[data-status=up]')");
+    assert!(browser.text("#controls-table").contains("east-1"));
+    let row = browser.text(&format!("#nodes-table tr[data-node='{}']", nodes[0]["id"].as_str().unwrap()));
+    assert!(row.contains(&node_address) && row.contains("east-1") && row.contains("up"), "{row}");
+    browser.screenshot("parent-nodes");
+    drop(browser);
+
     // The child acts only on its own pool: it knows nothing of the parent's controls.
     assert_eq!(child.api("/controls"), json!([]));
     assert_eq!(child.api("/nodes").as_array().unwrap().len(), 1);

@@ -25,7 +25,7 @@ function h(tag, attrs, ...children) {
 const $ = (sel) => document.querySelector(sel);
 function show(...nodes) {
   const main = $("#main");
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
 }
 function flash(text, error) {
   const f = $("#flash");
@@ -179,16 +179,28 @@ async function dashboard() {
 }
 
 async function nodesPage() {
-  const nodes = await api("GET", "/nodes");
+  const controls = await api("GET", "/controls");
+  // With child controls, the whole tree: every child's nodes too, each naming its control.
+  const nodes = await api("GET", controls.length ? "/nodes?all=true" : "/nodes");
+  const tree = controls.length > 0;
+  const name = (id) => (controls.find((c) => c.id === id) || { name: id }).name;
   show(
     h("h1", {}, "Nodes"),
     h("p", { class: "muted" }, "Storage nodes register themselves (cleave node --control HOST:PORT). A node silent past the heartbeat timeout is down."),
-    table("nodes-table", ["Id", "Address", "Site", "Status", "Capacity ", "Free ", "Used", "Shares ", "Last seen"],
+    table("nodes-table", ["Id", tree && "Control", "Address", "Site", "Status", "Capacity ", "Free ", "Used", "Shares ", "Last seen"].filter(Boolean),
       nodes.map((n) => h("tr", { dataset: { node: n.id, status: n.status } },
-        h("td", {}, h("code", {}, n.id)), h("td", {}, n.address), h("td", {}, n.site), h("td", {}, badge(n.status)),
+        h("td", {}, h("code", {}, n.id)), tree && h("td", {}, n.control ? name(n.control) : "this one"),
+        h("td", {}, n.address), h("td", {}, n.site), h("td", {}, badge(n.status)),
         h("td", { class: "num" }, bytes(n.capacity_bytes)), h("td", { class: "num" }, bytes(n.free_bytes)),
         h("td", {}, meter(n.capacity_bytes - n.free_bytes, n.capacity_bytes)),
-        h("td", { class: "num" }, n.objects), h("td", {}, ago(n.last_seen_unix_ms))))));
+        h("td", { class: "num" }, n.objects), h("td", {}, ago(n.last_seen_unix_ms))))),
+    tree && h("h2", {}, "Child control servers"),
+    tree && table("controls-table", ["Name", "Site", "Status", "Nodes up ", "Nodes down ", "Capacity ", "Free ", "API", "Last seen"],
+      controls.map((c) => h("tr", { dataset: { control: c.id, status: c.status } },
+        h("td", {}, c.name), h("td", {}, c.site), h("td", {}, badge(c.status)),
+        h("td", { class: "num" }, c.summary.nodes_up), h("td", { class: "num" }, c.summary.nodes_down),
+        h("td", { class: "num" }, bytes(c.summary.capacity_bytes)), h("td", { class: "num" }, bytes(c.summary.free_bytes)),
+        h("td", {}, h("code", {}, c.api)), h("td", {}, ago(c.last_seen_unix_ms))))));
   refreshIn(3000);
 }
 

@@ -1,6 +1,8 @@
 //! Harness for end-to-end tests: runs the real `cleave` binary and real NBD clients.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
