@@ -68,7 +68,14 @@ pub struct UserStore {
     db: Arc<ConfigDb>,
     /// Keyed by the hash of the session id: a memory dump gives no usable cookie.
     sessions: Mutex<HashMap<String, Session>>,
+    /// Failed logins by user name: (count, first failure), over [`FAILURE_WINDOW`].
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
 }
+
+/// This many failed logins for one name within [`FAILURE_WINDOW`] close that name's login
+/// until the window ends, whatever the password.
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 fn random_hex(bytes: usize) -> Result<String> {
     let mut raw = vec![0u8; bytes];
@@ -97,7 +104,12 @@ impl UserStore {
                 u
             }
         };
-        Ok(UserStore { users: RwLock::new(users), db: data.config.clone(), sessions: Mutex::new(HashMap::new()) })
+        Ok(UserStore {
+            users: RwLock::new(users),
+            db: data.config.clone(),
+            sessions: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        })
     }
 
     fn snapshot(&self) -> Users {
@@ -156,6 +168,26 @@ impl UserStore {
             Session { user: user.name.clone(), csrf: csrf.clone(), expires: now + SESSION_LIFETIME },
         );
         Ok(Some((id, csrf, user.role)))
+    }
+
+    /// How long until `name` may try to log in again, if it failed too often lately.
+    fn locked_out(&self, name: &str) -> Option<Duration> {
+        let failures = self.failures.lock().expect("not poisoned");
+        let (count, first) = failures.get(name)?;
+        let left = FAILURE_WINDOW.checked_sub(first.elapsed())?;
+        (*count >= MAX_FAILURES).then_some(left)
+    }
+
+    fn record_failure(&self, name: &str) {
+        let mut failures = self.failures.lock().expect("not poisoned");
+        if failures.len() > 10_000 {
+            failures.retain(|_, (_, first)| first.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = failures.entry(name.to_string()).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
     }
 
     fn logout(&self, id: &str) {
@@ -267,6 +299,13 @@ fn cookie(value: &str, max_age: u64) -> HeaderValue {
 
 /// `POST /api/v1/login`: a session cookie, and the CSRF token the console sends back.
 pub async fn login(State(gw): State<Shared>, Json(req): Json<Login>) -> Result<Response, ApiError> {
+    if let Some(left) = gw.users.locked_out(&req.name) {
+        warn!(user = %req.name, "login refused: too many failures");
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed logins for {:?}; try again in {} s", req.name, left.as_secs() + 1),
+        ));
+    }
     let opened = gw
         .users
         .login(&req.name, &req.password)
@@ -274,10 +313,12 @@ pub async fn login(State(gw): State<Shared>, Json(req): Json<Login>) -> Result<R
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let Some((id, csrf, role)) = opened else {
         warn!(user = %req.name, "failed login");
+        gw.users.record_failure(&req.name);
         // Slows down guessing, on top of Argon2id.
         tokio::time::sleep(Duration::from_millis(300)).await;
         return Err(unauthorized("wrong user name or password"));
     };
+    gw.users.failures.lock().expect("not poisoned").remove(&req.name);
     info!(user = %req.name, "login");
     let mut resp = Json(json!({ "name": req.name, "role": role, "csrf": csrf })).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, cookie(&id, SESSION_LIFETIME.as_secs()));

@@ -177,6 +177,16 @@ fn roles_sessions_and_tokens() {
     assert_eq!(call(&s, "GET", "/api/v1/me", &[], None, Some(&jar)).0, 401);
     assert_eq!(call(&s, "GET", "/api/v1/volumes", &v, None, None).0, 401);
 
+    // Guessing: five failures close the name's login for a minute, even to the right password.
+    s.cli_ok(&["user", "add", "tim", "--role", "viewer", "--password-file", pw_arg]);
+    for _ in 0..5 {
+        assert_eq!(login("tim", "guess guess").0, 401);
+    }
+    let (code, err) = login("tim", "viewer password");
+    assert_eq!(code, 429, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("too many failed logins"), "{err}");
+    assert_eq!(login("otto", "viewer password").0, 200, "other names are not affected");
+
     // A revoked token opens nothing; the others still work, across a restart.
     let id = users.as_array().unwrap().iter().find(|u| u["name"] == "otto").unwrap()["tokens"][0]["id"]
         .as_str()
