@@ -7,25 +7,23 @@
 //! anything else is refused.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use cleave_control::access::{Identity, Registry, Rights, LOCAL_GROUP};
 use cleave_control::ca::{self, Ca};
-use cleave_control::config::ConfigDb;
 use cleave_nbd::{BlockDevice, BlockError, Peer, Refusal};
 
-use crate::state::{write_private, DataDir};
+use crate::state::{random_hex, write_private, DataDir, Stored};
 
 /// Key of the registry in the configuration database.
 const KEY: &str = "access";
 
 pub struct AccessControl {
-    registry: RwLock<Registry>,
+    registry: Stored<Registry>,
     /// Bumped on every change, so connections re-check their rights.
     version: AtomicU64,
-    db: Arc<ConfigDb>,
     pub ca: Ca,
 }
 
@@ -40,43 +38,34 @@ impl AccessControl {
             let key_pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key).context("reading tls/ca.key")?);
             Ca::load(id.trim(), &std::fs::read_to_string(&cert)?, &key_pem).context("loading the CA")?
         } else {
-            let mut raw = [0u8; 8];
-            cleave_split::keys::fill_random(&mut raw)?;
-            let name = hex::encode(raw);
+            let name = random_hex(8)?;
             let (ca, key_pem) = Ca::generate(&name)?;
             write_private(&key, key_pem.as_bytes())?;
             std::fs::write(&id, format!("{name}\n"))?;
             std::fs::write(&cert, ca.cert_pem())?;
             ca
         };
-        let registry = match data.config.get(KEY)? {
-            Some(b) => serde_json::from_slice(&b).context("reading clients and groups")?,
-            None => {
-                let mut r = Registry::default();
-                r.add_group(LOCAL_GROUP)?;
-                r
-            }
-        };
-        Ok(AccessControl { registry: RwLock::new(registry), version: AtomicU64::new(1), db: data.config.clone(), ca })
+        let registry = Stored::load(data, KEY, || {
+            let mut r = Registry::default();
+            r.add_group(LOCAL_GROUP)?;
+            Ok(r)
+        })?;
+        Ok(AccessControl { registry, version: AtomicU64::new(1), ca })
     }
 
     pub fn snapshot(&self) -> Registry {
-        self.registry.read().expect("not poisoned").clone()
+        self.registry.snapshot()
     }
 
     /// Applies a change to a copy, stores it, then makes it current.
     pub fn update<T>(&self, f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
-        let mut guard = self.registry.write().expect("not poisoned");
-        let mut next = guard.clone();
-        let out = f(&mut next)?;
-        self.db.put(KEY, &serde_json::to_vec(&next)?)?;
-        *guard = next;
+        let out = self.registry.update(f)?;
         self.version.fetch_add(1, Ordering::Release);
         Ok(out)
     }
 
     pub fn rights(&self, who: &Identity, volume: &str) -> Rights {
-        self.registry.read().expect("not poisoned").rights(who, volume)
+        self.registry.read().rights(who, volume)
     }
 
     /// Who a peer is, or why it gets nothing.
@@ -84,7 +73,7 @@ impl AccessControl {
         match &peer.certificate {
             Some(der) => {
                 let fp = ca::fingerprint(der);
-                match self.registry.read().expect("not poisoned").client_by_fingerprint(&fp) {
+                match self.registry.read().client_by_fingerprint(&fp) {
                     Some(c) => Ok(Identity::Client(c.name.clone())),
                     None => Err(Refusal::Denied(format!("client certificate {fp} is not registered (removed?)"))),
                 }

@@ -229,9 +229,7 @@ fn password(file: Option<&Path>) -> Result<String> {
             .trim_end_matches(['\r', '\n'])
             .to_string()),
         _ => {
-            let mut raw = [0u8; 12];
-            cleave_split::keys::fill_random(&mut raw)?;
-            let p = hex::encode(raw);
+            let p = crate::state::random_hex(12)?;
             println!("password: {p}");
             Ok(p)
         }

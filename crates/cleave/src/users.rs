@@ -6,24 +6,23 @@
 //! Who may do what is decided in one place: [`cleave_control::users::required_role`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
-use cleave_control::config::ConfigDb;
 use cleave_control::users::{hash_password, token_hash, verify_password, Role, Users, TOKEN_PREFIX};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::server::{ApiError, Shared};
-use crate::state::{write_private, DataDir};
+use crate::state::{random_hex, write_private, DataDir, Stored};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "cleave_session";
@@ -64,8 +63,7 @@ struct Session {
 const KEY: &str = "users";
 
 pub struct UserStore {
-    users: RwLock<Users>,
-    db: Arc<ConfigDb>,
+    users: Stored<Users>,
     /// Keyed by the hash of the session id: a memory dump gives no usable cookie.
     sessions: Mutex<HashMap<String, Session>>,
     /// Failed logins by user name: (count, first failure), over [`FAILURE_WINDOW`].
@@ -77,12 +75,6 @@ pub struct UserStore {
 const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut raw = vec![0u8; bytes];
-    cleave_split::keys::fill_random(&mut raw)?;
-    Ok(hex::encode(raw))
-}
-
 fn new_hash(password: &str) -> Result<String> {
     let mut salt = [0u8; 16];
     cleave_split::keys::fill_random(&mut salt)?;
@@ -93,44 +85,31 @@ impl UserStore {
     /// Loads the users. On first run, creates the user `admin` with a random password
     /// written to `DIR/admin.password` (mode 0600).
     pub fn load(data: &DataDir) -> Result<Self> {
-        let users = match data.config.get(KEY)? {
-            Some(b) => serde_json::from_slice(&b).context("reading the users")?,
-            None => {
-                let password = random_hex(12)?;
-                let mut u = Users::default();
-                u.add(FIRST_ADMIN, Role::Admin, new_hash(&password)?)?;
-                write_private(&data.root.join("admin.password"), format!("{password}\n").as_bytes())?;
-                data.config.put(KEY, &serde_json::to_vec(&u)?)?;
-                u
-            }
-        };
-        Ok(UserStore {
-            users: RwLock::new(users),
-            db: data.config.clone(),
-            sessions: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
-        })
+        let users = Stored::load(data, KEY, || {
+            let password = random_hex(12)?;
+            let mut u = Users::default();
+            u.add(FIRST_ADMIN, Role::Admin, new_hash(&password)?)?;
+            write_private(&data.root.join("admin.password"), format!("{password}\n").as_bytes())?;
+            Ok(u)
+        })?;
+        Ok(UserStore { users, sessions: Mutex::new(HashMap::new()), failures: Mutex::new(HashMap::new()) })
     }
 
     fn snapshot(&self) -> Users {
-        self.users.read().expect("not poisoned").clone()
+        self.users.snapshot()
     }
 
     fn update<T>(&self, f: impl FnOnce(&mut Users) -> Result<T>) -> Result<T> {
-        let mut guard = self.users.write().expect("not poisoned");
-        let mut next = guard.clone();
-        let out = f(&mut next)?;
-        self.db.put(KEY, &serde_json::to_vec(&next)?)?;
-        *guard = next;
+        let out = self.users.update(f)?;
         // Sessions of removed users end now.
-        let users = guard.clone();
+        let users = self.users.read();
         self.sessions.lock().expect("not poisoned").retain(|_, s| users.users.contains_key(&s.user));
         Ok(out)
     }
 
     /// The holder of an API token.
     pub fn by_token(&self, token: &str) -> Option<Principal> {
-        let users = self.users.read().expect("not poisoned");
+        let users = self.users.read();
         users.by_token(token).map(|u| Principal { name: u.name.clone(), role: u.role, via: Via::ApiToken })
     }
 
@@ -143,12 +122,13 @@ impl UserStore {
             sessions.remove(&key);
             return None;
         }
-        let users = self.users.read().expect("not poisoned");
+        let users = self.users.read();
         let u = users.users.get(&s.user)?;
         Some(Principal { name: u.name.clone(), role: u.role, via: Via::Session(s.csrf.clone()) })
     }
 
     /// Checks a password (Argon2id, off the async threads) and opens a session: (id, csrf, role).
+    /// Failures are counted for [`UserStore::locked_out`]; a success clears the count.
     async fn login(&self, name: &str, password: &str) -> Result<Option<(String, String, Role)>> {
         let user = self.snapshot().users.get(name).cloned();
         // An unknown name costs the same as a wrong password.
@@ -158,7 +138,11 @@ impl UserStore {
         };
         let password = zeroize::Zeroizing::new(password.to_string());
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc)).await?;
-        let Some(user) = user.filter(|_| ok) else { return Ok(None) };
+        let Some(user) = user.filter(|_| ok) else {
+            self.record_failure(name);
+            return Ok(None);
+        };
+        self.failures.lock().expect("not poisoned").remove(name);
         let (id, csrf) = (random_hex(32)?, random_hex(16)?);
         let mut sessions = self.sessions.lock().expect("not poisoned");
         let now = Instant::now();
@@ -313,12 +297,10 @@ pub async fn login(State(gw): State<Shared>, Json(req): Json<Login>) -> Result<R
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let Some((id, csrf, role)) = opened else {
         warn!(user = %req.name, "failed login");
-        gw.users.record_failure(&req.name);
         // Slows down guessing, on top of Argon2id.
         tokio::time::sleep(Duration::from_millis(300)).await;
         return Err(unauthorized("wrong user name or password"));
     };
-    gw.users.failures.lock().expect("not poisoned").remove(&req.name);
     info!(user = %req.name, "login");
     let mut resp = Json(json!({ "name": req.name, "role": role, "csrf": csrf })).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, cookie(&id, SESSION_LIFETIME.as_secs()));
