@@ -199,6 +199,16 @@ pub fn parent_admin_token(secret: &[u8; 32], child_id: &str) -> String {
     hex::encode(h.finalize().as_bytes())
 }
 
+/// Why a call could not be forwarded to a child.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no child control {0:?}")]
+    NoChild(String),
+    /// Down, unreachable, or no answer in time.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// A child's answer to a forwarded call.
 #[derive(Debug)]
 pub struct Forwarded {
@@ -356,17 +366,20 @@ impl Hierarchy {
         method: hyper::Method,
         path_and_query: &str,
         body: Bytes,
-    ) -> Result<Forwarded, String> {
+    ) -> Result<Forwarded, ForwardError> {
         let c = self
             .controls()
             .into_iter()
             .find(|c| c.id == child_id || c.name == child_id)
-            .ok_or_else(|| format!("no child control {child_id:?}"))?;
+            .ok_or_else(|| ForwardError::NoChild(child_id.to_string()))?;
         if c.status != NodeStatus::Up {
-            return Err(format!("child control {} is down", c.id));
+            return Err(ForwardError::Unavailable(format!("child control {} is down", c.id)));
         }
         if !valid_api(&c.api) {
-            return Err(format!("child control {} reports an unusable API address {:?}", c.id, c.api));
+            return Err(ForwardError::Unavailable(format!(
+                "child control {} reports an unusable API address {:?}",
+                c.id, c.api
+            )));
         }
         let url = format!("{}/api/v1/{}", c.api.trim_end_matches('/'), path_and_query.trim_start_matches('/'));
         let req = Request::builder()
@@ -375,22 +388,23 @@ impl Hierarchy {
             .header(AUTHORIZATION, format!("Bearer {}", parent_admin_token(&self.cfg.secret, &c.id)))
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
         let call = async {
-            let resp = self.client.request(req).await.map_err(|e| format!("{}: {e}", c.api))?;
+            let resp =
+                self.client.request(req).await.map_err(|e| ForwardError::Unavailable(format!("{}: {e}", c.api)))?;
             let status = resp.status().as_u16();
             let content_type =
                 resp.headers().get(hyper::header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).map(str::to_string);
             let body = Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| format!("{}: reading the answer: {e}", c.api))?
+                .map_err(|e| ForwardError::Unavailable(format!("{}: reading the answer: {e}", c.api)))?
                 .to_bytes();
             Ok(Forwarded { status, content_type, body })
         };
-        tokio::time::timeout(FORWARD_TIMEOUT, call)
-            .await
-            .unwrap_or_else(|_| Err(format!("child control {} did not answer within {FORWARD_TIMEOUT:?}", c.id)))
+        tokio::time::timeout(FORWARD_TIMEOUT, call).await.unwrap_or_else(|_| {
+            Err(ForwardError::Unavailable(format!("child control {} did not answer within {FORWARD_TIMEOUT:?}", c.id)))
+        })
     }
 
     /// Clean stop: tells the parent (SHUTDOWN) and waits for the link to end.

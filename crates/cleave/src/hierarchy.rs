@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cleave_control::hierarchy::{Hierarchy, HierarchyConfig, ParentConfig, INCOMPLETE_HEADER, MAX_DEPTH};
+use cleave_control::hierarchy::{ForwardError, Hierarchy, HierarchyConfig, ParentConfig, INCOMPLETE_HEADER, MAX_DEPTH};
 use cleave_control::pool::Pool;
 use serde::Deserialize;
 
@@ -162,12 +162,11 @@ pub async fn forward(
             resp
         }
         Err(e) => {
-            let status = if e.starts_with("no child") {
-                axum::http::StatusCode::NOT_FOUND
-            } else {
-                axum::http::StatusCode::BAD_GATEWAY
+            let status = match e {
+                ForwardError::NoChild(_) => axum::http::StatusCode::NOT_FOUND,
+                ForwardError::Unavailable(_) => axum::http::StatusCode::BAD_GATEWAY,
             };
-            (status, Json(serde_json::json!({ "error": e }))).into_response()
+            (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
         }
     }
 }

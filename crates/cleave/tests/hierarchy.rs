@@ -351,6 +351,10 @@ fn parent_lists_child_controls_and_their_nodes() {
             && e["detail"].as_str().unwrap().contains("heartbeat timeout")),
         "{events}"
     );
+    // Acting on a child that is down is refused as such (502), not as an unknown child.
+    let (code, _, body) = parent.call("GET", &parent.token(), &format!("/controls/{child_id}/api/volumes"));
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("is down"), "{body}");
     let (code, headers, body) = parent.call("GET", &parent.token(), "/nodes?all=true");
     assert_eq!(code, 200);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!([]));
