@@ -333,8 +333,7 @@ fn main() -> Result<()> {
 /// Node targets authenticate with a token derived from the cluster secret. It is put
 /// in the environment before any thread starts, where `cleave_target::open` finds it.
 fn set_node_token(data_dir: &std::path::Path) -> Result<()> {
-    let data = state::DataDir::new(data_dir.to_path_buf())?;
-    let secret = data.cluster_secret()?;
+    let secret = state::cluster_secret(data_dir)?;
     std::env::set_var("CLEAVE_NODE_TOKEN", cleave_node::access_token(&secret));
     Ok(())
 }

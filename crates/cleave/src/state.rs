@@ -60,6 +60,20 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The cluster secret of the data directory `root`, created on first run (64 hex digits,
+/// mode 0600). Needs nothing else of the directory, so it can be read before it is opened.
+pub fn cluster_secret(root: &Path) -> Result<[u8; 32]> {
+    let path = root.join("cluster.secret");
+    if path.exists() {
+        return crate::node::read_secret(&path);
+    }
+    fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let mut secret = [0u8; 32];
+    cleave_split::keys::fill_random(&mut secret)?;
+    write_private(&path, format!("{}\n", hex::encode(secret)).as_bytes())?;
+    Ok(secret)
+}
+
 /// `bytes` random bytes as hex: tokens, passwords, names.
 pub fn random_hex(bytes: usize) -> Result<String> {
     let mut raw = vec![0u8; bytes];
@@ -200,14 +214,7 @@ impl DataDir {
     /// The cluster secret that authenticates auto-configuration packets and node
     /// access, created on first run (64 hex digits, mode 0600).
     pub fn cluster_secret(&self) -> Result<[u8; 32]> {
-        let path = self.root.join("cluster.secret");
-        if path.exists() {
-            return crate::node::read_secret(&path);
-        }
-        let mut secret = [0u8; 32];
-        cleave_split::keys::fill_random(&mut secret)?;
-        write_private(&path, format!("{}\n", hex::encode(secret)).as_bytes())?;
-        Ok(secret)
+        cluster_secret(&self.root)
     }
 
     fn group_keys(&self) -> Result<BTreeMap<String, WrappedKey>> {
