@@ -5,11 +5,13 @@
 //! - [`node`]: a Cleave storage node (`node://host:port`).
 //! - [`s3`]: an S3-compatible bucket and prefix, through `object_store`.
 //! - [`faulty`]: a wrapper that injects latency, errors, outages and corruption into any target.
+//! - [`hostile`]: a wrapper that lies: forged listings and objects, false "already exists".
 //! - [`open`]: a target from its URI.
 
 pub mod error;
 pub mod faulty;
 pub mod file;
+pub mod hostile;
 pub mod node;
 pub mod s3;
 
@@ -20,6 +22,7 @@ use bytes::Bytes;
 
 pub use error::TargetError;
 pub use faulty::{Faults, FaultyTarget};
+pub use hostile::{HostileTarget, Lies};
 
 /// A place that stores objects by key. Objects are never overwritten.
 #[async_trait::async_trait]

@@ -15,7 +15,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 pub struct PutOutcome {
     pub stored: Vec<usize>,
     pub failed: Vec<(usize, String)>,
-    /// Indices where the object already existed: leftovers of an interrupted attempt.
+    /// Indices where a leftover of an interrupted attempt was in the way (and replaced).
     pub existed: Vec<usize>,
 }
 
@@ -106,31 +106,70 @@ impl Dispersal {
 
     /// Writes share i to target i, all in parallel. Does not decide success: the caller
     /// compares `stored` with its quorum.
+    ///
+    /// An object already at `key` on a target is the leftover of an attempt that never
+    /// committed (names come from authenticated state only), so it is deleted and the put
+    /// tried once more; a target that still claims it has the object counts as failed.
+    /// A lying target therefore costs one share, never the write.
     pub async fn put_all(&self, key: &str, shares: Vec<Bytes>) -> PutOutcome {
-        let targets = self.targets();
-        let targets = &targets;
-        let mut pending: FuturesUnordered<_> = shares
-            .into_iter()
-            .enumerate()
-            .map(|(i, share)| async move {
-                let started = Instant::now();
-                let result = tokio::time::timeout(self.put_timeout, targets[i].put(key, share))
-                    .await
-                    .unwrap_or_else(|_| Err(TargetError::Unavailable("put timed out".into())));
-                self.stats[i].record(started, result.as_ref().map(|_| ()));
-                (i, result)
-            })
-            .collect();
+        let mut pending: FuturesUnordered<_> =
+            shares.into_iter().enumerate().map(|(i, share)| self.put_replacing(i, key, share)).collect();
         let mut out = PutOutcome::default();
-        while let Some((i, result)) = pending.next().await {
+        while let Some((i, result, replaced)) = pending.next().await {
+            if replaced {
+                out.existed.push(i);
+            }
             match result {
                 Ok(()) => out.stored.push(i),
-                Err(TargetError::AlreadyExists(_)) => out.existed.push(i),
                 Err(e) => out.failed.push((i, e.to_string())),
             }
         }
         out.stored.sort_unstable();
+        out.failed.sort_unstable_by_key(|(i, _)| *i);
         out
+    }
+
+    async fn put_one(&self, i: usize, key: &str, share: Bytes) -> Result<(), TargetError> {
+        let target = self.target(i);
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.put_timeout, target.put(key, share))
+            .await
+            .unwrap_or_else(|_| Err(TargetError::Unavailable("put timed out".into())));
+        self.stats[i].record(started, result.as_ref().map(|_| ()));
+        result
+    }
+
+    /// (index, result, whether a leftover had to be replaced).
+    async fn put_replacing(&self, i: usize, key: &str, share: Bytes) -> (usize, Result<(), TargetError>, bool) {
+        match self.put_one(i, key, share.clone()).await {
+            Err(TargetError::AlreadyExists(_)) => {
+                if let Err(e) = self.target(i).delete(key).await {
+                    return (i, Err(e), true);
+                }
+                let result = match self.put_one(i, key, share).await {
+                    Err(TargetError::AlreadyExists(k)) => {
+                        Err(TargetError::Unavailable(format!("{k}: still exists after it was deleted")))
+                    }
+                    other => other,
+                };
+                (i, result, true)
+            }
+            other => (i, other, false),
+        }
+    }
+
+    /// Asks every target believed down whether it answers again (its `health`), so a
+    /// volume without I/O notices a target that came back.
+    pub async fn probe_down(&self) {
+        let targets = self.targets();
+        let probes = targets.iter().enumerate().filter(|(i, _)| !self.stats[*i].is_up()).map(|(i, t)| async move {
+            let started = Instant::now();
+            let result = tokio::time::timeout(self.put_timeout, t.health())
+                .await
+                .unwrap_or_else(|_| Err(TargetError::Unavailable("health check timed out".into())));
+            self.stats[i].record(started, result.as_ref().map(|_| ()));
+        });
+        futures::future::join_all(probes).await;
     }
 
     /// Gets `key` from target `i`.

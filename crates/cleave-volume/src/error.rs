@@ -17,6 +17,9 @@ pub enum VolumeError {
     Key(#[from] cleave_split::KeyError),
     #[error("invalid volume configuration: {0}")]
     Config(String),
+    /// Metadata exists on the targets but cannot be read from those that answer.
+    #[error("metadata unavailable: {0}")]
+    MetadataUnavailable(String),
     #[error("metadata: {0}")]
     Metadata(String),
     #[error("timed out: {0}")]

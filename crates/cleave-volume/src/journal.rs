@@ -1,9 +1,10 @@
 //! The metadata journal: every destage round commits one record (chunk → generation),
 //! encrypted under the volume's metadata subkey and split M-of-N like data. Every so
-//! often a checkpoint holds the whole map, and older records are pruned.
+//! often a checkpoint holds the whole map, and older records are pruned once the
+//! checkpoint is on all N targets.
 //!
-//! A record is written only after the previous one committed, so on replay the
-//! first record that cannot be decoded ends the log.
+//! Replay never mistakes an object it cannot decode for a failed commit unless the
+//! targets prove it: see [`Journal::may_have_committed`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,11 +25,18 @@ pub struct Mapping {
     pub key_id: u32,
 }
 
+/// Chunk → share indices its current generation lacks (a write that met the quorum but
+/// not all N targets). Journaled, so re-replication survives a restart.
+pub type MissingShares = BTreeMap<u64, Vec<u8>>;
+
 /// One committed update: (chunk, generation, key id); generation 0 = zero/trimmed.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
     pub seq: u64,
     pub entries: Vec<(u64, u64, u32)>,
+    /// Entries of this record whose shares did not reach every target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<(u64, Vec<u8>)>,
 }
 
 /// The whole map as of record `seq`.
@@ -37,6 +45,8 @@ pub struct Checkpoint {
     pub seq: u64,
     pub next_generation: u64,
     pub entries: Vec<(u64, u64, u32)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<(u64, Vec<u8>)>,
 }
 
 /// Record vs checkpoint objects are told apart by the generation field of their ChunkId.
@@ -47,10 +57,26 @@ const CHECKPOINT: u64 = 1;
 #[derive(Debug, Default)]
 pub struct Replayed {
     pub map: BTreeMap<u64, Mapping>,
+    pub missing: MissingShares,
     pub last_seq: u64,
     pub last_checkpoint: u64,
     pub next_generation: u64,
     pub records_since_checkpoint: u64,
+    /// Some journal object is not on all N targets (or a target did not answer): a full
+    /// checkpoint is needed before the volume is fully redundant again.
+    pub journal_degraded: bool,
+    /// With `accept_stale`: why replay stopped early (the map is the last state every
+    /// target at hand agrees on).
+    pub stale: Option<String>,
+}
+
+/// How a journal write went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// On all N targets.
+    Full,
+    /// On at least the write quorum, not on all N.
+    Quorum,
 }
 
 pub struct Journal<'a> {
@@ -63,6 +89,9 @@ pub struct Journal<'a> {
     pub hedge_after: Duration,
     /// Delete leftovers of failed commits during replay (false for read-only recovery).
     pub prune: bool,
+    /// Stop at the first object that may hold committed metadata but cannot be read,
+    /// instead of failing (read-only recovery of the last fully redundant state).
+    pub accept_stale: bool,
 }
 
 fn apply(map: &mut BTreeMap<u64, Mapping>, entries: &[(u64, u64, u32)]) {
@@ -75,16 +104,34 @@ fn apply(map: &mut BTreeMap<u64, Mapping>, entries: &[(u64, u64, u32)]) {
     }
 }
 
+fn apply_missing(missing: &mut MissingShares, entries: &[(u64, u64, u32)], lacking: &[(u64, Vec<u8>)]) {
+    for (chunk, _, _) in entries {
+        missing.remove(chunk);
+    }
+    for (chunk, shares) in lacking {
+        missing.insert(*chunk, shares.clone());
+    }
+}
+
+/// Numbered names under a prefix, with how many targets hold each.
+struct Listing {
+    numbers: BTreeMap<u64, usize>,
+    answered: usize,
+}
+
 impl Journal<'_> {
     fn id(&self, seq: u64, kind: u64) -> ChunkId {
         ChunkId { volume: self.volume, kind: ShareKind::Journal, chunk: seq, generation: kind }
     }
 
-    async fn write(&self, key: &str, id: ChunkId, body: Vec<u8>) -> Result<(), VolumeError> {
+    async fn write(&self, key: &str, id: ChunkId, body: Vec<u8>) -> Result<Stored, VolumeError> {
         let shares = self.codec.encode(self.keys.current(), &id, &body)?;
         let outcome = self.dispersal.put_all(key, shares.into_iter().map(Bytes::from).collect()).await;
+        if outcome.stored.len() == self.codec.n() {
+            return Ok(Stored::Full);
+        }
         if outcome.stored.len() >= self.quorum {
-            return Ok(());
+            return Ok(Stored::Quorum);
         }
         // Leave nothing half-written that a later replay could mistake for a commit.
         self.dispersal.delete_all(key).await;
@@ -96,23 +143,35 @@ impl Journal<'_> {
         )))
     }
 
-    /// Commits one record. Ok means a quorum of targets holds it.
-    pub async fn commit(&self, record: &Record) -> Result<(), VolumeError> {
+    /// Commits one record. Ok means at least a quorum of targets holds it.
+    pub async fn commit(&self, record: &Record) -> Result<Stored, VolumeError> {
         let body = serde_json::to_vec(record).map_err(|e| VolumeError::Metadata(e.to_string()))?;
         self.write(&names::journal(self.uuid, record.seq), self.id(record.seq, RECORD), body).await
     }
 
-    /// Writes a checkpoint of the whole map, then prunes what it covers.
-    pub async fn checkpoint(&self, cp: &Checkpoint, previous: u64) -> Result<(), VolumeError> {
+    /// Writes a checkpoint of the whole map. Only a checkpoint on all N targets replaces
+    /// what it covers: then every record up to it and every older checkpoint is pruned.
+    pub async fn checkpoint(&self, cp: &Checkpoint) -> Result<Stored, VolumeError> {
         let body = serde_json::to_vec(cp).map_err(|e| VolumeError::Metadata(e.to_string()))?;
-        self.write(&names::checkpoint(self.uuid, cp.seq), self.id(cp.seq, CHECKPOINT), body).await?;
-        for seq in previous.saturating_add(1)..=cp.seq {
-            self.dispersal.delete_all(&names::journal(self.uuid, seq)).await;
+        let stored = self.write(&names::checkpoint(self.uuid, cp.seq), self.id(cp.seq, CHECKPOINT), body).await?;
+        if stored == Stored::Full {
+            self.prune_before(cp.seq).await;
         }
-        if previous > 0 && previous < cp.seq {
-            self.dispersal.delete_all(&names::checkpoint(self.uuid, previous)).await;
+        Ok(stored)
+    }
+
+    /// Deletes records up to `seq` and checkpoints before it, as the targets list them.
+    async fn prune_before(&self, seq: u64) {
+        for (prefix, last) in [
+            (names::journal_prefix(self.uuid), Some(seq)),
+            (names::checkpoint_prefix(self.uuid), seq.checked_sub(1)),
+        ] {
+            let Some(last) = last else { continue };
+            let Ok(listing) = self.list_numbers(&prefix).await else { continue };
+            for &n in listing.numbers.keys().filter(|n| **n <= last) {
+                self.dispersal.delete_all(&format!("{prefix}{n:016x}")).await;
+            }
         }
-        Ok(())
     }
 
     async fn read<T: for<'de> Deserialize<'de>>(&self, key: &str, id: ChunkId) -> Result<T, String> {
@@ -122,75 +181,126 @@ impl Journal<'_> {
 
     /// Numbered names under `prefix` on every target that answers, with how many
     /// targets hold each.
-    async fn list_numbers(&self, prefix: &str) -> Result<BTreeMap<u64, usize>, VolumeError> {
+    async fn list_numbers(&self, prefix: &str) -> Result<Listing, VolumeError> {
         let lists = futures::future::join_all(self.dispersal.targets().iter().map(|t| t.list(prefix))).await;
         let answered = lists.iter().filter(|l| l.is_ok()).count();
         if answered < self.codec.m() {
-            return Err(VolumeError::Unavailable {
-                chunk: 0,
-                reason: format!("only {answered} targets answered listing {prefix}, need {}", self.codec.m()),
-            });
+            return Err(VolumeError::MetadataUnavailable(format!(
+                "only {answered} targets answered listing {prefix}, need {}",
+                self.codec.m()
+            )));
         }
         let mut numbers = BTreeMap::new();
-        for key in lists.into_iter().flatten().flatten() {
-            if let Some(n) = names::trailing_number(&key) {
+        for list in lists.into_iter().flatten() {
+            // A target lists each name once, however it answers.
+            let mut seen: Vec<u64> = list.iter().filter_map(|k| names::trailing_number(k)).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            for n in seen {
                 *numbers.entry(n).or_insert(0) += 1;
             }
         }
-        Ok(numbers)
+        Ok(Listing { numbers, answered })
     }
 
-    /// Rebuilds the map from the newest readable checkpoint and the records after it.
+    /// Whether an object that cannot be decoded may still be a commit: the targets that
+    /// did not answer could hold it, so only when even counting them it stays below the
+    /// write quorum is it provably the leftover of a failed commit.
+    fn may_have_committed(&self, holders: usize, answered: usize) -> bool {
+        holders + self.codec.n().saturating_sub(answered) >= self.quorum
+    }
+
+    fn unreadable(&self, what: &str, holders: usize, answered: usize, e: &str) -> String {
+        format!(
+            "{what} is on {holders} of the {answered} targets that answered and cannot be decoded ({e}); \
+             it may hold committed metadata, so the volume is not served from an older state. \
+             Bring back more of the volume's targets, or recover with --accept-stale (read-only) \
+             to get the last state that the targets at hand hold in full"
+        )
+    }
+
+    /// Rebuilds the map from the newest checkpoint and the records after it.
     ///
-    /// A record held by fewer than M targets can never be decoded: it is the leftover
-    /// of a commit that failed (a commit needs M+1), so it is skipped and deleted. A
-    /// record held by M or more that does not decode means damage or an outage; the
-    /// volume is then not opened, rather than opened with a stale map.
+    /// An object that cannot be decoded is skipped (and pruned) only when it is provably
+    /// the leftover of a failed commit. Otherwise replay stops with an error that names
+    /// it, or, with `accept_stale`, returns the state before it.
     pub async fn replay(&self) -> Result<Replayed, VolumeError> {
-        let m = self.codec.m();
+        let n = self.codec.n();
         let mut out = Replayed { next_generation: 1, ..Default::default() };
         let checkpoints = self.list_numbers(&names::checkpoint_prefix(self.uuid)).await?;
-        for (&seq, _) in checkpoints.iter().rev() {
-            match self.read::<Checkpoint>(&names::checkpoint(self.uuid, seq), self.id(seq, CHECKPOINT)).await {
-                Ok(cp) => {
+        out.journal_degraded |= checkpoints.answered < n;
+        for (&seq, &holders) in checkpoints.numbers.iter().rev() {
+            let key = names::checkpoint(self.uuid, seq);
+            match self.read::<Checkpoint>(&key, self.id(seq, CHECKPOINT)).await {
+                Ok(cp) if cp.seq == seq => {
                     apply(&mut out.map, &cp.entries);
+                    apply_missing(&mut out.missing, &[], &cp.missing);
                     out.last_seq = cp.seq;
                     out.last_checkpoint = cp.seq;
-                    out.next_generation = cp.next_generation;
+                    out.next_generation = cp.next_generation.max(1);
+                    out.journal_degraded |= holders < n;
                     break;
                 }
-                Err(e) => warn!(seq, error = %e, "checkpoint unreadable, trying an older one"),
+                Ok(_) => return Err(VolumeError::Metadata(format!("checkpoint {seq} holds another sequence number"))),
+                Err(e) if !self.may_have_committed(holders, checkpoints.answered) => {
+                    debug!(seq, holders, error = %e, "skipping the leftover of a failed checkpoint");
+                    if self.prune {
+                        self.dispersal.delete_all(&key).await;
+                    }
+                }
+                Err(e) => {
+                    let why = self.unreadable(&format!("checkpoint {seq}"), holders, checkpoints.answered, &e);
+                    if !self.accept_stale {
+                        return Err(VolumeError::MetadataUnavailable(why));
+                    }
+                    warn!("{why}; trying an older checkpoint");
+                    out.stale.get_or_insert(why);
+                }
             }
         }
+        self.replay_records(&mut out).await?;
+        Ok(out)
+    }
+
+    async fn replay_records(&self, out: &mut Replayed) -> Result<(), VolumeError> {
         let records = self.list_numbers(&names::journal_prefix(self.uuid)).await?;
-        for (seq, holders) in records.into_iter().filter(|(s, _)| *s > out.last_checkpoint) {
-            match self.read::<Record>(&names::journal(self.uuid, seq), self.id(seq, RECORD)).await {
+        out.journal_degraded |= records.answered < self.codec.n();
+        for (seq, holders) in records.numbers.into_iter().filter(|(s, _)| *s > out.last_checkpoint) {
+            let key = names::journal(self.uuid, seq);
+            match self.read::<Record>(&key, self.id(seq, RECORD)).await {
                 Ok(r) if r.seq == seq => {
                     apply(&mut out.map, &r.entries);
+                    apply_missing(&mut out.missing, &r.entries, &r.missing);
                     let max_gen = r.entries.iter().map(|e| e.1).max().unwrap_or(0);
-                    out.next_generation = out.next_generation.max(max_gen + 1);
+                    let next = max_gen.checked_add(1).ok_or_else(|| {
+                        VolumeError::Metadata(format!("journal record {seq}: generation space exhausted"))
+                    })?;
+                    out.next_generation = out.next_generation.max(next);
                     out.last_seq = seq;
                     out.records_since_checkpoint += 1;
+                    out.journal_degraded |= holders < self.codec.n();
                 }
                 Ok(_) => {
                     return Err(VolumeError::Metadata(format!("journal record {seq} holds another sequence number")))
                 }
-                Err(e) if holders < m => {
+                Err(e) if !self.may_have_committed(holders, records.answered) => {
                     debug!(seq, holders, error = %e, "skipping the leftover of a failed journal commit");
                     if self.prune {
-                        self.dispersal.delete_all(&names::journal(self.uuid, seq)).await;
+                        self.dispersal.delete_all(&key).await;
                     }
-                    out.last_seq = out.last_seq.max(seq);
                 }
                 Err(e) => {
-                    return Err(VolumeError::Unavailable {
-                        chunk: 0,
-                        reason: format!("journal record {seq} is on {holders} targets but cannot be read: {e}"),
-                    })
+                    let why = self.unreadable(&format!("journal record {seq}"), holders, records.answered, &e);
+                    if !self.accept_stale {
+                        return Err(VolumeError::MetadataUnavailable(why));
+                    }
+                    warn!("{why}; stopping replay there");
+                    out.stale = Some(why);
+                    break;
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -235,7 +345,7 @@ mod tests {
         /// Records survive their JSON encoding exactly.
         #[test]
         fn records_round_trip(seq in any::<u64>(), entries in entries()) {
-            let r = Record { seq, entries };
+            let r = Record { seq, entries, missing: Vec::new() };
             let bytes = serde_json::to_vec(&r).unwrap();
             prop_assert_eq!(serde_json::from_slice::<Record>(&bytes).unwrap(), r);
         }

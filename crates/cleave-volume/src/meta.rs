@@ -55,6 +55,10 @@ pub struct VolumeConfig {
     pub n: u8,
     pub durability: Durability,
     pub targets: Vec<String>,
+    /// Shares that must be stored before a write counts; None: the default, see
+    /// [`VolumeConfig::write_quorum`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_quorum: Option<u8>,
 }
 
 impl VolumeConfig {
@@ -79,6 +83,11 @@ impl VolumeConfig {
         if self.size == 0 || !self.size.is_multiple_of(512) {
             return bad(format!("size {}: use a positive multiple of 512 bytes", self.size));
         }
+        if let Some(q) = self.write_quorum {
+            if (q as usize) < m || (q as usize) > n {
+                return bad(format!("write quorum {q}: use a value from M ({m}) to N ({n})"));
+            }
+        }
         if self.uuid_bytes().is_none() {
             return bad(format!("uuid {:?} is not 32 hex digits", self.uuid));
         }
@@ -95,10 +104,20 @@ impl VolumeConfig {
         self.size.div_ceil(self.chunk_size as u64)
     }
 
-    /// Shares that must be stored before a write counts: min(N, M+1).
+    /// Shares that must be stored before a write counts. The default, max(M, min(N-1, M+1)),
+    /// keeps one share of margin over M where it can, and still lets a volume with one
+    /// target down take writes (as a degraded RAID does): 2-of-3 writes to 2, 3-of-5 to 4.
     pub fn write_quorum(&self) -> usize {
-        (self.m as usize + 1).min(self.n as usize)
+        match self.write_quorum {
+            Some(q) => q as usize,
+            None => default_write_quorum(self.m as usize, self.n as usize),
+        }
     }
+}
+
+/// max(M, min(N-1, M+1)).
+pub fn default_write_quorum(m: usize, n: usize) -> usize {
+    m.max((n.saturating_sub(1)).min(m + 1))
 }
 
 /// Object names on a target. Every object is create-only and never rewritten.

@@ -54,6 +54,9 @@ pub struct RecoverReport {
     pub chunks_total: u64,
     pub chunks_stored: u64,
     pub chunks_zero: u64,
+    /// With --accept-stale: why the image is older than the last commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
 }
 
 /// Writes the volume's exact image to `output` from whichever targets are given
@@ -63,6 +66,7 @@ pub async fn export(
     master: &MasterKey,
     name: &str,
     output: &Path,
+    accept_stale: bool,
     progress: impl Fn(u64, u64),
 ) -> Result<RecoverReport, VolumeError> {
     let sb = find_superblock(&targets, master, name).await?;
@@ -81,13 +85,15 @@ pub async fn export(
         quorum: config.write_quorum(),
         hedge_after,
         prune: false,
+        accept_stale,
     }
     .replay()
     .await?;
     let file = std::fs::File::create(output)?;
     file.set_len(config.size)?;
     let total = config.chunks();
-    let mut report = RecoverReport { size: config.size, chunks_total: total, ..Default::default() };
+    let mut report =
+        RecoverReport { size: config.size, chunks_total: total, stale: replayed.stale.clone(), ..Default::default() };
     for chunk in 0..total {
         progress(chunk, total);
         let Some(mapping) = replayed.map.get(&chunk) else {

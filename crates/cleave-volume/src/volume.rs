@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
 use crate::dispersal::Dispersal;
-use crate::journal::{Checkpoint, Journal, Mapping, Record};
+use crate::journal::{self, Checkpoint, Journal, Mapping, Record};
 use crate::meta::{names, Durability, VolumeConfig};
 use crate::VolumeError;
 
@@ -87,10 +87,23 @@ struct State {
     records_since_checkpoint: u64,
     /// Chunk → share indices known missing or bad: the volume is degraded until repaired.
     missing: BTreeMap<u64, Vec<u8>>,
+    /// Chunk → older generations kept because their successor (or the record naming it)
+    /// is not yet on all N targets: any M targets must still rebuild some full state.
+    superseded: BTreeMap<u64, Vec<u64>>,
+    /// A journal object is not on all N targets: a full checkpoint is owed.
+    journal_degraded: bool,
     last_destage: Option<SystemTime>,
     last_destage_error: Option<String>,
     /// The cache bitmap on disk may lack chunks added since.
     bitmap_stale: bool,
+}
+
+/// What re-replication did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RereplicateReport {
+    pub chunks_rewritten: u64,
+    /// Chunks still lacking shares (rewritten while a target failed again).
+    pub still_missing: u64,
 }
 
 /// Health as `volume show` reports it.
@@ -103,6 +116,9 @@ pub enum Health {
         targets_down: Vec<String>,
         chunks_missing_shares: usize,
         missing: Vec<(u64, Vec<u8>)>,
+        /// Journal metadata is on fewer than N targets until a checkpoint reaches all.
+        #[serde(default)]
+        journal_degraded: bool,
     },
     /// Fewer than M targets answer.
     Unavailable {
@@ -188,6 +204,7 @@ impl Volume {
             quorum: config.write_quorum(),
             hedge_after: opts.hedge_after,
             prune: true,
+            accept_stale: false,
         }
         .replay()
         .await?;
@@ -208,6 +225,8 @@ impl Volume {
             next_seq: replayed.last_seq + 1,
             last_checkpoint: replayed.last_checkpoint,
             records_since_checkpoint: replayed.records_since_checkpoint,
+            missing: replayed.missing,
+            journal_degraded: replayed.journal_degraded,
             ..Default::default()
         };
         let inner = Arc::new(Inner {
@@ -385,28 +404,51 @@ impl Volume {
         Ok(())
     }
 
-    /// Writes a journal record and a checkpoint now, so the whole map is on the current targets.
+    /// Writes a journal record and a checkpoint now, so the whole map is on the current
+    /// targets. Errors unless the checkpoint reached all N targets.
     pub async fn checkpoint_now(&self) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let _commit = inner.commit.lock().await;
         inner.commit_entries(Vec::new()).await?;
-        let (cp, previous) = {
-            let st = inner.state.lock().expect("not poisoned");
-            let cp = Checkpoint {
-                seq: st.next_seq - 1,
-                next_generation: st.next_generation,
-                entries: st.map.iter().map(|(c, m)| (*c, m.generation, m.key_id)).collect(),
-            };
-            (cp, st.last_checkpoint)
-        };
-        if cp.seq == previous {
-            return Ok(()); // commit_entries just wrote one
+        let cp = inner.snapshot_checkpoint();
+        match inner.write_checkpoint(&cp).await? {
+            journal::Stored::Full => Ok(()),
+            journal::Stored::Quorum => {
+                Err(VolumeError::Quorum(format!("checkpoint {} did not reach all {} targets", cp.seq, inner.config.n)))
+            }
         }
-        inner.journal().checkpoint(&cp, previous).await?;
-        let mut st = inner.state.lock().expect("not poisoned");
-        st.last_checkpoint = cp.seq;
-        st.records_since_checkpoint = 0;
-        Ok(())
+    }
+
+    /// Whether some share or journal object is not on all N targets.
+    pub fn needs_rereplication(&self) -> bool {
+        let st = self.inner.state.lock().expect("not poisoned");
+        !st.missing.is_empty() || st.journal_degraded
+    }
+
+    /// Re-replication after a degraded write: once every target answers, writes each chunk
+    /// that lacks shares again as a new generation on all N, then a checkpoint on all N,
+    /// after which the older generations and records are deleted.
+    pub async fn rereplicate(&self, progress: impl Fn(u64, u64)) -> Result<RereplicateReport, VolumeError> {
+        let inner = &self.inner;
+        inner.dispersal.probe_down().await;
+        let down = inner.dispersal.stats().iter().filter(|s| !s.is_up()).count();
+        if down > 0 {
+            return Err(VolumeError::Quorum(format!("{down} targets are down; re-replication waits for them")));
+        }
+        let chunks: Vec<u64> = inner.state.lock().expect("not poisoned").missing.keys().copied().collect();
+        let total = chunks.len() as u64 + 1;
+        let mut report = RereplicateReport::default();
+        for (done, chunk) in chunks.into_iter().enumerate() {
+            progress(done as u64, total);
+            let data = inner.fetch_chunk(chunk).await?;
+            if self.rewrite(chunk, data).await? {
+                report.chunks_rewritten += 1;
+            }
+        }
+        self.checkpoint_now().await?;
+        report.still_missing = inner.state.lock().expect("not poisoned").missing.len() as u64;
+        progress(total, total);
+        Ok(report)
     }
 
     /// Stops destaging without flushing (the volume is being deleted): once this returns,
@@ -432,11 +474,12 @@ impl Volume {
             .collect();
         let health = if inner.dispersal.up_count() < inner.config.m as usize {
             Health::Unavailable { targets_down: down }
-        } else if !down.is_empty() || !st.missing.is_empty() {
+        } else if !down.is_empty() || !st.missing.is_empty() || st.journal_degraded {
             Health::Degraded {
                 targets_down: down,
                 chunks_missing_shares: st.missing.len(),
                 missing: st.missing.iter().take(32).map(|(c, v)| (*c, v.clone())).collect(),
+                journal_degraded: st.journal_degraded,
             }
         } else {
             Health::Clean
@@ -742,59 +785,63 @@ impl Inner {
         if data.iter().all(|&b| b == 0) {
             return Ok((Mapping { generation: 0, key_id }, Vec::new()));
         }
-        let data = Arc::new(data);
-        for _attempt in 0..8 {
-            let generation = {
-                let mut st = self.state.lock().expect("not poisoned");
-                st.next_generation += 1;
-                st.next_generation - 1
-            };
-            let id = ChunkId { volume: self.volume, kind: ShareKind::Data, chunk, generation };
-            let codec = self.codec.clone();
-            let keys = self.keys.clone();
-            let input = data.clone();
-            let shares = tokio::task::spawn_blocking(move || codec.encode(keys.current(), &id, &input))
-                .await
-                .map_err(io_err)??;
-            let key = names::chunk(&self.uuid, chunk, generation);
-            let outcome = self.dispersal.put_all(&key, shares.into_iter().map(Bytes::from).collect()).await;
-            if !outcome.existed.is_empty() {
-                // Leftovers of an attempt that never committed: use a fresh generation.
-                self.dispersal.delete_all(&key).await;
-                continue;
-            }
-            if outcome.stored.len() < self.config.write_quorum() {
-                self.dispersal.delete_all(&key).await;
-                return Err(VolumeError::Quorum(format!(
-                    "chunk {chunk}: {} of {} shares stored, need {}: {}",
-                    outcome.stored.len(),
-                    self.config.n,
-                    self.config.write_quorum(),
-                    outcome.failed.iter().map(|(i, e)| format!("share {i}: {e}")).collect::<Vec<_>>().join("; ")
-                )));
-            }
-            let missing = outcome.failed.iter().map(|(i, _)| *i as u8).collect();
-            return Ok((Mapping { generation, key_id }, missing));
+        let generation = {
+            let mut st = self.state.lock().expect("not poisoned");
+            let g = st.next_generation;
+            st.next_generation = g
+                .checked_add(1)
+                .ok_or_else(|| VolumeError::Metadata(format!("chunk {chunk}: generation space exhausted")))?;
+            g
+        };
+        let id = ChunkId { volume: self.volume, kind: ShareKind::Data, chunk, generation };
+        let codec = self.codec.clone();
+        let keys = self.keys.clone();
+        let shares =
+            tokio::task::spawn_blocking(move || codec.encode(keys.current(), &id, &data)).await.map_err(io_err)??;
+        let key = names::chunk(&self.uuid, chunk, generation);
+        let outcome = self.dispersal.put_all(&key, shares.into_iter().map(Bytes::from).collect()).await;
+        if outcome.stored.len() < self.config.write_quorum() {
+            self.dispersal.delete_all(&key).await;
+            return Err(VolumeError::Quorum(format!(
+                "chunk {chunk}: {} of {} shares stored, need {}: {}",
+                outcome.stored.len(),
+                self.config.n,
+                self.config.write_quorum(),
+                outcome.failed.iter().map(|(i, e)| format!("share {i}: {e}")).collect::<Vec<_>>().join("; ")
+            )));
         }
-        Err(VolumeError::Quorum(format!("chunk {chunk}: could not find a free generation")))
+        let missing = outcome.failed.iter().map(|(i, _)| *i as u8).collect();
+        Ok((Mapping { generation, key_id }, missing))
     }
 
-    /// Commits mappings in one journal record; returns the generations they replace.
-    /// Caller holds `commit`.
+    /// Commits mappings in one journal record; returns the generations that may now be
+    /// deleted: an old generation goes only once its successor and the record naming it
+    /// are on all N targets, otherwise it is kept as superseded. Caller holds `commit`.
     async fn commit_entries(&self, done: Vec<(u64, Mapping, Vec<u8>)>) -> Result<Vec<(u64, u64)>, VolumeError> {
         let seq = self.state.lock().expect("not poisoned").next_seq;
-        let record = Record { seq, entries: done.iter().map(|(c, m, _)| (*c, m.generation, m.key_id)).collect() };
-        self.journal().commit(&record).await?;
+        let record = Record {
+            seq,
+            entries: done.iter().map(|(c, m, _)| (*c, m.generation, m.key_id)).collect(),
+            missing: done.iter().filter(|(_, _, x)| !x.is_empty()).map(|(c, _, x)| (*c, x.clone())).collect(),
+        };
+        let stored = self.journal().commit(&record).await?;
         let mut old = Vec::new();
-        let checkpoint = {
+        let checkpoint_due = {
             let mut st = self.state.lock().expect("not poisoned");
-            st.next_seq = seq + 1;
+            st.next_seq = seq
+                .checked_add(1)
+                .ok_or_else(|| VolumeError::Metadata("journal sequence space exhausted".into()))?;
             st.records_since_checkpoint += 1;
+            st.journal_degraded |= stored != journal::Stored::Full;
             for (chunk, mapping, missing) in done {
                 let previous =
                     if mapping.generation == 0 { st.map.remove(&chunk) } else { st.map.insert(chunk, mapping) };
-                if let Some(p) = previous.filter(|p| p.generation != mapping.generation) {
-                    old.push((chunk, p.generation));
+                let replaced = previous.filter(|p| p.generation != mapping.generation).map(|p| p.generation);
+                if missing.is_empty() && stored == journal::Stored::Full {
+                    old.extend(replaced.map(|g| (chunk, g)));
+                    old.extend(st.superseded.remove(&chunk).unwrap_or_default().into_iter().map(|g| (chunk, g)));
+                } else {
+                    st.superseded.entry(chunk).or_default().extend(replaced);
                 }
                 if missing.is_empty() {
                     st.missing.remove(&chunk);
@@ -803,28 +850,47 @@ impl Inner {
                 }
             }
             st.last_destage = Some(SystemTime::now());
-            (st.records_since_checkpoint >= self.opts.checkpoint_every).then(|| {
-                (
-                    Checkpoint {
-                        seq,
-                        next_generation: st.next_generation,
-                        entries: st.map.iter().map(|(c, m)| (*c, m.generation, m.key_id)).collect(),
-                    },
-                    st.last_checkpoint,
-                )
-            })
+            st.records_since_checkpoint >= self.opts.checkpoint_every
         };
-        if let Some((cp, previous)) = checkpoint {
-            match self.journal().checkpoint(&cp, previous).await {
-                Ok(()) => {
-                    let mut st = self.state.lock().expect("not poisoned");
-                    st.last_checkpoint = cp.seq;
-                    st.records_since_checkpoint = 0;
-                }
-                Err(e) => warn!(error = %e, "checkpoint failed; the journal keeps growing until one succeeds"),
+        if checkpoint_due {
+            let cp = self.snapshot_checkpoint();
+            if let Err(e) = self.write_checkpoint(&cp).await {
+                warn!(error = %e, "checkpoint failed; the journal keeps growing until one succeeds");
             }
         }
         Ok(old)
+    }
+
+    /// The whole map as of the last committed record.
+    fn snapshot_checkpoint(&self) -> Checkpoint {
+        let st = self.state.lock().expect("not poisoned");
+        Checkpoint {
+            seq: st.next_seq - 1,
+            next_generation: st.next_generation,
+            entries: st.map.iter().map(|(c, m)| (*c, m.generation, m.key_id)).collect(),
+            missing: st.missing.iter().map(|(c, v)| (*c, v.clone())).collect(),
+        }
+    }
+
+    /// Writes a checkpoint; one on all N targets also clears the journal's debt and lets
+    /// superseded generations of fully stored chunks go. Caller holds `commit`.
+    async fn write_checkpoint(&self, cp: &Checkpoint) -> Result<journal::Stored, VolumeError> {
+        let stored = self.journal().checkpoint(cp).await?;
+        let old: Vec<(u64, u64)> = {
+            let mut st = self.state.lock().expect("not poisoned");
+            st.last_checkpoint = cp.seq;
+            st.records_since_checkpoint = 0;
+            if stored != journal::Stored::Full {
+                return Ok(stored);
+            }
+            st.journal_degraded = false;
+            let full: Vec<u64> = st.superseded.keys().filter(|c| !st.missing.contains_key(c)).copied().collect();
+            full.into_iter()
+                .flat_map(|c| st.superseded.remove(&c).unwrap_or_default().into_iter().map(move |g| (c, g)))
+                .collect()
+        };
+        self.delete_old(old).await;
+        Ok(stored)
     }
 
     async fn delete_old(&self, old: Vec<(u64, u64)>) {
@@ -846,6 +912,7 @@ impl Inner {
             quorum: self.config.write_quorum(),
             hedge_after: self.opts.hedge_after,
             prune: true,
+            accept_stale: false,
         }
     }
 
@@ -968,13 +1035,22 @@ impl Drop for Urgent<'_> {
     }
 }
 
+/// How often targets believed down are asked whether they answer again.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
 /// Destages dirty chunks until the volume is dropped or stopped.
 async fn destager(weak: std::sync::Weak<Inner>) {
     let mut backoff = Duration::from_millis(100);
+    let mut last_probe = Instant::now();
     loop {
         let Some(inner) = weak.upgrade() else { return };
         if inner.stopping.load(Ordering::SeqCst) {
             return;
+        }
+        // A volume without I/O must still notice a target that came back.
+        if last_probe.elapsed() >= PROBE_EVERY {
+            inner.dispersal.probe_down().await;
+            last_probe = Instant::now();
         }
         match inner.destage_round().await {
             Ok(0) => {

@@ -41,6 +41,7 @@ fn rig(durability: Durability) -> Rig {
         n: 5,
         durability,
         targets: uris,
+        write_quorum: None,
     };
     Rig { _dir: dir, root, targets, faults, config, keys: Keyring::generate().unwrap() }
 }

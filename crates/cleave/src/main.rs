@@ -73,6 +73,10 @@ enum Command {
         volume: String,
         #[arg(long)]
         output: PathBuf,
+        /// When some committed metadata cannot be read from the targets given, write the
+        /// last state they hold in full instead of failing (older than the last writes).
+        #[arg(long)]
+        accept_stale: bool,
     },
     /// Measure performance.
     #[command(subcommand)]
@@ -170,6 +174,9 @@ enum VolumeCommand {
         /// local: FLUSH is durable in the local cache; dispersed: durable on the targets.
         #[arg(long, default_value = "local")]
         durability: cleave_volume::Durability,
+        /// Shares a write needs before it counts, from M to N (default max(M, min(N-1, M+1))).
+        #[arg(long)]
+        write_quorum: Option<u8>,
         /// Target URIs in share order (default: directory targets in the server's data dir).
         #[arg(long = "target")]
         targets: Vec<String>,
@@ -295,7 +302,7 @@ fn main() -> Result<()> {
             spinner.finish_and_clear();
             print_json(&report.unwrap_or_default())
         }
-        Command::Recover { targets, key_file, volume, output } => {
+        Command::Recover { targets, key_file, volume, output, accept_stale } => {
             let text = std::fs::read_to_string(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
             let master = cleave_split::MasterKey::from_key_file(&text).context("parsing the key file")?;
             let handles = targets
@@ -308,12 +315,16 @@ fn main() -> Result<()> {
                 &master,
                 &volume,
                 &output,
+                accept_stale,
                 |done, total| {
                     bar.set_length(total);
                     bar.set_position(done);
                 },
             ))?;
             bar.finish_and_clear();
+            if let Some(why) = &report.stale {
+                eprintln!("warning: the image is STALE, older than the last writes: {why}");
+            }
             eprintln!(
                 "recovered {volume}: {} bytes, {} chunks stored, {} zero, written to {}",
                 report.size,
@@ -384,12 +395,14 @@ fn task_command(cmd: TaskCommand) -> Result<()> {
 
 fn volume_command(cmd: VolumeCommand) -> Result<()> {
     match cmd {
-        VolumeCommand::Create { name, size, m, n, chunk_size, durability, targets, groups, client, out, server } => {
+        VolumeCommand::Create {
+            name, size, m, n, chunk_size, durability, write_quorum, targets, groups, client, out, server,
+        } => {
             let api = Client::new(&server)?;
             let chunk = u32::try_from(chunk_size.0).context("chunk size too large")?;
             let body = json!({
                 "name": name, "size_bytes": size.0, "m": m, "n": n,
-                "chunk_size": chunk, "durability": durability, "targets": targets,
+                "chunk_size": chunk, "durability": durability, "write_quorum": write_quorum, "targets": targets,
                 "groups": groups, "client": client,
             });
             let mut v = api.post("/volumes", body)?.unwrap_or_default();

@@ -172,6 +172,9 @@ pub struct CreateVolume {
     pub chunk_size: Option<u32>,
     #[serde(default)]
     pub durability: Option<Durability>,
+    /// Shares a write needs before it counts (M..=N); default max(M, min(N-1, M+1)).
+    #[serde(default)]
+    pub write_quorum: Option<u8>,
     #[serde(default)]
     pub targets: Vec<String>,
     /// Groups that get read-write access (and a key slot). Default: the local `admin` group,
@@ -199,6 +202,9 @@ struct VolumeView {
     n: u8,
     chunk_size: u32,
     durability: Durability,
+    /// Shares a write needs before it is acknowledged; below N the volume may run with
+    /// reduced redundancy until re-replication catches up.
+    write_quorum: usize,
     targets: Vec<String>,
     nbd_uri: String,
     health: cleave_volume::Health,
@@ -222,12 +228,12 @@ impl Gateway {
                 nodes.iter().any(|n| n.address == a && n.status != cleave_control::pool::NodeStatus::Up)
             })
         };
-        let (mut down, chunks, missing) = match s.health.clone() {
-            Health::Clean => (Vec::new(), 0, Vec::new()),
-            Health::Degraded { targets_down, chunks_missing_shares, missing } => {
-                (targets_down, chunks_missing_shares, missing)
+        let (mut down, chunks, missing, journal_degraded) = match s.health.clone() {
+            Health::Clean => (Vec::new(), 0, Vec::new(), false),
+            Health::Degraded { targets_down, chunks_missing_shares, missing, journal_degraded } => {
+                (targets_down, chunks_missing_shares, missing, journal_degraded)
             }
-            Health::Unavailable { targets_down } => (targets_down, 0, Vec::new()),
+            Health::Unavailable { targets_down } => (targets_down, 0, Vec::new(), false),
         };
         let before = down.len();
         for t in s.config.targets.iter().filter(|t| pool_down(t)) {
@@ -241,7 +247,7 @@ impl Gateway {
         if s.config.targets.len() - down.len().min(s.config.targets.len()) < s.config.m as usize {
             Health::Unavailable { targets_down: down }
         } else {
-            Health::Degraded { targets_down: down, chunks_missing_shares: chunks, missing }
+            Health::Degraded { targets_down: down, chunks_missing_shares: chunks, missing, journal_degraded }
         }
     }
 
@@ -249,6 +255,7 @@ impl Gateway {
     /// unavailable, or clean again.
     async fn watch_health(self: Arc<Self>) {
         let mut last: BTreeMap<String, &'static str> = BTreeMap::new();
+        let mut tried: BTreeMap<String, std::time::Instant> = BTreeMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
@@ -257,6 +264,7 @@ impl Gateway {
             for v in volumes {
                 let s = v.status();
                 let health = self.health(&s);
+                self.rereplicate_when_due(&v, &health, &mut tried);
                 let (state, down) = match &health {
                     Health::Clean => ("clean", Vec::new()),
                     Health::Degraded { targets_down, .. } => ("degraded", targets_down.clone()),
@@ -279,6 +287,32 @@ impl Gateway {
         }
     }
 
+    /// Starts a re-replication task for a volume that lacks shares or journal copies once
+    /// all its targets answer again (at most one attempt per volume every 10 s).
+    fn rereplicate_when_due(
+        self: &Arc<Self>,
+        v: &Volume,
+        health: &Health,
+        tried: &mut BTreeMap<String, std::time::Instant>,
+    ) {
+        let all_up = matches!(health, Health::Degraded { targets_down, .. } if targets_down.is_empty());
+        let name = &v.config().name;
+        if !all_up || !v.needs_rereplication() || tried.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        let busy = self.tasks.lock().expect("not poisoned").values().any(|t| {
+            t.volume == *name && t.kind == "rereplicate" && (t.state == "queued" || t.state == "running")
+        });
+        if busy {
+            return;
+        }
+        tried.insert(name.clone(), std::time::Instant::now());
+        match self.start_task_with("rereplicate", name, Vec::new(), None, None) {
+            Ok(t) => info!(volume = %name, task = t.id, "targets are back: re-replicating what degraded writes missed"),
+            Err(e) => warn!(volume = %name, error = %e, "could not start re-replication"),
+        }
+    }
+
     fn view(&self, v: &Volume) -> VolumeView {
         let s = v.status();
         let health = self.health(&s);
@@ -293,6 +327,7 @@ impl Gateway {
             n: c.n,
             chunk_size: c.chunk_size,
             durability: c.durability,
+            write_quorum: c.write_quorum(),
             targets: c.targets,
             health,
             dirty_bytes: s.dirty_bytes,
@@ -363,6 +398,7 @@ impl Gateway {
             n: req.n,
             durability: req.durability.unwrap_or_default(),
             targets,
+            write_quorum: req.write_quorum,
         };
         let first = self.data.group_key(&self.master, &groups[0])?;
         let (mut sb, _keys) = Superblock::create(config, &self.master, &groups[0], &first)?;
@@ -579,13 +615,17 @@ impl Gateway {
                     .collect::<Result<Vec<_>>>()?;
                 Job::Recover { targets: handles }
             }
+            "rereplicate" => {
+                let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
+                Job::Rereplicate { volume: v }
+            }
             "move" => {
                 let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
                 let from = from.context("move needs `from`: the node or target to move off")?;
                 let (index, to) = self.plan_move(&v, &from, to)?;
                 Job::Move { volume: v, index, to }
             }
-            other => bail!("unknown task kind {other:?}: use scrub, repair, delete, recover or move"),
+            other => bail!("unknown task kind {other:?}: use scrub, repair, rereplicate, delete, recover or move"),
         };
         let task = {
             let mut tasks = self.tasks.lock().expect("not poisoned");
@@ -621,6 +661,11 @@ impl Gateway {
                 Job::Delete => gw.delete(&volume).await.map(|()| serde_json::json!({ "deleted": volume })),
                 Job::Recover { targets } => gw.recover(&volume, targets, progress).await,
                 Job::Move { volume, index, to } => gw.move_share(&volume, index, to, progress).await,
+                Job::Rereplicate { volume } => volume
+                    .rereplicate(progress)
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| Ok(serde_json::to_value(&r)?)),
             };
             match outcome {
                 Ok(result) => gw.update_task(id, |t| {
@@ -778,6 +823,7 @@ enum Job {
     Delete,
     Recover { targets: Vec<cleave_target::DynTarget> },
     Move { volume: Volume, index: usize, to: String },
+    Rereplicate { volume: Volume },
 }
 
 async fn create_task(State(gw): State<Shared>, Json(req): Json<NewTask>) -> Result<Response, ApiError> {
@@ -990,6 +1036,7 @@ async fn run(
             n: 5,
             chunk_size: None,
             durability: None,
+            write_quorum: None,
             targets: Vec::new(),
             groups: Vec::new(),
             client: None,
