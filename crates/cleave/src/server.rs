@@ -318,6 +318,7 @@ impl Gateway {
         let health = self.health(&s);
         let c = s.config;
         let name = c.name.clone();
+        let write_quorum = c.write_quorum();
         VolumeView {
             nbd_uri: format!("nbd://{}/{}", self.nbd_addr, c.name),
             name: c.name,
@@ -327,7 +328,7 @@ impl Gateway {
             n: c.n,
             chunk_size: c.chunk_size,
             durability: c.durability,
-            write_quorum: c.write_quorum(),
+            write_quorum,
             targets: c.targets,
             health,
             dirty_bytes: s.dirty_bytes,
