@@ -267,6 +267,12 @@ impl VolumeKey {
     pub fn id(&self) -> u32 {
         self.id
     }
+    /// A keyed BLAKE3 MAC of `msg` under this version's integrity subkey, separated by
+    /// `context` (for small authenticated records such as target labels).
+    pub fn integrity_mac(&self, context: &str, msg: &[u8]) -> [u8; 32] {
+        let key = blake3::derive_key(context, self.integrity.expose());
+        *blake3::keyed_hash(&key, msg).as_bytes()
+    }
 }
 
 /// Every version of one volume's key, unlocked. Encoding uses the newest.

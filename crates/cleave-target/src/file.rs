@@ -57,7 +57,14 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl FileTarget {
-    /// Creates `root` if needed, so a fresh target works without a setup step.
+    /// An existing target: its root is never created here, so a root that is gone
+    /// (unmounted, moved away) reads as a target that is down, never as an empty one.
+    pub fn open(root: PathBuf) -> Self {
+        let name = format!("file://{}", root.display());
+        FileTarget { root, name }
+    }
+
+    /// A new target: creates `root` if needed, so a fresh target works without a setup step.
     pub fn new(root: PathBuf) -> Result<Self, TargetError> {
         let name = format!("file://{}", root.display());
         std::fs::create_dir_all(&root)
@@ -104,6 +111,9 @@ fn create_dirs(root: &Path, dir: &Path) -> std::io::Result<()> {
 
 fn put_sync(name: &str, root: &Path, path: &Path, key: &str, data: &[u8]) -> Result<(), TargetError> {
     let err = |e| io(name, key, e);
+    if !root.is_dir() {
+        return Err(TargetError::Unavailable(format!("{name}: the target directory is missing")));
+    }
     let dir = path.parent().unwrap_or(root);
     create_dirs(root, dir).map_err(err)?;
     let tmp = dir.join(format!("{TMP_PREFIX}{:016x}", fastrand::u64(..)));

@@ -44,11 +44,22 @@ pub trait Target: Send + Sync + std::fmt::Debug {
 pub type DynTarget = Arc<dyn Target>;
 
 /// Opens `file:///abs/path`, `s3://bucket/prefix?endpoint=URL&region=R` or `node://host:port`.
+/// A `file://` root is not created: one that is missing is a target that is down. Use
+/// [`create`] for a target being set up for a new volume.
 ///
 /// A `file://` path is taken literally (no percent-decoding), so `format!("file://{}", p.display())`
 /// round-trips. Errors show the URI with any user-info and unknown parameter values masked, so a
 /// credential pasted into a URI does not end up in logs.
 pub fn open(uri: &str) -> Result<DynTarget, TargetError> {
+    open_with(uri, false)
+}
+
+/// Like [`open`], but creates a missing `file://` root: for a new volume's targets only.
+pub fn create(uri: &str) -> Result<DynTarget, TargetError> {
+    open_with(uri, true)
+}
+
+fn open_with(uri: &str, create_root: bool) -> Result<DynTarget, TargetError> {
     let bad = |m: &str| TargetError::InvalidUri(format!("{}: {m}", redact_uri(uri)));
     if let Some(path) = uri.strip_prefix("file://") {
         if !path.starts_with('/') {
@@ -57,7 +68,10 @@ pub fn open(uri: &str) -> Result<DynTarget, TargetError> {
         if path.contains('\0') {
             return Err(bad("the path contains a NUL byte"));
         }
-        return Ok(Arc::new(file::FileTarget::new(path.into())?));
+        if create_root {
+            return Ok(Arc::new(file::FileTarget::new(path.into())?));
+        }
+        return Ok(Arc::new(file::FileTarget::open(path.into())));
     }
     if uri.starts_with("s3://") {
         return Ok(Arc::new(s3::S3Target::from_uri(uri)?));

@@ -159,8 +159,8 @@ impl Dispersal {
     }
 
     /// Asks every target believed down whether it answers again (its `health`), so a
-    /// volume without I/O notices a target that came back.
-    pub async fn probe_down(&self) {
+    /// volume without I/O notices a target that came back. Returns those that did.
+    pub async fn probe_down(&self) -> Vec<usize> {
         let targets = self.targets();
         let probes = targets.iter().enumerate().filter(|(i, _)| !self.stats[*i].is_up()).map(|(i, t)| async move {
             let started = Instant::now();
@@ -168,8 +168,9 @@ impl Dispersal {
                 .await
                 .unwrap_or_else(|_| Err(TargetError::Unavailable("health check timed out".into())));
             self.stats[i].record(started, result.as_ref().map(|_| ()));
+            result.is_ok().then_some(i)
         });
-        futures::future::join_all(probes).await;
+        futures::future::join_all(probes).await.into_iter().flatten().collect()
     }
 
     /// Gets `key` from target `i`.

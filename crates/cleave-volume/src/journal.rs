@@ -92,6 +92,10 @@ pub struct Journal<'a> {
     /// Stop at the first object that may hold committed metadata but cannot be read,
     /// instead of failing (read-only recovery of the last fully redundant state).
     pub accept_stale: bool,
+    /// Which targets (by position) carry this volume's label. An untrusted target's
+    /// listing counts as no answer: a replaced target holds nothing, and must not make a
+    /// commit look like the leftover of a failed one. Empty: all trusted.
+    pub trusted: &'a [bool],
 }
 
 fn apply(map: &mut BTreeMap<u64, Mapping>, entries: &[(u64, u64, u32)]) {
@@ -182,7 +186,14 @@ impl Journal<'_> {
     /// Numbered names under `prefix` on every target that answers, with how many
     /// targets hold each.
     async fn list_numbers(&self, prefix: &str) -> Result<Listing, VolumeError> {
-        let lists = futures::future::join_all(self.dispersal.targets().iter().map(|t| t.list(prefix))).await;
+        let targets = self.dispersal.targets();
+        let lists = futures::future::join_all(targets.iter().enumerate().map(|(i, t)| async move {
+            match self.trusted.get(i) {
+                Some(false) => Err(cleave_target::TargetError::Unavailable("no label: replaced".into())),
+                _ => t.list(prefix).await,
+            }
+        }))
+        .await;
         let answered = lists.iter().filter(|l| l.is_ok()).count();
         if answered < self.codec.m() {
             return Err(VolumeError::MetadataUnavailable(format!(

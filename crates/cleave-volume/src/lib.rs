@@ -3,6 +3,7 @@
 //! - [`meta`]: volume configuration, the superblock stored on every target, object names.
 //! - [`journal`]: the encrypted, dispersed log of chunk → generation updates, with checkpoints.
 //! - [`dispersal`]: writing N shares with a quorum; reading the fastest M with hedging.
+//! - [`label`]: the authenticated label on each target: which volume, which share.
 //! - [`cache`]: the persistent local cache file and its present-chunk bitmap.
 //! - [`volume`]: reads, writes, flush, trim, and the destage loop.
 //! - [`recover`]: rebuilding a volume from any M targets and the master key alone.
@@ -12,6 +13,7 @@ pub mod cache;
 pub mod dispersal;
 pub mod error;
 pub mod journal;
+pub mod label;
 pub mod meta;
 pub mod recover;
 pub mod scrub;

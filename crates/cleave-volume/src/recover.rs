@@ -11,6 +11,7 @@ use cleave_target::DynTarget;
 
 use crate::dispersal::Dispersal;
 use crate::journal::Journal;
+use crate::label;
 use crate::meta::{names, Superblock};
 use crate::VolumeError;
 
@@ -74,6 +75,13 @@ pub async fn export(
     let config = &sb.config;
     let volume = config.uuid_bytes().expect("validated");
     let codec = Codec::new(config.m as usize, config.n as usize).map_err(|e| VolumeError::Config(e.to_string()))?;
+    let trusted = label::trusted_any_index(&targets, &keys, &config.uuid, volume).await;
+    if !trusted.iter().any(|t| *t) {
+        return Err(VolumeError::MetadataUnavailable(format!(
+            "none of the {} targets given carries volume {name:?}'s label",
+            targets.len()
+        )));
+    }
     let dispersal = Dispersal::new(targets, Duration::from_secs(30));
     let hedge_after = Duration::from_millis(200);
     let replayed = Journal {
@@ -86,6 +94,7 @@ pub async fn export(
         hedge_after,
         prune: false,
         accept_stale,
+        trusted: &trusted,
     }
     .replay()
     .await?;

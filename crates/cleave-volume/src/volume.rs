@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::cache::Cache;
 use crate::dispersal::Dispersal;
 use crate::journal::{self, Checkpoint, Journal, Mapping, Record};
+use crate::label;
 use crate::meta::{names, Durability, VolumeConfig};
 use crate::VolumeError;
 
@@ -195,6 +196,18 @@ impl Volume {
         let codec = Codec::new(config.m as usize, config.n as usize).map_err(|e| VolumeError::Config(e.to_string()))?;
         let dispersal = Dispersal::new(targets, opts.put_timeout);
         let uuid = config.uuid.clone();
+        let labels = label::check_all(&dispersal.targets(), &keys, &uuid, volume).await;
+        let (trusted, replaced) = label::classify(&dispersal.targets(), &uuid, &labels).await;
+        let trusted_count = trusted.iter().filter(|t| **t).count();
+        if trusted_count < codec.m() {
+            return Err(VolumeError::MetadataUnavailable(format!(
+                "only {trusted_count} of {} targets carry volume {:?}'s label and answer, need {}; \
+                 replaced (no or wrong label): {replaced:?}; labels: {labels:?}",
+                config.n,
+                config.name,
+                codec.m()
+            )));
+        }
         let replayed = Journal {
             dispersal: &dispersal,
             codec: &codec,
@@ -205,6 +218,7 @@ impl Volume {
             hedge_after: opts.hedge_after,
             prune: true,
             accept_stale: false,
+            trusted: &trusted,
         }
         .replay()
         .await?;
@@ -249,6 +263,15 @@ impl Volume {
             config,
             opts,
         });
+        for (i, trusted) in trusted.iter().enumerate() {
+            if *trusted && !matches!(labels[i], label::LabelState::Valid) {
+                // A target from before labels existed: it holds the volume, label it.
+                let _ = label::write(&inner.dispersal.targets()[i], &inner.keys, &inner.uuid, volume, i as u8).await;
+            }
+        }
+        for i in replaced {
+            inner.adopt_replaced(i).await;
+        }
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move { destager(weak).await });
         inner.wake_destager.notify_one();
@@ -399,6 +422,7 @@ impl Volume {
         }
         // Not in the middle of a destage round: its shares all go to one target set.
         let _commit = self.inner.commit.lock().await;
+        label::write(&target, &self.inner.keys, &self.inner.uuid, self.inner.volume, i as u8).await?;
         self.inner.dispersal.replace(i, target);
         self.inner.target_uris.lock().expect("not poisoned")[i] = uri;
         Ok(())
@@ -430,7 +454,7 @@ impl Volume {
     /// after which the older generations and records are deleted.
     pub async fn rereplicate(&self, progress: impl Fn(u64, u64)) -> Result<RereplicateReport, VolumeError> {
         let inner = &self.inner;
-        inner.dispersal.probe_down().await;
+        inner.probe_targets().await;
         let down = inner.dispersal.stats().iter().filter(|s| !s.is_up()).count();
         if down > 0 {
             return Err(VolumeError::Quorum(format!("{down} targets are down; re-replication waits for them")));
@@ -549,6 +573,52 @@ impl Volume {
 }
 
 impl Inner {
+    /// Targets believed down that answer again: checked for their label first, since a
+    /// target that comes back empty (a new disk, a remount) lost its shares.
+    async fn probe_targets(&self) {
+        for i in self.dispersal.probe_down().await {
+            let target = self.dispersal.targets()[i].clone();
+            let state = label::check_one(&target, &self.keys, &self.uuid, self.volume, i as u8).await;
+            if matches!(state, label::LabelState::Missing | label::LabelState::Wrong(_)) {
+                self.adopt_replaced(i).await;
+            }
+        }
+    }
+
+    /// Target `i` answers without this volume's label: it lost everything it held. Every
+    /// mapped chunk now lacks share i; that is journaled (so a restart remembers it) before
+    /// the target gets its label, and re-replication rebuilds the shares.
+    async fn adopt_replaced(&self, i: usize) {
+        let target = self.dispersal.targets()[i].clone();
+        warn!(volume = %self.config.name, target = %target.name(), share = i, "target has no label: it was replaced; its shares will be rebuilt");
+        let _commit = self.commit.lock().await;
+        let (seq, lacking) = {
+            let mut st = self.state.lock().expect("not poisoned");
+            st.journal_degraded = true;
+            let chunks: Vec<u64> = st.map.keys().copied().collect();
+            for c in chunks {
+                let entry = st.missing.entry(c).or_default();
+                if !entry.contains(&(i as u8)) {
+                    entry.push(i as u8);
+                }
+            }
+            (st.next_seq, st.missing.iter().map(|(c, v)| (*c, v.clone())).collect::<Vec<_>>())
+        };
+        let record = Record { seq, entries: Vec::new(), missing: lacking };
+        if let Err(e) = self.journal().commit(&record).await {
+            warn!(volume = %self.config.name, error = %e, "cannot journal the replaced target yet; it stays unlabeled until then");
+            return;
+        }
+        {
+            let mut st = self.state.lock().expect("not poisoned");
+            st.next_seq = seq.saturating_add(1);
+            st.records_since_checkpoint += 1;
+        }
+        if let Err(e) = label::write(&target, &self.keys, &self.uuid, self.volume, i as u8).await {
+            warn!(volume = %self.config.name, error = %e, "cannot label the replaced target");
+        }
+    }
+
     fn stripe(&self, chunk: u64) -> &RwLock<()> {
         &self.stripes[(chunk % self.stripes.len() as u64) as usize]
     }
@@ -913,6 +983,7 @@ impl Inner {
             hedge_after: self.opts.hedge_after,
             prune: true,
             accept_stale: false,
+            trusted: &[],
         }
     }
 
@@ -1049,7 +1120,7 @@ async fn destager(weak: std::sync::Weak<Inner>) {
         }
         // A volume without I/O must still notice a target that came back.
         if last_probe.elapsed() >= PROBE_EVERY {
-            inner.dispersal.probe_down().await;
+            inner.probe_targets().await;
             last_probe = Instant::now();
         }
         match inner.destage_round().await {

@@ -32,7 +32,7 @@ async fn rig(m: u8, n: u8) -> Rig {
     let (mut targets, mut faults, mut lies, mut uris) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let uri = format!("file://{}/t{i}", root.display());
-        let f = FaultyTarget::new(cleave_target::open(&uri).unwrap());
+        let f = FaultyTarget::new(cleave_target::create(&uri).unwrap());
         faults.push(f.faults());
         let h = HostileTarget::new(Arc::new(f));
         lies.push(h.lies());
@@ -57,6 +57,8 @@ async fn rig(m: u8, n: u8) -> Rig {
     for t in &targets {
         t.put(&names::superblock(UUID, 1), sealed.clone()).await.unwrap();
     }
+    let volume = config.uuid_bytes().unwrap();
+    cleave_volume::label::write_all(&targets, &keys, UUID, volume, n as usize).await.unwrap();
     Rig { _dir: dir, root, targets, faults, lies, config, keys, master }
 }
 

@@ -27,7 +27,7 @@ fn rig(durability: Durability) -> Rig {
     let mut uris = Vec::new();
     for i in 0..5 {
         let uri = format!("file://{}/t{i}", root.display());
-        let f = FaultyTarget::new(cleave_target::open(&uri).unwrap());
+        let f = FaultyTarget::new(cleave_target::create(&uri).unwrap());
         faults.push(f.faults());
         targets.push(Arc::new(f));
         uris.push(uri);
@@ -52,6 +52,8 @@ impl Rig {
         let mut opts = VolumeOptions::new(self.root.join(cache));
         opts.hedge_after = Duration::from_millis(20);
         tune(&mut opts);
+        let volume = self.config.uuid_bytes().unwrap();
+        cleave_volume::label::write_all(&self.targets, &self.keys, &self.config.uuid, volume, 0).await.unwrap();
         Volume::open(self.config.clone(), self.keys.clone(), self.targets.clone(), opts).await.unwrap()
     }
 }

@@ -402,11 +402,12 @@ impl Gateway {
             write_quorum: req.write_quorum,
         };
         let first = self.data.group_key(&self.master, &groups[0])?;
-        let (mut sb, _keys) = Superblock::create(config, &self.master, &groups[0], &first)?;
+        let (mut sb, keys) = Superblock::create(config, &self.master, &groups[0], &first)?;
         for g in &groups[1..] {
             let gk = self.data.group_key(&self.master, g)?;
             sb.grant_group(&self.master, g, &gk)?;
         }
+        self.label_new_targets(&sb, &keys).await?;
         self.publish(&sb).await?;
         let credentials = match &req.client {
             Some(client) => self.ensure_client_group(client, &req.name)?,
@@ -422,6 +423,19 @@ impl Gateway {
         self.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v.clone());
         info!(volume = %sb.config.name, size, m = sb.config.m, n = sb.config.n, groups = ?groups, "volume created");
         Ok((v, credentials))
+    }
+
+    /// Creates a new volume's targets (a directory target's folder only now) and labels them.
+    async fn label_new_targets(&self, sb: &Superblock, keys: &cleave_split::Keyring) -> Result<()> {
+        let handles = sb
+            .config
+            .targets
+            .iter()
+            .map(|u| cleave_target::create(u).with_context(|| format!("target {u}")))
+            .collect::<Result<Vec<_>>>()?;
+        let volume = sb.config.uuid_bytes().context("volume uuid")?;
+        cleave_volume::label::write_all(&handles, keys, &sb.config.uuid, volume, sb.config.write_quorum()).await?;
+        Ok(())
     }
 
     /// Stores a superblock version on the volume's targets (a write quorum must take it) and
@@ -774,7 +788,7 @@ impl Gateway {
         progress: impl Fn(u64, u64),
     ) -> Result<serde_json::Value> {
         let name = v.config().name.clone();
-        let handle = cleave_target::open(&to).with_context(|| format!("target {to}"))?;
+        let handle = cleave_target::create(&to).with_context(|| format!("target {to}"))?;
         let old = {
             let _admin = self.admin.lock().await;
             let mut sb = self

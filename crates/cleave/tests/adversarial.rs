@@ -148,3 +148,38 @@ fn two_of_three_with_a_target_down_keeps_taking_writes() {
     let image = recover(&s, &[t[0].clone(), t[2].clone()], &[]).unwrap();
     assert!(chunk_is(&image, 3, 0x5a));
 }
+
+/// Item 2. Two directory targets are moved away while the server is stopped and empty
+/// folders (a new disk, an unmounted mount point) take their place: the volume is degraded
+/// at once, without I/O; a re-replication task rebuilds every share there; then the two
+/// new targets with any third one rebuild the data. A missing folder is never recreated.
+#[test]
+fn replaced_targets_are_detected_at_once_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(&dir.path().join("data"), &[]);
+    s.cli_ok(&["volume", "create", "v", "--size", "16MiB"]);
+    let t: Vec<PathBuf> = (0..5).map(|i| target_path(&s.show("v"), i)).collect();
+    for (i, byte) in [(0usize, 0x61u8), (5, 0x62), (9, 0x63)] {
+        write_flush(&s, byte, i * MIB);
+    }
+    s.term();
+    for i in [1, 2] {
+        std::fs::rename(&t[i], t[i].with_extension("old")).unwrap();
+    }
+    // A folder that is simply gone stays gone: the target is down, not recreated.
+    s.restart();
+    assert_eq!(s.show("v")["health"]["state"], "degraded");
+    assert!(!t[1].exists() && !t[2].exists(), "a missing target folder was recreated");
+    s.term();
+    for i in [1, 2] {
+        std::fs::create_dir(&t[i]).unwrap();
+    }
+    s.restart();
+    let health = s.show("v")["health"].clone();
+    assert_eq!(health["state"], "degraded", "replaced targets must show at once: {health}");
+    wait_for("the rebuild to make v clean", Duration::from_secs(90), || s.show("v")["health"]["state"] == "clean");
+    assert!(tasks_of(&s, "rereplicate").iter().any(|t| t["state"] == "succeeded"));
+    s.term();
+    let image = recover(&s, &[t[1].clone(), t[2].clone(), t[4].clone()], &[]).unwrap();
+    assert!(chunk_is(&image, 0, 0x61) && chunk_is(&image, 5, 0x62) && chunk_is(&image, 9, 0x63));
+}
