@@ -172,6 +172,10 @@ struct Unopened {
 /// How often volumes that could not be opened are tried again.
 const REOPEN_EVERY: Duration = Duration::from_secs(3);
 
+/// How long start-up waits for one volume to open before it serves the others and leaves
+/// that one to the background retries (targets that hang must not hold the gateway).
+const OPEN_AT_START: Duration = Duration::from_secs(30);
+
 /// What a create may have stored before it failed, so that all of it can be undone.
 struct CreateUndo {
     name: String,
@@ -412,7 +416,10 @@ impl Gateway {
         let opens = stored.into_iter().map(|(name, sb)| async move {
             match sb {
                 Ok(sb) => {
-                    let opened = self.open_volume(&sb).await;
+                    let opened = match tokio::time::timeout(OPEN_AT_START, self.open_volume(&sb)).await {
+                        Ok(opened) => opened,
+                        Err(_) => Err(anyhow::anyhow!("its targets did not answer within {OPEN_AT_START:?}")),
+                    };
                     (name, Some(sb), opened)
                 }
                 Err(e) => (name, None, Err(e)),
