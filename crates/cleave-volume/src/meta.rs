@@ -44,6 +44,10 @@ impl std::fmt::Display for Durability {
     }
 }
 
+/// The largest volume: 1 EiB. Byte and chunk arithmetic (offset + length, chunk × chunk
+/// size) stays far from u64 overflow; file systems refuse cache files smaller than this.
+pub const MAX_VOLUME_SIZE: u64 = 1 << 60;
+
 /// What defines a volume. Targets are in share-index order: target i holds share i.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeConfig {
@@ -80,8 +84,8 @@ impl VolumeConfig {
         if !(4096..=(64 << 20)).contains(&self.chunk_size) || !self.chunk_size.is_power_of_two() {
             return bad(format!("chunk size {}: use a power of two from 4 KiB to 64 MiB", self.chunk_size));
         }
-        if self.size == 0 || !self.size.is_multiple_of(512) {
-            return bad(format!("size {}: use a positive multiple of 512 bytes", self.size));
+        if self.size == 0 || !self.size.is_multiple_of(512) || self.size > MAX_VOLUME_SIZE {
+            return bad(format!("size {}: use a positive multiple of 512 bytes, at most 1 EiB", self.size));
         }
         if let Some(q) = self.write_quorum {
             if (q as usize) < m || (q as usize) > n {

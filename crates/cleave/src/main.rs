@@ -61,12 +61,13 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Rebuild a volume image from any M of its targets and the master key file. Needs no server.
+    /// Rebuild a volume image from any M of its targets and the master key. Needs no server.
     Recover {
         /// A target URI; give at least M of them, in any order.
         #[arg(long = "target", required = true)]
         targets: Vec<String>,
-        /// The master key file (DIR/master.key of the server).
+        /// The master key: a key file (DIR/master.key, or one from `cleave key export`), or
+        /// DIR/master.sealed with its passphrase in CLEAVE_PASSPHRASE or typed when asked.
         #[arg(long)]
         key_file: PathBuf,
         #[arg(long)]
@@ -78,9 +79,26 @@ enum Command {
         #[arg(long)]
         accept_stale: bool,
     },
+    /// The master key.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Write the master key of a data directory as a plain key file (mode 0600) for
+    /// `cleave recover`. Keep it offline, apart from the targets. A sealed key needs its
+    /// passphrase (CLEAVE_PASSPHRASE, or typed when asked).
+    Export {
+        #[arg(long, default_value = "./cleave-data")]
+        data_dir: PathBuf,
+        /// Where to write it; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -303,8 +321,7 @@ fn main() -> Result<()> {
             print_json(&report.unwrap_or_default())
         }
         Command::Recover { targets, key_file, volume, output, accept_stale } => {
-            let text = std::fs::read_to_string(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
-            let master = cleave_split::MasterKey::from_key_file(&text).context("parsing the key file")?;
+            let master = state::read_master_key(&key_file)?;
             let handles = targets
                 .iter()
                 .map(|u| cleave_target::open(u).with_context(|| format!("target {u}")))
@@ -332,6 +349,11 @@ fn main() -> Result<()> {
                 report.chunks_zero,
                 output.display()
             );
+            Ok(())
+        }
+        Command::Key(KeyCommand::Export { data_dir, out }) => {
+            state::export_master_key(&data_dir, &out)?;
+            eprintln!("master key written to {} (mode 0600): keep it offline, apart from the targets", out.display());
             Ok(())
         }
         Command::Bench(BenchCommand::Split(args)) => {
@@ -424,6 +446,9 @@ fn volume_command(cmd: VolumeCommand) -> Result<()> {
                     v["health"]["state"].as_str().unwrap_or("?"),
                     v["nbd_uri"].as_str().unwrap_or("")
                 );
+                if let Some(why) = v["open_error"].as_str() {
+                    println!("{:<20} cannot open (retrying): {why}", "");
+                }
             }
             Ok(())
         }

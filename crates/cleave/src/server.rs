@@ -122,6 +122,8 @@ pub struct Gateway {
     cache_bytes: u64,
     nbd_addr: SocketAddr,
     volumes: RwLock<BTreeMap<String, Volume>>,
+    /// Stored volumes that could not be opened; retried in the background.
+    unopened: RwLock<BTreeMap<String, Unopened>>,
     pool: Arc<cleave_control::pool::Pool>,
     pub(crate) hierarchy: Arc<cleave_control::hierarchy::Hierarchy>,
     tasks: Mutex<BTreeMap<u64, TaskView>>,
@@ -157,6 +159,32 @@ impl ExportProvider for Gateway {
         }
         Ok(Arc::new(Guarded::new(device, self.access.clone(), who, name.to_string())))
     }
+}
+
+/// A stored volume that could not be opened, and why. Listed as unavailable, retried every
+/// [`REOPEN_EVERY`], and deletable.
+struct Unopened {
+    /// None when even the stored superblock could not be read.
+    sb: Option<Superblock>,
+    reason: String,
+}
+
+/// How often volumes that could not be opened are tried again.
+const REOPEN_EVERY: Duration = Duration::from_secs(3);
+
+/// How long start-up waits for one volume to open before it serves the others and leaves
+/// that one to the background retries (targets that hang must not hold the gateway).
+const OPEN_AT_START: Duration = Duration::from_secs(30);
+
+/// What a create may have stored before it failed, so that all of it can be undone.
+struct CreateUndo {
+    name: String,
+    uuid: String,
+    targets: Vec<String>,
+    /// Groups whose keys this create made.
+    new_group_keys: Vec<String>,
+    new_client: Option<String>,
+    new_group: Option<String>,
 }
 
 /// Body of `POST /api/v1/volumes`.
@@ -216,6 +244,8 @@ struct VolumeView {
     last_destage_error: Option<String>,
     journal_seq: u64,
     groups: Vec<String>,
+    /// Why the volume could not be opened (it is then `unavailable` and retried).
+    open_error: Option<String>,
 }
 
 impl Gateway {
@@ -339,6 +369,67 @@ impl Gateway {
             last_destage_error: s.last_destage_error,
             journal_seq: s.journal_seq,
             groups: self.access.snapshot().groups_of_volume(&name),
+            open_error: None,
+        }
+    }
+
+    fn unopened_view(&self, name: &str, u: &Unopened) -> VolumeView {
+        let c = u.sb.as_ref().map(|sb| &sb.config);
+        VolumeView {
+            nbd_uri: format!("nbd://{}/{name}", self.nbd_addr),
+            name: name.to_string(),
+            uuid: c.map(|c| c.uuid.clone()).unwrap_or_default(),
+            size_bytes: c.map_or(0, |c| c.size),
+            m: c.map_or(0, |c| c.m),
+            n: c.map_or(0, |c| c.n),
+            chunk_size: c.map_or(0, |c| c.chunk_size),
+            durability: c.map(|c| c.durability).unwrap_or_default(),
+            write_quorum: c.map_or(0, |c| c.write_quorum()),
+            targets: c.map(|c| c.targets.clone()).unwrap_or_default(),
+            health: Health::Unavailable { targets_down: Vec::new() },
+            dirty_bytes: 0,
+            cache_bytes: 0,
+            cache_limit_bytes: self.cache_bytes,
+            mapped_chunks: 0,
+            last_destage_unix: None,
+            last_destage_error: None,
+            journal_seq: 0,
+            groups: self.access.snapshot().groups_of_volume(name),
+            open_error: Some(u.reason.clone()),
+        }
+    }
+
+    /// Every volume, served or not, by name.
+    fn views(&self) -> Vec<VolumeView> {
+        let vols: Vec<Volume> = self.volumes.read().expect("not poisoned").values().cloned().collect();
+        let mut out: Vec<VolumeView> = vols.iter().map(|v| self.view(v)).collect();
+        out.extend(self.unopened.read().expect("not poisoned").iter().map(|(n, u)| self.unopened_view(n, u)));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn show(&self, name: &str) -> Option<VolumeView> {
+        if let Some(v) = self.get(name) {
+            return Some(self.view(&v));
+        }
+        self.unopened.read().expect("not poisoned").get(name).map(|u| self.unopened_view(name, u))
+    }
+
+    /// Whether `name` is a volume here, served or not.
+    pub(crate) fn exists(&self, name: &str) -> bool {
+        self.get(name).is_some() || self.unopened.read().expect("not poisoned").contains_key(name)
+    }
+
+    /// A served volume, or why not: 404 if there is no such volume, 503 if it cannot open.
+    fn served(&self, name: &str) -> Result<Volume, ApiError> {
+        if let Some(v) = self.get(name) {
+            return Ok(v);
+        }
+        match self.unopened.read().expect("not poisoned").get(name) {
+            Some(u) => {
+                Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("volume {name:?} is unavailable: {}", u.reason)))
+            }
+            None => Err(ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}"))),
         }
     }
 
@@ -346,6 +437,87 @@ impl Gateway {
         let mut o = VolumeOptions::new(self.data.cache_dir());
         o.cache_bytes = self.cache_bytes;
         o
+    }
+
+    /// Opens the stored volumes, each on its own: one that cannot open does not keep the
+    /// others from being served. It is listed as unavailable, with the reason, and retried.
+    async fn open_stored(&self, stored: Vec<(String, Result<Superblock>)>) -> Result<()> {
+        for sb in stored.iter().filter_map(|(_, sb)| sb.as_ref().ok()) {
+            // Data directories from before access control: the admin slot means local access.
+            let name = &sb.config.name;
+            if sb.has_group(LOCAL_GROUP) && self.access.snapshot().groups_of_volume(name).is_empty() {
+                let full = Grant { mode: Mode::ReadWrite, regions: Vec::new() };
+                self.access.update(|r| Ok(r.grant(LOCAL_GROUP, name, full)?))?;
+            }
+        }
+        let opens = stored.into_iter().map(|(name, sb)| async move {
+            match sb {
+                Ok(sb) => {
+                    let opened = match tokio::time::timeout(OPEN_AT_START, self.open_volume(&sb)).await {
+                        Ok(opened) => opened,
+                        Err(_) => Err(anyhow::anyhow!("its targets did not answer within {OPEN_AT_START:?}")),
+                    };
+                    (name, Some(sb), opened)
+                }
+                Err(e) => (name, None, Err(e)),
+            }
+        });
+        for (name, sb, opened) in futures::future::join_all(opens).await {
+            match opened {
+                Ok(v) => {
+                    self.volumes.write().expect("not poisoned").insert(name, v);
+                }
+                Err(e) => {
+                    let reason = format!("{e:#}");
+                    warn!(volume = %name, error = %reason, "cannot open volume; serving the others and retrying it");
+                    self.pool.push_event("volume_unavailable", format!("{name}: cannot open: {reason}"));
+                    self.unopened.write().expect("not poisoned").insert(name, Unopened { sb, reason });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tries the volumes that could not be opened again, every [`REOPEN_EVERY`].
+    async fn reopen_unavailable(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(REOPEN_EVERY);
+        loop {
+            tick.tick().await;
+            let names: Vec<String> = self.unopened.read().expect("not poisoned").keys().cloned().collect();
+            for name in names {
+                self.try_reopen(&name).await;
+            }
+        }
+    }
+
+    async fn try_reopen(&self, name: &str) {
+        // The stored superblock is read again: a grant may have changed it since.
+        let opened = match self.data.load_volume(&self.master, name) {
+            Ok(Some(sb)) => self.open_volume(&sb).await.map(|v| (v, sb.config.uuid)),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let (v, uuid) = match opened {
+            Ok(done) => done,
+            Err(e) => {
+                if let Some(u) = self.unopened.write().expect("not poisoned").get_mut(name) {
+                    u.reason = format!("{e:#}");
+                }
+                return;
+            }
+        };
+        let _admin = self.admin.lock().await;
+        if self.unopened.write().expect("not poisoned").remove(name).is_some() {
+            self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
+            info!(volume = name, "volume opened: its targets answer again");
+            self.pool.push_event("volume_opened", format!("{name}: opened, its targets answer again"));
+        } else {
+            // Deleted while it was being opened.
+            v.close().await;
+            if let Err(e) = cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &uuid) {
+                warn!(volume = name, error = %e, "cannot remove the cache of a deleted volume");
+            }
+        }
     }
 
     async fn open_volume(&self, sb: &Superblock) -> Result<Volume> {
@@ -359,11 +531,40 @@ impl Gateway {
         Ok(Volume::open(sb.config.clone(), keys, targets, self.options()).await?)
     }
 
-    /// Creates a volume: superblock on its targets and locally, then opens it. Returns new
-    /// client credentials when `req.client` named a client that did not exist yet.
+    /// Creates a volume, all or nothing: everything is checked first, then the superblock is
+    /// stored on its targets and locally, the volume opened and access granted. If any step
+    /// fails, everything stored is removed again. Returns new client credentials when
+    /// `req.client` named a client that did not exist yet.
     pub async fn create(&self, req: CreateVolume) -> Result<(Volume, Option<crate::groups::Credentials>)> {
         let _admin = self.admin.lock().await;
-        if self.volumes.read().expect("not poisoned").contains_key(&req.name) {
+        let (config, groups) = self.plan_create(&req)?;
+        let registry = self.access.snapshot();
+        let mut new_group_keys = Vec::new();
+        for g in &groups {
+            if !self.data.has_group_key(g)? {
+                new_group_keys.push(g.clone());
+            }
+        }
+        let undo = CreateUndo {
+            name: req.name.clone(),
+            uuid: config.uuid.clone(),
+            targets: config.targets.clone(),
+            new_group_keys,
+            new_client: req.client.clone().filter(|c| !registry.clients.contains_key(c)),
+            new_group: req.client.as_ref().map(|_| req.name.clone()).filter(|g| !registry.groups.contains_key(g)),
+        };
+        match self.create_steps(&req, config, &groups).await {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                self.undo_create(undo).await;
+                Err(e.context(format!("volume {:?} not created (nothing of it was kept)", req.name)))
+            }
+        }
+    }
+
+    /// Checks a create request and makes the new volume's configuration; stores nothing.
+    fn plan_create(&self, req: &CreateVolume) -> Result<(VolumeConfig, Vec<String>)> {
+        if self.exists(&req.name) {
             bail!("volume {:?} already exists", req.name);
         }
         cleave_control::access::check_name(&req.name)?;
@@ -382,25 +583,41 @@ impl Gateway {
                 bail!("no group {g:?}");
             }
         }
-        let targets = if !req.targets.is_empty() {
-            req.targets.clone()
-        } else if self.pool.nodes().is_empty() {
-            self.data.default_targets(req.n as usize)?
-        } else {
-            self.place(&req)?
-        };
-        let size = req.size_bytes;
-        let config = VolumeConfig {
+        let mut config = VolumeConfig {
             name: req.name.clone(),
             uuid: uuid::Uuid::new_v4().simple().to_string(),
-            size,
+            size: req.size_bytes,
             chunk_size: req.chunk_size.unwrap_or(1 << 20),
             m: req.m,
             n: req.n,
             durability: req.durability.unwrap_or_default(),
-            targets,
+            targets: req.targets.clone(),
             write_quorum: req.write_quorum,
         };
+        if config.targets.is_empty() {
+            // Placeholders, so that the checks below run before any directory is made.
+            config.targets = vec![String::new(); req.n as usize];
+            config.validate()?;
+            config.targets = if self.pool.nodes().is_empty() {
+                self.data.default_targets(req.n as usize)?
+            } else {
+                self.place(req)?
+            };
+        }
+        config.validate()?;
+        for u in &config.targets {
+            cleave_target::open(u).with_context(|| format!("target {u}"))?;
+        }
+        Ok((config, groups))
+    }
+
+    /// The steps of [`Gateway::create`] that store something.
+    async fn create_steps(
+        &self,
+        req: &CreateVolume,
+        config: VolumeConfig,
+        groups: &[String],
+    ) -> Result<(Volume, Option<crate::groups::Credentials>)> {
         let first = self.data.group_key(&self.master, &groups[0])?;
         let (mut sb, keys) = Superblock::create(config, &self.master, &groups[0], &first)?;
         for g in &groups[1..] {
@@ -409,20 +626,57 @@ impl Gateway {
         }
         self.label_new_targets(&sb, &keys).await?;
         self.publish(&sb).await?;
+        let v = self.open_volume(&sb).await?;
+        let credentials = match self.grant_created(req, groups) {
+            Ok(c) => c,
+            Err(e) => {
+                v.close().await;
+                return Err(e);
+            }
+        };
+        self.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v.clone());
+        let c = &sb.config;
+        info!(volume = %c.name, size = c.size, m = c.m, n = c.n, groups = ?groups, "volume created");
+        Ok((v, credentials))
+    }
+
+    /// The client group of a storage-on-demand create, then the grants of a new volume.
+    fn grant_created(&self, req: &CreateVolume, groups: &[String]) -> Result<Option<crate::groups::Credentials>> {
         let credentials = match &req.client {
             Some(client) => self.ensure_client_group(client, &req.name)?,
             None => None,
         };
         self.access.update(|r| {
-            for g in &groups {
+            for g in groups {
                 r.grant(g, &req.name, Grant { mode: Mode::ReadWrite, regions: Vec::new() })?;
             }
             Ok(())
         })?;
-        let v = self.open_volume(&sb).await?;
-        self.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v.clone());
-        info!(volume = %sb.config.name, size, m = sb.config.m, n = sb.config.n, groups = ?groups, "volume created");
-        Ok((v, credentials))
+        Ok(credentials)
+    }
+
+    /// Removes whatever a failed create stored. Each step is done even if another fails.
+    async fn undo_create(&self, u: CreateUndo) {
+        self.remove_objects(&u.uuid, &u.targets).await;
+        let steps = [
+            self.data.discard_volume(&u.name),
+            cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &u.uuid).map_err(Into::into),
+            self.access.update(|r| {
+                r.forget_volume(&u.name);
+                if let Some(g) = &u.new_group {
+                    r.groups.remove(g);
+                }
+                // Only if it got that far.
+                if let Some(c) = u.new_client.as_ref().filter(|c| r.clients.contains_key(*c)) {
+                    r.remove_client(c)?;
+                }
+                Ok(())
+            }),
+        ];
+        let keys = u.new_group_keys.iter().map(|g| self.data.remove_group_key(g));
+        for e in steps.into_iter().chain(keys).filter_map(Result::err) {
+            error!(volume = %u.name, error = %format!("{e:#}"), "undoing a failed create");
+        }
     }
 
     /// Creates a new volume's targets (a directory target's folder only now) and labels them.
@@ -475,14 +729,37 @@ impl Gateway {
         self.delete_locked(name).await
     }
 
-    /// [`Gateway::delete`] with `self.admin` already held.
+    /// [`Gateway::delete`] with `self.admin` already held. A volume that could not be opened
+    /// is deleted too: its objects on the targets that answer, and everything local.
     pub(crate) async fn delete_locked(&self, name: &str) -> Result<()> {
-        let v = self.volumes.write().expect("not poisoned").remove(name).context("no such volume")?;
-        v.close().await;
-        // The current targets: a move may have changed them since the volume was opened.
-        let config = v.status().config;
+        let served = self.volumes.write().expect("not poisoned").remove(name);
+        let config = match served {
+            Some(v) => {
+                v.close().await;
+                // The current targets: a move may have changed them since the volume was opened.
+                Some(v.status().config)
+            }
+            None => {
+                let u = self.unopened.write().expect("not poisoned").remove(name).context("no such volume")?;
+                u.sb.map(|sb| sb.config)
+            }
+        };
         self.data.remove_volume(name)?;
-        for u in &config.targets {
+        if let Some(config) = config {
+            self.remove_objects(&config.uuid, &config.targets).await;
+            cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &config.uuid)?;
+        }
+        self.access.update(|r| {
+            r.forget_volume(name);
+            Ok(())
+        })?;
+        info!(volume = %name, "volume deleted");
+        Ok(())
+    }
+
+    /// Deletes every object of volume `uuid` from the targets that answer.
+    async fn remove_objects(&self, uuid: &str, targets: &[String]) {
+        for u in targets {
             let t = match cleave_target::open(u) {
                 Ok(t) => t,
                 Err(e) => {
@@ -490,7 +767,7 @@ impl Gateway {
                     continue;
                 }
             };
-            match t.list(&format!("{}/", config.uuid)).await {
+            match t.list(&format!("{uuid}/")).await {
                 Ok(keys) => {
                     // Superblock last, so a partial delete can be resumed.
                     let (sb, rest): (Vec<_>, Vec<_>) = keys.into_iter().partition(|k| k.contains("/superblock/"));
@@ -503,13 +780,6 @@ impl Gateway {
                 Err(e) => warn!(target = %t.name(), error = %e, "cannot list target to delete volume objects"),
             }
         }
-        cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &config.uuid)?;
-        self.access.update(|r| {
-            r.forget_volume(name);
-            Ok(())
-        })?;
-        info!(volume = %name, "volume deleted");
-        Ok(())
     }
 
     /// Storage on demand: N nodes that are up and have room for their share of the
@@ -610,16 +880,18 @@ impl Gateway {
     ) -> Result<TaskView> {
         let job = match kind {
             "scrub" | "repair" => {
-                let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
+                let v = self.served(volume).map_err(|e| anyhow::anyhow!(e.1))?;
                 Job::Scrub { volume: v, repair: kind == "repair" }
             }
             "delete" => {
-                self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
+                if !self.exists(volume) {
+                    bail!("no volume {volume:?}");
+                }
                 Job::Delete
             }
             "recover" => {
-                if self.get(volume).is_some() {
-                    bail!("volume {volume:?} is already served here");
+                if self.exists(volume) {
+                    bail!("volume {volume:?} is already served here, or known and unavailable");
                 }
                 if targets.is_empty() {
                     bail!("recover needs the volume's targets (at least M of them)");
@@ -635,7 +907,7 @@ impl Gateway {
                 Job::Rereplicate { volume: v }
             }
             "move" => {
-                let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
+                let v = self.served(volume).map_err(|e| anyhow::anyhow!(e.1))?;
                 let from = from.context("move needs `from`: the node or target to move off")?;
                 let (index, to) = self.plan_move(&v, &from, to)?;
                 Job::Move { volume: v, index, to }
@@ -707,8 +979,8 @@ impl Gateway {
         progress: impl Fn(u64, u64),
     ) -> Result<serde_json::Value> {
         let _admin = self.admin.lock().await;
-        if self.get(name).is_some() {
-            bail!("volume {name:?} is already served here");
+        if self.exists(name) {
+            bail!("volume {name:?} is already exists here");
         }
         let sb = cleave_volume::recover::find_superblock(&targets, &self.master, name).await?;
         progress(1, 3);
@@ -875,8 +1147,7 @@ pub(crate) fn bad_request(e: anyhow::Error) -> ApiError {
 pub(crate) type Shared = Arc<Gateway>;
 
 async fn list_volumes(State(gw): State<Shared>) -> Json<Vec<VolumeView>> {
-    let vols: Vec<Volume> = gw.volumes.read().expect("not poisoned").values().cloned().collect();
-    Json(vols.iter().map(|v| gw.view(v)).collect())
+    Json(gw.views())
 }
 
 async fn create_volume(State(gw): State<Shared>, Json(req): Json<CreateVolume>) -> Result<Response, ApiError> {
@@ -889,12 +1160,11 @@ async fn create_volume(State(gw): State<Shared>, Json(req): Json<CreateVolume>) 
 }
 
 async fn show_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Result<Json<VolumeView>, ApiError> {
-    let v = gw.get(&name).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}")))?;
-    Ok(Json(gw.view(&v)))
+    gw.show(&name).map(Json).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}")))
 }
 
 async fn delete_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    if gw.get(&name).is_none() {
+    if !gw.exists(&name) {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}")));
     }
     gw.delete(&name).await.map_err(bad_request)?;
@@ -912,7 +1182,7 @@ async fn scrub_volume(
     Path(name): Path<String>,
     Query(q): Query<ScrubQuery>,
 ) -> Result<Json<cleave_volume::scrub::ScrubReport>, ApiError> {
-    let v = gw.get(&name).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}")))?;
+    let v = gw.served(&name)?;
     let report = cleave_volume::scrub::scrub(&v, q.repair, |_, _| {})
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
@@ -920,7 +1190,7 @@ async fn scrub_volume(
 }
 
 async fn flush_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    let v = gw.get(&name).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume {name:?}")))?;
+    let v = gw.served(&name)?;
     v.destage_all(Duration::from_secs(300))
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
@@ -1035,14 +1305,15 @@ async fn run(
         cache_bytes: cache_size.0,
         nbd_addr,
         volumes: RwLock::new(BTreeMap::new()),
+        unopened: RwLock::new(BTreeMap::new()),
         pool,
         hierarchy,
         tasks: Mutex::new(BTreeMap::new()),
         task_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         admin: tokio::sync::Mutex::new(()),
     });
-    let existing = gw.data.load_volumes(&gw.master)?;
-    if existing.is_empty() && nbd.is_some() {
+    let stored = gw.data.stored_volumes(&gw.master)?;
+    if stored.is_empty() && nbd.is_some() {
         info!("first run: creating volume demo (1 GiB, 3-of-5 on five directory targets)");
         gw.create(CreateVolume {
             name: "demo".into(),
@@ -1058,16 +1329,8 @@ async fn run(
         })
         .await?;
     }
-    for sb in existing {
-        // Data directories from before access control: the admin slot means local access.
-        let name = sb.config.name.clone();
-        if sb.has_group(LOCAL_GROUP) && gw.access.snapshot().groups_of_volume(&name).is_empty() {
-            let full = Grant { mode: Mode::ReadWrite, regions: Vec::new() };
-            gw.access.update(|r| Ok(r.grant(LOCAL_GROUP, &name, full)?))?;
-        }
-        let v = gw.open_volume(&sb).await.with_context(|| format!("opening volume {}", sb.config.name))?;
-        gw.volumes.write().expect("not poisoned").insert(sb.config.name.clone(), v);
-    }
+    gw.open_stored(stored).await?;
+    tokio::spawn(gw.clone().reopen_unavailable());
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         names.push(h.trim().to_string());

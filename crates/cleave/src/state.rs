@@ -29,6 +29,7 @@ use cleave_volume::Superblock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::warn;
+use zeroize::Zeroizing;
 
 pub struct DataDir {
     pub root: PathBuf,
@@ -167,28 +168,17 @@ impl DataDir {
 
     /// Loads the master key, creating it on first run.
     pub fn master_key(&self) -> Result<MasterKey> {
-        let key_file = self.root.join("master.key");
-        let sealed_file = self.root.join("master.sealed");
-        let passphrase = std::env::var("CLEAVE_PASSPHRASE").ok().filter(|p| !p.is_empty());
-        if sealed_file.exists() {
-            let Some(pass) = passphrase else {
-                bail!("{} is sealed under a passphrase: set CLEAVE_PASSPHRASE", sealed_file.display());
-            };
-            let sealed: SealedMasterKey = serde_json::from_slice(&fs::read(&sealed_file)?)
-                .with_context(|| format!("reading {}", sealed_file.display()))?;
-            return sealed.open(&pass).context("opening the master key (wrong CLEAVE_PASSPHRASE?)");
-        }
-        if key_file.exists() {
-            let text = fs::read_to_string(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
-            return MasterKey::from_key_file(&text).with_context(|| format!("parsing {}", key_file.display()));
+        if let Some(key) = existing_master_key(&self.root)? {
+            return Ok(key);
         }
         let key = MasterKey::generate()?;
-        match passphrase {
+        match passphrase_from_env() {
             Some(pass) => {
                 let sealed = key.seal(&pass, KdfParams::default())?;
-                write_private(&sealed_file, &serde_json::to_vec_pretty(&sealed)?)?;
+                write_private(&self.root.join(SEALED_KEY), &serde_json::to_vec_pretty(&sealed)?)?;
             }
             None => {
+                let key_file = self.root.join(PLAIN_KEY);
                 write_private(&key_file, key.to_key_file().as_bytes())?;
                 warn!(
                     path = %key_file.display(),
@@ -261,6 +251,12 @@ impl DataDir {
         Ok(self.config.put(&volume_key(name), sealed)?)
     }
 
+    /// Removes a volume's record if there is one (undoing a create).
+    pub fn discard_volume(&self, name: &str) -> Result<()> {
+        self.config.delete(&volume_key(name))?;
+        Ok(())
+    }
+
     pub fn remove_volume(&self, name: &str) -> Result<()> {
         if !self.config.delete(&volume_key(name))? {
             bail!("no volume {name:?} in the configuration database");
@@ -268,15 +264,133 @@ impl DataDir {
         Ok(())
     }
 
-    /// Every stored superblock, authenticated.
-    pub fn load_volumes(&self, master: &MasterKey) -> Result<Vec<Superblock>> {
+    /// Every stored volume by name, each with its superblock or why it cannot be read:
+    /// one bad record must not hide the others.
+    pub fn stored_volumes(&self, master: &MasterKey) -> Result<Vec<(String, Result<Superblock>)>> {
+        let prefix = volume_key("");
         let mut out = Vec::new();
-        for (key, bytes) in self.config.scan(&volume_key(""))? {
-            out.push(Superblock::open(&bytes, master).with_context(|| format!("opening {key}"))?);
+        for (key, bytes) in self.config.scan(&prefix)? {
+            let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+            let sb = Superblock::open(&bytes, master).with_context(|| format!("reading the superblock of {name:?}"));
+            out.push((name, sb));
         }
-        out.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+
+    /// Every stored superblock that authenticates; the others are skipped with a warning.
+    pub fn load_volumes(&self, master: &MasterKey) -> Result<Vec<Superblock>> {
+        let mut out = Vec::new();
+        for (name, sb) in self.stored_volumes(master)? {
+            match sb {
+                Ok(sb) => out.push(sb),
+                Err(e) => warn!(volume = %name, error = %format!("{e:#}"), "skipping a volume record"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored superblock of `name`, if there is one.
+    pub fn load_volume(&self, master: &MasterKey, name: &str) -> Result<Option<Superblock>> {
+        match self.config.get(&volume_key(name))? {
+            Some(bytes) => Ok(Some(Superblock::open(&bytes, master)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `group` has a key yet (a rolled-back create removes the keys it made).
+    pub fn has_group_key(&self, group: &str) -> Result<bool> {
+        Ok(self.group_keys()?.contains_key(group))
+    }
+}
+
+const PLAIN_KEY: &str = "master.key";
+const SEALED_KEY: &str = "master.sealed";
+
+fn passphrase_from_env() -> Option<Zeroizing<String>> {
+    std::env::var("CLEAVE_PASSPHRASE").ok().filter(|p| !p.is_empty()).map(Zeroizing::new)
+}
+
+/// The master key of the data directory `root`, if it has one, in either form. Reads only
+/// those files, so it works while a server holds the configuration database.
+pub fn existing_master_key(root: &Path) -> Result<Option<MasterKey>> {
+    for file in [SEALED_KEY, PLAIN_KEY] {
+        let path = root.join(file);
+        if path.exists() {
+            return read_master_key(&path).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a master key from either form: a key file (`cleave-master-key-v1:` and hex), or a
+/// key sealed under a passphrase (`master.sealed`), opened with CLEAVE_PASSPHRASE or, when
+/// that is unset, a passphrase typed on the terminal.
+pub fn read_master_key(path: &Path) -> Result<MasterKey> {
+    let text = Zeroizing::new(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
+    if !text.trim_start().starts_with('{') {
+        return MasterKey::from_key_file(&text).with_context(|| format!("parsing the key file {}", path.display()));
+    }
+    let sealed: SealedMasterKey = serde_json::from_str(&text)
+        .with_context(|| format!("{} is neither a key file nor a sealed master key", path.display()))?;
+    let pass = match passphrase_from_env() {
+        Some(p) => p,
+        None => prompt_passphrase(path)?,
+    };
+    sealed.open(&pass).with_context(|| format!("opening {} (wrong passphrase?)", path.display()))
+}
+
+/// Asks for the passphrase on the terminal (stdin), without echo.
+fn prompt_passphrase(path: &Path) -> Result<Zeroizing<String>> {
+    use std::os::fd::AsRawFd;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_raw_fd();
+    // SAFETY: isatty only inspects the descriptor.
+    if unsafe { libc::isatty(fd) } != 1 {
+        bail!("{} is sealed under a passphrase: set CLEAVE_PASSPHRASE (no terminal to ask on)", path.display());
+    }
+    // SAFETY: a zeroed termios is a valid buffer for tcgetattr to fill.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open terminal; the pointers are valid for the calls.
+    let echo_off = unsafe {
+        libc::tcgetattr(fd, &mut saved) == 0 && {
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHO;
+            quiet.c_lflag |= libc::ECHONL;
+            libc::tcsetattr(fd, libc::TCSANOW, &quiet) == 0
+        }
+    };
+    eprint!("passphrase for {}: ", path.display());
+    let mut line = Zeroizing::new(String::new());
+    let read = stdin.read_line(&mut line);
+    if echo_off {
+        // SAFETY: restores the settings read above on the same descriptor.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    }
+    read.context("reading the passphrase")?;
+    let pass = Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
+    if pass.is_empty() {
+        bail!("no passphrase given");
+    }
+    Ok(pass)
+}
+
+/// `cleave key export`: writes the master key of `root` as a plain key file, mode 0600,
+/// never over an existing file.
+pub fn export_master_key(root: &Path, out: &Path) -> Result<()> {
+    let key = existing_master_key(root)?.with_context(|| format!("no master key in {}", root.display()))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {} (it must not exist yet)", out.display()))?;
+    let written = f.write_all(key.to_key_file().as_bytes()).and_then(|()| f.sync_all());
+    if let Err(e) = written {
+        let _ = fs::remove_file(out);
+        return Err(e).with_context(|| format!("writing {}", out.display()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

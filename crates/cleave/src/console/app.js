@@ -275,7 +275,7 @@ async function volumePage(name) {
   show(
     h("h1", {}, `Volume ${v.name}`),
     h("table", { id: "volume-detail" }, h("tbody", {},
-      kv("Health", badge(healthOf(v))),
+      kv("Health", v.open_error ? h("span", {}, badge(healthOf(v)), ` cannot open (retrying): ${v.open_error}`) : badge(healthOf(v))),
       kv("Size", `${bytes(v.size_bytes)} in chunks of ${bytes(v.chunk_size)}`),
       kv("Layout", `${v.m}-of-${v.n}: any ${v.m} of its ${v.n} targets rebuild it`),
       kv("NBD", h("code", {}, v.nbd_uri)),
