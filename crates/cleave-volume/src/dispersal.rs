@@ -107,13 +107,13 @@ impl Dispersal {
     /// Writes share i to target i, all in parallel. Does not decide success: the caller
     /// compares `stored` with its quorum.
     ///
-    /// An object already at `key` on a target is the leftover of an attempt that never
-    /// committed (names come from authenticated state only), so it is deleted and the put
-    /// tried once more; a target that still claims it has the object counts as failed.
-    /// A lying target therefore costs one share, never the write.
-    pub async fn put_all(&self, key: &str, shares: Vec<Bytes>) -> PutOutcome {
+    /// With `replace`, an object already at `key` on a target is the leftover of an attempt
+    /// that never committed (the caller's names are its own), so it is deleted and the put
+    /// tried once more. Either way a target that still has the object counts as failed, so
+    /// a lying target costs one share, never the write.
+    pub async fn put_all(&self, key: &str, shares: Vec<Bytes>, replace: bool) -> PutOutcome {
         let mut pending: FuturesUnordered<_> =
-            shares.into_iter().enumerate().map(|(i, share)| self.put_replacing(i, key, share)).collect();
+            shares.into_iter().enumerate().map(|(i, share)| self.put_replacing(i, key, share, replace)).collect();
         let mut out = PutOutcome::default();
         while let Some((i, result, replaced)) = pending.next().await {
             if replaced {
@@ -140,8 +140,15 @@ impl Dispersal {
     }
 
     /// (index, result, whether a leftover had to be replaced).
-    async fn put_replacing(&self, i: usize, key: &str, share: Bytes) -> (usize, Result<(), TargetError>, bool) {
+    async fn put_replacing(
+        &self,
+        i: usize,
+        key: &str,
+        share: Bytes,
+        replace: bool,
+    ) -> (usize, Result<(), TargetError>, bool) {
         match self.put_one(i, key, share.clone()).await {
+            Err(TargetError::AlreadyExists(k)) if !replace => (i, Err(TargetError::AlreadyExists(k)), true),
             Err(TargetError::AlreadyExists(_)) => {
                 if let Err(e) = self.target(i).delete(key).await {
                     return (i, Err(e), true);

@@ -20,6 +20,12 @@ pub enum VolumeError {
     /// Metadata exists on the targets but cannot be read from those that answer.
     #[error("metadata unavailable: {0}")]
     MetadataUnavailable(String),
+    /// Another gateway owns the volume.
+    #[error("volume is claimed by {owner} (epoch {epoch}); take it over explicitly to serve it here")]
+    Claimed { owner: String, epoch: u64 },
+    /// A newer owner took the volume over: this gateway stopped serving it.
+    #[error("fenced: {0}")]
+    Fenced(String),
     #[error("metadata: {0}")]
     Metadata(String),
     #[error("timed out: {0}")]

@@ -37,6 +37,9 @@ pub struct Record {
     /// Entries of this record whose shares did not reach every target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<(u64, Vec<u8>)>,
+    /// The claim epoch of the gateway that wrote it (see [`crate::claim`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The whole map as of record `seq`.
@@ -62,6 +65,8 @@ pub struct Replayed {
     pub last_checkpoint: u64,
     pub next_generation: u64,
     pub records_since_checkpoint: u64,
+    /// The highest writer epoch among the records replayed.
+    pub max_epoch: u64,
     /// Some journal object is not on all N targets (or a target did not answer): a full
     /// checkpoint is needed before the volume is fully redundant again.
     pub journal_degraded: bool,
@@ -96,6 +101,8 @@ pub struct Journal<'a> {
     /// listing counts as no answer: a replaced target holds nothing, and must not make a
     /// commit look like the leftover of a failed one. Empty: all trusted.
     pub trusted: &'a [bool],
+    /// Claims on the volume: records that an owner wrote after it was replaced are ignored.
+    pub ownership: &'a crate::claim::Ownership,
 }
 
 fn apply(map: &mut BTreeMap<u64, Mapping>, entries: &[(u64, u64, u32)]) {
@@ -130,7 +137,9 @@ impl Journal<'_> {
 
     async fn write(&self, key: &str, id: ChunkId, body: Vec<u8>) -> Result<Stored, VolumeError> {
         let shares = self.codec.encode(self.keys.current(), &id, &body)?;
-        let outcome = self.dispersal.put_all(key, shares.into_iter().map(Bytes::from).collect()).await;
+        // Never replace a journal object: one in the way may be another owner's commit
+        // (the caller then checks whether it was fenced).
+        let outcome = self.dispersal.put_all(key, shares.into_iter().map(Bytes::from).collect(), false).await;
         if outcome.stored.len() == self.codec.n() {
             return Ok(Stored::Full);
         }
@@ -279,7 +288,14 @@ impl Journal<'_> {
         for (seq, holders) in records.numbers.into_iter().filter(|(s, _)| *s > out.last_checkpoint) {
             let key = names::journal(self.uuid, seq);
             match self.read::<Record>(&key, self.id(seq, RECORD)).await {
+                Ok(r) if r.seq == seq && self.ownership.is_stale(seq, r.epoch) => {
+                    warn!(seq, epoch = r.epoch, "ignoring a record written by a gateway that had been replaced");
+                    if self.prune {
+                        self.dispersal.delete_all(&key).await;
+                    }
+                }
                 Ok(r) if r.seq == seq => {
+                    out.max_epoch = out.max_epoch.max(r.epoch);
                     apply(&mut out.map, &r.entries);
                     apply_missing(&mut out.missing, &r.entries, &r.missing);
                     let max_gen = r.entries.iter().map(|e| e.1).max().unwrap_or(0);
@@ -356,7 +372,7 @@ mod tests {
         /// Records survive their JSON encoding exactly.
         #[test]
         fn records_round_trip(seq in any::<u64>(), entries in entries()) {
-            let r = Record { seq, entries, missing: Vec::new() };
+            let r = Record { seq, entries, missing: Vec::new(), epoch: 0 };
             let bytes = serde_json::to_vec(&r).unwrap();
             prop_assert_eq!(serde_json::from_slice::<Record>(&bytes).unwrap(), r);
         }

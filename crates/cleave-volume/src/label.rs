@@ -134,6 +134,36 @@ pub async fn trusted_any_index(targets: &[DynTarget], keys: &Keyring, uuid: &str
     legacy
 }
 
+/// For serving a volume from targets given by URI in any order (a recover task): the share
+/// index each one holds, from its label. Every target must carry a valid label of this
+/// volume; a volume from before labels (none carries one) returns nothing to place.
+pub async fn place(
+    given: &[(String, DynTarget)],
+    keys: &Keyring,
+    uuid: &str,
+    volume: [u8; 16],
+) -> Result<Vec<(usize, String)>, String> {
+    let name = key(uuid);
+    let reads = futures::future::join_all(given.iter().map(|(_, t)| t.get(&name))).await;
+    if reads.iter().all(|r| matches!(r, Err(TargetError::NotFound(_)))) {
+        return Ok(Vec::new());
+    }
+    let mut placed: Vec<(usize, String)> = Vec::new();
+    for ((uri, _), read) in given.iter().zip(reads) {
+        let index = match read {
+            Ok(b) if b.len() == LEN => verify(&b, keys, volume, b[5]).map(|()| b[5] as usize),
+            Ok(b) => Err(format!("not a target label ({} bytes)", b.len())),
+            Err(e) => Err(e.to_string()),
+        }
+        .map_err(|e| format!("target {uri} carries no valid label of this volume: {e}"))?;
+        if let Some((_, other)) = placed.iter().find(|(i, _)| *i == index) {
+            return Err(format!("targets {other} and {uri} both hold share {index}"));
+        }
+        placed.push((index, uri.clone()));
+    }
+    Ok(placed)
+}
+
 /// Labels the targets of a new volume (target i holds share i); at least `quorum` must
 /// take their label.
 pub async fn write_all(targets: &[DynTarget], keys: &Keyring, uuid: &str, volume: [u8; 16], quorum: usize) -> Result<(), TargetError> {

@@ -3,6 +3,7 @@
 //! - [`meta`]: volume configuration, the superblock stored on every target, object names.
 //! - [`journal`]: the encrypted, dispersed log of chunk → generation updates, with checkpoints.
 //! - [`dispersal`]: writing N shares with a quorum; reading the fastest M with hedging.
+//! - [`claim`]: one gateway serves a volume at a time: claims with an epoch, fencing.
 //! - [`label`]: the authenticated label on each target: which volume, which share.
 //! - [`cache`]: the persistent local cache file and its present-chunk bitmap.
 //! - [`volume`]: reads, writes, flush, trim, and the destage loop.
@@ -10,6 +11,7 @@
 //! - [`scrub`]: verifying every share and repairing what is missing or bad.
 
 pub mod cache;
+pub mod claim;
 pub mod dispersal;
 pub mod error;
 pub mod journal;

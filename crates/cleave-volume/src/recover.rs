@@ -48,6 +48,25 @@ pub async fn find_superblock(targets: &[DynTarget], master: &MasterKey, name: &s
     })
 }
 
+/// After a volume was opened from the targets given: fails if they hold chunk shares
+/// while the journal maps no chunk at all (the wrong targets, or a journal lost).
+pub async fn check_against_journal(volume: &crate::Volume, targets: &[DynTarget]) -> Result<(), VolumeError> {
+    if !volume.mapped().is_empty() {
+        return Ok(());
+    }
+    let prefix = names::chunk_prefix(&volume.config().uuid);
+    for t in targets {
+        if t.list(&prefix).await.is_ok_and(|k| !k.is_empty()) {
+            return Err(VolumeError::MetadataUnavailable(format!(
+                "{} holds chunk shares of volume {:?} but its journal, as read from the targets given, maps none",
+                t.name(),
+                volume.config().name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What `export` did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RecoverReport {
@@ -82,6 +101,7 @@ pub async fn export(
             targets.len()
         )));
     }
+    let ownership = crate::claim::read(&targets, &keys, &config.uuid).await;
     let dispersal = Dispersal::new(targets, Duration::from_secs(30));
     let hedge_after = Duration::from_millis(200);
     let replayed = Journal {
@@ -95,6 +115,7 @@ pub async fn export(
         prune: false,
         accept_stale,
         trusted: &trusted,
+        ownership: &ownership,
     }
     .replay()
     .await?;

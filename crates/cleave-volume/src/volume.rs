@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::cache::Cache;
 use crate::dispersal::Dispersal;
+use crate::claim::{self, Claim};
 use crate::journal::{self, Checkpoint, Journal, Mapping, Record};
 use crate::label;
 use crate::meta::{names, Durability, VolumeConfig};
@@ -43,6 +44,10 @@ pub struct VolumeOptions {
     pub destage_after: Duration,
     /// Above this fraction of the cache dirty, destage starts at once, oldest first.
     pub dirty_high: f64,
+    /// Who this gateway is, in ownership claims (stable across restarts of one gateway).
+    pub owner: String,
+    /// Serve the volume even if another gateway claims it: that one is then fenced.
+    pub takeover: bool,
 }
 
 impl VolumeOptions {
@@ -58,6 +63,8 @@ impl VolumeOptions {
             checkpoint_every: 64,
             destage_after: Duration::from_secs(3),
             dirty_high: 0.5,
+            owner: "local".into(),
+            takeover: false,
         }
     }
 }
@@ -164,6 +171,10 @@ struct Inner {
     stopping: AtomicBool,
     /// Waiters that need dirty data destaged now (FLUSH in dispersed mode, a full cache, shutdown).
     urgent: std::sync::atomic::AtomicUsize,
+    /// This gateway's claim on the volume.
+    claim: Claim,
+    /// Set once a newer owner took over: nothing more is read, written or committed.
+    fenced: Mutex<Option<String>>,
 }
 
 /// A volume, cheap to clone.
@@ -208,6 +219,10 @@ impl Volume {
                 codec.m()
             )));
         }
+        let ownership = claim::read(&dispersal.targets(), &keys, &uuid).await;
+        if !opts.takeover {
+            ownership.free_for(&opts.owner)?;
+        }
         let replayed = Journal {
             dispersal: &dispersal,
             codec: &codec,
@@ -219,9 +234,14 @@ impl Volume {
             prune: true,
             accept_stale: false,
             trusted: &trusted,
+            ownership: &ownership,
         }
         .replay()
         .await?;
+        let newest = ownership.latest().map_or(0, |c| c.epoch).max(replayed.max_epoch);
+        let epoch = newest.checked_add(1).ok_or_else(|| VolumeError::Metadata("claim epochs exhausted".into()))?;
+        let claim = Claim { epoch, after_seq: replayed.last_seq, owner: opts.owner.clone() };
+        claim::write(&dispersal.targets(), &keys, &uuid, &claim, config.write_quorum()).await?;
         let (cache, present, clean) = Cache::open(&opts.cache_dir, &uuid, config.size, config.chunk_size)?;
         let capacity_chunks = (opts.cache_bytes / config.chunk_size as u64).max(4) as usize;
         let mut chunks = HashMap::new();
@@ -235,7 +255,7 @@ impl Volume {
         let state = State {
             map: replayed.map,
             chunks,
-            next_generation: replayed.next_generation,
+            next_generation: replayed.next_generation.max(epoch_base(epoch)),
             next_seq: replayed.last_seq + 1,
             last_checkpoint: replayed.last_checkpoint,
             records_since_checkpoint: replayed.records_since_checkpoint,
@@ -260,6 +280,8 @@ impl Volume {
             progress: Notify::new(),
             stopping: AtomicBool::new(false),
             urgent: std::sync::atomic::AtomicUsize::new(0),
+            claim,
+            fenced: Mutex::new(None),
             config,
             opts,
         });
@@ -310,6 +332,7 @@ impl Volume {
 
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
         self.check_range(offset, len as u64)?;
+        self.inner.check_fenced()?;
         let inner = &self.inner;
         let mut out = Vec::with_capacity(len as usize);
         for (chunk, pos, n) in self.pieces(offset, len as u64) {
@@ -334,6 +357,7 @@ impl Volume {
 
     pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
         self.check_range(offset, data.len() as u64)?;
+        self.inner.check_fenced()?;
         let inner = &self.inner;
         let mut touched = Vec::new();
         for (chunk, pos, n) in self.pieces(offset, data.len() as u64) {
@@ -350,6 +374,7 @@ impl Volume {
     /// Zeroes a range. Whole chunks are punched out of the cache and stored as nothing.
     pub async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
         self.check_range(offset, len)?;
+        self.inner.check_fenced()?;
         let inner = &self.inner;
         let mut touched = Vec::new();
         for (chunk, pos, n) in self.pieces(offset, len) {
@@ -383,6 +408,7 @@ impl Volume {
 
     async fn make_durable(&self, chunks: Option<Vec<u64>>) -> Result<(), VolumeError> {
         let inner = &self.inner;
+        inner.check_fenced()?;
         inner.sync_local().await?;
         if inner.config.durability == Durability::Dispersed {
             inner.wait_destaged(chunks).await?;
@@ -409,6 +435,10 @@ impl Volume {
             let clean = self.inner.state.lock().expect("not poisoned").chunks.values().all(|c| !c.dirty);
             if clean {
                 self.inner.cache.mark_clean()?;
+                let inner = &self.inner;
+                if inner.check_fenced().is_ok() {
+                    claim::release(&inner.dispersal.targets(), &inner.keys, &inner.uuid, &inner.claim).await;
+                }
             }
         }
         result
@@ -496,7 +526,8 @@ impl Volume {
             .filter(|(_, s)| !s.is_up())
             .map(|(t, _)| t.name().to_string())
             .collect();
-        let health = if inner.dispersal.up_count() < inner.config.m as usize {
+        let fenced = inner.fenced.lock().expect("not poisoned").clone();
+        let health = if fenced.is_some() || inner.dispersal.up_count() < inner.config.m as usize {
             Health::Unavailable { targets_down: down }
         } else if !down.is_empty() || !st.missing.is_empty() || st.journal_degraded {
             Health::Degraded {
@@ -521,7 +552,7 @@ impl Volume {
                 let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 format!("{secs}")
             }),
-            last_destage_error: st.last_destage_error.clone(),
+            last_destage_error: fenced.or_else(|| st.last_destage_error.clone()),
             journal_seq: st.next_seq - 1,
         }
     }
@@ -573,6 +604,32 @@ impl Volume {
 }
 
 impl Inner {
+    fn check_fenced(&self) -> Result<(), VolumeError> {
+        match self.fenced.lock().expect("not poisoned").as_ref() {
+            Some(why) => Err(VolumeError::Fenced(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Errs (and fences this gateway for good) if a newer owner has claimed the volume.
+    async fn check_claim(&self) -> Result<(), VolumeError> {
+        self.check_fenced()?;
+        let ownership = claim::read(&self.dispersal.targets(), &self.keys, &self.uuid).await;
+        match ownership.latest() {
+            Some(c) if c.epoch > self.claim.epoch => {
+                let why = format!(
+                    "gateway {} took volume {} over at epoch {} (this gateway had epoch {}); it is no longer served here",
+                    c.owner, self.config.name, c.epoch, self.claim.epoch
+                );
+                warn!("{why}");
+                *self.fenced.lock().expect("not poisoned") = Some(why.clone());
+                self.stopping.store(true, Ordering::SeqCst);
+                Err(VolumeError::Fenced(why))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Targets believed down that answer again: checked for their label first, since a
     /// target that comes back empty (a new disk, a remount) lost its shares.
     async fn probe_targets(&self) {
@@ -604,7 +661,7 @@ impl Inner {
             }
             (st.next_seq, st.missing.iter().map(|(c, v)| (*c, v.clone())).collect::<Vec<_>>())
         };
-        let record = Record { seq, entries: Vec::new(), missing: lacking };
+        let record = Record { seq, entries: Vec::new(), missing: lacking, epoch: self.claim.epoch };
         if let Err(e) = self.journal().commit(&record).await {
             warn!(volume = %self.config.name, error = %e, "cannot journal the replaced target yet; it stays unlabeled until then");
             return;
@@ -836,6 +893,7 @@ impl Inner {
         };
         loop {
             let notified = self.progress.notified();
+            self.check_fenced()?;
             let pending = {
                 let st = self.state.lock().expect("not poisoned");
                 snapshot.iter().any(|(c, seq)| st.chunks.get(c).is_some_and(|s| s.destaged_seq < *seq))
@@ -869,7 +927,9 @@ impl Inner {
         let shares =
             tokio::task::spawn_blocking(move || codec.encode(keys.current(), &id, &data)).await.map_err(io_err)??;
         let key = names::chunk(&self.uuid, chunk, generation);
-        let outcome = self.dispersal.put_all(&key, shares.into_iter().map(Bytes::from).collect()).await;
+        // Generations carry this owner's epoch (see `epoch_base`): a share in the way is a
+        // leftover of our own, never another owner's, so it may be replaced.
+        let outcome = self.dispersal.put_all(&key, shares.into_iter().map(Bytes::from).collect(), true).await;
         if outcome.stored.len() < self.config.write_quorum() {
             self.dispersal.delete_all(&key).await;
             return Err(VolumeError::Quorum(format!(
@@ -889,12 +949,21 @@ impl Inner {
     /// are on all N targets, otherwise it is kept as superseded. Caller holds `commit`.
     async fn commit_entries(&self, done: Vec<(u64, Mapping, Vec<u8>)>) -> Result<Vec<(u64, u64)>, VolumeError> {
         let seq = self.state.lock().expect("not poisoned").next_seq;
+        self.check_claim().await?;
         let record = Record {
+            epoch: self.claim.epoch,
             seq,
             entries: done.iter().map(|(c, m, _)| (*c, m.generation, m.key_id)).collect(),
             missing: done.iter().filter(|(_, _, x)| !x.is_empty()).map(|(c, _, x)| (*c, x.clone())).collect(),
         };
-        let stored = self.journal().commit(&record).await?;
+        let stored = match self.journal().commit(&record).await {
+            Ok(s) => s,
+            Err(e) => {
+                // A record in the way may be a newer owner's: then say so.
+                self.check_claim().await?;
+                return Err(e);
+            }
+        };
         let mut old = Vec::new();
         let checkpoint_due = {
             let mut st = self.state.lock().expect("not poisoned");
@@ -964,6 +1033,10 @@ impl Inner {
     }
 
     async fn delete_old(&self, old: Vec<(u64, u64)>) {
+        // A newer owner may still reference what this one replaced.
+        if old.is_empty() || self.check_claim().await.is_err() {
+            return;
+        }
         for (chunk, generation) in old {
             let failed = self.dispersal.delete_all(&names::chunk(&self.uuid, chunk, generation)).await;
             if failed > 0 {
@@ -984,6 +1057,7 @@ impl Inner {
             prune: true,
             accept_stale: false,
             trusted: &[],
+            ownership: &NO_CLAIMS,
         }
     }
 
@@ -1106,6 +1180,19 @@ impl Drop for Urgent<'_> {
     }
 }
 
+/// The first generation number of an owner's epoch: the top 24 bits are the epoch, so two
+/// owners of one volume (before the older is fenced) never write the same object name.
+fn epoch_base(epoch: u64) -> u64 {
+    if epoch < 1 << 24 {
+        epoch << 40
+    } else {
+        0
+    }
+}
+
+/// Replay at open filters stale records; later commits need no filter.
+static NO_CLAIMS: claim::Ownership = claim::Ownership { claims: Vec::new(), released: Vec::new() };
+
 /// How often targets believed down are asked whether they answer again.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 
@@ -1121,6 +1208,9 @@ async fn destager(weak: std::sync::Weak<Inner>) {
         // A volume without I/O must still notice a target that came back.
         if last_probe.elapsed() >= PROBE_EVERY {
             inner.probe_targets().await;
+            if inner.check_claim().await.is_err() {
+                return;
+            }
             last_probe = Instant::now();
         }
         match inner.destage_round().await {

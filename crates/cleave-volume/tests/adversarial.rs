@@ -64,7 +64,13 @@ async fn rig(m: u8, n: u8) -> Rig {
 
 impl Rig {
     async fn open(&self, cache: &str) -> Result<Volume, VolumeError> {
+        self.open_as(cache, "local", false).await
+    }
+
+    async fn open_as(&self, cache: &str, owner: &str, takeover: bool) -> Result<Volume, VolumeError> {
         let mut opts = VolumeOptions::new(self.root.join(cache));
+        opts.owner = owner.into();
+        opts.takeover = takeover;
         opts.hedge_after = Duration::from_millis(20);
         opts.flush_timeout = Duration::from_secs(10);
         opts.destage_after = Duration::from_millis(10);
@@ -82,7 +88,9 @@ impl Rig {
 
 async fn write_chunk(v: &Volume, chunk: u64, byte: u8) {
     v.write(chunk * MIB, Bytes::from(vec![byte; MIB as usize]), false).await.unwrap();
-    v.flush().await.unwrap();
+    if let Err(e) = v.flush().await {
+        panic!("flush: {e}; last destage error: {:?}", v.status().last_destage_error);
+    }
 }
 
 fn chunk_of(image: &[u8], chunk: u64) -> &[u8] {
@@ -183,4 +191,30 @@ async fn two_of_three_with_one_target_down_keeps_taking_writes() {
     v.shutdown(Duration::from_secs(30)).await.unwrap();
     let image = r.recover(&[0, 2], false).await.unwrap();
     assert!(chunk_of(&image, 2).iter().all(|&b| b == 0x22));
+}
+
+/// Item 7: a second gateway is refused while the first holds the volume; after an explicit
+/// takeover the first one's next commit fails, it stops serving, and nothing it writes
+/// afterwards reaches a reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_is_refused_and_a_takeover_fences_the_first() {
+    let r = rig(3, 5).await;
+    let a = r.open_as("a", "gateway-a", false).await.unwrap();
+    write_chunk(&a, 0, 0x0a).await;
+    let refused = r.open_as("b", "gateway-b", false).await.expect_err("the volume is claimed by gateway-a");
+    assert!(matches!(refused, VolumeError::Claimed { ref owner, .. } if owner == "gateway-a"), "{refused}");
+    let b = r.open_as("b", "gateway-b", true).await.unwrap();
+    assert_eq!(b.read(0, MIB as u32).await.unwrap(), Bytes::from(vec![0x0a; MIB as usize]));
+    write_chunk(&b, 1, 0x1b).await;
+    // The old owner's next commit finds the newer claim: it fails and A is fenced.
+    a.write(2 * MIB, Bytes::from(vec![0x2a; MIB as usize]), false).await.unwrap();
+    let err = a.flush().await.expect_err("a commit after a takeover must fail");
+    assert!(matches!(err, VolumeError::Fenced(_)), "{err}");
+    assert!(matches!(a.read(0, 4096).await, Err(VolumeError::Fenced(_))));
+    b.shutdown(Duration::from_secs(30)).await.unwrap();
+    let image = r.recover(&[0, 1, 2, 3, 4], false).await.unwrap();
+    assert!(chunk_of(&image, 0).iter().all(|&x| x == 0x0a) && chunk_of(&image, 1).iter().all(|&x| x == 0x1b));
+    assert!(chunk_of(&image, 2).iter().all(|&x| x == 0), "a write of the fenced gateway reached a reader");
+    // B released the volume cleanly: a third gateway may open it without a takeover.
+    r.open_as("c", "gateway-c", false).await.unwrap();
 }

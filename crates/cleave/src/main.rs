@@ -126,6 +126,10 @@ enum TaskCommand {
         /// For move: the target to move to (default: chosen among the nodes).
         #[arg(long)]
         to: Option<String>,
+        /// For recover: serve the volume even though another gateway claims it; that
+        /// gateway stops serving it at its next commit.
+        #[arg(long)]
+        takeover: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -373,8 +377,9 @@ fn set_node_token(data_dir: &std::path::Path) -> Result<()> {
 
 fn task_command(cmd: TaskCommand) -> Result<()> {
     match cmd {
-        TaskCommand::Start { kind, volume, targets, from, to, server } => {
-            let body = json!({ "kind": kind, "volume": volume, "targets": targets, "from": from, "to": to });
+        TaskCommand::Start { kind, volume, targets, from, to, takeover, server } => {
+            let body =
+                json!({ "kind": kind, "volume": volume, "targets": targets, "from": from, "to": to, "takeover": takeover });
             let t = Client::new(&server)?.post("/tasks", body)?;
             print_json(&t.unwrap_or_default())
         }

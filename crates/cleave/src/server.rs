@@ -337,7 +337,8 @@ impl Gateway {
             return;
         }
         tried.insert(name.clone(), std::time::Instant::now());
-        match self.start_task_with("rereplicate", name, Vec::new(), None, None) {
+        let req = NewTask { kind: "rereplicate".into(), volume: name.clone(), ..Default::default() };
+        match self.start_task_with(req) {
             Ok(t) => info!(volume = %name, task = t.id, "targets are back: re-replicating what degraded writes missed"),
             Err(e) => warn!(volume = %name, error = %e, "could not start re-replication"),
         }
@@ -433,10 +434,11 @@ impl Gateway {
         }
     }
 
-    fn options(&self) -> VolumeOptions {
+    fn options(&self) -> Result<VolumeOptions> {
         let mut o = VolumeOptions::new(self.data.cache_dir());
         o.cache_bytes = self.cache_bytes;
-        o
+        o.owner = self.data.gateway_id()?;
+        Ok(o)
     }
 
     /// Opens the stored volumes, each on its own: one that cannot open does not keep the
@@ -521,6 +523,11 @@ impl Gateway {
     }
 
     async fn open_volume(&self, sb: &Superblock) -> Result<Volume> {
+        self.open_volume_with(sb, false).await
+    }
+
+    /// Opens a volume; `takeover` serves it even if another gateway claims it.
+    async fn open_volume_with(&self, sb: &Superblock, takeover: bool) -> Result<Volume> {
         let keys = sb.unlock(&self.master)?;
         let targets = sb
             .config
@@ -528,7 +535,9 @@ impl Gateway {
             .iter()
             .map(|u| cleave_target::open(u).with_context(|| format!("target {u}")))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Volume::open(sb.config.clone(), keys, targets, self.options()).await?)
+        let mut options = self.options()?;
+        options.takeover = takeover;
+        Ok(Volume::open(sb.config.clone(), keys, targets, options).await?)
     }
 
     /// Creates a volume, all or nothing: everything is checked first, then the superblock is
@@ -847,7 +856,7 @@ pub struct TaskView {
     pub created_unix_ms: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct NewTask {
     kind: String,
     volume: String,
@@ -860,6 +869,9 @@ struct NewTask {
     /// For `move`: where to (default: a node chosen like a new placement).
     #[serde(default)]
     to: Option<String>,
+    /// For `recover`: serve it even though another gateway claims it (that one is fenced).
+    #[serde(default)]
+    takeover: bool,
 }
 
 impl Gateway {
@@ -870,14 +882,9 @@ impl Gateway {
     }
 
     /// Queues a task. `targets` is for `recover`: where to find the volume.
-    fn start_task_with(
-        self: &Arc<Self>,
-        kind: &str,
-        volume: &str,
-        targets: Vec<String>,
-        from: Option<String>,
-        to: Option<String>,
-    ) -> Result<TaskView> {
+    fn start_task_with(self: &Arc<Self>, req: NewTask) -> Result<TaskView> {
+        let NewTask { kind, volume, targets, from, to, takeover } = req;
+        let (kind, volume) = (kind.as_str(), volume.as_str());
         let job = match kind {
             "scrub" | "repair" => {
                 let v = self.served(volume).map_err(|e| anyhow::anyhow!(e.1))?;
@@ -898,9 +905,9 @@ impl Gateway {
                 }
                 let handles = targets
                     .iter()
-                    .map(|u| cleave_target::open(u).with_context(|| format!("target {u}")))
+                    .map(|u| Ok((u.clone(), cleave_target::open(u).with_context(|| format!("target {u}"))?)))
                     .collect::<Result<Vec<_>>>()?;
-                Job::Recover { targets: handles }
+                Job::Recover { targets: handles, takeover }
             }
             "rereplicate" => {
                 let v = self.get(volume).with_context(|| format!("no volume {volume:?}"))?;
@@ -946,7 +953,7 @@ impl Gateway {
                     .map_err(anyhow::Error::from)
                     .and_then(|r| Ok(serde_json::to_value(&r)?)),
                 Job::Delete => gw.delete(&volume).await.map(|()| serde_json::json!({ "deleted": volume })),
-                Job::Recover { targets } => gw.recover(&volume, targets, progress).await,
+                Job::Recover { targets, takeover } => gw.recover(&volume, targets, takeover, progress).await,
                 Job::Move { volume, index, to } => gw.move_share(&volume, index, to, progress).await,
                 Job::Rereplicate { volume } => volume
                     .rereplicate(progress)
@@ -975,19 +982,45 @@ impl Gateway {
     async fn recover(
         &self,
         name: &str,
-        targets: Vec<cleave_target::DynTarget>,
+        given: Vec<(String, cleave_target::DynTarget)>,
+        takeover: bool,
         progress: impl Fn(u64, u64),
     ) -> Result<serde_json::Value> {
         let _admin = self.admin.lock().await;
         if self.exists(name) {
             bail!("volume {name:?} is already exists here");
         }
-        let sb = cleave_volume::recover::find_superblock(&targets, &self.master, name).await?;
-        progress(1, 3);
-        sb.unlock(&self.master).context("no key slot this master key opens (crypto-erased?)")?;
-        self.data.save_volume(&sb.seal(&self.master)?, name)?;
-        progress(2, 3);
-        let v = self.open_volume(&sb).await?;
+        let handles: Vec<_> = given.iter().map(|(_, t)| t.clone()).collect();
+        let mut sb = cleave_volume::recover::find_superblock(&handles, &self.master, name).await?;
+        progress(1, 4);
+        let keys = sb.unlock(&self.master).context("no key slot this master key opens (crypto-erased?)")?;
+        // Serve from the targets given, each at the share index its label names.
+        let placed = cleave_volume::label::place(&given, &keys, &sb.config.uuid, sb.config.uuid_bytes().context("uuid")?)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if placed.iter().any(|(i, uri)| sb.config.targets.get(*i) != Some(uri)) {
+            for (i, uri) in placed {
+                *sb.config.targets.get_mut(i).context("label names a share index past N")? = uri;
+            }
+            sb.version += 1;
+            self.publish(&sb).await?;
+        } else {
+            self.data.save_volume(&sb.seal(&self.master)?, name)?;
+        }
+        progress(2, 4);
+        let v = match self.open_volume_with(&sb, takeover).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.data.discard_volume(name);
+                return Err(e);
+            }
+        };
+        progress(3, 4);
+        if let Err(e) = cleave_volume::recover::check_against_journal(&v, &handles).await {
+            v.close().await;
+            let _ = self.data.discard_volume(name);
+            return Err(anyhow::anyhow!("{e}"));
+        }
         // Grants are control's records, not the volume's: the admin group gets its access back if
         // it holds a slot; other groups are granted again by the administrator.
         if sb.has_group(LOCAL_GROUP) {
@@ -1108,13 +1141,13 @@ impl Gateway {
 enum Job {
     Scrub { volume: Volume, repair: bool },
     Delete,
-    Recover { targets: Vec<cleave_target::DynTarget> },
+    Recover { targets: Vec<(String, cleave_target::DynTarget)>, takeover: bool },
     Move { volume: Volume, index: usize, to: String },
     Rereplicate { volume: Volume },
 }
 
 async fn create_task(State(gw): State<Shared>, Json(req): Json<NewTask>) -> Result<Response, ApiError> {
-    let t = gw.start_task_with(&req.kind, &req.volume, req.targets, req.from, req.to).map_err(bad_request)?;
+    let t = gw.start_task_with(req).map_err(bad_request)?;
     Ok((StatusCode::ACCEPTED, Json(t)).into_response())
 }
 

@@ -166,6 +166,20 @@ impl DataDir {
         self.root.join("cache")
     }
 
+    /// This gateway's identity in volume ownership claims (`DIR/gateway.id`), made on first use.
+    pub fn gateway_id(&self) -> Result<String> {
+        let path = self.root.join("gateway.id");
+        match fs::read_to_string(&path) {
+            Ok(id) => Ok(id.trim().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = format!("gateway-{}", random_hex(8)?);
+                write_private(&path, format!("{id}\n").as_bytes())?;
+                Ok(id)
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
     /// Loads the master key, creating it on first run.
     pub fn master_key(&self) -> Result<MasterKey> {
         if let Some(key) = existing_master_key(&self.root)? {
