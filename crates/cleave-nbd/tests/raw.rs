@@ -381,7 +381,7 @@ async fn serve_connection_over_duplex() {
     let provider = Arc::new(common::Exports(vec![("disk".into(), dev)]));
     let server = Arc::new(Server::new(provider, ServerConfig::default()));
     let (client, srv) = tokio::io::duplex(1 << 16);
-    let task = tokio::spawn(server.serve_connection(srv, ([127, 0, 0, 1], 1).into()));
+    let task = tokio::spawn(server.serve_connection(srv, std::net::SocketAddr::from(([127, 0, 0, 1], 1))));
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut g = [0u8; 18];
     rd.read_exact(&mut g).await.unwrap();

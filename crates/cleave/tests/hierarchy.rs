@@ -383,3 +383,30 @@ fn parent_lists_child_controls_and_their_nodes() {
         "{events}"
     );
 }
+
+/// A viewer of the parent reads a child's volumes through the parent, but not its users, however
+/// the path is spelled: the parent's role policy sees the path the child will act on.
+#[test]
+fn a_viewer_cannot_reach_a_childs_users_by_encoding_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Control::start(&dir.path().join("parent"), &["--name", "hq"]);
+    let child_data = dir.path().join("child");
+    std::fs::create_dir_all(&child_data).unwrap();
+    std::fs::copy(parent.data.join("cluster.secret"), child_data.join("cluster.secret")).unwrap();
+    let parent_at = format!("127.0.0.1:{}", parent.autoconfig);
+    let _child =
+        Control::start(&child_data, &["--parent", &parent_at, "--parent-heartbeat-secs", "0.3", "--name", "east"]);
+    wait_for("the child, up at the parent", || parent.controls().iter().any(|c| c["status"] == "up"));
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "viewer password\n").unwrap();
+    parent.cli(&["user", "add", "vera", "--role", "viewer", "--password-file", pw.to_str().unwrap()]);
+    let vera = parent.cli(&["user", "token", "vera"]).trim().to_string();
+
+    assert_eq!(parent.call("GET", &vera, "/controls/east/api/volumes").0, 200);
+    for path in ["users", "user%73", "%75ser%73", "user%2573", "users%3Fx=1", "volumes%2F..%2Fusers", "me/..%2F..%2Fusers"]
+    {
+        let (code, _, body) = parent.call("GET", &vera, &format!("/controls/east/api/{path}"));
+        assert_eq!(code, 403, "a viewer read the child's {path}: {body}");
+        assert!(!body.contains("argon2") && !body.contains("\"admin\""), "{body}");
+    }
+}
