@@ -294,7 +294,10 @@ impl Gateway {
                 Some(path) => unix_uri(&c.name, path),
                 None => String::new(),
             },
-            nbds_uri: format!("nbds://{}/{}", self.nbd_addr, c.name),
+            nbds_uri: match &self.nbd_socket {
+                Some(_) => format!("nbds://{}/{}", self.nbd_addr, c.name),
+                None => String::new(),
+            },
             name: c.name,
             uuid: c.uuid,
             size_bytes: c.size,
@@ -931,11 +934,12 @@ async fn flush_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Res
 async fn forward_to_child(
     State(gw): State<Shared>,
     Path((id, path)): Path<(String, String)>,
+    Extension(who): Extension<crate::users::Principal>,
     method: axum::http::Method,
     uri: axum::http::Uri,
     body: Bytes,
 ) -> Response {
-    crate::hierarchy::forward(&gw.hierarchy, &id, method, &path, uri.query(), body).await
+    crate::hierarchy::forward(&gw.hierarchy, &id, method, &path, uri.query(), who.role, body).await
 }
 
 async fn list_nodes(State(gw): State<Shared>, Query(q): Query<crate::hierarchy::NodesQuery>) -> Response {

@@ -218,7 +218,14 @@ pub fn authenticate(gw: &crate::server::Gateway, req: &Request) -> Result<Princi
         } else if read && gw.hierarchy.accepts_parent_token(given) {
             Ok(who("parent", Role::Viewer, Via::Parent))
         } else if gw.hierarchy.accepts_parent_admin_token(given) {
-            Ok(who("parent", Role::Admin, Via::Parent))
+            // The parent acts for one of its users, with that user's role and no more.
+            let role = req
+                .headers()
+                .get(cleave_control::hierarchy::ROLE_HEADER)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(Role::Viewer);
+            Ok(who("parent", role, Via::Parent))
         } else {
             gw.users.by_token(given).ok_or_else(|| unauthorized("wrong bearer token"))
         };
