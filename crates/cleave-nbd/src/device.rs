@@ -66,7 +66,9 @@ pub trait BlockDevice: Send + Sync {
 pub enum PeerAddr {
     Tcp(std::net::SocketAddr),
     /// A Unix socket. `uid` is the peer's user id, as the kernel reports it.
-    Unix { uid: Option<u32> },
+    Unix {
+        uid: Option<u32>,
+    },
 }
 
 impl From<std::net::SocketAddr> for PeerAddr {

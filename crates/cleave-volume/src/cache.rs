@@ -41,8 +41,7 @@ impl Cache {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{uuid}.cache"));
         // The cache holds plaintext: only the owner may read it, whatever the umask.
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
         file.set_len(size)?;
         let bitmap_path = dir.join(format!("{uuid}.present"));
         let clean_path = dir.join(format!("{uuid}.clean"));

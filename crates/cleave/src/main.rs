@@ -260,7 +260,9 @@ fn main() -> Result<()> {
         .init();
     let daemon = matches!(
         &cli.command,
-        Command::Serve(_) | Command::Control(ControlCommand { sub: None, .. }) | Command::Node(NodeCommand { sub: None, .. })
+        Command::Serve(_)
+            | Command::Control(ControlCommand { sub: None, .. })
+            | Command::Node(NodeCommand { sub: None, .. })
     );
     if daemon {
         private_files();

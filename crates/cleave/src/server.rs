@@ -1079,17 +1079,20 @@ async fn run(
     let existing = gw.data.load_volumes(&gw.master)?;
     if existing.is_empty() && nbd.is_some() {
         info!("first run: creating volume demo (1 GiB, 3-of-5 on five directory targets)");
-        gw.create(CreateVolume {
-            name: "demo".into(),
-            size_bytes: 1 << 30,
-            m: 3,
-            n: 5,
-            chunk_size: None,
-            durability: None,
-            targets: Vec::new(),
-            groups: Vec::new(),
-            client: None,
-        }, true)
+        gw.create(
+            CreateVolume {
+                name: "demo".into(),
+                size_bytes: 1 << 30,
+                m: 3,
+                n: 5,
+                chunk_size: None,
+                durability: None,
+                targets: Vec::new(),
+                groups: Vec::new(),
+                client: None,
+            },
+            true,
+        )
         .await?;
     }
     for sb in existing {

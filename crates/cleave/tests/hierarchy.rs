@@ -404,7 +404,8 @@ fn parent_users_keep_their_role_at_the_child() {
     let vera = parent.cli(&["user", "token", "vera"]).trim().to_string();
 
     assert_eq!(parent.call("GET", &vera, "/controls/east/api/volumes").0, 200);
-    for path in ["users", "user%73", "%75ser%73", "user%2573", "users%3Fx=1", "volumes%2F..%2Fusers", "me/..%2F..%2Fusers"]
+    for path in
+        ["users", "user%73", "%75ser%73", "user%2573", "users%3Fx=1", "volumes%2F..%2Fusers", "me/..%2F..%2Fusers"]
     {
         let (code, _, body) = parent.call("GET", &vera, &format!("/controls/east/api/{path}"));
         assert_eq!(code, 403, "a viewer read the child's {path}: {body}");
@@ -424,4 +425,3 @@ fn parent_users_keep_their_role_at_the_child() {
     let (text, code) = out.trim_end().rsplit_once('\n').unwrap();
     assert_eq!(code, "403", "an operator granted a group through the parent: {text}");
 }
-
