@@ -16,7 +16,7 @@ rm -f "$OUT/destage/disk.test"
 start_cleave "$DATA" --cache-size "$((GIB + 1))GiB"
 trap stop_cleave EXIT
 cli volume create bench --size "$((GIB + 1))GiB" >/dev/null
-fio --ioengine=nbd --uri="nbd://127.0.0.1:$NBD_PORT/bench" --name=fill --rw=write --bs=1M --iodepth=8 \
+fio --ioengine=nbd --uri="$(local_uri bench)" --name=fill --rw=write --bs=1M --iodepth=8 \
   --size="${GIB}G" --refill_buffers=1 --output=/dev/null
 start=$(date +%s.%N)
 dirty=$(cli volume show bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["dirty_bytes"])')

@@ -21,6 +21,9 @@ start_cleave() {
   echo "cleave serve did not start:"; cat "$OUT/serve.log"; exit 1
 }
 
+# local_uri VOLUME: the volume on the local administrator's Unix socket in $DATA.
+local_uri() { echo "nbd+unix:///$1?socket=$(cd "$DATA" && pwd)/nbd.sock"; }
+
 stop_cleave() { kill -TERM "$CLEAVE_PID" 2>/dev/null && wait "$CLEAVE_PID" 2>/dev/null || true; }
 
 cli() { CLEAVE_LOG=warn "$CLEAVE" "$@" --server "http://127.0.0.1:$HTTP_PORT" --token-file "$DATA/admin.token"; }

@@ -9,7 +9,7 @@ DATA=$OUT/memory/data
 start_cleave "$DATA"
 trap stop_cleave EXIT
 cli volume create big --size "$((GIB + 1))GiB" >/dev/null
-fio --ioengine=nbd --uri="nbd://127.0.0.1:$NBD_PORT/big" --name=seq --rw=write --bs=1M --iodepth=8 \
+fio --ioengine=nbd --uri="$(local_uri big)" --name=seq --rw=write --bs=1M --iodepth=8 \
   --size="${GIB}G" --refill_buffers=1 --output=/dev/null
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$CLEAVE_PID/status")
 echo "wrote ${GIB} GiB sequentially; peak gateway memory (VmHWM): $((hwm / 1024)) MiB"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # fio through Cleave's NBD export against fio through `nbdkit file` on a file on the
-# same disk, in one run, with a working set that fits in Cleave's cache.
+# same disk, in one run, with a working set that fits in Cleave's cache. Both over a Unix
+# socket (Cleave serves NBD without TLS only there).
 #   bench/nbd-vs-nbdkit.sh [SECONDS_PER_JOB]
 source "$(dirname "$0")/lib.sh"
 SECS=${1:-15}
@@ -11,15 +12,14 @@ DATA=$OUT/nbd/data
 start_cleave "$DATA" --cache-size 2GiB
 trap stop_cleave EXIT
 cli volume create bench --size 1GiB >/dev/null
-CLEAVE_URI="nbd://127.0.0.1:$NBD_PORT/bench"
+CLEAVE_URI=$(local_uri bench)
 
 truncate -s 1G "$OUT/nbd/ref.img"
-KIT_PORT=$(free_port)
-nbdkit --exit-with-parent -f -p "$KIT_PORT" -i 127.0.0.1 file "$OUT/nbd/ref.img" &
+nbdkit --exit-with-parent -f -U "$OUT/nbd/kit.sock" file "$OUT/nbd/ref.img" &
 KIT_PID=$!
 trap 'stop_cleave; kill $KIT_PID 2>/dev/null || true' EXIT
 sleep 1
-KIT_URI="nbd://127.0.0.1:$KIT_PORT/"
+KIT_URI="nbd+unix:///?socket=$OUT/nbd/kit.sock"
 
 echo "fio --ioengine=nbd, $SIZE working set, ${SECS}s per job; MB/s and IOPS"
 printf '%-28s %18s %18s %8s\n' job "nbdkit file" "cleave" ratio

@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 use crate::autoconfig::agent::{run_member, Member};
 use crate::autoconfig::packet::MessageType;
 use crate::pool::{push, Inner, NodeInfo, NodeStatus, Pool, PoolSummary};
+use crate::users::Role;
 
 /// Longest API URL, name or site a child may report.
 pub const MAX_FIELD: usize = 256;
@@ -210,6 +211,9 @@ pub enum ForwardError {
 }
 
 /// A child's answer to a forwarded call.
+/// The header in which a parent names the role of the user it acts for.
+pub const ROLE_HEADER: &str = "x-cleave-role";
+
 #[derive(Debug)]
 pub struct Forwarded {
     pub status: u16,
@@ -359,12 +363,15 @@ impl Hierarchy {
     }
 
     /// Acts on a child control: sends `method` `/api/v1/{path_and_query}` with `body` (JSON) to
-    /// the child's API with this parent's act token, and returns the child's answer as it is.
+    /// the child's API with this parent's act token, on behalf of a caller with `role` (sent in
+    /// [`ROLE_HEADER`]; the child grants no more than that), and returns the child's answer as
+    /// it is.
     pub async fn forward(
         &self,
         child_id: &str,
         method: hyper::Method,
         path_and_query: &str,
+        role: Role,
         body: Bytes,
     ) -> Result<Forwarded, ForwardError> {
         let c = self
@@ -387,6 +394,7 @@ impl Hierarchy {
             .uri(url)
             .header(AUTHORIZATION, format!("Bearer {}", parent_admin_token(&self.cfg.secret, &c.id)))
             .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(ROLE_HEADER, role.to_string())
             .body(Full::new(body))
             .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
         let call = async {

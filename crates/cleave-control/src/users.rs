@@ -192,33 +192,69 @@ impl Users {
     }
 }
 
-/// The role a call needs: `method` and `path` as the HTTP request has them (path without query).
+/// The role a call needs: `method` and `path` as the HTTP request has them (path without query,
+/// still percent-encoded).
 ///
 /// - reading is for viewers, except the user list (admins);
 /// - one's own session, password and tokens are for every user;
 /// - volumes and tasks are changed by operators;
 /// - everything else (clients, groups, users, child controls) is changed by admins;
 /// - a call forwarded to a child control needs what the same call needs at the child.
+///
+/// The policy looks at the path as the handlers see it, percent-decoded. A path that could
+/// name something else further on (a dot segment, a `%` left after decoding, which a child
+/// would decode again, or any character that names never use) needs an admin.
 pub fn required_role(method: &str, path: &str) -> Role {
-    let path = path.trim_end_matches('/');
-    let rest = path.strip_prefix("/api/v1").unwrap_or(path);
     let read = matches!(method, "GET" | "HEAD");
-    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
-    if parts.iter().any(|p| *p == ".." || *p == ".") {
-        return Role::Admin;
-    }
-    match parts.as_slice() {
-        // `/controls/{id}/api/{path...}`: the child's own rule, and at least what reading the tree needs.
-        ["controls", _, "api", inner @ ..] => {
-            let inner = format!("/api/v1/{}", inner.join("/"));
-            required_role(method, &inner).max(Role::Viewer)
+    match decoded_segments(path) {
+        Some(parts) => {
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let rest = parts.strip_prefix(&["api", "v1"][..]).unwrap_or(&parts);
+            role_for(read, rest)
         }
+        None => Role::Admin,
+    }
+}
+
+/// The policy on the segments after `/api/v1`.
+fn role_for(read: bool, parts: &[&str]) -> Role {
+    match parts {
+        // `/controls/{id}/api/{path...}`: the child's own rule, and at least what reading the tree needs.
+        ["controls", _, "api", inner @ ..] => role_for(read, inner).max(Role::Viewer),
         ["me", ..] | ["logout"] => Role::Viewer,
         ["users", ..] => Role::Admin,
         _ if read => Role::Viewer,
         ["volumes", ..] | ["tasks", ..] => Role::Operator,
         _ => Role::Admin,
     }
+}
+
+/// The non-empty segments of a request path, percent-decoded once, as the router's extractors
+/// decode them. `None` when any of them is suspect (see [`required_role`]).
+fn decoded_segments(path: &str) -> Option<Vec<String>> {
+    let decoded = String::from_utf8(percent_decode(path.as_bytes())?).ok()?;
+    let parts: Vec<String> = decoded.split('/').filter(|p| !p.is_empty()).map(str::to_string).collect();
+    let plain = |p: &String| {
+        p != "." && p != ".." && p.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~'))
+    };
+    parts.iter().all(plain).then_some(parts)
+}
+
+/// `%XX` escapes replaced by their bytes; `None` for a malformed escape.
+fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -297,6 +333,30 @@ mod tests {
             ("POST", "/api/v1/controls/east/api/controls/x/api/groups", Admin),
             ("PATCH", "/api/v1/anything", Admin),
             ("POST", "/api/v1/volumes/../users", Admin),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(required_role(m, p), want, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn encoded_paths_get_the_policy_of_what_they_decode_to() {
+        use Role::*;
+        let cases = [
+            ("GET", "/api/v1/user%73", Admin),
+            ("GET", "/api/v1/%75%73%65%72%73", Admin),
+            ("GET", "/api/v1/controls/east/api/user%73", Admin),
+            ("GET", "/api/v1/controls/east/api/user%2573", Admin),
+            ("GET", "/api/v1/controls/east/api/users%3Fx", Admin),
+            ("GET", "/api/v1/controls/east/api/users%23x", Admin),
+            ("GET", "/api/v1/controls/east/api/volumes%2F..%2Fusers", Admin),
+            ("GET", "/api/v1/controls/east/api/volumes/%2e%2e/users", Admin),
+            ("GET", "/api/v1/volumes/bad%zz", Admin),
+            ("GET", "/api/v1/volumes/%ff", Admin),
+            ("GET", "/api/v1/volumes/dem%6F", Viewer),
+            ("GET", "/api/v1/controls/east/api/volumes/dem%6F", Viewer),
+            ("POST", "/api/v1/volume%73", Operator),
+            ("POST", "/api/v1/controls/east/api/group%73", Admin),
         ];
         for (m, p, want) in cases {
             assert_eq!(required_role(m, p), want, "{m} {p}");

@@ -61,10 +61,36 @@ pub trait BlockDevice: Send + Sync {
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError>;
 }
 
+/// Where a connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAddr {
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket. `uid` is the peer's user id, as the kernel reports it.
+    Unix {
+        uid: Option<u32>,
+    },
+}
+
+impl From<std::net::SocketAddr> for PeerAddr {
+    fn from(a: std::net::SocketAddr) -> Self {
+        PeerAddr::Tcp(a)
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => write!(f, "{a}"),
+            PeerAddr::Unix { uid: Some(uid) } => write!(f, "unix:uid={uid}"),
+            PeerAddr::Unix { uid: None } => f.write_str("unix"),
+        }
+    }
+}
+
 /// Who is on the other end of a connection, as far as the server knows it.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    pub addr: std::net::SocketAddr,
+    pub addr: PeerAddr,
     /// The connection went through NBD_OPT_STARTTLS.
     pub tls: bool,
     /// The client certificate (DER), already verified against the server's client CA.
@@ -72,11 +98,20 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A TCP peer on a loopback address.
     pub fn is_loopback(&self) -> bool {
-        match self.addr.ip() {
-            std::net::IpAddr::V4(a) => a.is_loopback(),
-            std::net::IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|a| a.is_loopback()),
+        match self.addr {
+            PeerAddr::Tcp(a) => match a.ip() {
+                std::net::IpAddr::V4(a) => a.is_loopback(),
+                std::net::IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|a| a.is_loopback()),
+            },
+            PeerAddr::Unix { .. } => false,
         }
+    }
+
+    /// On this machine: a Unix socket or TCP on loopback, where TLS is not required.
+    pub fn is_local(&self) -> bool {
+        matches!(self.addr, PeerAddr::Unix { .. }) || self.is_loopback()
     }
 }
 

@@ -9,6 +9,6 @@ pub mod device;
 pub mod proto;
 pub mod server;
 
-pub use device::{BlockDevice, BlockError, ExportProvider, MemDevice, Peer, Refusal};
+pub use device::{BlockDevice, BlockError, ExportProvider, MemDevice, Peer, PeerAddr, Refusal};
 pub use proto::ProtoError;
 pub use server::{ProtocolError, Server, ServerConfig};

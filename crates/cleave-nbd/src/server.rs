@@ -4,9 +4,13 @@
 //! requests (and write payloads) in order, each request runs on its own task (at most
 //! `max_inflight` at once), and a single writer task owns the write half so replies,
 //! which may complete out of order, are never interleaved.
+//!
+//! Memory is bounded by byte budgets: a read or write reserves its length, per connection and
+//! over all connections, before its request is taken on, and gives it back once its reply is
+//! written. A client that pipelines more than that, or does not read its replies, stops being
+//! read from until replies drain.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::Poll;
@@ -15,11 +19,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::device::{BlockDevice, BlockError, ExportProvider, Peer, Refusal};
+use crate::device::{BlockDevice, BlockError, ExportProvider, Peer, PeerAddr, Refusal};
 use crate::proto::{self, Command, ExportLimits, ProtoError, Request};
 
 /// Limits that bound what one client can make the server hold in memory.
@@ -29,13 +33,28 @@ pub struct ServerConfig {
     pub max_request: u32,
     /// Requests executing concurrently per connection. 0 is treated as 1.
     pub max_inflight: usize,
-    /// Offered through NBD_OPT_STARTTLS. When set, peers that are not on loopback must use it.
+    /// Offered through NBD_OPT_STARTTLS. When set, peers that are not local (a Unix socket or
+    /// loopback) must use it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Read and write payload bytes one connection may have in flight, from the request until its
+    /// reply is written. Raised to `max_request`.
+    pub max_connection_bytes: u64,
+    /// The same over all connections together. Raised to `max_connection_bytes`.
+    pub max_total_bytes: u64,
+    /// Connections open at once, handshakes included; more are closed at once. 0 is treated as 1.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { max_request: 32 << 20, max_inflight: 64, tls: None }
+        Self {
+            max_request: 32 << 20,
+            max_inflight: 64,
+            tls: None,
+            max_connection_bytes: 64 << 20,
+            max_total_bytes: 512 << 20,
+            max_connections: 256,
+        }
     }
 }
 
@@ -76,6 +95,10 @@ const WRITE_BUFFER: usize = 256 << 10;
 pub struct Server {
     provider: Arc<dyn ExportProvider>,
     config: ServerConfig,
+    /// One permit per open connection.
+    connections: Arc<Semaphore>,
+    /// One permit per payload byte in flight, over all connections.
+    total_bytes: Arc<Semaphore>,
 }
 
 /// An export chosen during the handshake.
@@ -100,50 +123,80 @@ struct Reply {
     handle: u64,
     error: u32,
     data: Option<Bytes>,
+    /// Given back once the reply is written.
+    _budget: Option<Budget>,
+}
+
+/// Payload bytes reserved for one request, on its connection and in total.
+struct Budget {
+    _connection: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
 }
 
 impl Server {
     pub fn new(provider: Arc<dyn ExportProvider>, config: ServerConfig) -> Self {
+        let max_request = config.max_request.max(512);
+        let max_connection_bytes = config.max_connection_bytes.max(max_request.into());
+        let max_total_bytes = config.max_total_bytes.max(max_connection_bytes);
         let config = ServerConfig {
-            max_request: config.max_request.max(512),
+            max_request,
             max_inflight: config.max_inflight.max(1),
             tls: config.tls,
+            max_connection_bytes,
+            max_total_bytes,
+            max_connections: config.max_connections.max(1),
         };
-        Self { provider, config }
+        let total_bytes = Arc::new(Semaphore::new(permits(max_total_bytes)));
+        Self { provider, connections: Arc::new(Semaphore::new(config.max_connections)), total_bytes, config }
     }
 
     /// Accept loop; each connection on its own task; a bad client never affects others. Returns only on listener error.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
-            let (sock, addr) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) if is_per_connection_error(&e) => {
-                    debug!(error = %e, "accept failed for one connection");
-                    continue;
-                }
-                Err(e) if is_resource_exhaustion(&e) => {
-                    // Out of fds or buffers: back off instead of spinning; existing connections may free some.
-                    warn!(error = %e, "accept: resources exhausted, backing off");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            let Some((sock, addr)) = accepted(listener.accept().await).await? else { continue };
             // NBD is request/response; Nagle would add latency to every small reply.
             let _ = sock.set_nodelay(true);
-            let this = self.clone();
-            tokio::spawn(async move {
-                // Errors are logged inside serve_connection.
-                let _ = this.serve_connection(sock, addr).await;
-            });
+            self.spawn_connection(sock, addr.into());
         }
     }
 
-    /// One connection over any stream. `addr` decides whether TLS is required (everything but loopback).
-    pub async fn serve_connection<S>(self: Arc<Self>, mut stream: S, addr: SocketAddr) -> Result<(), ProtocolError>
+    /// The same on a Unix socket; peers are known by their user id.
+    pub async fn serve_unix(self: Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
+        loop {
+            let Some((sock, _)) = accepted(listener.accept().await).await? else { continue };
+            let uid = sock.peer_cred().ok().map(|c| c.uid());
+            self.spawn_connection(sock, PeerAddr::Unix { uid });
+        }
+    }
+
+    /// Serves a connection on its own task, or closes it at once when `max_connections` are open.
+    fn spawn_connection<S>(self: &Arc<Self>, sock: S, addr: PeerAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            warn!(peer = %addr, limit = self.config.max_connections, "NBD connection refused: too many open");
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            // Errors are logged inside serve_connection.
+            let _ = this.serve_connection(sock, addr).await;
+            drop(permit);
+        });
+    }
+
+    /// One connection over any stream. `addr` decides whether TLS is required (everything
+    /// but a Unix socket and loopback).
+    pub async fn serve_connection<S>(
+        self: Arc<Self>,
+        mut stream: S,
+        addr: impl Into<PeerAddr>,
+    ) -> Result<(), ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let addr = addr.into();
         debug!(peer = %addr, "NBD connection opened");
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let mut peer = Peer { addr, tls: false, certificate: None };
@@ -220,9 +273,9 @@ impl Server {
         Ok((name, device))
     }
 
-    /// TLS is offered and this peer is not on loopback, but has not started it yet.
+    /// TLS is offered and this peer is not local, but has not started it yet.
     fn tls_missing(&self, peer: &Peer) -> bool {
-        self.config.tls.is_some() && !peer.tls && !peer.is_loopback()
+        self.config.tls.is_some() && !peer.tls && !peer.is_local()
     }
 
     fn export(&self, name: String, device: Arc<dyn BlockDevice>) -> Export {
@@ -278,7 +331,7 @@ impl Server {
             if self.tls_missing(who) && !matches!(opt.option, proto::OPT_STARTTLS | proto::OPT_ABORT) {
                 if opt.option == proto::OPT_EXPORT_NAME {
                     // No error reply exists for EXPORT_NAME; the spec says to close.
-                    let refusal = Refusal::TlsRequired("peer is not on loopback".into());
+                    let refusal = Refusal::TlsRequired("peer is not local".into());
                     return Err(ProtocolError::UnknownExport(proto::parse_export_name(&data)?, refusal));
                 }
                 send_option_reply(s, opt.option, proto::REP_ERR_TLS_REQD, b"TLS is required: use NBD_OPT_STARTTLS")
@@ -429,6 +482,7 @@ impl Server {
             max_request: self.config.max_request,
         };
         let inflight = Arc::new(Semaphore::new(self.config.max_inflight));
+        let connection_bytes = Arc::new(Semaphore::new(permits(self.config.max_connection_bytes)));
         loop {
             let mut hdr = [0u8; proto::REQUEST_LEN];
             if !read_exact_or_eof(rd, &mut hdr).await? {
@@ -466,16 +520,58 @@ impl Server {
             let Ok(permit) = inflight.clone().acquire_owned().await else {
                 return Ok(());
             };
+            let budget = self.reserve(&connection_bytes, &req).await;
             let payload = if req.command == Command::Write { read_payload(rd, req.len).await? } else { Bytes::new() };
             let device = export.device.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let reply = execute(device, req, payload).await;
+                let mut reply = execute(device, req, payload).await;
+                reply._budget = budget;
                 // Fails only if the writer is gone, i.e. the connection is already dead.
                 let _ = tx.send(reply).await;
                 drop(permit);
             });
         }
+    }
+}
+
+impl Server {
+    /// Waits until the payload of `req` fits in its connection's budget and in the total one.
+    /// Only reads and writes carry payloads; their length is at most `max_request`, which both
+    /// budgets hold whole.
+    async fn reserve(&self, connection: &Arc<Semaphore>, req: &Request) -> Option<Budget> {
+        if !matches!(req.command, Command::Read | Command::Write) || req.len == 0 {
+            return None;
+        }
+        let n = req.len.min(self.config.max_request);
+        // Neither semaphore is ever closed.
+        let connection = connection.clone().acquire_many_owned(n).await.ok()?;
+        let total = self.total_bytes.clone().acquire_many_owned(n).await.ok()?;
+        Some(Budget { _connection: connection, _total: total })
+    }
+}
+
+/// Semaphore permits for a byte count, within what tokio's semaphore holds.
+fn permits(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS)
+}
+
+/// What to do with the result of an accept: a connection, `None` to try again, or the
+/// listener's own error.
+async fn accepted<T>(r: std::io::Result<T>) -> std::io::Result<Option<T>> {
+    match r {
+        Ok(x) => Ok(Some(x)),
+        Err(e) if is_per_connection_error(&e) => {
+            debug!(error = %e, "accept failed for one connection");
+            Ok(None)
+        }
+        Err(e) if is_resource_exhaustion(&e) => {
+            // Out of fds or buffers: back off instead of spinning; existing connections may free some.
+            warn!(error = %e, "accept: resources exhausted, backing off");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -524,7 +620,7 @@ async fn drain<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> std::io::Result<()>
 
 /// Queues an error reply; false if the writer is gone.
 async fn send_error(tx: &mpsc::Sender<Reply>, handle: u64, error: u32) -> bool {
-    tx.send(Reply { handle, error, data: None }).await.is_ok()
+    tx.send(Reply { handle, error, data: None, _budget: None }).await.is_ok()
 }
 
 async fn send_option_reply<S>(s: &mut S, option: u32, reply_type: u32, data: &[u8]) -> std::io::Result<()>
@@ -540,7 +636,7 @@ async fn execute(device: Arc<dyn BlockDevice>, req: Request, payload: Bytes) -> 
     let handle = req.handle;
     // Zero-length requests are no-ops (flush has no length and always runs).
     if req.len == 0 && req.command != Command::Flush {
-        return Reply { handle, error: 0, data: (req.command == Command::Read).then(Bytes::new) };
+        return Reply { handle, error: 0, data: (req.command == Command::Read).then(Bytes::new), _budget: None };
     }
     let op = async {
         match req.command {
@@ -566,14 +662,14 @@ async fn execute(device: Arc<dyn BlockDevice>, req: Request, payload: Bytes) -> 
         }
     };
     match catch_panic(op).await {
-        Ok(Ok(data)) => Reply { handle, error: 0, data },
+        Ok(Ok(data)) => Reply { handle, error: 0, data, _budget: None },
         Ok(Err(e)) => {
             debug!(?req, error = %e, "NBD request failed");
-            Reply { handle, error: e.nbd_error(), data: None }
+            Reply { handle, error: e.nbd_error(), data: None, _budget: None }
         }
         Err(()) => {
             warn!(?req, "block device panicked; replying EIO");
-            Reply { handle, error: proto::EIO, data: None }
+            Reply { handle, error: proto::EIO, data: None, _budget: None }
         }
     }
 }

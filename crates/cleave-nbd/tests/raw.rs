@@ -381,7 +381,7 @@ async fn serve_connection_over_duplex() {
     let provider = Arc::new(common::Exports(vec![("disk".into(), dev)]));
     let server = Arc::new(Server::new(provider, ServerConfig::default()));
     let (client, srv) = tokio::io::duplex(1 << 16);
-    let task = tokio::spawn(server.serve_connection(srv, ([127, 0, 0, 1], 1).into()));
+    let task = tokio::spawn(server.serve_connection(srv, std::net::SocketAddr::from(([127, 0, 0, 1], 1))));
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut g = [0u8; 18];
     rd.read_exact(&mut g).await.unwrap();
@@ -398,4 +398,122 @@ async fn serve_connection_over_duplex() {
     // Two INFO replies + ACK, then one simple reply.
     let tail = &out[out.len() - 16..];
     assert_eq!(proto::parse_simple_reply(tail.try_into().unwrap()).unwrap(), (0, 1));
+}
+
+/// Reads that take a while, counting the bytes they hold at once.
+struct Slow {
+    held: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl BlockDevice for Slow {
+    fn size(&self) -> u64 {
+        64 * MIB
+    }
+    async fn read(&self, _: u64, len: u32) -> Result<Bytes, BlockError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.held.fetch_add(len.into(), SeqCst) + u64::from(len);
+        self.peak.fetch_max(now, SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        self.held.fetch_sub(len.into(), SeqCst);
+        Ok(Bytes::from(vec![7u8; len as usize]))
+    }
+    async fn write(&self, _: u64, _: Bytes, _: bool) -> Result<(), BlockError> {
+        Ok(())
+    }
+    async fn flush(&self) -> Result<(), BlockError> {
+        Ok(())
+    }
+    async fn trim(&self, _: u64, _: u32) -> Result<(), BlockError> {
+        Ok(())
+    }
+    async fn write_zeroes(&self, _: u64, _: u32, _: bool) -> Result<(), BlockError> {
+        Ok(())
+    }
+}
+
+/// A client that pipelines far more than the byte budget, and reads its replies late, gets
+/// every reply while the server holds no more than the budget at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_stay_within_the_byte_budget() {
+    let dev = Arc::new(Slow { held: 0.into(), peak: 0.into() });
+    let cfg = ServerConfig { max_request: 256 << 10, max_connection_bytes: MIB, ..Default::default() };
+    let addr = start(vec![("slow", dev.clone() as Arc<dyn BlockDevice>)], cfg).await;
+    let mut r = Raw::connect(addr).await;
+    r.go("slow").await;
+    for handle in 0..40 {
+        r.send_request(Command::Read, 0, handle, handle * (256 << 10), 256 << 10).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (err, handle) = r.reply().await;
+        assert_eq!(err, 0);
+        let mut d = vec![0u8; 256 << 10];
+        r.s.read_exact(&mut d).await.unwrap();
+        assert!(d.iter().all(|&b| b == 7));
+        seen.insert(handle);
+    }
+    assert_eq!(seen.len(), 40);
+    let peak = dev.peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(peak <= MIB, "the device held {peak} bytes at once");
+}
+
+/// Past `max_connections`, a connection is closed before the greeting; once one closes,
+/// the next is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed() {
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(MIB));
+    let addr = start(vec![("disk", dev)], ServerConfig { max_connections: 2, ..Default::default() }).await;
+    let first = Raw::connect_greeted(addr).await;
+    let _second = Raw::connect_greeted(addr).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 18];
+    let n = tokio::time::timeout(common::T, third.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "a third connection was greeted");
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut r = Raw::connect(addr).await;
+    assert_eq!(r.go("disk").await.0, MIB);
+}
+
+/// Records the peers that open exports.
+struct Recording {
+    dev: Arc<dyn BlockDevice>,
+    peers: std::sync::Mutex<Vec<cleave_nbd::PeerAddr>>,
+}
+
+impl cleave_nbd::ExportProvider for Recording {
+    fn list(&self) -> Vec<String> {
+        vec!["disk".into()]
+    }
+    fn open(&self, _: &str) -> Option<Arc<dyn BlockDevice>> {
+        Some(self.dev.clone())
+    }
+    fn open_for(&self, name: &str, peer: &cleave_nbd::Peer) -> Result<Arc<dyn BlockDevice>, cleave_nbd::Refusal> {
+        assert!(peer.is_local() && !peer.is_loopback());
+        self.peers.lock().unwrap().push(peer.addr);
+        self.open(name).ok_or(cleave_nbd::Refusal::Unknown)
+    }
+}
+
+/// A Unix listener serves real clients, and names each peer by its user id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_peers_are_known_by_user_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nbd.sock");
+    let provider = Arc::new(Recording { dev: Arc::new(MemDevice::new(MIB)), peers: Default::default() });
+    let server = Arc::new(Server::new(provider.clone(), ServerConfig::default()));
+    tokio::spawn(server.serve_unix(tokio::net::UnixListener::bind(&path).unwrap()));
+    assert!(common::have("nbdinfo"));
+    let out = tokio::process::Command::new("nbdinfo")
+        .arg(format!("nbd+unix:///disk?socket={}", path.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    assert!(provider.peers.lock().unwrap().contains(&cleave_nbd::PeerAddr::Unix { uid: Some(uid) }));
 }

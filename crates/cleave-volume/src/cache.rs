@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,7 +40,8 @@ impl Cache {
     pub fn open(dir: &Path, uuid: &str, size: u64, chunk_size: u32) -> std::io::Result<(Self, Vec<u64>, bool)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{uuid}.cache"));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        // The cache holds plaintext: only the owner may read it, whatever the umask.
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
         file.set_len(size)?;
         let bitmap_path = dir.join(format!("{uuid}.present"));
         let clean_path = dir.join(format!("{uuid}.clean"));

@@ -127,12 +127,12 @@ async fn put_all(targets: &[DynTarget], key: &str, body: Bytes) -> (usize, usize
     (stored, clashed)
 }
 
-/// Claims the volume at `claim.epoch`: it must be stored on a majority of the targets (and
-/// at least `quorum`), so of two gateways claiming the same epoch at most one succeeds,
-/// while one target that lies about the object existing cannot block a claim.
-pub async fn write(targets: &[DynTarget], keys: &Keyring, uuid: &str, claim: &Claim, quorum: usize) -> Result<(), VolumeError> {
+/// Claims the volume at `claim.epoch`: it must be stored on a majority of the targets, so
+/// of two gateways claiming the same epoch at most one succeeds, while one target that lies
+/// about the object existing cannot block a claim, nor can a minority of targets down.
+pub async fn write(targets: &[DynTarget], keys: &Keyring, uuid: &str, claim: &Claim) -> Result<(), VolumeError> {
     let (stored, clashed) = put_all(targets, &name(uuid, "claim", claim.epoch), seal(keys, "claim", claim)?).await;
-    let need = quorum.max(targets.len() / 2 + 1);
+    let need = targets.len() / 2 + 1;
     if stored >= need {
         return Ok(());
     }

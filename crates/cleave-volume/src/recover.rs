@@ -119,7 +119,12 @@ pub async fn export(
     }
     .replay()
     .await?;
-    let file = std::fs::File::create(output)?;
+    // The image is plaintext: only its owner may read it.
+    let file = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true),
+        0o600,
+    )
+    .open(output)?;
     file.set_len(config.size)?;
     let total = config.chunks();
     let mut report =

@@ -241,7 +241,7 @@ impl Volume {
         let newest = ownership.latest().map_or(0, |c| c.epoch).max(replayed.max_epoch);
         let epoch = newest.checked_add(1).ok_or_else(|| VolumeError::Metadata("claim epochs exhausted".into()))?;
         let claim = Claim { epoch, after_seq: replayed.last_seq, owner: opts.owner.clone() };
-        claim::write(&dispersal.targets(), &keys, &uuid, &claim, config.write_quorum()).await?;
+        claim::write(&dispersal.targets(), &keys, &uuid, &claim).await?;
         let (cache, present, clean) = Cache::open(&opts.cache_dir, &uuid, config.size, config.chunk_size)?;
         let capacity_chunks = (opts.cache_bytes / config.chunk_size as u64).max(4) as usize;
         let mut chunks = HashMap::new();

@@ -3,8 +3,9 @@
 //! and [`Guarded`], the device wrapper that checks the caller's rights on every request.
 //!
 //! Identity: a verified client certificate whose fingerprint is in the registry names a
-//! client; no certificate on loopback is a local administrator (the `admin` group);
-//! anything else is refused.
+//! client; a peer on the Unix socket inside the data directory (`DIR/nbd.sock`, which only
+//! the directory's owner can reach) is a local administrator (the `admin` group); anything
+//! else is refused, TCP on loopback included: any local user can connect there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use cleave_control::access::{Identity, Registry, Rights, LOCAL_GROUP};
 use cleave_control::ca::{self, Ca};
-use cleave_nbd::{BlockDevice, BlockError, Peer, Refusal};
+use cleave_nbd::{BlockDevice, BlockError, Peer, PeerAddr, Refusal};
 
 use crate::state::{random_hex, write_private, DataDir, Stored};
 
@@ -78,9 +79,14 @@ impl AccessControl {
                     None => Err(Refusal::Denied(format!("client certificate {fp} is not registered (removed?)"))),
                 }
             }
-            None if peer.is_loopback() => Ok(Identity::Local),
-            None if !peer.tls => Err(Refusal::TlsRequired("use TLS with a client certificate".into())),
-            None => Err(Refusal::Denied("a client certificate is required".into())),
+            None => match peer.addr {
+                PeerAddr::Unix { uid } if uid.is_none_or(may_administer) => Ok(Identity::Local),
+                PeerAddr::Unix { .. } => Err(Refusal::Denied("this socket is for the data directory's owner".into())),
+                PeerAddr::Tcp(_) if !peer.tls => Err(Refusal::TlsRequired(
+                    "use TLS with a client certificate, or the Unix socket in the data directory".into(),
+                )),
+                PeerAddr::Tcp(_) => Err(Refusal::Denied("a client certificate is required".into())),
+            },
         }
     }
 
@@ -104,6 +110,14 @@ impl AccessControl {
             .with_single_cert(chain, key)?;
         Ok(Arc::new(config))
     }
+}
+
+/// Whether a peer with user id `uid` on the Unix socket is a local administrator. The socket's
+/// place (mode 0600 in a 0700 directory) already keeps others out; this also refuses them if
+/// someone loosens those modes.
+fn may_administer(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    uid == 0 || uid == unsafe { libc::geteuid() }
 }
 
 /// A volume as one identity may use it. Rights are looked up again whenever the

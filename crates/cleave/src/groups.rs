@@ -54,14 +54,13 @@ impl Gateway {
         })
     }
 
-    /// For storage on demand: `client` (issued if new) in a group named after the volume.
+    /// For storage on demand: `client` (issued if new) in a new group named after the volume.
+    /// An existing group is never joined this way (see `Gateway::groups_for`).
     pub(crate) fn ensure_client_group(&self, client: &str, group: &str) -> Result<Option<Credentials>> {
         let registry = self.access.snapshot();
         let credentials = if registry.clients.contains_key(client) { None } else { Some(self.add_client(client)?) };
         self.access.update(|r| {
-            if !r.groups.contains_key(group) {
-                r.add_group(group)?;
-            }
+            r.add_group(group)?;
             Ok(r.join(group, client)?)
         })?;
         Ok(credentials)

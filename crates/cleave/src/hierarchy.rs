@@ -146,13 +146,14 @@ pub async fn forward(
     method: axum::http::Method,
     path: &str,
     query: Option<&str>,
+    role: cleave_control::users::Role,
     body: bytes::Bytes,
 ) -> Response {
     let path_and_query = match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
-    match h.forward(child, method, &path_and_query, body).await {
+    match h.forward(child, method, &path_and_query, role, body).await {
         Ok(f) => {
             let status = axum::http::StatusCode::from_u16(f.status).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
             let mut resp = (status, f.body).into_response();

@@ -266,6 +266,15 @@ fn tune_allocator() {
     }
 }
 
+/// A server's data directory holds keys, plaintext caches and the configuration, so
+/// everything it creates there is private: directories 0700, files 0600.
+fn private_files() {
+    // SAFETY: umask only sets this process's file creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn main() -> Result<()> {
     tune_allocator();
     let cli = Cli::parse();
@@ -278,6 +287,15 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let daemon = matches!(
+        &cli.command,
+        Command::Serve(_)
+            | Command::Control(ControlCommand { sub: None, .. })
+            | Command::Node(NodeCommand { sub: None, .. })
+    );
+    if daemon {
+        private_files();
+    }
     match cli.command {
         Command::Serve(args) => {
             set_node_token(&args.data_dir)?;

@@ -13,7 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use cleave_control::access::{Grant, Identity, Mode, LOCAL_GROUP};
 use cleave_nbd::{BlockDevice, BlockError, ExportProvider, Peer, Refusal, Server, ServerConfig};
@@ -121,6 +121,8 @@ pub struct Gateway {
     pub(crate) token: String,
     cache_bytes: u64,
     nbd_addr: SocketAddr,
+    /// The Unix socket of local administrators, when NBD is served.
+    nbd_socket: Option<PathBuf>,
     volumes: RwLock<BTreeMap<String, Volume>>,
     /// Stored volumes that could not be opened; retried in the background.
     unopened: RwLock<BTreeMap<String, Unopened>>,
@@ -146,18 +148,18 @@ impl ExportProvider for Gateway {
         self.list().into_iter().filter(|v| !self.access.rights(&who, v).is_none()).collect()
     }
     fn open_for(&self, name: &str, peer: &Peer) -> Result<Arc<dyn BlockDevice>, Refusal> {
-        let device = self.open(name).ok_or(Refusal::Unknown)?;
         let who = self.access.identify(peer)?;
-        if self.access.rights(&who, name).is_none() {
-            return Err(match who {
-                Identity::Local if !peer.tls => {
-                    Refusal::TlsRequired(format!("volume {name:?} needs a client certificate"))
-                }
-                Identity::Local => Refusal::Denied(format!("volume {name:?} needs a client certificate")),
-                Identity::Client(c) => Refusal::Denied(format!("no group of client {c:?} can reach volume {name:?}")),
-            });
+        // A missing volume and one this identity may not open get the same answer, so that
+        // nobody learns the names of volumes it cannot reach.
+        match self.open(name) {
+            Some(device) if !self.access.rights(&who, name).is_none() => {
+                Ok(Arc::new(Guarded::new(device, self.access.clone(), who, name.to_string())))
+            }
+            _ => Err(Refusal::Denied(match who {
+                Identity::Local => "the local administrator has no access to it, or it does not exist".into(),
+                Identity::Client(c) => format!("client {c:?} has no access to it, or it does not exist"),
+            })),
         }
-        Ok(Arc::new(Guarded::new(device, self.access.clone(), who, name.to_string())))
     }
 }
 
@@ -234,7 +236,10 @@ struct VolumeView {
     /// reduced redundancy until re-replication catches up.
     write_quorum: usize,
     targets: Vec<String>,
+    /// For the local administrator: the Unix socket in the data directory.
     nbd_uri: String,
+    /// For clients with a certificate: NBD over TLS.
+    nbds_uri: String,
     health: cleave_volume::Health,
     dirty_bytes: u64,
     cache_bytes: u64,
@@ -351,7 +356,14 @@ impl Gateway {
         let name = c.name.clone();
         let write_quorum = c.write_quorum();
         VolumeView {
-            nbd_uri: format!("nbd://{}/{}", self.nbd_addr, c.name),
+            nbd_uri: match &self.nbd_socket {
+                Some(path) => unix_uri(&c.name, path),
+                None => String::new(),
+            },
+            nbds_uri: match &self.nbd_socket {
+                Some(_) => format!("nbds://{}/{}", self.nbd_addr, c.name),
+                None => String::new(),
+            },
             name: c.name,
             uuid: c.uuid,
             size_bytes: c.size,
@@ -377,7 +389,14 @@ impl Gateway {
     fn unopened_view(&self, name: &str, u: &Unopened) -> VolumeView {
         let c = u.sb.as_ref().map(|sb| &sb.config);
         VolumeView {
-            nbd_uri: format!("nbd://{}/{name}", self.nbd_addr),
+            nbd_uri: match &self.nbd_socket {
+                Some(path) => unix_uri(name, path),
+                None => String::new(),
+            },
+            nbds_uri: match &self.nbd_socket {
+                Some(_) => format!("nbds://{}/{name}", self.nbd_addr),
+                None => String::new(),
+            },
             name: name.to_string(),
             uuid: c.map(|c| c.uuid.clone()).unwrap_or_default(),
             size_bytes: c.map_or(0, |c| c.size),
@@ -543,10 +562,15 @@ impl Gateway {
     /// Creates a volume, all or nothing: everything is checked first, then the superblock is
     /// stored on its targets and locally, the volume opened and access granted. If any step
     /// fails, everything stored is removed again. Returns new client credentials when
-    /// `req.client` named a client that did not exist yet.
-    pub async fn create(&self, req: CreateVolume) -> Result<(Volume, Option<crate::groups::Credentials>)> {
+    /// `req.client` named a client that did not exist yet. `may_grant` (admins) lets the
+    /// request give existing groups and clients access.
+    pub async fn create(
+        &self,
+        req: CreateVolume,
+        may_grant: bool,
+    ) -> Result<(Volume, Option<crate::groups::Credentials>)> {
         let _admin = self.admin.lock().await;
-        let (config, groups) = self.plan_create(&req)?;
+        let (config, groups) = self.plan_create(&req, may_grant)?;
         let registry = self.access.snapshot();
         let mut new_group_keys = Vec::new();
         for g in &groups {
@@ -572,26 +596,12 @@ impl Gateway {
     }
 
     /// Checks a create request and makes the new volume's configuration; stores nothing.
-    fn plan_create(&self, req: &CreateVolume) -> Result<(VolumeConfig, Vec<String>)> {
+    fn plan_create(&self, req: &CreateVolume, may_grant: bool) -> Result<(VolumeConfig, Vec<String>)> {
         if self.exists(&req.name) {
             bail!("volume {:?} already exists", req.name);
         }
         cleave_control::access::check_name(&req.name)?;
-        let mut groups = req.groups.clone();
-        if let Some(client) = &req.client {
-            groups.push(req.name.clone());
-            cleave_control::access::check_name(client)?;
-        }
-        if groups.is_empty() {
-            groups.push(LOCAL_GROUP.to_string());
-        }
-        groups.dedup();
-        let registry = self.access.snapshot();
-        for g in &groups {
-            if !registry.groups.contains_key(g) && Some(g) != req.client.as_ref().map(|_| &req.name) {
-                bail!("no group {g:?}");
-            }
-        }
+        let groups = self.groups_for(req, may_grant)?;
         let mut config = VolumeConfig {
             name: req.name.clone(),
             uuid: uuid::Uuid::new_v4().simple().to_string(),
@@ -699,6 +709,46 @@ impl Gateway {
         let volume = sb.config.uuid_bytes().context("volume uuid")?;
         cleave_volume::label::write_all(&handles, keys, &sb.config.uuid, volume, sb.config.write_quorum()).await?;
         Ok(())
+    }
+
+    /// The groups a new volume is granted to, after the rules on who may grant what: a
+    /// volume for a client gets a new group of its name, never an existing one (a volume named
+    /// `admin` would otherwise put the client among the local administrators); only admins
+    /// name existing groups, or put an existing client in the new group.
+    fn groups_for(&self, req: &CreateVolume, may_grant: bool) -> Result<Vec<String>> {
+        let registry = self.access.snapshot();
+        let mut groups = req.groups.clone();
+        if !may_grant && groups.iter().any(|g| g != LOCAL_GROUP) {
+            return Err(Refused::Forbidden("only an admin gives existing groups access to a volume".into()).into());
+        }
+        if let Some(client) = &req.client {
+            cleave_control::access::check_name(client)?;
+            if registry.groups.contains_key(&req.name) {
+                return Err(Refused::Conflict(format!(
+                    "a group {:?} exists already: a volume for a client needs a new group of its name",
+                    req.name
+                ))
+                .into());
+            }
+            if !may_grant && registry.clients.contains_key(client) {
+                return Err(Refused::Conflict(format!(
+                    "client {client:?} exists already: only an admin gives it access to another volume"
+                ))
+                .into());
+            }
+            groups.push(req.name.clone());
+        }
+        if groups.is_empty() {
+            groups.push(LOCAL_GROUP.to_string());
+        }
+        groups.sort();
+        groups.dedup();
+        for g in &groups {
+            if !registry.groups.contains_key(g) && Some(g) != req.client.as_ref().map(|_| &req.name) {
+                bail!("no group {g:?}");
+            }
+        }
+        Ok(groups)
     }
 
     /// Stores a superblock version on the volume's targets (a write quorum must take it) and
@@ -1183,8 +1233,30 @@ async fn list_volumes(State(gw): State<Shared>) -> Json<Vec<VolumeView>> {
     Json(gw.views())
 }
 
-async fn create_volume(State(gw): State<Shared>, Json(req): Json<CreateVolume>) -> Result<Response, ApiError> {
-    let (v, credentials) = gw.create(req).await.map_err(bad_request)?;
+/// Refusals of a request that is well formed, with their own statuses.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refused {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+fn refused_or_bad(e: anyhow::Error) -> ApiError {
+    match e.downcast_ref::<Refused>() {
+        Some(Refused::Conflict(m)) => ApiError(StatusCode::CONFLICT, m.clone()),
+        Some(Refused::Forbidden(m)) => ApiError(StatusCode::FORBIDDEN, m.clone()),
+        None => bad_request(e),
+    }
+}
+
+async fn create_volume(
+    State(gw): State<Shared>,
+    Extension(who): Extension<crate::users::Principal>,
+    Json(req): Json<CreateVolume>,
+) -> Result<Response, ApiError> {
+    let may_grant = who.role >= cleave_control::users::Role::Admin;
+    let (v, credentials) = gw.create(req, may_grant).await.map_err(refused_or_bad)?;
     let mut body = serde_json::to_value(gw.view(&v)).map_err(|e| bad_request(e.into()))?;
     if let Some(c) = credentials {
         body["credentials"] = serde_json::to_value(c).map_err(|e| bad_request(e.into()))?;
@@ -1233,11 +1305,12 @@ async fn flush_volume(State(gw): State<Shared>, Path(name): Path<String>) -> Res
 async fn forward_to_child(
     State(gw): State<Shared>,
     Path((id, path)): Path<(String, String)>,
+    Extension(who): Extension<crate::users::Principal>,
     method: axum::http::Method,
     uri: axum::http::Uri,
     body: Bytes,
 ) -> Response {
-    crate::hierarchy::forward(&gw.hierarchy, &id, method, &path, uri.query(), body).await
+    crate::hierarchy::forward(&gw.hierarchy, &id, method, &path, uri.query(), who.role, body).await
 }
 
 async fn list_nodes(State(gw): State<Shared>, Query(q): Query<crate::hierarchy::NodesQuery>) -> Response {
@@ -1281,6 +1354,30 @@ pub fn router(gw: Shared) -> Router {
     public.merge(private)
 }
 
+/// The NBD URI of a volume on the local administrators' socket, as qemu and libnbd take it.
+fn unix_uri(volume: &str, socket: &std::path::Path) -> String {
+    format!("nbd+unix:///{volume}?socket={}", socket.display())
+}
+
+/// Binds `DIR/nbd.sock` (mode 0600), the local administrators' way in: reaching it proves the
+/// caller may enter the data directory. Returns the listener and the socket's absolute path.
+fn bind_local_socket(root: &std::path::Path) -> Result<(tokio::net::UnixListener, PathBuf)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = root.canonicalize().with_context(|| format!("resolving {}", root.display()))?.join("nbd.sock");
+    // sun_path holds 108 bytes with the closing NUL.
+    if path.as_os_str().len() > 107 {
+        bail!("the NBD socket path {} is longer than a Unix socket allows: use a shorter --data-dir", path.display());
+    }
+    // The configuration database is open, so no other server uses this directory: a socket
+    // left here is from a server that stopped.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(&path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("NBD on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((listener, path))
+}
+
 /// `cleave control`: the API and the node pool, without an NBD front end.
 pub async fn control(args: ControlArgs) -> Result<()> {
     run(args.data_dir, None, args.http, ByteSize(1 << 30), args.control, Vec::new()).await
@@ -1320,6 +1417,11 @@ async fn run(
         Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("NBD on {a}"))?),
         None => None,
     };
+    let local_socket = match nbd {
+        Some(_) => Some(bind_local_socket(&data.root)?),
+        None => None,
+    };
+    let nbd_socket = local_socket.as_ref().map(|(_, path)| path.clone());
     let args_http = http;
     let http_listener =
         tokio::net::TcpListener::bind(args_http).await.with_context(|| format!("admin API on {args_http}"))?;
@@ -1337,6 +1439,7 @@ async fn run(
         token,
         cache_bytes: cache_size.0,
         nbd_addr,
+        nbd_socket,
         volumes: RwLock::new(BTreeMap::new()),
         unopened: RwLock::new(BTreeMap::new()),
         pool,
@@ -1348,18 +1451,21 @@ async fn run(
     let stored = gw.data.stored_volumes(&gw.master)?;
     if stored.is_empty() && nbd.is_some() {
         info!("first run: creating volume demo (1 GiB, 3-of-5 on five directory targets)");
-        gw.create(CreateVolume {
-            name: "demo".into(),
-            size_bytes: 1 << 30,
-            m: 3,
-            n: 5,
-            chunk_size: None,
-            durability: None,
-            write_quorum: None,
-            targets: Vec::new(),
-            groups: Vec::new(),
-            client: None,
-        })
+        gw.create(
+            CreateVolume {
+                name: "demo".into(),
+                size_bytes: 1 << 30,
+                m: 3,
+                n: 5,
+                chunk_size: None,
+                durability: None,
+                write_quorum: None,
+                targets: Vec::new(),
+                groups: Vec::new(),
+                client: None,
+            },
+            true,
+        )
         .await?;
     }
     gw.open_stored(stored).await?;
@@ -1377,21 +1483,26 @@ async fn run(
     let nbd_task = tokio::spawn({
         let gw = gw.clone();
         async move {
-            match nbd_listener {
-                Some(l) => {
-                    Arc::new(Server::new(gw, ServerConfig { tls: Some(tls), ..Default::default() })).serve(l).await
+            match (nbd_listener, local_socket) {
+                (Some(tcp), Some((unix, _))) => {
+                    let server = Arc::new(Server::new(gw, ServerConfig { tls: Some(tls), ..Default::default() }));
+                    tokio::select! {
+                        r = server.clone().serve(tcp) => r,
+                        r = server.serve_unix(unix) => r,
+                    }
                 }
-                None => std::future::pending().await,
+                _ => std::future::pending().await,
             }
         }
     });
     tokio::spawn(gw.clone().watch_health());
     let app = router(gw.clone());
     let http_task = tokio::spawn(async move { axum::serve(http_listener, app).await });
-    if nbd.is_some() {
+    if let Some(path) = &gw.nbd_socket {
         for name in gw.list() {
-            println!("NBD: nbd://{nbd_addr}/{name}");
+            println!("NBD: {}", unix_uri(&name, path));
         }
+        println!("NBD over TLS, for clients with a certificate: nbds://{nbd_addr}/VOLUME");
     }
     println!(
         "autoconfig: udp://{autoconfig_addr} (cluster secret in {})",

@@ -13,7 +13,11 @@
 //! DIR/tls/              control's CA (ca.crt, ca.key 0600, ca.id)
 //! DIR/targets/tI/       the default directory targets
 //! DIR/cache/            volume caches
+//! DIR/nbd.sock          NBD for the local administrator (mode 0600)
 //! ```
+//!
+//! The directory is 0700 and everything in it 0600 (directories 0700): the servers set
+//! umask 077 before creating anything, and [`DataDir::new`] closes older directories.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -75,6 +79,37 @@ pub fn cluster_secret(root: &Path) -> Result<[u8; 32]> {
     Ok(secret)
 }
 
+/// Closes a data directory made by an older version or by hand: the directory 0700, and its
+/// own files (keys, tokens, caches, certificates) 0600, subdirectories 0700. The directory's
+/// mode alone keeps other users out of everything below it, so the many, encrypted target
+/// objects are left as they are.
+fn make_private(root: &Path) -> Result<()> {
+    set_mode(root, 0o700)?;
+    for dir in [root.to_path_buf(), root.join("cache"), root.join("tls")] {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                set_mode(&entry.path(), 0o700)?;
+            } else if kind.is_file() {
+                set_mode(&entry.path(), 0o600)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    let now = fs::symlink_metadata(path)?.permissions().mode() & 0o7777;
+    if now != mode {
+        warn!(path = %path.display(), from = format!("{now:o}"), to = format!("{mode:o}"), "making private");
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// `bytes` random bytes as hex: tokens, passwords, names.
 pub fn random_hex(bytes: usize) -> Result<String> {
     let mut raw = vec![0u8; bytes];
@@ -128,6 +163,7 @@ impl<T: Clone + Serialize + DeserializeOwned> Stored<T> {
 impl DataDir {
     pub fn new(root: PathBuf) -> Result<Self> {
         fs::create_dir_all(root.join("cache")).with_context(|| format!("creating {}", root.display()))?;
+        make_private(&root)?;
         let config = Arc::new(ConfigDb::open(&root.join("config.redb"))?);
         let data = DataDir { root, config };
         data.import_legacy_files()?;

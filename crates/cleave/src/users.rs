@@ -128,7 +128,8 @@ impl UserStore {
     }
 
     /// Checks a password (Argon2id, off the async threads) and opens a session: (id, csrf, role).
-    /// Failures are counted for [`UserStore::locked_out`]; a success clears the count.
+    /// The caller has counted the attempt with [`UserStore::reserve_attempt`]; a success clears
+    /// the count.
     async fn login(&self, name: &str, password: &str) -> Result<Option<(String, String, Role)>> {
         let user = self.snapshot().users.get(name).cloned();
         // An unknown name costs the same as a wrong password.
@@ -138,10 +139,7 @@ impl UserStore {
         };
         let password = zeroize::Zeroizing::new(password.to_string());
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &phc)).await?;
-        let Some(user) = user.filter(|_| ok) else {
-            self.record_failure(name);
-            return Ok(None);
-        };
+        let Some(user) = user.filter(|_| ok) else { return Ok(None) };
         self.failures.lock().expect("not poisoned").remove(name);
         let (id, csrf) = (random_hex(32)?, random_hex(16)?);
         let mut sessions = self.sessions.lock().expect("not poisoned");
@@ -154,15 +152,10 @@ impl UserStore {
         Ok(Some((id, csrf, user.role)))
     }
 
-    /// How long until `name` may try to log in again, if it failed too often lately.
-    fn locked_out(&self, name: &str) -> Option<Duration> {
-        let failures = self.failures.lock().expect("not poisoned");
-        let (count, first) = failures.get(name)?;
-        let left = FAILURE_WINDOW.checked_sub(first.elapsed())?;
-        (*count >= MAX_FAILURES).then_some(left)
-    }
-
-    fn record_failure(&self, name: &str) {
+    /// Counts a login attempt for `name` as a failure before its password is checked, so that
+    /// parallel guesses cannot all pass while the first ones are still being checked: at most
+    /// [`MAX_FAILURES`] checks per name and window. `Err`: how long until `name` may try again.
+    fn reserve_attempt(&self, name: &str) -> Result<(), Duration> {
         let mut failures = self.failures.lock().expect("not poisoned");
         if failures.len() > 10_000 {
             failures.retain(|_, (_, first)| first.elapsed() < FAILURE_WINDOW);
@@ -171,7 +164,11 @@ impl UserStore {
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
+        if entry.0 >= MAX_FAILURES {
+            return Err(FAILURE_WINDOW.saturating_sub(entry.1.elapsed()));
+        }
         entry.0 += 1;
+        Ok(())
     }
 
     fn logout(&self, id: &str) {
@@ -221,7 +218,14 @@ pub fn authenticate(gw: &crate::server::Gateway, req: &Request) -> Result<Princi
         } else if read && gw.hierarchy.accepts_parent_token(given) {
             Ok(who("parent", Role::Viewer, Via::Parent))
         } else if gw.hierarchy.accepts_parent_admin_token(given) {
-            Ok(who("parent", Role::Admin, Via::Parent))
+            // The parent acts for one of its users, with that user's role and no more.
+            let role = req
+                .headers()
+                .get(cleave_control::hierarchy::ROLE_HEADER)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(Role::Viewer);
+            Ok(who("parent", role, Via::Parent))
         } else {
             gw.users.by_token(given).ok_or_else(|| unauthorized("wrong bearer token"))
         };
@@ -283,7 +287,7 @@ fn cookie(value: &str, max_age: u64) -> HeaderValue {
 
 /// `POST /api/v1/login`: a session cookie, and the CSRF token the console sends back.
 pub async fn login(State(gw): State<Shared>, Json(req): Json<Login>) -> Result<Response, ApiError> {
-    if let Some(left) = gw.users.locked_out(&req.name) {
+    if let Err(left) = gw.users.reserve_attempt(&req.name) {
         warn!(user = %req.name, "login refused: too many failures");
         return Err(ApiError(
             StatusCode::TOO_MANY_REQUESTS,

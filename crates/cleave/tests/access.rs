@@ -68,19 +68,19 @@ fn certificates_groups_modes_and_regions() {
     let got = nbdcopy_image(&tls_uri(port, "v", &a), dir.path());
     assert!(got == w.image, "image read back over TLS differs");
 
-    // No certificate: refused in plain text on loopback (the volume is not the admin group's) ...
-    let err = nbdinfo(&s.uri("v")).unwrap_err();
+    // No certificate: refused in plain text on loopback ...
+    let err = nbdinfo(&s.tcp_uri("v")).unwrap_err();
     assert!(err.contains("server error message: export \"v\": TLS required"), "{err}");
     // ... and over TLS without a client certificate.
     let nocert = dir.path().join("nocert");
     std::fs::create_dir_all(&nocert).unwrap();
     std::fs::copy(a.join("ca-cert.pem"), nocert.join("ca-cert.pem")).unwrap();
     let err = nbdinfo(&tls_uri(port, "v", &nocert)).unwrap_err();
-    assert!(
-        err.contains("server error message: export \"v\": refused: volume \"v\" needs a client certificate"),
-        "{err}"
-    );
-    // The demo volume (admin group) stays open to local clients without a certificate.
+    assert!(err.contains("server error message: export \"v\": refused: a client certificate is required"), "{err}");
+    // ... and through the local administrator's socket, since v is not the admin group's; the
+    // demo volume (admin group) is open there.
+    let err = nbdinfo(&s.uri("v")).unwrap_err();
+    assert!(err.contains("local administrator has no access to it"), "{err}");
     assert!(nbdinfo(&s.uri("demo")).is_ok());
 
     // bob's group has no grant on v: refused, and v is not even listed to him.
@@ -89,7 +89,7 @@ fn certificates_groups_modes_and_regions() {
     s.cli_ok(&["group", "add", "others"]);
     s.cli_ok(&["group", "join", "others", "bob"]);
     let err = nbdinfo(&tls_uri(port, "v", &b)).unwrap_err();
-    assert!(err.contains("no group of client \"bob\""), "{err}");
+    assert!(err.contains("client \"bob\" has no access to it"), "{err}");
     let listed = run(Command::new("nbdinfo")
         .args(["--list", "--json"])
         .arg(format!("nbds://127.0.0.1:{port}?tls-certificates={}", b.display())));
@@ -170,4 +170,126 @@ fn certificates_groups_modes_and_regions() {
     let left: Vec<_> =
         (0..3).flat_map(|i| files_under(&s.target_dir(i))).filter(|p| p.to_string_lossy().contains(&uuid)).collect();
     assert!(left.is_empty(), "objects of the erased volume remain: {left:?}");
+}
+
+/// Runs `program` as the unprivileged user nobody (uid and gid 65534), from `/`.
+fn as_nobody(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
+        .args(args)
+        .current_dir("/")
+        .output()
+        .unwrap()
+}
+
+/// Whether a qemu-io run read what it was asked to, pattern included.
+fn read_ok(out: &std::process::Output) -> bool {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out.status.success() && text.contains("read 65536/65536 bytes") && !text.contains("Pattern verification failed")
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Every directory under `root` (itself included) is 0700, everything else 0600.
+fn assert_private_tree(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        assert_eq!(mode(&d), 0o700, "directory {} is {:o}", d.display(), mode(&d));
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            seen += 1;
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                assert_eq!(mode(&p), 0o600, "{} is {:o}", p.display(), mode(&p));
+            }
+        }
+    }
+    assert!(seen > 20, "only {seen} entries under {}", root.display());
+}
+
+#[test]
+fn local_access_needs_the_data_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Where anyone may look, as a ./cleave-data in a home directory often is.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    let (tcp, unix) = (s.tcp_uri("demo"), s.uri("demo"));
+
+    // Another local user reads nothing over TCP on loopback, and neither does root without a
+    // certificate: loopback proves nothing.
+    let read = ["-f", "raw", "-r", "-c", "read 0 64k"];
+    let nobody_tcp = as_nobody("qemu-io", &[&read[..], &[tcp.as_str()]].concat());
+    assert!(!read_ok(&nobody_tcp), "nobody read the owner's disk over TCP: {nobody_tcp:?}");
+    let root_tcp = Command::new("qemu-io").args(read).arg(&tcp).output().unwrap();
+    assert!(!read_ok(&root_tcp), "TCP without a certificate read the disk: {root_tcp:?}");
+    let err = nbdinfo(&tcp).unwrap_err();
+    assert!(err.contains("TLS required"), "{err}");
+
+    // The owner writes and reads through the socket in the data directory; nobody cannot.
+    qemu_io(&unix, &["write -P 0x5a 0 1M".into(), "flush".into()]);
+    let owner = Command::new("qemu-io").args(["-f", "raw", "-r", "-c", "read -P 0x5a 0 64k"]).arg(&unix).output();
+    assert!(read_ok(&owner.unwrap()), "the owner cannot read over the socket");
+    let nobody_unix = as_nobody("qemu-io", &[&read[..], &[unix.as_str()]].concat());
+    assert!(!read_ok(&nobody_unix), "nobody read the owner's disk over the socket: {nobody_unix:?}");
+}
+
+#[test]
+fn the_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(&dir.path().join("data"), &[]);
+    qemu_io(&s.uri("demo"), &["write -P 0x5a 0 1M".into(), "flush".into()]);
+
+    // Keys, certificates, caches, targets, the database: nothing in the data directory is
+    // readable by others, after data went everywhere it goes.
+    let creds = dir.path().join("web-tls");
+    let out = creds.to_str().unwrap();
+    s.cli_ok(&["volume", "create", "v", "--size", "4MiB", "--m", "1", "--n", "1", "--client", "web", "--out", out]);
+    let token = std::fs::read_to_string(s.data.join("admin.token")).unwrap();
+    run(Command::new("curl").args([
+        "-sf",
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {}", token.trim()),
+        &format!("http://127.0.0.1:{}/api/v1/volumes/demo/destage", s.http_port),
+    ]));
+    assert!(files_under(&s.target_dir(0)).len() > 2, "nothing destaged");
+    assert_private_tree(&s.data);
+
+    // A data directory left open by an older version is closed at the next start.
+    s.term();
+    std::fs::set_permissions(&s.data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(s.data.join("admin.token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    s.restart();
+    assert_eq!(mode(&s.data), 0o700);
+    assert_eq!(mode(&s.data.join("admin.token")), 0o600);
+}
+
+/// The server's own words from libnbd's debug log, with the export's name taken out.
+fn server_words(err: &str, export: &str) -> Vec<String> {
+    err.lines()
+        .filter(|l| l.contains("server error message") || l.contains("server replied with error"))
+        .map(|l| l.replace(export, "NAME"))
+        .collect()
+}
+
+#[test]
+fn missing_and_forbidden_exports_are_refused_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    let b = creds(dir.path(), "bob");
+    s.cli_ok(&["client", "add", "bob", "--out", b.to_str().unwrap()]);
+    s.cli_ok(&["volume", "create", "secret-db", "--size", "4MiB", "--m", "1", "--n", "1"]);
+    let exists = nbdinfo(&tls_uri(s.nbd_port, "secret-db", &b)).unwrap_err();
+    let missing = nbdinfo(&tls_uri(s.nbd_port, "no-such-db", &b)).unwrap_err();
+    let (exists, missing) = (server_words(&exists, "secret-db"), server_words(&missing, "no-such-db"));
+    assert!(!exists.is_empty(), "no server message in libnbd's log");
+    assert_eq!(exists, missing, "a client without rights can tell existing volumes from missing ones");
 }

@@ -383,3 +383,45 @@ fn parent_lists_child_controls_and_their_nodes() {
         "{events}"
     );
 }
+
+/// Users of the parent keep their role at a child: a viewer reads the child's volumes through
+/// the parent, but not its users, however the path is spelled (the parent's role policy sees the
+/// path the child will act on), and an operator acts there as an operator.
+#[test]
+fn parent_users_keep_their_role_at_the_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Control::start(&dir.path().join("parent"), &["--name", "hq"]);
+    let child_data = dir.path().join("child");
+    std::fs::create_dir_all(&child_data).unwrap();
+    std::fs::copy(parent.data.join("cluster.secret"), child_data.join("cluster.secret")).unwrap();
+    let parent_at = format!("127.0.0.1:{}", parent.autoconfig);
+    let child =
+        Control::start(&child_data, &["--parent", &parent_at, "--parent-heartbeat-secs", "0.3", "--name", "east"]);
+    wait_for("the child, up at the parent", || parent.controls().iter().any(|c| c["status"] == "up"));
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "viewer password\n").unwrap();
+    parent.cli(&["user", "add", "vera", "--role", "viewer", "--password-file", pw.to_str().unwrap()]);
+    let vera = parent.cli(&["user", "token", "vera"]).trim().to_string();
+
+    assert_eq!(parent.call("GET", &vera, "/controls/east/api/volumes").0, 200);
+    for path in
+        ["users", "user%73", "%75ser%73", "user%2573", "users%3Fx=1", "volumes%2F..%2Fusers", "me/..%2F..%2Fusers"]
+    {
+        let (code, _, body) = parent.call("GET", &vera, &format!("/controls/east/api/{path}"));
+        assert_eq!(code, 403, "a viewer read the child's {path}: {body}");
+        assert!(!body.contains("argon2") && !body.contains("\"admin\""), "{body}");
+    }
+
+    // An operator of the parent acts at the child as an operator, not as the admin the
+    // parent's token would make it: it cannot give the child's groups access.
+    parent.cli(&["user", "add", "otto", "--role", "operator", "--password-file", pw.to_str().unwrap()]);
+    let otto = parent.cli(&["user", "token", "otto"]).trim().to_string();
+    child.cli(&["group", "add", "tenant"]);
+    let body = json!({ "name": "shared", "size_bytes": 1 << 20, "m": 1, "n": 1, "groups": ["tenant"] });
+    let out = run(Command::new("curl")
+        .args(["-s", "-X", "POST", "-H", &format!("Authorization: Bearer {otto}")])
+        .args(["-H", "Content-Type: application/json", "-d", &body.to_string(), "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{}/api/v1/controls/east/api/volumes", parent.http)));
+    let (text, code) = out.trim_end().rsplit_once('\n').unwrap();
+    assert_eq!(code, "403", "an operator granted a group through the parent: {text}");
+}

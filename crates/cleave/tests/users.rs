@@ -201,3 +201,106 @@ fn roles_sessions_and_tokens() {
     let again = json!({ "name": "otto", "password": "viewer password" });
     assert_eq!(call(&s, "POST", "/api/v1/login", &[], Some(again), None).0, 200);
 }
+
+/// A user with a role and an API token for it.
+fn user_token(s: &Serve, dir: &Path, name: &str, role: &str) -> Vec<String> {
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "a long enough password\n").unwrap();
+    s.cli_ok(&["user", "add", name, "--role", role, "--password-file", pw.to_str().unwrap()]);
+    bearer(s.cli_ok(&["user", "token", name]).trim())
+}
+
+#[test]
+fn an_operator_cannot_grant_itself_rights() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    let admin = bearer(std::fs::read_to_string(s.data.join("admin.token")).unwrap().trim());
+    let o = user_token(&s, dir.path(), "otto", "operator");
+    s.cli_ok(&["group", "add", "tenant"]);
+    s.cli_ok(&["client", "add", "web1", "--out", dir.path().join("web1").to_str().unwrap()]);
+    let create = |who: &[String], body: Value| call(&s, "POST", "/api/v1/volumes", who, Some(body), None);
+    let base = |name: &str| json!({ "name": name, "size_bytes": 1 << 20, "m": 1, "n": 1 });
+    let with = |name: &str, key: &str, value: Value| {
+        let mut b = base(name);
+        b[key] = value;
+        b
+    };
+
+    // A volume named after an existing group, for a new client: that would put the client
+    // into the group, and the admin group reaches every default volume.
+    let (code, body) = create(&o, with("admin", "client", json!("x")));
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = create(&admin, with("tenant", "client", json!("y")));
+    assert_eq!(code, 409, "not even an admin joins an existing group by naming a volume: {body}");
+    // An existing client would gain access to a new volume: an admin's decision.
+    let (code, body) = create(&o, with("fresh", "client", json!("web1")));
+    assert_eq!(code, 409, "{body}");
+    // Granting existing groups access is an admin's decision too.
+    let (code, body) = create(&o, with("shared", "groups", json!(["tenant"])));
+    assert_eq!(code, 403, "{body}");
+    let groups = s.api("/groups").to_string();
+    for leaked in ["\"x\"", "\"y\""] {
+        assert!(!groups.contains(leaked), "a refused create changed the groups: {groups}");
+    }
+    let clients = s.api("/clients").to_string();
+    assert!(!clients.contains("\"x\"") && !clients.contains("\"y\""), "{clients}");
+    assert!(s.cli(&["volume", "show", "admin"]).status.success().eq(&false), "the refused volume exists");
+
+    // A fresh group and client pair is storage on demand, and stays an operator's right.
+    let (code, body) = create(&o, with("fresh", "client", json!("h1")));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["groups"], json!(["fresh"]), "{body}");
+    assert!(body["credentials"]["cert_pem"].is_string(), "{body}");
+    // And the admin may still give an existing client a new volume.
+    let (code, body) = create(&admin, with("more", "client", json!("web1")));
+    assert_eq!(code, 201, "{body}");
+    assert!(body.get("credentials").is_none(), "{body}");
+}
+
+#[test]
+fn parallel_wrong_logins_are_limited_to_five_guesses() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    user_token(&s, dir.path(), "tim", "viewer");
+    let codes: Vec<u16> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..60)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || {
+                    let body = json!({ "name": "tim", "password": format!("guess number {i}") });
+                    call(s, "POST", "/api/v1/login", &[], Some(body), None).0
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let checked = codes.iter().filter(|&&c| c != 429).count();
+    assert!(codes.iter().all(|&c| c == 401 || c == 429), "{codes:?}");
+    assert!(checked <= 5, "{checked} of 60 parallel guesses were checked: {codes:?}");
+}
+
+#[test]
+fn encoded_paths_get_the_same_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    let v = user_token(&s, dir.path(), "vera", "viewer");
+    // The router matches paths as they are sent: spelled differently, there is no such route.
+    for path in ["/api/v1/user%73", "/api/v1/%75sers"] {
+        let (code, body) = call(&s, "GET", path, &v, None, None);
+        assert!(code == 403 || code == 404, "GET {path} as a viewer: {code} {body}");
+    }
+    // Forwarded to a child control, the path is decoded: the policy must see what the child will.
+    for path in [
+        "/api/v1/users",
+        "/api/v1/controls/east/api/users",
+        "/api/v1/controls/east/api/user%73",
+        "/api/v1/controls/east/api/user%2573",
+        "/api/v1/controls/east/api/users%3Fx=1",
+        "/api/v1/controls/east/api/volumes/..%2Fusers",
+    ] {
+        let (code, body) = call(&s, "GET", path, &v, None, None);
+        assert_eq!(code, 403, "GET {path} as a viewer: {body}");
+    }
+    assert_eq!(call(&s, "GET", "/api/v1/volumes/demo", &v, None, None).0, 200);
+    assert_eq!(call(&s, "GET", "/api/v1/volumes/dem%6F", &v, None, None).0, 200);
+}

@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let server = Arc::new(Server::new(provider, ServerConfig { max_request: 1 << 16, max_inflight: 4, ..Default::default() }));
     runtime().block_on(async {
         let (client, srv) = tokio::io::duplex(1 << 16);
-        let conn = tokio::spawn(server.serve_connection(srv, ([127, 0, 0, 1], 10809).into()));
+        let conn = tokio::spawn(server.serve_connection(srv, std::net::SocketAddr::from(([127, 0, 0, 1], 10809))));
         let (mut rd, mut wr) = tokio::io::split(client);
         // Odd first byte: raw bytes from the start (handshake fuzzing). Even: a valid handshake
         // to "disk" or "ro" comes first, so the fuzzer spends its time on transmission.

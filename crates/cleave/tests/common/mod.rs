@@ -90,8 +90,18 @@ impl Serve {
         self.spawn();
     }
 
+    /// The local administrator's URI: the Unix socket in the data directory.
     pub fn uri(&self, volume: &str) -> String {
+        format!("nbd+unix:///{volume}?socket={}", self.socket().display())
+    }
+
+    /// Plain NBD over TCP, which needs TLS and a client certificate.
+    pub fn tcp_uri(&self, volume: &str) -> String {
         format!("nbd://127.0.0.1:{}/{volume}", self.nbd_port)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.data.canonicalize().unwrap().join("nbd.sock")
     }
 
     pub fn kill9(&mut self) {
