@@ -183,3 +183,113 @@ fn replaced_targets_are_detected_at_once_and_rebuilt() {
     let image = recover(&s, &[t[1].clone(), t[2].clone(), t[4].clone()], &[]).unwrap();
     assert!(chunk_is(&image, 0, 0x61) && chunk_is(&image, 5, 0x62) && chunk_is(&image, 9, 0x63));
 }
+
+/// A second `cleave serve` with its own data directory and the first one's master key.
+fn second_server(dir: &Path, first: &Serve) -> Serve {
+    let data = dir.join("data-b");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(first.data.join("master.key"), data.join("master.key")).unwrap();
+    Serve::start(&data, &[])
+}
+
+fn task_outcome(s: &Serve, args: &[&str]) -> serde_json::Value {
+    let started: serde_json::Value = serde_json::from_str(&s.cli_ok(args)).unwrap();
+    let id = started["id"].as_u64().unwrap();
+    let mut last = serde_json::Value::Null;
+    wait_for("the task to end", Duration::from_secs(60), || {
+        last = s.api(&format!("/tasks/{id}"));
+        last["state"] == "succeeded" || last["state"] == "failed"
+    });
+    last
+}
+
+/// Item 6. Two of a 2-of-3 volume's three target folders are moved; a recover task on another
+/// gateway, given the new URIs, must serve from them (not from the folders the superblock
+/// names, which must not be recreated), with every chunk mapped and the data intact.
+#[test]
+fn recover_task_serves_from_the_targets_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Serve::start(&dir.path().join("data"), &[]);
+    a.cli_ok(&["volume", "create", "v", "--size", "16MiB", "--m", "2", "--n", "3"]);
+    let t: Vec<PathBuf> = (0..3).map(|i| target_path(&a.show("v"), i)).collect();
+    for (i, byte) in [(1usize, 0x71u8), (6, 0x72)] {
+        write_flush(&a, byte, i * MIB);
+    }
+    a.term();
+    let moved: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("moved{i}"))).collect();
+    for i in 0..2 {
+        std::fs::rename(&t[i], &moved[i]).unwrap();
+    }
+    let b = second_server(dir.path(), &a);
+    let (m0, m1) = (format!("file://{}", moved[1].display()), format!("file://{}", moved[0].display()));
+    let task = task_outcome(&b, &["task", "start", "recover", "v", "--target", &m0, "--target", &m1]);
+    assert_eq!(task["state"], "succeeded", "{task}");
+    let show = b.show("v");
+    assert!(show["mapped_chunks"].as_u64().unwrap() >= 2, "{show}");
+    assert_eq!(target_path(&show, 0), moved[0], "share 0 must be served from where it was moved: {show}");
+    assert_eq!(target_path(&show, 1), moved[1], "{show}");
+    let image = nbdcopy_image(&b.uri("v"), dir.path());
+    assert!(chunk_is(&image, 1, 0x71) && chunk_is(&image, 6, 0x72), "recovered volume lost its data");
+    assert!(!t[0].exists() && !t[1].exists(), "the old target folders were recreated");
+}
+
+/// Item 6, the loud failure: targets that are not the volume's (empty folders) make the
+/// recover task fail with a reason instead of serving zeros.
+#[test]
+fn recover_task_refuses_targets_without_the_volume_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Serve::start(&dir.path().join("data"), &[]);
+    a.cli_ok(&["volume", "create", "v", "--size", "16MiB", "--m", "2", "--n", "3"]);
+    let t: Vec<PathBuf> = (0..3).map(|i| target_path(&a.show("v"), i)).collect();
+    write_flush(&a, 0x33, 0);
+    a.term();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let b = second_server(dir.path(), &a);
+    let (good, blank) = (format!("file://{}", t[2].display()), format!("file://{}", empty.display()));
+    let task = task_outcome(&b, &["task", "start", "recover", "v", "--target", &good, "--target", &blank]);
+    assert_eq!(task["state"], "failed", "{task}");
+    assert!(task["error"].as_str().unwrap().contains("label"), "{task}");
+    assert!(b.cli(&["volume", "show", "v"]).status.code() != Some(0), "a failed recover must leave no volume");
+}
+
+/// Item 7. A second gateway's recover task on targets that a live gateway serves is refused;
+/// with `--takeover` it serves the volume, the first gateway's next commit fails and it stops
+/// serving, and nothing it writes afterwards reaches a reader.
+#[test]
+fn a_second_gateway_must_take_over_and_then_fences_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Serve::start(&dir.path().join("data"), &[]);
+    a.cli_ok(&["volume", "create", "v", "--size", "16MiB", "--durability", "dispersed"]);
+    let t: Vec<PathBuf> = (0..5).map(|i| target_path(&a.show("v"), i)).collect();
+    write_flush(&a, 0x0a, 0);
+    let mut b = second_server(dir.path(), &a);
+    let uris: Vec<String> = t.iter().map(|p| format!("file://{}", p.display())).collect();
+    let mut args = vec!["task", "start", "recover", "v"];
+    for u in &uris {
+        args.extend(["--target", u.as_str()]);
+    }
+    let refused = task_outcome(&b, &args);
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("claimed"), "{refused}");
+    args.push("--takeover");
+    let took = task_outcome(&b, &args);
+    assert_eq!(took["state"], "succeeded", "{took}");
+    write_flush(&b, 0x1b, MIB);
+    // The first gateway's next write cannot be flushed, and it stops serving the volume.
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", &format!("write -P 42 {} {MIB}", 2 * MIB), "-c", "flush"])
+        .arg(a.uri("v"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() || text.to_lowercase().contains("error"), "a fenced flush succeeded: {text}");
+    wait_for("the first gateway to report the takeover", Duration::from_secs(30), || {
+        let show = a.show("v");
+        show["health"]["state"] == "unavailable" && show["last_destage_error"].as_str().is_some_and(|e| e.contains("took volume"))
+    });
+    b.term();
+    let image = recover(&b, &t, &[]).unwrap();
+    assert!(chunk_is(&image, 0, 0x0a) && chunk_is(&image, 1, 0x1b), "the new owner's data must survive");
+    assert!(chunk_is(&image, 2, 0), "a write of the fenced gateway reached a reader");
+}
