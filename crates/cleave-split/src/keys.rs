@@ -161,6 +161,17 @@ impl MasterKey {
         Ok(SealedMasterKey { kdf: "argon2id".into(), params, salt: salt.to_vec(), wrapped })
     }
 
+    /// Encrypts and authenticates `plaintext` under a key derived for `purpose` (which is
+    /// also the associated data): for records such as the superblock that no target may read.
+    pub fn seal_bytes(&self, purpose: &str, plaintext: &[u8]) -> Result<WrappedKey, KeyError> {
+        wrap(self.derive(purpose).expose(), purpose.as_bytes(), plaintext)
+    }
+
+    /// Opens what [`MasterKey::seal_bytes`] sealed for the same `purpose`.
+    pub fn open_bytes(&self, purpose: &str, sealed: &WrappedKey) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        unwrap(self.derive(purpose).expose(), purpose.as_bytes(), sealed)
+    }
+
     pub fn wrap_group(&self, group: &str, key: &GroupKey) -> Result<WrappedKey, KeyError> {
         wrap(self.0.expose(), &group_context(group), key.0.expose())
     }

@@ -5,6 +5,7 @@
 //! - [`dispersal`]: writing N shares with a quorum; reading the fastest M with hedging.
 //! - [`claim`]: one gateway serves a volume at a time: claims with an epoch, fencing.
 //! - [`label`]: the authenticated label on each target: which volume, which share.
+//! - [`naming`]: opaque object names: a target cannot tell which chunk an object holds.
 //! - [`cache`]: the persistent local cache file and its present-chunk bitmap.
 //! - [`volume`]: reads, writes, flush, trim, and the destage loop.
 //! - [`recover`]: rebuilding a volume from any M targets and the master key alone.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod journal;
 pub mod label;
 pub mod meta;
+pub mod naming;
 pub mod recover;
 pub mod scrub;
 pub mod volume;

@@ -63,6 +63,10 @@ pub struct VolumeConfig {
     /// [`VolumeConfig::write_quorum`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_quorum: Option<u8>,
+    /// Store all-zero chunks like any other. By default they store nothing, which saves
+    /// space but lets a target count how many chunks hold data (not which: names are opaque).
+    #[serde(default)]
+    pub store_zero_chunks: bool,
 }
 
 impl VolumeConfig {
@@ -172,6 +176,16 @@ pub struct Superblock {
     pub slots: VolumeKeySlots,
 }
 
+const SUPERBLOCK_PURPOSE: &str = "cleave superblock v2";
+
+/// A superblock as stored from format 2 on.
+#[derive(Serialize, Deserialize)]
+struct EncryptedSuperblock {
+    format: u32,
+    sealed: cleave_split::keys::WrappedKey,
+}
+
+/// Format 1: readable JSON with a MAC (read for volumes made by older versions).
 #[derive(Serialize, Deserialize)]
 struct SealedSuperblock {
     superblock: Superblock,
@@ -234,15 +248,31 @@ impl Superblock {
         hex::encode(blake3::keyed_hash(key.expose(), body).as_bytes())
     }
 
+    /// The stored form: everything encrypted under a key derived from the master key, so a
+    /// target learns nothing of the volume (not its name, size or other targets).
     pub fn seal(&self, master: &MasterKey) -> Result<Vec<u8>, VolumeError> {
         let body = serde_json::to_vec(self).map_err(|e| VolumeError::Metadata(e.to_string()))?;
-        let mac = Self::mac(master, &body);
-        serde_json::to_vec(&SealedSuperblock { superblock: self.clone(), mac })
-            .map_err(|e| VolumeError::Metadata(e.to_string()))
+        let sealed = master.seal_bytes(SUPERBLOCK_PURPOSE, &body)?;
+        serde_json::to_vec(&EncryptedSuperblock { format: 2, sealed }).map_err(|e| VolumeError::Metadata(e.to_string()))
     }
 
-    /// Parses and authenticates a stored superblock.
+    /// Parses, decrypts and authenticates a stored superblock (format 2, or the plain
+    /// format 1 with a MAC of older versions).
     pub fn open(bytes: &[u8], master: &MasterKey) -> Result<Self, VolumeError> {
+        let sb: Superblock = match serde_json::from_slice::<EncryptedSuperblock>(bytes) {
+            Ok(e) if e.format == 2 => {
+                let body = master.open_bytes(SUPERBLOCK_PURPOSE, &e.sealed).map_err(|_| {
+                    VolumeError::Metadata("superblock does not decrypt (wrong key or tampered)".into())
+                })?;
+                serde_json::from_slice(&body).map_err(|e| VolumeError::Metadata(format!("superblock: {e}")))?
+            }
+            _ => Self::open_plain(bytes, master)?,
+        };
+        sb.config.validate()?;
+        Ok(sb)
+    }
+
+    fn open_plain(bytes: &[u8], master: &MasterKey) -> Result<Self, VolumeError> {
         let sealed: SealedSuperblock =
             serde_json::from_slice(bytes).map_err(|e| VolumeError::Metadata(format!("superblock: {e}")))?;
         let body = serde_json::to_vec(&sealed.superblock).map_err(|e| VolumeError::Metadata(e.to_string()))?;
@@ -250,7 +280,6 @@ impl Superblock {
         if !cleave_split::constant_time_eq(want.as_bytes(), sealed.mac.as_bytes()) {
             return Err(VolumeError::Metadata("superblock MAC does not verify (wrong key or tampered)".into()));
         }
-        sealed.superblock.config.validate()?;
         Ok(sealed.superblock)
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cleave_split::keys::MasterKey;
-use cleave_split::{ChunkId, Codec, ShareKind};
+use cleave_split::Codec;
 use cleave_target::DynTarget;
 
 use crate::dispersal::Dispersal;
@@ -135,8 +135,7 @@ pub async fn export(
             report.chunks_zero += 1;
             continue;
         };
-        let id = ChunkId { volume, kind: ShareKind::Data, chunk, generation: mapping.generation };
-        let key = names::chunk(&config.uuid, chunk, mapping.generation);
+        let (key, id) = crate::naming::chunk_object(&keys, &config.uuid, volume, chunk, mapping.generation);
         let (data, _) = dispersal
             .read_decoded(&key, &codec, &keys, &id, hedge_after)
             .await

@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use cleave_target::TargetError;
 
-use crate::meta::names;
 use crate::volume::Volume;
 use crate::VolumeError;
 
@@ -38,7 +37,7 @@ pub async fn scrub(volume: &Volume, repair: bool, progress: impl Fn(u64, u64)) -
     for (done, (chunk, mapping)) in mapped.into_iter().enumerate() {
         progress(done as u64, total);
         report.chunks_checked += 1;
-        let key = names::chunk(volume.uuid(), chunk, mapping.generation);
+        let (key, id) = volume.locate(chunk, mapping.generation);
         let results = futures::future::join_all((0..dispersal.targets().len()).map(|i| dispersal.get(i, &key))).await;
         let mut problems = Vec::new();
         let mut shares = Vec::new();
@@ -65,7 +64,6 @@ pub async fn scrub(volume: &Volume, repair: bool, progress: impl Fn(u64, u64)) -
             }
         }
         let refs: Vec<&[u8]> = shares.iter().map(|b| b.as_ref()).collect();
-        let id = volume.chunk_id(chunk, mapping.generation);
         let decoded = codec.decode_verify_all(volume.keys(), &id, &refs);
         let bad = match &decoded {
             Ok(d) => &d.report.bad,

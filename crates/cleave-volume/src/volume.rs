@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use cleave_split::{ChunkId, Codec, Keyring, ShareKind};
+use cleave_split::{ChunkId, Codec, Keyring};
 use cleave_target::DynTarget;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
@@ -20,7 +20,7 @@ use crate::dispersal::Dispersal;
 use crate::claim::{self, Claim};
 use crate::journal::{self, Checkpoint, Journal, Mapping, Record};
 use crate::label;
-use crate::meta::{names, Durability, VolumeConfig};
+use crate::meta::{Durability, VolumeConfig};
 use crate::VolumeError;
 
 /// Tunables, with defaults a user rarely needs to change.
@@ -571,11 +571,9 @@ impl Volume {
     pub(crate) fn keys(&self) -> &Keyring {
         &self.inner.keys
     }
-    pub(crate) fn chunk_id(&self, chunk: u64, generation: u64) -> ChunkId {
-        ChunkId { volume: self.inner.volume, kind: ShareKind::Data, chunk, generation }
-    }
-    pub(crate) fn uuid(&self) -> &str {
-        &self.inner.uuid
+    /// The object name and share identity of a chunk generation.
+    pub(crate) fn locate(&self, chunk: u64, generation: u64) -> (String, ChunkId) {
+        self.inner.locate(chunk, generation)
     }
 
     /// Records which shares of a chunk are missing or bad (empty: healthy).
@@ -604,6 +602,10 @@ impl Volume {
 }
 
 impl Inner {
+    fn locate(&self, chunk: u64, generation: u64) -> (String, ChunkId) {
+        crate::naming::chunk_object(&self.keys, &self.uuid, self.volume, chunk, generation)
+    }
+
     fn check_fenced(&self) -> Result<(), VolumeError> {
         match self.fenced.lock().expect("not poisoned").as_ref() {
             Some(why) => Err(VolumeError::Fenced(why.clone())),
@@ -852,8 +854,7 @@ impl Inner {
         let Some(mapping) = self.state.lock().expect("not poisoned").map.get(&chunk).copied() else {
             return Ok(vec![0u8; len]);
         };
-        let key = names::chunk(&self.uuid, chunk, mapping.generation);
-        let id = ChunkId { volume: self.volume, kind: ShareKind::Data, chunk, generation: mapping.generation };
+        let (key, id) = self.locate(chunk, mapping.generation);
         let result = self.dispersal.read_decoded(&key, &self.codec, &self.keys, &id, self.opts.hedge_after).await;
         match result {
             Ok((data, bad)) if data.len() == len => {
@@ -910,7 +911,7 @@ impl Inner {
     /// Returns its mapping and the share indices that did not get stored.
     async fn store_chunk(&self, chunk: u64, data: Vec<u8>) -> Result<(Mapping, Vec<u8>), VolumeError> {
         let key_id = self.keys.current().id();
-        if data.iter().all(|&b| b == 0) {
+        if !self.config.store_zero_chunks && data.iter().all(|&b| b == 0) {
             return Ok((Mapping { generation: 0, key_id }, Vec::new()));
         }
         let generation = {
@@ -921,12 +922,11 @@ impl Inner {
                 .ok_or_else(|| VolumeError::Metadata(format!("chunk {chunk}: generation space exhausted")))?;
             g
         };
-        let id = ChunkId { volume: self.volume, kind: ShareKind::Data, chunk, generation };
+        let (key, id) = self.locate(chunk, generation);
         let codec = self.codec.clone();
         let keys = self.keys.clone();
         let shares =
             tokio::task::spawn_blocking(move || codec.encode(keys.current(), &id, &data)).await.map_err(io_err)??;
-        let key = names::chunk(&self.uuid, chunk, generation);
         // Generations carry this owner's epoch (see `epoch_base`): a share in the way is a
         // leftover of our own, never another owner's, so it may be replaced.
         let outcome = self.dispersal.put_all(&key, shares.into_iter().map(Bytes::from).collect(), true).await;
@@ -1038,7 +1038,7 @@ impl Inner {
             return;
         }
         for (chunk, generation) in old {
-            let failed = self.dispersal.delete_all(&names::chunk(&self.uuid, chunk, generation)).await;
+            let failed = self.dispersal.delete_all(&self.locate(chunk, generation).0).await;
             if failed > 0 {
                 debug!(chunk, generation, failed, "old generation left on some targets; scrub removes it");
             }
@@ -1127,7 +1127,7 @@ impl Inner {
                 Err(e) => {
                     for (c, m) in committed {
                         if m.generation != 0 {
-                            self.dispersal.delete_all(&names::chunk(&self.uuid, c, m.generation)).await;
+                            self.dispersal.delete_all(&self.locate(c, m.generation).0).await;
                         }
                     }
                     return Err(e);

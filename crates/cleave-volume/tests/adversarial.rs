@@ -49,6 +49,7 @@ async fn rig(m: u8, n: u8) -> Rig {
         durability: Durability::Dispersed,
         targets: uris,
         write_quorum: None,
+        store_zero_chunks: false,
     };
     let master = MasterKey::generate().unwrap();
     let group_key = cleave_split::keys::GroupKey::generate().unwrap();

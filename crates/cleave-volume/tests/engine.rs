@@ -42,6 +42,7 @@ fn rig(durability: Durability) -> Rig {
         durability,
         targets: uris,
         write_quorum: None,
+        store_zero_chunks: false,
     };
     Rig { _dir: dir, root, targets, faults, config, keys: Keyring::generate().unwrap() }
 }

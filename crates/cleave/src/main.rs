@@ -199,6 +199,10 @@ enum VolumeCommand {
         /// Shares a write needs before it counts, from M to N (default max(M, min(N-1, M+1))).
         #[arg(long)]
         write_quorum: Option<u8>,
+        /// Store all-zero chunks like data (default: they store nothing, so a target can
+        /// count the chunks that hold data, though not tell which they are).
+        #[arg(long)]
+        store_zero_chunks: bool,
         /// Target URIs in share order (default: directory targets in the server's data dir).
         #[arg(long = "target")]
         targets: Vec<String>,
@@ -441,13 +445,26 @@ fn task_command(cmd: TaskCommand) -> Result<()> {
 fn volume_command(cmd: VolumeCommand) -> Result<()> {
     match cmd {
         VolumeCommand::Create {
-            name, size, m, n, chunk_size, durability, write_quorum, targets, groups, client, out, server,
+            name,
+            size,
+            m,
+            n,
+            chunk_size,
+            durability,
+            write_quorum,
+            store_zero_chunks,
+            targets,
+            groups,
+            client,
+            out,
+            server,
         } => {
             let api = Client::new(&server)?;
             let chunk = u32::try_from(chunk_size.0).context("chunk size too large")?;
             let body = json!({
                 "name": name, "size_bytes": size.0, "m": m, "n": n,
-                "chunk_size": chunk, "durability": durability, "write_quorum": write_quorum, "targets": targets,
+                "chunk_size": chunk, "durability": durability, "write_quorum": write_quorum,
+                "store_zero_chunks": store_zero_chunks, "targets": targets,
                 "groups": groups, "client": client,
             });
             let mut v = api.post("/volumes", body)?.unwrap_or_default();

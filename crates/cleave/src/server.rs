@@ -205,6 +205,9 @@ pub struct CreateVolume {
     /// Shares a write needs before it counts (M..=N); default max(M, min(N-1, M+1)).
     #[serde(default)]
     pub write_quorum: Option<u8>,
+    /// Store all-zero chunks too (default: they store nothing, and a target can count them).
+    #[serde(default)]
+    pub store_zero_chunks: bool,
     #[serde(default)]
     pub targets: Vec<String>,
     /// Groups that get read-write access (and a key slot). Default: the local `admin` group,
@@ -612,6 +615,7 @@ impl Gateway {
             durability: req.durability.unwrap_or_default(),
             targets: req.targets.clone(),
             write_quorum: req.write_quorum,
+            store_zero_chunks: req.store_zero_chunks,
         };
         if config.targets.is_empty() {
             // Placeholders, so that the checks below run before any directory is made.
@@ -1460,6 +1464,7 @@ async fn run(
                 chunk_size: None,
                 durability: None,
                 write_quorum: None,
+                store_zero_chunks: false,
                 targets: Vec::new(),
                 groups: Vec::new(),
                 client: None,

@@ -293,3 +293,69 @@ fn a_second_gateway_must_take_over_and_then_fences_the_first() {
     assert!(chunk_is(&image, 0, 0x0a) && chunk_is(&image, 1, 0x1b), "the new owner's data must survive");
     assert!(chunk_is(&image, 2, 0), "a write of the fenced gateway reached a reader");
 }
+
+/// The objects of volume `uuid` on a directory target: (name relative to the target, bytes).
+fn objects_of(target: &Path, uuid: &str) -> Vec<(String, Vec<u8>)> {
+    files_under(&target.join(uuid))
+        .into_iter()
+        .map(|p| (p.strip_prefix(target).unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .filter(|(name, _)| !name.contains(".tmp"))
+        .collect()
+}
+
+fn data_objects(show: &serde_json::Value) -> usize {
+    let uuid = show["uuid"].as_str().unwrap();
+    (0..5).map(|i| objects_of(&target_path(show, i), uuid).iter().filter(|(n, _)| n.contains("/d/")).count()).sum()
+}
+
+/// Item 15. A target learns nothing of a volume but its uuid: no name, size or target list
+/// in any object (the superblock is encrypted), and object names that do not tell which chunk
+/// an object holds. Skipping all-zero chunks is a per-volume choice: by default zeros store
+/// nothing; with `--store-zero-chunks` they are stored like data.
+#[test]
+fn targets_learn_no_volume_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Serve::start(&dir.path().join("data"), &[]);
+    s.cli_ok(&["volume", "create", "v", "--size", "16MiB"]);
+    s.cli_ok(&["volume", "create", "secretvolume", "--size", "16MiB", "--store-zero-chunks"]);
+    write_flush(&s, 0x5e, 5 * MIB);
+    qemu_io(&s.uri("secretvolume"), &[format!("write -P 7 {} {MIB}", 5 * MIB), "flush".into()]);
+    let show = s.show("secretvolume");
+    s.term();
+    let uuid = show["uuid"].as_str().unwrap().to_string();
+    let data_dir = s.data.to_string_lossy().into_owned();
+    let object_name = regex_like(&uuid);
+    for i in 0..5 {
+        for (name, bytes) in objects_of(&target_path(&show, i), &uuid) {
+            assert!(object_name(&name), "object name tells more than it must: {name}");
+            for secret in ["secretvolume", data_dir.as_str(), "16777216", "\"targets\""] {
+                let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+                assert!(!found, "{name} on target {i} reveals {secret:?}");
+            }
+        }
+    }
+    // Zeros: nothing stored by default, stored like data when the volume asks for it.
+    s.restart();
+    let (v, secret) = (s.show("v"), s.show("secretvolume"));
+    let before = (data_objects(&v), data_objects(&secret));
+    for volume in ["v", "secretvolume"] {
+        qemu_io(&s.uri(volume), &[format!("write -P 0 {} {MIB}", 9 * MIB), "flush".into()]);
+    }
+    s.term();
+    assert_eq!(data_objects(&v), before.0, "an all-zero chunk stored something by default");
+    assert_eq!(data_objects(&secret), before.1 + 5, "--store-zero-chunks must store the zero chunk's 5 shares");
+}
+
+/// Names a target may see: the label, and numbered or opaque objects under the volume's uuid.
+fn regex_like(uuid: &str) -> impl Fn(&str) -> bool + '_ {
+    move |name: &str| {
+        let Some(rest) = name.strip_prefix(uuid).and_then(|r| r.strip_prefix('/')) else { return false };
+        let hex = |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
+        match rest.split_once('/') {
+            None => rest == "label",
+            Some(("d", id)) => hex(id, 32),
+            Some(("superblock" | "journal" | "checkpoint" | "claim" | "release", n)) => hex(n, 16),
+            _ => false,
+        }
+    }
+}

@@ -236,7 +236,7 @@ fn damaged_shares_are_named_read_around_and_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, w) = written_and_cold(dir.path(), 32);
     let shares = |i: usize| -> Vec<std::path::PathBuf> {
-        files_under(&s.target_dir(i)).into_iter().filter(|p| p.to_string_lossy().contains("/chunks/")).collect()
+        files_under(&s.target_dir(i)).into_iter().filter(|p| p.to_string_lossy().contains("/d/")).collect()
     };
     let (t0, t1, t2, t3) = (shares(0), shares(1), shares(2), shares(3));
     assert!(t0.len() >= 4, "expected several chunks, found {}", t0.len());
