@@ -261,9 +261,9 @@ impl Superblock {
     pub fn open(bytes: &[u8], master: &MasterKey) -> Result<Self, VolumeError> {
         let sb: Superblock = match serde_json::from_slice::<EncryptedSuperblock>(bytes) {
             Ok(e) if e.format == 2 => {
-                let body = master.open_bytes(SUPERBLOCK_PURPOSE, &e.sealed).map_err(|_| {
-                    VolumeError::Metadata("superblock does not decrypt (wrong key or tampered)".into())
-                })?;
+                let body = master
+                    .open_bytes(SUPERBLOCK_PURPOSE, &e.sealed)
+                    .map_err(|_| VolumeError::Metadata("superblock does not decrypt (wrong key or tampered)".into()))?;
                 serde_json::from_slice(&body).map_err(|e| VolumeError::Metadata(format!("superblock: {e}")))?
             }
             _ => Self::open_plain(bytes, master)?,

@@ -400,8 +400,7 @@ fn set_node_token(data_dir: &std::path::Path) -> Result<()> {
 fn task_command(cmd: TaskCommand) -> Result<()> {
     match cmd {
         TaskCommand::Start { kind, volume, targets, from, to, takeover, server } => {
-            let body =
-                json!({ "kind": kind, "volume": volume, "targets": targets, "from": from, "to": to, "takeover": takeover });
+            let body = json!({ "kind": kind, "volume": volume, "targets": targets, "from": from, "to": to, "takeover": takeover });
             let t = Client::new(&server)?.post("/tasks", body)?;
             print_json(&t.unwrap_or_default())
         }

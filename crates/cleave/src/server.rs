@@ -335,12 +335,16 @@ impl Gateway {
     ) {
         let all_up = matches!(health, Health::Degraded { targets_down, .. } if targets_down.is_empty());
         let name = &v.config().name;
-        if !all_up || !v.needs_rereplication() || tried.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        if !all_up || !v.needs_rereplication() || tried.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
             return;
         }
-        let busy = self.tasks.lock().expect("not poisoned").values().any(|t| {
-            t.volume == *name && t.kind == "rereplicate" && (t.state == "queued" || t.state == "running")
-        });
+        let busy = self
+            .tasks
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .any(|t| t.volume == *name && t.kind == "rereplicate" && (t.state == "queued" || t.state == "running"));
         if busy {
             return;
         }
@@ -1049,9 +1053,10 @@ impl Gateway {
         progress(1, 4);
         let keys = sb.unlock(&self.master).context("no key slot this master key opens (crypto-erased?)")?;
         // Serve from the targets given, each at the share index its label names.
-        let placed = cleave_volume::label::place(&given, &keys, &sb.config.uuid, sb.config.uuid_bytes().context("uuid")?)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let placed =
+            cleave_volume::label::place(&given, &keys, &sb.config.uuid, sb.config.uuid_bytes().context("uuid")?)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         if placed.iter().any(|(i, uri)| sb.config.targets.get(*i) != Some(uri)) {
             for (i, uri) in placed {
                 *sb.config.targets.get_mut(i).context("label names a share index past N")? = uri;
