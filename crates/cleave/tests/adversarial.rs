@@ -19,17 +19,6 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Makes a directory target fail every operation: its path becomes a file.
-fn break_dir(d: &Path) {
-    std::fs::rename(d, d.with_extension("away")).unwrap();
-    std::fs::write(d, b"not a directory").unwrap();
-}
-
-fn restore_dir(d: &Path) {
-    std::fs::remove_file(d).unwrap();
-    std::fs::rename(d.with_extension("away"), d).unwrap();
-}
-
 fn target_path(show: &serde_json::Value, i: usize) -> PathBuf {
     PathBuf::from(show["targets"][i].as_str().unwrap().strip_prefix("file://").unwrap())
 }

@@ -78,17 +78,6 @@ fn a_rejected_create_leaves_nothing_behind() {
     qemu_io(&s.uri("demo"), &["read 0 4096".into()]);
 }
 
-/// Makes a directory target fail every operation: its path becomes a file.
-fn break_dir(d: &Path) {
-    std::fs::rename(d, d.with_extension("away")).unwrap();
-    std::fs::write(d, b"not a directory").unwrap();
-}
-
-fn restore_dir(d: &Path) {
-    std::fs::remove_file(d).unwrap();
-    std::fs::rename(d.with_extension("away"), d).unwrap();
-}
-
 /// Creates `name` (16 MiB, 3-of-5) on five directory targets of its own under `root`.
 fn create_on_own_targets(s: &Serve, name: &str, root: &Path) -> Vec<PathBuf> {
     let dirs: Vec<PathBuf> = (0..5).map(|i| root.join(format!("{name}-t{i}"))).collect();

@@ -181,15 +181,11 @@ fn survives_losing_n_minus_m_targets_and_repairs() {
 
 /// Makes a directory target fail every operation: its path becomes a file.
 fn break_target(s: &Serve, i: usize) {
-    let d = s.target_dir(i);
-    std::fs::rename(&d, d.with_extension("away")).unwrap();
-    std::fs::write(&d, b"not a directory").unwrap();
+    break_dir(&s.target_dir(i));
 }
 
 fn restore_target(s: &Serve, i: usize) {
-    let d = s.target_dir(i);
-    std::fs::remove_file(&d).unwrap();
-    std::fs::rename(d.with_extension("away"), &d).unwrap();
+    restore_dir(&s.target_dir(i));
 }
 
 #[test]

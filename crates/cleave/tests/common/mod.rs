@@ -232,6 +232,17 @@ impl Writes {
     }
 }
 
+/// Makes a directory target fail every operation: its path becomes a file.
+pub fn break_dir(d: &Path) {
+    std::fs::rename(d, d.with_extension("away")).unwrap();
+    std::fs::write(d, b"not a directory").unwrap();
+}
+
+pub fn restore_dir(d: &Path) {
+    std::fs::remove_file(d).unwrap();
+    std::fs::rename(d.with_extension("away"), d).unwrap();
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
