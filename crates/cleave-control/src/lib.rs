@@ -4,6 +4,7 @@
 //! - [`access`]: clients, groups and grants; the rights of an identity on a volume.
 //! - [`ca`]: control's certificate authority for NBD over TLS.
 //! - [`config`]: the configuration database, an embedded store (redb).
+//! - [`placement`]: which nodes hold a new volume's shares (pure), counting promised space.
 //! - [`pool`]: nodes with their status, capacity, site and last-seen time; child controls; events.
 //! - [`hierarchy`]: a control server as the child of another, and a parent's view of its children.
 //! - [`users`]: users of the API and console, their roles, passwords and tokens; the access policy.
@@ -13,5 +14,6 @@ pub mod autoconfig;
 pub mod ca;
 pub mod config;
 pub mod hierarchy;
+pub mod placement;
 pub mod pool;
 pub mod users;

@@ -852,34 +852,23 @@ impl Gateway {
     /// Storage on demand: N nodes that are up and have room for their share of the
     /// volume, on distinct sites where there are enough of them, most free space first.
     fn place(&self, req: &CreateVolume) -> Result<Vec<String>> {
-        let n = req.n as usize;
-        let per_share = req.size_bytes.div_ceil(req.m.max(1) as u64);
-        let nodes = self.pool.nodes();
-        let up: Vec<_> = nodes.iter().filter(|x| x.status == cleave_control::pool::NodeStatus::Up).collect();
-        let mut fit: Vec<_> = up.iter().filter(|x| x.free_bytes >= per_share).collect();
-        if fit.len() < n {
-            bail!(
-                "cannot place {}-of-{n}: {} nodes up, {} with {} free for a share (need {n})",
-                req.m,
-                up.len(),
-                fit.len(),
-                ByteSize(per_share)
-            );
-        }
-        fit.sort_by_key(|x| std::cmp::Reverse(x.free_bytes));
-        let mut chosen: Vec<&&&cleave_control::pool::NodeInfo> = Vec::new();
-        // First one per site, then fill up with the rest.
-        for x in &fit {
-            if chosen.len() < n && !chosen.iter().any(|c| c.site == x.site) {
-                chosen.push(x);
+        let want = cleave_control::placement::Request { m: req.m, n: req.n, size_bytes: req.size_bytes };
+        let placed = cleave_control::placement::choose(&self.pool.nodes(), &self.promised_on_nodes(), want)?;
+        Ok(placed.into_iter().map(|a| format!("node://{a}")).collect())
+    }
+
+    /// Bytes each node (by address) may still have to store for the volumes placed on it.
+    fn promised_on_nodes(&self) -> std::collections::HashMap<String, u64> {
+        let mut promised = std::collections::HashMap::new();
+        let configs: Vec<VolumeConfig> =
+            self.volumes.read().expect("not poisoned").values().map(|v| v.status().config).collect();
+        for c in configs {
+            let share = c.size.div_ceil(u64::from(c.m.max(1)));
+            for addr in c.targets.iter().filter_map(|t| t.strip_prefix("node://")) {
+                *promised.entry(addr.trim_end_matches('/').to_string()).or_insert(0) += share;
             }
         }
-        for x in &fit {
-            if chosen.len() < n && !chosen.iter().any(|c| c.id == x.id) {
-                chosen.push(x);
-            }
-        }
-        Ok(chosen.iter().map(|x| format!("node://{}", x.address)).collect())
+        promised
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Volume> {

@@ -233,3 +233,27 @@ fn nodes_register_fail_return_and_hold_volumes() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no target"), "{out:?}");
 }
+
+/// Issue 10, item 16: placement counts the space promised to volumes already placed on a node,
+/// not only what its disk has free today (a volume that has not written yet takes none).
+#[test]
+fn placement_does_not_promise_the_same_space_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let ac = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = Serve::start(&dir.path().join("data"), &["--autoconfig", &format!("127.0.0.1:{ac}")]);
+    let _nodes: Vec<Node> =
+        (0..3).map(|i| Node::start(&s, ac, dir.path().join(format!("node{i}")), &format!("site{i}"))).collect();
+    wait_for("three nodes up", Duration::from_secs(10), || {
+        statuses(&s).iter().filter(|(_, st)| st == "up").count() == 3
+    });
+    // 1 GiB nodes; a 1 GiB 2-of-3 volume promises 512 MiB on each.
+    for name in ["a", "b"] {
+        s.cli_ok(&["volume", "create", name, "--size", "1GiB", "--m", "2", "--n", "3"]);
+    }
+    let out = s.cli(&["volume", "create", "c", "--size", "1GiB", "--m", "2", "--n", "3"]);
+    assert!(!out.status.success(), "a third 1 GiB volume was placed on three 1 GiB nodes");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot place"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Nothing is left for any other volume either.
+    let out = s.cli(&["volume", "create", "d", "--size", "1GiB", "--m", "3", "--n", "3"]);
+    assert!(!out.status.success(), "342 MiB shares do not fit in the 0 bytes left");
+}
