@@ -18,7 +18,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 use aws_lc_rs::hkdf;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 pub const KEY_LEN: usize = 32;
 
@@ -158,6 +158,7 @@ impl MasterKey {
         let salt: [u8; 16] = random()?;
         let kek = params.derive(passphrase, &salt)?;
         let wrapped = wrap(&kek, b"cleave master key", self.0.expose())?;
+        drop(kek);
         Ok(SealedMasterKey { kdf: "argon2id".into(), params, salt: salt.to_vec(), wrapped })
     }
 
@@ -206,12 +207,13 @@ impl Default for KdfParams {
 }
 
 impl KdfParams {
-    fn derive(&self, passphrase: &str, salt: &[u8]) -> Result<[u8; KEY_LEN], KeyError> {
+    /// The sealing key, wiped from memory when dropped.
+    fn derive(&self, passphrase: &str, salt: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyError> {
         let params = argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(KEY_LEN))
             .map_err(|e| KeyError::Kdf(e.to_string()))?;
-        let mut out = [0u8; KEY_LEN];
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
         argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-            .hash_password_into(passphrase.as_bytes(), salt, &mut out)
+            .hash_password_into(passphrase.as_bytes(), salt, out.as_mut())
             .map_err(|e| KeyError::Kdf(e.to_string()))?;
         Ok(out)
     }
@@ -232,10 +234,8 @@ impl SealedMasterKey {
         if self.kdf != "argon2id" {
             return Err(KeyError::Malformed("unknown key derivation function"));
         }
-        let mut kek = self.params.derive(passphrase, &self.salt)?;
-        let result = unwrap_secret(&kek, b"cleave master key", &self.wrapped).map_err(|_| KeyError::WrongPassphrase);
-        kek.zeroize();
-        result.map(MasterKey)
+        let kek = self.params.derive(passphrase, &self.salt)?;
+        unwrap_secret(&kek, b"cleave master key", &self.wrapped).map_err(|_| KeyError::WrongPassphrase).map(MasterKey)
     }
 }
 
