@@ -41,7 +41,11 @@ pub fn room(node: &NodeInfo, reserved: u64) -> u64 {
 
 /// N up nodes with room for a share, one per site first, most room first.
 /// `reserved` maps a node address to the bytes promised to volumes placed on it.
-pub fn choose(nodes: &[NodeInfo], reserved: &HashMap<String, u64>, req: Request) -> Result<Vec<String>, PlacementError> {
+pub fn choose(
+    nodes: &[NodeInfo],
+    reserved: &HashMap<String, u64>,
+    req: Request,
+) -> Result<Vec<String>, PlacementError> {
     let n = req.n as usize;
     let per_share = req.per_share();
     let up: Vec<&NodeInfo> = nodes.iter().filter(|x| x.status == NodeStatus::Up).collect();

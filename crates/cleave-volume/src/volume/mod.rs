@@ -1,0 +1,526 @@
+//! A volume: reads and writes against the cache, destage to the targets in the
+//! background, FLUSH/FUA as the durability mode says.
+//!
+//! - [`residency`]: which chunks the local cache holds, filling and eviction.
+//! - [`destage`]: storing dirty chunks, journal commits, deleting old generations.
+//! - [`health`]: status, labels and ownership as the volume lives, re-replication.
+
+mod destage;
+mod health;
+mod residency;
+
+pub use health::{Health, RereplicateReport, VolumeStatus};
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use cleave_split::{ChunkId, Codec, Keyring};
+use cleave_target::DynTarget;
+use tokio::sync::{Notify, RwLock};
+use tracing::info;
+
+use crate::cache::Cache;
+use crate::claim::{self, Claim};
+use crate::dispersal::Dispersal;
+use crate::journal::{self, Journal, Mapping};
+use crate::label;
+use crate::meta::{Durability, VolumeConfig};
+use crate::VolumeError;
+
+/// Tunables, with defaults a user rarely needs to change.
+#[derive(Clone, Debug)]
+pub struct VolumeOptions {
+    pub cache_dir: PathBuf,
+    /// Bytes of chunks the cache may hold (dirty and clean together).
+    pub cache_bytes: u64,
+    /// Chunks encoded and written at once by the destager.
+    pub destage_parallel: usize,
+    /// Chunks committed per journal record.
+    pub destage_batch: usize,
+    /// Ask one more target when a read has waited this long.
+    pub hedge_after: Duration,
+    /// A dispersed FLUSH that cannot complete in this time fails with EIO (data stays dirty).
+    pub flush_timeout: Duration,
+    pub put_timeout: Duration,
+    /// Journal records between checkpoints.
+    pub checkpoint_every: u64,
+    /// A dirty chunk is destaged once unwritten for this long (sooner under pressure).
+    pub destage_after: Duration,
+    /// Above this fraction of the cache dirty, destage starts at once, oldest first.
+    pub dirty_high: f64,
+    /// Who this gateway is, in ownership claims (stable across restarts of one gateway).
+    pub owner: String,
+    /// Serve the volume even if another gateway claims it: that one is then fenced.
+    pub takeover: bool,
+}
+
+impl VolumeOptions {
+    pub fn new(cache_dir: PathBuf) -> Self {
+        VolumeOptions {
+            cache_dir,
+            cache_bytes: 1 << 30,
+            destage_parallel: 4,
+            destage_batch: 32,
+            hedge_after: Duration::from_millis(100),
+            flush_timeout: Duration::from_secs(120),
+            put_timeout: Duration::from_secs(30),
+            checkpoint_every: 64,
+            destage_after: Duration::from_secs(3),
+            dirty_high: 0.5,
+            owner: "local".into(),
+            takeover: false,
+        }
+    }
+}
+
+/// A chunk written in a destage round: (chunk, write seq seen, new mapping, shares not stored).
+type Stored = (u64, u64, Mapping, Vec<u8>);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ChunkState {
+    dirty: bool,
+    /// Bumped by every write; destage records the one it saw.
+    seq: u64,
+    destaged_seq: u64,
+    destaging: bool,
+    last_use: u64,
+    last_write: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    map: BTreeMap<u64, Mapping>,
+    /// Chunks held in the cache.
+    chunks: HashMap<u64, ChunkState>,
+    tick: u64,
+    next_generation: u64,
+    next_seq: u64,
+    last_checkpoint: u64,
+    records_since_checkpoint: u64,
+    /// Chunk → share indices known missing or bad: the volume is degraded until repaired.
+    missing: BTreeMap<u64, Vec<u8>>,
+    /// Chunk → older generations kept because their successor (or the record naming it)
+    /// is not yet on all N targets: any M targets must still rebuild some full state.
+    superseded: BTreeMap<u64, Vec<u64>>,
+    /// A journal object is not on all N targets: a full checkpoint is owed.
+    journal_degraded: bool,
+    last_destage: Option<SystemTime>,
+    last_destage_error: Option<String>,
+    /// The cache bitmap on disk may lack chunks added since.
+    bitmap_stale: bool,
+}
+
+struct Inner {
+    config: VolumeConfig,
+    uuid: String,
+    volume: [u8; 16],
+    codec: Codec,
+    keys: Keyring,
+    dispersal: Dispersal,
+    /// Target URIs in share order; `config.targets` as opened, this as moved since.
+    target_uris: Mutex<Vec<String>>,
+    cache: Cache,
+    opts: VolumeOptions,
+    capacity_chunks: usize,
+    state: Mutex<State>,
+    /// Striped locks: I/O takes them shared; fill, evict and trim take them exclusive.
+    stripes: Vec<RwLock<()>>,
+    /// Serializes destage rounds, journal commits and repair.
+    commit: tokio::sync::Mutex<()>,
+    /// One writer of the cache bitmap at a time.
+    sync_lock: tokio::sync::Mutex<()>,
+    wake_destager: Arc<Notify>,
+    progress: Notify,
+    stopping: AtomicBool,
+    /// Waiters that need dirty data destaged now (FLUSH in dispersed mode, a full cache, shutdown).
+    urgent: std::sync::atomic::AtomicUsize,
+    /// This gateway's claim on the volume.
+    claim: Claim,
+    /// Set once a newer owner took over: nothing more is read, written or committed.
+    fenced: Mutex<Option<String>>,
+}
+
+/// A volume, cheap to clone.
+#[derive(Clone)]
+pub struct Volume {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume").field("name", &self.inner.config.name).finish()
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> VolumeError {
+    VolumeError::Cache(std::io::Error::other(e.to_string()))
+}
+
+impl Volume {
+    /// Opens a volume: replays the journal from the targets, opens the cache, starts the
+    /// destager. After an unclean shutdown every cached chunk is destaged again.
+    pub async fn open(
+        config: VolumeConfig,
+        keys: Keyring,
+        targets: Vec<DynTarget>,
+        opts: VolumeOptions,
+    ) -> Result<Volume, VolumeError> {
+        config.validate()?;
+        let volume = config.uuid_bytes().expect("validated");
+        let codec = Codec::new(config.m as usize, config.n as usize).map_err(|e| VolumeError::Config(e.to_string()))?;
+        let dispersal = Dispersal::new(targets, opts.put_timeout);
+        let uuid = config.uuid.clone();
+        let labels = label::check_all(&dispersal.targets(), &keys, &uuid, volume).await;
+        let (trusted, replaced) = label::classify(&dispersal.targets(), &uuid, &labels).await;
+        let trusted_count = trusted.iter().filter(|t| **t).count();
+        if trusted_count < codec.m() {
+            return Err(VolumeError::MetadataUnavailable(format!(
+                "only {trusted_count} of {} targets carry volume {:?}'s label and answer, need {}; \
+                 replaced (no or wrong label): {replaced:?}; labels: {labels:?}",
+                config.n,
+                config.name,
+                codec.m()
+            )));
+        }
+        let ownership = claim::read(&dispersal.targets(), &keys, &uuid).await;
+        if !opts.takeover {
+            ownership.free_for(&opts.owner)?;
+        }
+        let replayed = Journal {
+            dispersal: &dispersal,
+            codec: &codec,
+            keys: &keys,
+            uuid: &uuid,
+            volume,
+            quorum: config.write_quorum(),
+            hedge_after: opts.hedge_after,
+            prune: true,
+            accept_stale: false,
+            trusted: &trusted,
+            ownership: &ownership,
+        }
+        .replay()
+        .await?;
+        let newest = ownership.latest().map_or(0, |c| c.epoch).max(replayed.max_epoch);
+        let epoch = newest.checked_add(1).ok_or_else(|| VolumeError::Metadata("claim epochs exhausted".into()))?;
+        let claim = Claim { epoch, after_seq: replayed.last_seq, owner: opts.owner.clone() };
+        claim::write(&dispersal.targets(), &keys, &uuid, &claim).await?;
+        let (cache, present, clean) = Cache::open(&opts.cache_dir, &uuid, config.size, config.chunk_size)?;
+        let capacity_chunks = (opts.cache_bytes / config.chunk_size as u64).max(4) as usize;
+        let mut chunks = HashMap::new();
+        for c in &present {
+            let dirty = !clean;
+            chunks.insert(*c, ChunkState { dirty, seq: u64::from(dirty), ..Default::default() });
+        }
+        if !clean && !present.is_empty() {
+            info!(volume = %config.name, chunks = present.len(), "unclean shutdown: destaging every cached chunk again");
+        }
+        let state = State {
+            map: replayed.map,
+            chunks,
+            next_generation: replayed.next_generation.max(epoch_base(epoch)),
+            next_seq: replayed.last_seq + 1,
+            last_checkpoint: replayed.last_checkpoint,
+            records_since_checkpoint: replayed.records_since_checkpoint,
+            missing: replayed.missing,
+            journal_degraded: replayed.journal_degraded,
+            ..Default::default()
+        };
+        let inner = Arc::new(Inner {
+            uuid,
+            volume,
+            codec,
+            keys,
+            dispersal,
+            target_uris: Mutex::new(config.targets.clone()),
+            cache,
+            capacity_chunks,
+            state: Mutex::new(state),
+            stripes: (0..256).map(|_| RwLock::new(())).collect(),
+            commit: tokio::sync::Mutex::new(()),
+            sync_lock: tokio::sync::Mutex::new(()),
+            wake_destager: Arc::new(Notify::new()),
+            progress: Notify::new(),
+            stopping: AtomicBool::new(false),
+            urgent: std::sync::atomic::AtomicUsize::new(0),
+            claim,
+            fenced: Mutex::new(None),
+            config,
+            opts,
+        });
+        for (i, trusted) in trusted.iter().enumerate() {
+            if *trusted && !matches!(labels[i], label::LabelState::Valid) {
+                // A target from before labels existed: it holds the volume, label it.
+                let _ = label::write(&inner.dispersal.targets()[i], &inner.keys, &inner.uuid, volume, i as u8).await;
+            }
+        }
+        for i in replaced {
+            inner.adopt_replaced(i).await;
+        }
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move { destage::destager(weak).await });
+        inner.wake_destager.notify_one();
+        Ok(Volume { inner })
+    }
+
+    pub fn config(&self) -> &VolumeConfig {
+        &self.inner.config
+    }
+    pub fn size(&self) -> u64 {
+        self.inner.config.size
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        let size = self.inner.config.size;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(VolumeError::OutOfRange { offset, len, size }),
+        }
+    }
+
+    /// Splits [offset, offset+len) into (chunk, offset in volume, length) pieces.
+    fn pieces(&self, offset: u64, len: u64) -> Vec<(u64, u64, u64)> {
+        let cs = self.inner.config.chunk_size as u64;
+        let mut out = Vec::new();
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let chunk = pos / cs;
+            let stop = ((chunk + 1) * cs).min(end);
+            out.push((chunk, pos, stop - pos));
+            pos = stop;
+        }
+        out
+    }
+
+    pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
+        self.check_range(offset, len as u64)?;
+        self.inner.check_fenced()?;
+        let inner = &self.inner;
+        let mut out = Vec::with_capacity(len as usize);
+        for (chunk, pos, n) in self.pieces(offset, len as u64) {
+            if !inner.is_present(chunk) && inner.has_room() {
+                // Bring it in while there is room: later reads and writes are local.
+                drop(inner.ensure_present(chunk).await?);
+            }
+            let guard = inner.stripe(chunk).read().await;
+            if inner.touch(chunk) {
+                out.extend_from_slice(&inner.cache.read_at(pos, n as usize).await?);
+                drop(guard);
+                continue;
+            }
+            drop(guard);
+            let (start, _) = inner.cache.chunk_range(chunk);
+            let data = inner.fetch_chunk(chunk).await?;
+            let from = (pos - start) as usize;
+            out.extend_from_slice(&data[from..from + n as usize]);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
+        self.check_range(offset, data.len() as u64)?;
+        self.inner.check_fenced()?;
+        let inner = &self.inner;
+        let mut touched = Vec::new();
+        for (chunk, pos, n) in self.pieces(offset, data.len() as u64) {
+            let from = (pos - offset) as usize;
+            inner.write_piece(chunk, pos, data.slice(from..from + n as usize)).await?;
+            touched.push(chunk);
+        }
+        if fua {
+            self.make_durable(Some(touched)).await?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes a range. Whole chunks are punched out of the cache and stored as nothing.
+    pub async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
+        self.check_range(offset, len)?;
+        self.inner.check_fenced()?;
+        let inner = &self.inner;
+        let mut touched = Vec::new();
+        for (chunk, pos, n) in self.pieces(offset, len) {
+            let (start, end) = inner.cache.chunk_range(chunk);
+            if pos == start && pos + n == end {
+                if !inner.is_present(chunk) {
+                    inner.wait_for_room().await?;
+                }
+                let _guard = inner.stripe(chunk).write().await;
+                inner.zero_chunk(chunk, start, end).await?;
+            } else {
+                inner.write_piece(chunk, pos, Bytes::from(vec![0u8; n as usize])).await?;
+            }
+            touched.push(chunk);
+        }
+        if fua {
+            self.make_durable(Some(touched)).await?;
+        }
+        Ok(())
+    }
+
+    /// Trim: the range reads back as zeros and stores nothing.
+    pub async fn trim(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.write_zeroes(offset, len, false).await
+    }
+
+    /// FLUSH: every write completed before it is durable, as the durability mode says.
+    pub async fn flush(&self) -> Result<(), VolumeError> {
+        self.make_durable(None).await
+    }
+
+    async fn make_durable(&self, chunks: Option<Vec<u64>>) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        inner.check_fenced()?;
+        inner.sync_local().await?;
+        if inner.config.durability == Durability::Dispersed {
+            inner.wait_destaged(chunks).await?;
+        }
+        Ok(())
+    }
+
+    /// Destages everything and waits, up to `timeout`. Used by shutdown and tests.
+    pub async fn destage_all(&self, timeout: Duration) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        inner.sync_local().await?;
+        tokio::time::timeout(timeout, inner.wait_destaged_inner(None))
+            .await
+            .map_err(|_| VolumeError::Timeout(format!("destage of {}", inner.config.name)))?
+    }
+
+    /// Clean shutdown: destage, sync, and record that nothing is dirty.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), VolumeError> {
+        let result = self.destage_all(timeout).await;
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.wake_destager.notify_one();
+        if result.is_ok() {
+            let _commit = self.inner.commit.lock().await;
+            let clean = self.inner.state.lock().expect("not poisoned").chunks.values().all(|c| !c.dirty);
+            if clean {
+                self.inner.cache.mark_clean()?;
+                let inner = &self.inner;
+                if inner.check_fenced().is_ok() {
+                    claim::release(&inner.dispersal.targets(), &inner.keys, &inner.uuid, &inner.claim).await;
+                }
+            }
+        }
+        result
+    }
+
+    /// Moves share `i` to another target: later writes go there, reads of older chunks find
+    /// the share missing and read around it until a repair rewrites them.
+    pub async fn replace_target(&self, i: usize, uri: String, target: DynTarget) -> Result<(), VolumeError> {
+        if i >= self.inner.config.n as usize {
+            return Err(VolumeError::Metadata(format!("share index {i} out of range")));
+        }
+        // Not in the middle of a destage round: its shares all go to one target set.
+        let _commit = self.inner.commit.lock().await;
+        label::write(&target, &self.inner.keys, &self.inner.uuid, self.inner.volume, i as u8).await?;
+        self.inner.dispersal.replace(i, target);
+        self.inner.target_uris.lock().expect("not poisoned")[i] = uri;
+        Ok(())
+    }
+
+    /// Writes a journal record and a checkpoint now, so the whole map is on the current
+    /// targets. Errors unless the checkpoint reached all N targets.
+    pub async fn checkpoint_now(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let _commit = inner.commit.lock().await;
+        inner.commit_entries(Vec::new()).await?;
+        let cp = inner.snapshot_checkpoint();
+        match inner.write_checkpoint(&cp).await? {
+            journal::Stored::Full => Ok(()),
+            journal::Stored::Quorum => {
+                Err(VolumeError::Quorum(format!("checkpoint {} did not reach all {} targets", cp.seq, inner.config.n)))
+            }
+        }
+    }
+
+    /// Stops destaging without flushing (the volume is being deleted): once this returns,
+    /// nothing more is written to the targets.
+    pub async fn close(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.wake_destager.notify_one();
+        // A round in progress holds the commit lock; later rounds see `stopping`.
+        let _commit = self.inner.commit.lock().await;
+    }
+
+    /// The committed chunk map (chunk → generation), for scrub.
+    pub fn mapped(&self) -> Vec<(u64, Mapping)> {
+        self.inner.state.lock().expect("not poisoned").map.iter().map(|(c, m)| (*c, *m)).collect()
+    }
+
+    pub(crate) fn dispersal(&self) -> &Dispersal {
+        &self.inner.dispersal
+    }
+    pub(crate) fn codec(&self) -> &Codec {
+        &self.inner.codec
+    }
+    pub(crate) fn keys(&self) -> &Keyring {
+        &self.inner.keys
+    }
+    /// The object name and share identity of a chunk generation.
+    pub(crate) fn locate(&self, chunk: u64, generation: u64) -> (String, ChunkId) {
+        self.inner.locate(chunk, generation)
+    }
+
+    /// Records which shares of a chunk are missing or bad (empty: healthy).
+    pub(crate) fn set_missing(&self, chunk: u64, indices: Vec<u8>) {
+        let mut st = self.inner.state.lock().expect("not poisoned");
+        if indices.is_empty() {
+            st.missing.remove(&chunk);
+        } else {
+            st.missing.insert(chunk, indices);
+        }
+    }
+
+    /// Writes `data` as a new generation of `chunk` and commits it: for repair. Skips
+    /// chunks that are dirty in the cache (their destage will write a new generation).
+    pub(crate) async fn rewrite(&self, chunk: u64, data: Vec<u8>) -> Result<bool, VolumeError> {
+        let inner = &self.inner;
+        let _commit = inner.commit.lock().await;
+        if inner.state.lock().expect("not poisoned").chunks.get(&chunk).is_some_and(|c| c.dirty || c.destaging) {
+            return Ok(false);
+        }
+        let (mapping, missing) = inner.store_chunk(chunk, data).await?;
+        let old = inner.commit_entries(vec![(chunk, mapping, missing)]).await?;
+        inner.delete_old(old).await;
+        Ok(true)
+    }
+}
+
+impl Inner {
+    fn locate(&self, chunk: u64, generation: u64) -> (String, ChunkId) {
+        crate::naming::chunk_object(&self.keys, &self.uuid, self.volume, chunk, generation)
+    }
+}
+
+/// Counts a waiter in `urgent` for as long as it lives.
+struct Urgent<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Urgent<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Urgent(counter)
+    }
+}
+
+impl Drop for Urgent<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The first generation number of an owner's epoch: the top 24 bits are the epoch, so two
+/// owners of one volume (before the older is fenced) never write the same object name.
+fn epoch_base(epoch: u64) -> u64 {
+    if epoch < 1 << 24 {
+        epoch << 40
+    } else {
+        0
+    }
+}

@@ -1,0 +1,210 @@
+//! Which chunks are in the local cache: filling, eviction, the stripe locks, and making
+//! the cache durable; reading a chunk from the targets.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::RwLock;
+
+use super::{ChunkState, Inner, Urgent};
+use crate::VolumeError;
+
+impl Inner {
+    pub(super) fn stripe(&self, chunk: u64) -> &RwLock<()> {
+        &self.stripes[(chunk % self.stripes.len() as u64) as usize]
+    }
+
+    pub(super) fn is_present(&self, chunk: u64) -> bool {
+        self.state.lock().expect("not poisoned").chunks.contains_key(&chunk)
+    }
+
+    pub(super) fn has_room(&self) -> bool {
+        self.state.lock().expect("not poisoned").chunks.len() < self.capacity_chunks
+    }
+
+    /// Marks a use for LRU; false if the chunk is not cached.
+    pub(super) fn touch(&self, chunk: u64) -> bool {
+        let mut st = self.state.lock().expect("not poisoned");
+        st.tick += 1;
+        let tick = st.tick;
+        match st.chunks.get_mut(&chunk) {
+            Some(c) => {
+                c.last_use = tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn mark_dirty(&self, chunk: u64) {
+        let mut st = self.state.lock().expect("not poisoned");
+        st.tick += 1;
+        let tick = st.tick;
+        let c = st.chunks.entry(chunk).or_default();
+        if !c.dirty {
+            // Only a newly dirty chunk can change what the destager should do.
+            self.wake_destager.notify_one();
+        }
+        c.dirty = true;
+        c.seq += 1;
+        c.last_use = tick;
+        c.last_write = Some(Instant::now());
+    }
+
+    /// Writes bytes within one chunk through the cache and marks the chunk dirty.
+    pub(super) async fn write_piece(&self, chunk: u64, pos: u64, data: Bytes) -> Result<(), VolumeError> {
+        let _guard = self.ensure_present(chunk).await?;
+        self.cache.write_at(pos, data).await?;
+        self.mark_dirty(chunk);
+        Ok(())
+    }
+
+    pub(super) async fn zero_chunk(&self, chunk: u64, start: u64, end: u64) -> Result<(), VolumeError> {
+        self.cache.punch(start, end - start).await?;
+        let mut st = self.state.lock().expect("not poisoned");
+        if !st.chunks.contains_key(&chunk) {
+            st.bitmap_stale = true;
+        }
+        drop(st);
+        self.mark_dirty(chunk);
+        Ok(())
+    }
+
+    /// Returns with the chunk cached and its stripe held shared.
+    pub(super) async fn ensure_present(&self, chunk: u64) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, VolumeError> {
+        loop {
+            let guard = self.stripe(chunk).read().await;
+            if self.touch(chunk) {
+                return Ok(guard);
+            }
+            drop(guard);
+            self.wait_for_room().await?;
+            let guard = self.stripe(chunk).write().await;
+            if !self.is_present(chunk) {
+                self.fill(chunk).await?;
+            }
+            drop(guard);
+        }
+    }
+
+    /// Loads a chunk into the cache from the targets (or as zeros). Stripe held exclusive.
+    pub(super) async fn fill(&self, chunk: u64) -> Result<(), VolumeError> {
+        let (start, end) = self.cache.chunk_range(chunk);
+        let mapped = self.state.lock().expect("not poisoned").map.get(&chunk).copied();
+        match mapped {
+            Some(_) => {
+                let data = self.fetch_chunk(chunk).await?;
+                self.cache.write_at(start, Bytes::from(data)).await?;
+            }
+            // Stale bytes may sit here from before a crash: the chunk must read as zeros.
+            None => self.cache.punch(start, end - start).await?,
+        }
+        let mut st = self.state.lock().expect("not poisoned");
+        st.tick += 1;
+        let tick = st.tick;
+        st.chunks.insert(chunk, ChunkState { last_use: tick, ..Default::default() });
+        st.bitmap_stale = true;
+        Ok(())
+    }
+
+    /// Makes room for one more chunk: evicts clean chunks (least recently used first),
+    /// or waits for the destager to clean some.
+    pub(super) async fn wait_for_room(&self) -> Result<(), VolumeError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let victims: Vec<u64> = {
+                let st = self.state.lock().expect("not poisoned");
+                if st.chunks.len() < self.capacity_chunks {
+                    return Ok(());
+                }
+                let mut clean: Vec<(u64, u64)> =
+                    st.chunks.iter().filter(|(_, c)| !c.dirty && !c.destaging).map(|(k, c)| (c.last_use, *k)).collect();
+                clean.sort_unstable();
+                let batch = (self.capacity_chunks / 16).max(1);
+                clean.into_iter().take(batch).map(|(_, k)| k).collect()
+            };
+            if victims.is_empty() {
+                let _urgent = Urgent::new(&self.urgent);
+                self.wake_destager.notify_one();
+                let _ = tokio::time::timeout(Duration::from_millis(200), self.progress.notified()).await;
+                waited += Duration::from_millis(200);
+                if waited > self.opts.flush_timeout && self.dispersal.up_count() < self.codec.m() {
+                    return Err(VolumeError::Unavailable {
+                        chunk: 0,
+                        reason: "cache full of dirty data and the targets are unavailable".into(),
+                    });
+                }
+                continue;
+            }
+            self.evict(victims).await?;
+        }
+    }
+
+    pub(super) async fn evict(&self, victims: Vec<u64>) -> Result<(), VolumeError> {
+        let mut guards = Vec::new();
+        let mut gone = Vec::new();
+        for c in victims {
+            // Never wait here: a writer may hold this stripe while waiting for room.
+            let Ok(g) = self.stripe(c).try_write() else { continue };
+            let mut st = self.state.lock().expect("not poisoned");
+            if st.chunks.get(&c).is_some_and(|s| !s.dirty && !s.destaging) {
+                st.chunks.remove(&c);
+                gone.push(c);
+                guards.push(g);
+            }
+        }
+        if gone.is_empty() {
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
+        // The bitmap must forget them before their data goes.
+        self.sync_local().await?;
+        for c in gone {
+            let (start, end) = self.cache.chunk_range(c);
+            self.cache.punch(start, end - start).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the cache durable: data first, then the bitmap that points at it.
+    pub(super) async fn sync_local(&self) -> Result<(), VolumeError> {
+        let _sync = self.sync_lock.lock().await;
+        self.cache.sync_data().await?;
+        let present = {
+            let mut st = self.state.lock().expect("not poisoned");
+            st.bitmap_stale = false;
+            st.chunks.keys().copied().collect::<Vec<_>>()
+        };
+        self.cache.persist_bitmap(present).await?;
+        Ok(())
+    }
+
+    /// Reads and decodes a chunk's current generation from the targets.
+    pub(super) async fn fetch_chunk(&self, chunk: u64) -> Result<Vec<u8>, VolumeError> {
+        let (start, end) = self.cache.chunk_range(chunk);
+        let len = (end - start) as usize;
+        let Some(mapping) = self.state.lock().expect("not poisoned").map.get(&chunk).copied() else {
+            return Ok(vec![0u8; len]);
+        };
+        let (key, id) = self.locate(chunk, mapping.generation);
+        let result = self.dispersal.read_decoded(&key, &self.codec, &self.keys, &id, self.opts.hedge_after).await;
+        match result {
+            Ok((data, bad)) if data.len() == len => {
+                if !bad.is_empty() {
+                    let mut st = self.state.lock().expect("not poisoned");
+                    let entry = st.missing.entry(chunk).or_default();
+                    for t in bad {
+                        if !entry.contains(&(t as u8)) {
+                            entry.push(t as u8);
+                        }
+                    }
+                }
+                Ok(data)
+            }
+            Ok((data, _)) => {
+                Err(VolumeError::Unavailable { chunk, reason: format!("decoded {} bytes, expected {len}", data.len()) })
+            }
+            Err(reason) => Err(VolumeError::Unavailable { chunk, reason }),
+        }
+    }
+}
