@@ -178,12 +178,20 @@ async fn faulty_wrapper_injects_faults() {
     assert_eq!(f.ops(), before + 2);
 }
 
-#[test]
-fn open_parses_each_uri_form() {
+#[tokio::test]
+async fn open_parses_each_uri_form() {
     let dir = tempfile::tempdir().unwrap();
     let t = open(&format!("file://{}/sub", dir.path().display())).unwrap();
     assert_eq!(t.name(), format!("file://{}/sub", dir.path().display()));
+    // An existing target's root is never created: a missing one is a target that is down.
+    assert!(!dir.path().join("sub").exists());
+    assert!(matches!(t.health().await, Err(cleave_target::TargetError::Unavailable(_))));
+    assert!(matches!(t.put("k", bytes::Bytes::from_static(b"v")).await, Err(cleave_target::TargetError::Unavailable(_))));
+    assert!(!dir.path().join("sub").exists(), "a put recreated a missing target root");
+    // A new volume's target is made with `create`.
+    let t = cleave_target::create(&format!("file://{}/sub", dir.path().display())).unwrap();
     assert!(dir.path().join("sub").is_dir());
+    t.put("k", bytes::Bytes::from_static(b"v")).await.unwrap();
 
     let t = open("s3://bucket/prefix?endpoint=http://127.0.0.1:9&region=us-east-1").unwrap();
     assert_eq!(t.name(), "s3://bucket/prefix?endpoint=http://127.0.0.1:9");
