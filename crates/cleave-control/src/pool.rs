@@ -110,6 +110,10 @@ pub(crate) struct Inner {
 pub struct Pool {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) counters: Counters,
+    /// Packets numbered below this (µs since the epoch) are replays: senders number their
+    /// packets by the clock, so nothing sent before this control started is accepted again
+    /// after a restart, when the per-member windows kept in memory are gone.
+    pub(crate) seq_floor: u64,
 }
 
 pub fn now_ms() -> u64 {
@@ -127,6 +131,12 @@ const MAX_EVENTS: usize = 1000;
 impl Pool {
     pub fn new() -> Arc<Pool> {
         Arc::new(Pool::default())
+    }
+
+    /// A pool for a control that starts now: auto-configuration packets sent before it
+    /// started are refused as replays.
+    pub fn started_now() -> Arc<Pool> {
+        Arc::new(Pool { seq_floor: now_us(), ..Pool::default() })
     }
 
     pub fn nodes(&self) -> Vec<NodeInfo> {

@@ -186,7 +186,10 @@ async fn open_parses_each_uri_form() {
     // An existing target's root is never created: a missing one is a target that is down.
     assert!(!dir.path().join("sub").exists());
     assert!(matches!(t.health().await, Err(cleave_target::TargetError::Unavailable(_))));
-    assert!(matches!(t.put("k", bytes::Bytes::from_static(b"v")).await, Err(cleave_target::TargetError::Unavailable(_))));
+    assert!(matches!(
+        t.put("k", bytes::Bytes::from_static(b"v")).await,
+        Err(cleave_target::TargetError::Unavailable(_))
+    ));
     assert!(!dir.path().join("sub").exists(), "a put recreated a missing target root");
     // A new volume's target is made with `create`.
     let t = cleave_target::create(&format!("file://{}/sub", dir.path().display())).unwrap();

@@ -1400,7 +1400,7 @@ async fn run(
     let token = data.admin_token()?;
     let users = crate::users::UserStore::load(&data)?;
     let secret = data.cluster_secret()?;
-    let pool = cleave_control::pool::Pool::new();
+    let pool = cleave_control::pool::Pool::started_now();
     let udp = tokio::net::UdpSocket::bind(control.autoconfig)
         .await
         .with_context(|| format!("auto-configuration on {}", control.autoconfig))?;

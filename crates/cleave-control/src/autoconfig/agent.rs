@@ -76,14 +76,15 @@ struct Link {
 struct Sender<'a> {
     control: SocketAddr,
     secret: &'a [u8; 32],
-    /// Last sequence number used. Starts at the clock (µs) so a restarted
-    /// member's numbers still exceed those it used before.
+    /// Last sequence number used. Follows the clock (µs): a restarted member's numbers
+    /// still exceed those it used before, and a restarted control can refuse anything
+    /// numbered before it started.
     seq: u64,
 }
 
 impl Sender<'_> {
     async fn send(&mut self, link: &Link, kind: MessageType, data: serde_json::Value) {
-        self.seq += 1;
+        self.seq = self.seq.saturating_add(1).max(now_us());
         let p = Packet { kind, seq: self.seq, src: link.local, dst: self.control, data: data.to_string().into_bytes() };
         match packet::encode(&p, self.secret) {
             Ok(bytes) => {

@@ -178,7 +178,7 @@ pub(crate) fn handle(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketA
     }
     let mut inner = pool.inner.lock().expect("not poisoned");
     let member = (kind, id.clone());
-    if inner.last_seq.get(&member).is_some_and(|&last| p.seq <= last) {
+    if p.seq < pool.seq_floor || inner.last_seq.get(&member).is_some_and(|&last| p.seq <= last) {
         drop(inner);
         return count(&c.replayed);
     }
@@ -462,5 +462,20 @@ mod tests {
             handle(&pool, &SECRET, &packet(MessageType::Heartbeat, 6, from, beat), from),
             Some(MessageType::NeedInfo)
         );
+    }
+
+    /// A control that restarted has no per-member windows left: anything numbered before
+    /// it started is still a replay.
+    #[test]
+    fn a_restarted_control_refuses_packets_from_before_its_start() {
+        let from: SocketAddr = "127.0.0.1:7801".parse().unwrap();
+        let old =
+            packet(MessageType::Startup, now_us() - 1_000_000, from, serde_json::json!({"id": "n1", "kind": "node"}));
+        let pool = Pool::started_now();
+        assert_eq!(handle(&pool, &SECRET, &old, from), None);
+        assert_eq!(pool.counters().replayed, 1);
+        assert!(pool.nodes().is_empty());
+        let fresh = packet(MessageType::Startup, now_us(), from, serde_json::json!({"id": "n1", "kind": "node"}));
+        assert_eq!(handle(&pool, &SECRET, &fresh, from), Some(MessageType::NeedInfo));
     }
 }
