@@ -229,7 +229,7 @@ mod tests {
         let sig = ca.sign(b"message").unwrap();
         assert!(verify(&ca.public_key(), b"message", &sig));
         assert!(!verify(&ca.public_key(), b"other", &sig));
-        assert!(!verify(&node_key.public_key_raw()[..], b"message", &sig));
+        assert!(!verify(node_key.public_key_raw(), b"message", &sig));
         assert!(!verify(&ca.public_key(), b"message", b"garbage"));
     }
 }

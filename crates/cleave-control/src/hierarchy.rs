@@ -261,6 +261,9 @@ pub struct HierarchyConfig {
     pub ca: Arc<Ca>,
 }
 
+/// Keeps a key that was learned (writes it to the data directory).
+pub type KeepKey = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// How to register with a parent.
 pub struct ParentConfig {
     /// The parent's auto-configuration (UDP) address.
@@ -276,7 +279,7 @@ pub struct ParentConfig {
     /// The parent's signing key, if already known (kept from the first registration).
     pub parent_key: Option<Vec<u8>>,
     /// Called once with the parent's key when it is first learned, to keep it.
-    pub keep_parent_key: Box<dyn Fn(&[u8]) + Send + Sync>,
+    pub keep_parent_key: KeepKey,
 }
 
 struct ParentLink {
@@ -448,7 +451,10 @@ impl Hierarchy {
         let req = Request::builder()
             .method(method)
             .uri(url)
-            .header(AUTHORIZATION, format!("Bearer {}", self.token_for(ParentRole::Act, &c.id).map_err(ForwardError::Unavailable)?))
+            .header(
+                AUTHORIZATION,
+                format!("Bearer {}", self.token_for(ParentRole::Act, &c.id).map_err(ForwardError::Unavailable)?),
+            )
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| ForwardError::Unavailable(e.to_string()))?;

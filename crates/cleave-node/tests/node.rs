@@ -259,7 +259,8 @@ async fn refuses_callers_without_a_gateway_certificate() {
 
     // As the gateway: the server itself rejects bad keys with 400 and serves ranges with 206.
     let (status, body) =
-        raw(&n, "PUT /v1/objects/a/.hidden HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx").await;
+        raw(&n, "PUT /v1/objects/a/.hidden HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+            .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("\"error\""), "{body}");
     let (status, body) =
@@ -274,7 +275,8 @@ async fn a_node_without_a_certificate_serves_nobody_and_keeps_its_first_ca() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let node =
-        Node::open(NodeConfig { data: dir.path().to_path_buf(), listen: addr, capacity: None, site: "a".into() }).unwrap();
+        Node::open(NodeConfig { data: dir.path().to_path_buf(), listen: addr, capacity: None, site: "a".into() })
+            .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(node.clone().serve(listener, async move {
         let _ = stopped.await;
@@ -291,7 +293,8 @@ async fn a_node_without_a_certificate_serves_nobody_and_keeps_its_first_ca() {
     server.await.unwrap().unwrap();
     // Reopened, the node serves with what it kept.
     let again =
-        Node::open(NodeConfig { data: dir.path().to_path_buf(), listen: addr, capacity: None, site: "a".into() }).unwrap();
+        Node::open(NodeConfig { data: dir.path().to_path_buf(), listen: addr, capacity: None, site: "a".into() })
+            .unwrap();
     assert!(again.credentials().server_config().is_some());
 }
 

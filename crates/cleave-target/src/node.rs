@@ -166,10 +166,8 @@ impl NodeTarget {
         let req = req.body(Full::new(body)).map_err(|e| TargetError::InvalidUri(format!("{what}: {e}")))?;
         let exchange = async {
             let mut conn = self.connection().await?;
-            let resp = conn
-                .send_request(req)
-                .await
-                .map_err(|e| TargetError::Unavailable(format!("{what}: {}", chain(&e))))?;
+            let resp =
+                conn.send_request(req).await.map_err(|e| TargetError::Unavailable(format!("{what}: {}", chain(&e))))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_BODY)
                 .collect()

@@ -181,7 +181,7 @@ async fn faulty_wrapper_injects_faults() {
 #[test]
 fn open_parses_each_uri_form() {
     let dir = tempfile::tempdir().unwrap();
-    let t = open(&format!("file://{}/sub", dir.path().display())).unwrap();
+    let t = cleave_target::create(&format!("file://{}/sub", dir.path().display())).unwrap();
     assert_eq!(t.name(), format!("file://{}/sub", dir.path().display()));
     assert!(dir.path().join("sub").is_dir());
 

@@ -101,7 +101,7 @@ async fn holds_superblock(target: &DynTarget, uuid: &str) -> bool {
 /// a volume from before labels existed has none anywhere, and then a target holding the
 /// volume's superblock is one of its own (it gets its label at open).
 pub async fn classify(targets: &[DynTarget], uuid: &str, labels: &[LabelState]) -> (Vec<bool>, Vec<usize>) {
-    let any_valid = labels.iter().any(|l| *l == LabelState::Valid);
+    let any_valid = labels.contains(&LabelState::Valid);
     let mut trusted = vec![false; labels.len()];
     let mut replaced = Vec::new();
     for (i, l) in labels.iter().enumerate() {
@@ -136,7 +136,13 @@ pub async fn trusted_any_index(targets: &[DynTarget], keys: &Keyring, uuid: &str
 
 /// Labels the targets of a new volume (target i holds share i); at least `quorum` must
 /// take their label.
-pub async fn write_all(targets: &[DynTarget], keys: &Keyring, uuid: &str, volume: [u8; 16], quorum: usize) -> Result<(), TargetError> {
+pub async fn write_all(
+    targets: &[DynTarget],
+    keys: &Keyring,
+    uuid: &str,
+    volume: [u8; 16],
+    quorum: usize,
+) -> Result<(), TargetError> {
     let writes = targets.iter().enumerate().map(|(i, t)| write(t, keys, uuid, volume, i as u8));
     let results = futures::future::join_all(writes).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -148,7 +154,13 @@ pub async fn write_all(targets: &[DynTarget], keys: &Keyring, uuid: &str, volume
 }
 
 /// Writes target `index`'s label, replacing a wrong one.
-pub async fn write(target: &DynTarget, keys: &Keyring, uuid: &str, volume: [u8; 16], index: u8) -> Result<(), TargetError> {
+pub async fn write(
+    target: &DynTarget,
+    keys: &Keyring,
+    uuid: &str,
+    volume: [u8; 16],
+    index: u8,
+) -> Result<(), TargetError> {
     let body = Bytes::from(encode(keys, volume, index));
     match target.put(&key(uuid), body.clone()).await {
         Err(TargetError::AlreadyExists(_)) => {

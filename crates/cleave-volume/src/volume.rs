@@ -898,9 +898,8 @@ impl Inner {
         let mut old = Vec::new();
         let checkpoint_due = {
             let mut st = self.state.lock().expect("not poisoned");
-            st.next_seq = seq
-                .checked_add(1)
-                .ok_or_else(|| VolumeError::Metadata("journal sequence space exhausted".into()))?;
+            st.next_seq =
+                seq.checked_add(1).ok_or_else(|| VolumeError::Metadata("journal sequence space exhausted".into()))?;
             st.records_since_checkpoint += 1;
             st.journal_degraded |= stored != journal::Stored::Full;
             for (chunk, mapping, missing) in done {

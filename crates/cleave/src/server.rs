@@ -329,12 +329,16 @@ impl Gateway {
     ) {
         let all_up = matches!(health, Health::Degraded { targets_down, .. } if targets_down.is_empty());
         let name = &v.config().name;
-        if !all_up || !v.needs_rereplication() || tried.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        if !all_up || !v.needs_rereplication() || tried.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
             return;
         }
-        let busy = self.tasks.lock().expect("not poisoned").values().any(|t| {
-            t.volume == *name && t.kind == "rereplicate" && (t.state == "queued" || t.state == "running")
-        });
+        let busy = self
+            .tasks
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .any(|t| t.volume == *name && t.kind == "rereplicate" && (t.state == "queued" || t.state == "running"));
         if busy {
             return;
         }
@@ -545,12 +549,7 @@ impl Gateway {
 
     async fn open_volume(&self, sb: &Superblock) -> Result<Volume> {
         let keys = sb.unlock(&self.master)?;
-        let targets = sb
-            .config
-            .targets
-            .iter()
-            .map(|u| self.open_target(u))
-            .collect::<Result<Vec<_>>>()?;
+        let targets = sb.config.targets.iter().map(|u| self.open_target(u)).collect::<Result<Vec<_>>>()?;
         Ok(Volume::open(sb.config.clone(), keys, targets, self.options()).await?)
     }
 
@@ -707,12 +706,7 @@ impl Gateway {
 
     /// Creates a new volume's targets (a directory target's folder only now) and labels them.
     async fn label_new_targets(&self, sb: &Superblock, keys: &cleave_split::Keyring) -> Result<()> {
-        let handles = sb
-            .config
-            .targets
-            .iter()
-            .map(|u| self.create_target(u))
-            .collect::<Result<Vec<_>>>()?;
+        let handles = sb.config.targets.iter().map(|u| self.create_target(u)).collect::<Result<Vec<_>>>()?;
         let volume = sb.config.uuid_bytes().context("volume uuid")?;
         cleave_volume::label::write_all(&handles, keys, &sb.config.uuid, volume, sb.config.write_quorum()).await?;
         Ok(())
@@ -722,12 +716,7 @@ impl Gateway {
     /// locally, then removes the older versions from the targets.
     pub(crate) async fn publish(&self, sb: &Superblock) -> Result<()> {
         let sealed = sb.seal(&self.master)?;
-        let handles = sb
-            .config
-            .targets
-            .iter()
-            .map(|u| self.open_target(u))
-            .collect::<Result<Vec<_>>>()?;
+        let handles = sb.config.targets.iter().map(|u| self.open_target(u)).collect::<Result<Vec<_>>>()?;
         let key = names::superblock(&sb.config.uuid, sb.version);
         let puts = futures::future::join_all(handles.iter().map(|t| t.put(&key, Bytes::from(sealed.clone())))).await;
         let stored = puts.iter().filter(|r| r.is_ok()).count();
@@ -922,10 +911,7 @@ impl Gateway {
                 if targets.is_empty() {
                     bail!("recover needs the volume's targets (at least M of them)");
                 }
-                let handles = targets
-                    .iter()
-                    .map(|u| self.open_target(u))
-                    .collect::<Result<Vec<_>>>()?;
+                let handles = targets.iter().map(|u| self.open_target(u)).collect::<Result<Vec<_>>>()?;
                 Job::Recover { targets: handles }
             }
             "rereplicate" => {
@@ -1147,7 +1133,10 @@ fn check_may_name(who: &crate::users::Principal, targets: &[&String]) -> Result<
     match other {
         Some(u) if who.role < cleave_control::users::Role::Admin => Err(ApiError(
             StatusCode::FORBIDDEN,
-            format!("{} has the role {}; only an admin may name the target {u} (operators may name registered nodes)", who.name, who.role),
+            format!(
+                "{} has the role {}; only an admin may name the target {u} (operators may name registered nodes)",
+                who.name, who.role
+            ),
         )),
         _ => Ok(()),
     }

@@ -238,7 +238,8 @@ fn parent_lists_child_controls_and_their_nodes() {
 
     // Tokens at the child: its parent's own admin token is nothing there, and neither is anything
     // derived from the cluster secret (the_cluster_secret_alone_is_nothing_at_a_child_control).
-    let parent_token = derived(&read_secret(&parent.data.join("cluster.secret")), "cleave parent access v1\0", &child_id);
+    let parent_token =
+        derived(&read_secret(&parent.data.join("cluster.secret")), "cleave parent access v1\0", &child_id);
     assert_eq!(child.call("GET", &parent_token, "/nodes").0, 401);
     assert_eq!(child.call("DELETE", &parent_token, "/volumes/x").0, 401);
     assert_eq!(child.call("POST", &parent_token, "/tasks").0, 401);

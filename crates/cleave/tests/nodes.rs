@@ -288,8 +288,7 @@ fn call(s: &Serve, token: &str, method: &str, path: &str, body: Option<serde_jso
 /// old design (keyed BLAKE3 under the secret).
 fn token_derived_from_secret(s: &Serve) -> String {
     let mut secret = [0u8; 32];
-    hex::decode_to_slice(std::fs::read_to_string(s.data.join("cluster.secret")).unwrap().trim(), &mut secret)
-        .unwrap();
+    hex::decode_to_slice(std::fs::read_to_string(s.data.join("cluster.secret")).unwrap().trim(), &mut secret).unwrap();
     blake3::keyed_hash(&secret, b"cleave node access v1").to_hex().to_string()
 }
 
@@ -299,9 +298,7 @@ fn node_credentials_go_only_to_registered_nodes() {
     let ac = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let s = Serve::start(&dir.path().join("data"), &["--autoconfig", &format!("127.0.0.1:{ac}")]);
     let nodes: Vec<Node> = (0..2).map(|i| Node::start(&s, ac, dir.path().join(format!("n{i}")), "s")).collect();
-    wait_for("two nodes up", Duration::from_secs(10), || {
-        statuses(&s).iter().filter(|(_, st)| st == "up").count() == 2
-    });
+    wait_for("two nodes up", Duration::from_secs(10), || statuses(&s).iter().filter(|(_, st)| st == "up").count() == 2);
     let admin = std::fs::read_to_string(s.data.join("admin.token")).unwrap().trim().to_string();
 
     // An address nobody registered, named in a create: refused, and it is sent no credential.
@@ -329,7 +326,8 @@ fn node_credentials_go_only_to_registered_nodes() {
         .output()
         .unwrap();
     assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "node 1 accepts a token derived from the secret");
-    let (key, cert, ca) = (nodes[0].data.join("node.key"), nodes[0].data.join("node.crt"), nodes[0].data.join("node-ca.crt"));
+    let (key, cert, ca) =
+        (nodes[0].data.join("node.key"), nodes[0].data.join("node.crt"), nodes[0].data.join("node-ca.crt"));
     for f in [&key, &cert, &ca] {
         assert!(f.exists(), "node 0 has its own credential: {}", f.display());
     }
