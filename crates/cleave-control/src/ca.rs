@@ -120,6 +120,37 @@ impl Ca {
         self.issue(p)
     }
 
+    /// A storage node's server certificate, for the public key the node generated and sent at
+    /// registration (an uncompressed P-256 point). It names only `dns_name` and can serve, not
+    /// act as a client: a node's credential opens no other node.
+    pub fn issue_node(&self, dns_name: &str, public_key: &[u8]) -> Result<Vec<u8>, CaError> {
+        if public_key.len() != 65 || public_key[0] != 4 {
+            return Err(CaError::Invalid("a node key must be an uncompressed P-256 point".into()));
+        }
+        let mut p = leaf_params(dns_name);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.subject_alt_names.push(SanType::DnsName(dns_name.to_string().try_into()?));
+        Ok(p.signed_by(&RawP256(public_key.to_vec()), &self.issuer)?.der().to_vec())
+    }
+
+    /// The gateway's client certificate towards storage nodes: client use only.
+    pub fn issue_gateway(&self) -> Result<Issued, CaError> {
+        let mut p = leaf_params("cleave gateway");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+
+    /// The CA key's public half, an uncompressed P-256 point: what [`Ca::sign`] is checked against.
+    pub fn public_key(&self) -> Vec<u8> {
+        self.issuer.key().public_key_raw().to_vec()
+    }
+
+    /// An ECDSA P-256 (SHA-256, ASN.1) signature by the CA key.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
+        use rcgen::SigningKey;
+        Ok(self.issuer.key().sign(message)?)
+    }
+
     fn issue(&self, p: CertificateParams) -> Result<Issued, CaError> {
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &self.issuer)?;
@@ -128,6 +159,24 @@ impl Ca {
             cert_pem: cert.pem(),
             key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
         })
+    }
+}
+
+/// Whether `signature` is a signature by [`Ca::sign`] of the CA whose public key is `public_key`.
+pub fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, public_key).verify(message, signature).is_ok()
+}
+
+/// A public key received as bytes, to be certified.
+struct RawP256(Vec<u8>);
+
+impl rcgen::PublicKeyData for RawP256 {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
     }
 }
 
@@ -166,5 +215,21 @@ mod tests {
         let stranger =
             rustls_pki_types::CertificateDer::from(pem_to_der(&other.issue_client("x").unwrap().cert_pem).unwrap());
         assert!(verifier.verify_client_cert(&stranger, &[], now).is_err(), "another CA's client is refused");
+    }
+
+    #[test]
+    fn node_certificates_fit_a_datagram_and_signatures_verify() {
+        let (ca, _) = Ca::generate("nodes").unwrap();
+        let node_key = KeyPair::generate().unwrap();
+        let der = ca.issue_node("0123456789ab.node.cleave", node_key.public_key_raw()).unwrap();
+        // Sent hex-encoded in one auto-configuration datagram (1400 bytes).
+        assert!(der.len() * 2 < 1200, "{}", der.len());
+        assert!(ca.cert_der().unwrap().len() * 2 + 140 < 1200);
+        assert!(ca.issue_node("x.node.cleave", &[4; 10]).is_err());
+        let sig = ca.sign(b"message").unwrap();
+        assert!(verify(&ca.public_key(), b"message", &sig));
+        assert!(!verify(&ca.public_key(), b"other", &sig));
+        assert!(!verify(node_key.public_key_raw(), b"message", &sig));
+        assert!(!verify(&ca.public_key(), b"message", b"garbage"));
     }
 }

@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::autoconfig::agent::{run_member, Member};
 use crate::autoconfig::packet::MessageType;
+use crate::ca::{Ca, CaError};
 use crate::pool::{push, Inner, NodeInfo, NodeStatus, Pool, PoolSummary};
 use crate::users::Role;
 
@@ -181,23 +182,55 @@ pub(crate) fn expire(inner: &mut Inner, now: u64, timeout: Duration) {
     }
 }
 
-/// The read-only token a parent presents to the child `child_id`: keyed BLAKE3 under
-/// the cluster secret the two share, bound to the child's id (so a token seen by one
-/// child, or sent to a wrong address, opens no other child).
-pub fn parent_token(secret: &[u8; 32], child_id: &str) -> String {
-    let mut h = blake3::Hasher::new_keyed(secret);
-    h.update(b"cleave parent access v1\0");
-    h.update(child_id.as_bytes());
-    hex::encode(h.finalize().as_bytes())
+/// How long a parent's token is accepted after it was made (either side of the child's clock).
+pub const TOKEN_LIFETIME_SECS: u64 = 300;
+const TOKEN_PREFIX: &str = "cleave-parent-v2";
+
+/// What a parent's token allows at a child: reading (the tree views) or acting (forwarded calls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParentRole {
+    Read,
+    Act,
 }
 
-/// The token with which a parent acts on the child `child_id` (any method): separate from
-/// the read token, so that reading the tree never carries the power to change it.
-pub fn parent_admin_token(secret: &[u8; 32], child_id: &str) -> String {
-    let mut h = blake3::Hasher::new_keyed(secret);
-    h.update(b"cleave parent admin v1\0");
-    h.update(child_id.as_bytes());
-    hex::encode(h.finalize().as_bytes())
+impl ParentRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            ParentRole::Read => "read",
+            ParentRole::Act => "act",
+        }
+    }
+}
+
+fn token_message(role: ParentRole, child_id: &str, unix_secs: u64) -> Vec<u8> {
+    format!("cleave parent v2\0{}\0{child_id}\0{unix_secs}", role.as_str()).into_bytes()
+}
+
+/// A parent's token for the child `child_id`: `cleave-parent-v2.ROLE.TIME.SIGNATURE`, signed by
+/// the parent's CA key, which the child learned when it first registered (docs/control.md). Only
+/// the parent can make one: the cluster secret, which every node holds, gives nothing here.
+pub fn parent_token(ca: &Ca, role: ParentRole, child_id: &str, unix_secs: u64) -> Result<String, CaError> {
+    let sig = ca.sign(&token_message(role, child_id, unix_secs))?;
+    Ok(format!("{TOKEN_PREFIX}.{}.{unix_secs}.{}", role.as_str(), hex::encode(sig)))
+}
+
+/// Whether `token` is a parent token for `role` at `child_id`, signed by `parent_key` and made
+/// within [`TOKEN_LIFETIME_SECS`] of `now_secs`.
+pub fn check_parent_token(parent_key: &[u8], role: ParentRole, child_id: &str, token: &str, now_secs: u64) -> bool {
+    let mut parts = token.split('.');
+    let (Some(TOKEN_PREFIX), Some(r), Some(t), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let (Ok(t), Ok(sig)) = (t.parse::<u64>(), hex::decode(sig)) else { return false };
+    r == role.as_str()
+        && t.abs_diff(now_secs) <= TOKEN_LIFETIME_SECS
+        && crate::ca::verify(parent_key, &token_message(role, child_id, t), &sig)
+}
+
+fn now_secs() -> u64 {
+    crate::pool::now_ms() / 1000
 }
 
 /// Why a call could not be forwarded to a child.
@@ -227,9 +260,13 @@ pub struct HierarchyConfig {
     pub id: String,
     pub name: String,
     pub site: String,
-    /// The secret this control's own listener uses: child tokens derive from it.
-    pub secret: [u8; 32],
+    /// This control's CA for the node plane: it signs the tokens this control presents to its
+    /// child controls.
+    pub ca: Arc<Ca>,
 }
+
+/// Keeps a key that was learned (writes it to the data directory).
+pub type KeepKey = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 /// How to register with a parent.
 pub struct ParentConfig {
@@ -243,6 +280,10 @@ pub struct ParentConfig {
     pub api: SocketAddr,
     /// An explicit base URL to report instead (behind NAT or a proxy).
     pub advertise: Option<String>,
+    /// The parent's signing key, if already known (kept from the first registration).
+    pub parent_key: Option<Vec<u8>>,
+    /// Called once with the parent's key when it is first learned, to keep it.
+    pub keep_parent_key: KeepKey,
 }
 
 struct ParentLink {
@@ -275,8 +316,8 @@ pub struct Hierarchy {
     pool: Arc<Pool>,
     client: Client<HttpConnector, Full<Bytes>>,
     parent: Mutex<Option<ParentLink>>,
-    /// The tokens this control accepts from its parent (read, act), while it has one.
-    accepted: Mutex<Option<(String, String)>>,
+    /// While this control has a parent: the parent's signing key, once known.
+    accepted: Mutex<Option<Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for Hierarchy {
@@ -312,8 +353,7 @@ impl Hierarchy {
 
     /// Starts registering with a parent; runs until [`Hierarchy::leave`].
     pub fn join_parent(self: &Arc<Self>, p: ParentConfig) {
-        *self.accepted.lock().expect("not poisoned") =
-            Some((parent_token(&p.secret, &self.cfg.id), parent_admin_token(&p.secret, &self.cfg.id)));
+        *self.accepted.lock().expect("not poisoned") = Some(p.parent_key.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let me = self.clone();
         let hello = json!({ "id": self.cfg.id, "kind": "control" });
@@ -335,7 +375,17 @@ impl Hierarchy {
             let me = me.clone();
             move || json!({ "id": me.cfg.id, "kind": "control", "summary": me.pool.summary() })
         };
-        let member = Member { control: p.parent, secret: p.secret, heartbeat: p.heartbeat, hello, info, beat };
+        let keep = p.keep_parent_key;
+        let on_reply = {
+            let me = me.clone();
+            move |kind: MessageType, body: &serde_json::Value| {
+                if kind == MessageType::NeedInfo {
+                    me.learn_parent_key(body, &keep);
+                }
+            }
+        };
+        let member =
+            Member { control: p.parent, secret: p.secret, heartbeat: p.heartbeat, hello, info, beat, on_reply };
         info!(parent = %p.parent, id = %self.cfg.id, "registering with the parent control");
         let task = tokio::spawn(run_member(member, async move {
             let _ = stopped.await;
@@ -346,20 +396,36 @@ impl Hierarchy {
         }
     }
 
-    /// Whether `given` is the token of this control's parent (constant time).
-    pub fn accepts_parent_token(&self, given: &str) -> bool {
-        match &*self.accepted.lock().expect("not poisoned") {
-            Some((read, _)) => cleave_split::constant_time_eq(given.as_bytes(), read.as_bytes()),
-            None => false,
+    /// Keeps the parent's signing key from its first NEED_INFO; a different key later is refused
+    /// (trust on first use: docs/control.md).
+    fn learn_parent_key(&self, body: &serde_json::Value, keep: &(dyn Fn(&[u8]) + Send + Sync)) {
+        let Some(key) = body.get("signer").and_then(|k| k.as_str()).and_then(|k| hex::decode(k).ok()) else {
+            return;
+        };
+        let mut accepted = self.accepted.lock().expect("not poisoned");
+        match &mut *accepted {
+            Some(Some(known)) if *known != key => {
+                warn!("the parent presents another signing key than the one kept; its tokens stay refused")
+            }
+            Some(slot @ None) => {
+                info!("learned the parent's signing key");
+                keep(&key);
+                *slot = Some(key);
+            }
+            _ => {}
         }
     }
 
-    /// Whether `given` is the token with which this control's parent acts on it (constant time).
-    pub fn accepts_parent_admin_token(&self, given: &str) -> bool {
+    /// Whether `given` is a valid token of this control's parent for `role`.
+    pub fn accepts_parent_token(&self, given: &str, role: ParentRole) -> bool {
         match &*self.accepted.lock().expect("not poisoned") {
-            Some((_, act)) => cleave_split::constant_time_eq(given.as_bytes(), act.as_bytes()),
-            None => false,
+            Some(Some(key)) => check_parent_token(key, role, &self.cfg.id, given, now_secs()),
+            _ => false,
         }
+    }
+
+    fn token_for(&self, role: ParentRole, child_id: &str) -> Result<String, String> {
+        parent_token(&self.cfg.ca, role, child_id, now_secs()).map_err(|e| e.to_string())
     }
 
     /// Acts on a child control: sends `method` `/api/v1/{path_and_query}` with `body` (JSON) to
@@ -392,7 +458,10 @@ impl Hierarchy {
         let req = Request::builder()
             .method(method)
             .uri(url)
-            .header(AUTHORIZATION, format!("Bearer {}", parent_admin_token(&self.cfg.secret, &c.id)))
+            .header(
+                AUTHORIZATION,
+                format!("Bearer {}", self.token_for(ParentRole::Act, &c.id).map_err(ForwardError::Unavailable)?),
+            )
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(ROLE_HEADER, role.to_string())
             .body(Full::new(body))
@@ -474,7 +543,7 @@ impl Hierarchy {
         }
         let url = format!("{}/api/v1/nodes?all=true&depth={depth}", c.api.trim_end_matches('/'));
         let req = Request::get(url)
-            .header(AUTHORIZATION, format!("Bearer {}", parent_token(&self.cfg.secret, &c.id)))
+            .header(AUTHORIZATION, format!("Bearer {}", self.token_for(ParentRole::Read, &c.id)?))
             .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
         let resp = self.client.request(req).await.map_err(|e| format!("{}: {e}", c.api))?;
@@ -523,32 +592,55 @@ mod tests {
     }
 
     #[test]
-    fn parent_tokens_are_per_child_and_per_secret() {
-        let a = parent_token(&[1; 32], "c1");
-        assert_eq!(a.len(), 64);
-        assert_eq!(a, parent_token(&[1; 32], "c1"));
-        assert_ne!(a, parent_token(&[1; 32], "c2"));
-        assert_ne!(a, parent_token(&[2; 32], "c1"));
+    fn parent_tokens_are_per_child_per_role_per_parent_and_expire() {
+        let (ca, _) = Ca::generate("parent").unwrap();
+        let (other, _) = Ca::generate("parent").unwrap();
+        let key = ca.public_key();
+        let t = parent_token(&ca, ParentRole::Read, "c1", 1000).unwrap();
+        assert!(check_parent_token(&key, ParentRole::Read, "c1", &t, 1000));
+        assert!(check_parent_token(&key, ParentRole::Read, "c1", &t, 1000 + TOKEN_LIFETIME_SECS));
+        assert!(!check_parent_token(&key, ParentRole::Read, "c1", &t, 1001 + TOKEN_LIFETIME_SECS));
+        assert!(!check_parent_token(&key, ParentRole::Act, "c1", &t, 1000));
+        assert!(!check_parent_token(&key, ParentRole::Read, "c2", &t, 1000));
+        assert!(!check_parent_token(&other.public_key(), ParentRole::Read, "c1", &t, 1000));
+        let forged = t.replace(".1000.", ".1001.");
+        assert!(!check_parent_token(&key, ParentRole::Read, "c1", &forged, 1001));
+        for bad in ["", "cleave-parent-v2", "a.b.c.d", "cleave-parent-v2.read.x.00", &format!("{t}.x")] {
+            assert!(!check_parent_token(&key, ParentRole::Read, "c1", bad, 1000), "{bad:?}");
+        }
     }
 
     #[tokio::test]
     async fn a_child_accepts_its_parent_token_only_while_it_has_a_parent() {
-        let cfg = HierarchyConfig { id: "c1".into(), name: "c1".into(), site: "s".into(), secret: [3; 32] };
+        let (parent_ca, _) = Ca::generate("parent").unwrap();
+        let (own, _) = Ca::generate("child").unwrap();
+        let cfg = HierarchyConfig { id: "c1".into(), name: "c1".into(), site: "s".into(), ca: Arc::new(own) };
         let h = Hierarchy::new(cfg, Pool::new());
-        let token = parent_token(&[1; 32], "c1");
-        assert!(!h.accepts_parent_token(&token), "no parent, no parent token");
+        let token = parent_token(&parent_ca, ParentRole::Read, "c1", now_secs()).unwrap();
+        assert!(!h.accepts_parent_token(&token, ParentRole::Read), "no parent, no parent token");
         h.join_parent(ParentConfig {
             parent: "127.0.0.1:9".parse().unwrap(),
             secret: [1; 32],
             heartbeat: Duration::from_secs(1),
             api: "0.0.0.0:8080".parse().unwrap(),
             advertise: None,
+            parent_key: None,
+            keep_parent_key: Box::new(|_| {}),
         });
-        assert!(h.accepts_parent_token(&token));
-        assert!(!h.accepts_parent_token(&parent_token(&[1; 32], "c2")));
-        assert!(!h.accepts_parent_token(""));
+        assert!(!h.accepts_parent_token(&token, ParentRole::Read), "the parent's key is not known yet");
+        h.learn_parent_key(&json!({ "signer": hex::encode(parent_ca.public_key()) }), &|_| {});
+        assert!(h.accepts_parent_token(&token, ParentRole::Read));
+        assert!(!h.accepts_parent_token(&token, ParentRole::Act));
+        let other = parent_token(&parent_ca, ParentRole::Read, "c2", now_secs()).unwrap();
+        assert!(!h.accepts_parent_token(&other, ParentRole::Read));
+        // A later, different key does not replace the one kept.
+        let (intruder, _) = Ca::generate("x").unwrap();
+        h.learn_parent_key(&json!({ "signer": hex::encode(intruder.public_key()) }), &|_| {});
+        let forged = parent_token(&intruder, ParentRole::Read, "c1", now_secs()).unwrap();
+        assert!(!h.accepts_parent_token(&forged, ParentRole::Read));
+        assert!(!h.accepts_parent_token("", ParentRole::Read));
         h.leave().await;
-        assert!(!h.accepts_parent_token(&token));
+        assert!(!h.accepts_parent_token(&token, ParentRole::Read));
     }
 
     #[test]

@@ -106,7 +106,17 @@ pub(crate) struct Inner {
     pub events: Vec<Event>,
 }
 
-#[derive(Debug, Default)]
+/// What control gives members when they register (docs/control.md, "Credentials"): its node
+/// CA and signing key in NEED_INFO, and a node certificate for the key a node sends in INFO.
+pub trait Enroller: Send + Sync {
+    /// Body of NEED_INFO: what a member needs to trust this control.
+    fn trust(&self) -> serde_json::Value;
+    /// Admits node `id` with public key `key` (the first key seen for an id is kept; another is
+    /// refused) and returns its certificate (DER), or why not.
+    fn admit(&self, id: &str, key: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+#[derive(Default)]
 pub struct Pool {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) counters: Counters,
@@ -114,6 +124,13 @@ pub struct Pool {
     /// packets by the clock, so nothing sent before this control started is accepted again
     /// after a restart, when the per-member windows kept in memory are gone.
     pub(crate) seq_floor: u64,
+    pub(crate) enroller: Mutex<Option<Arc<dyn Enroller>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("inner", &self.inner).finish()
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -137,6 +154,26 @@ impl Pool {
     /// started are refused as replays.
     pub fn started_now() -> Arc<Pool> {
         Arc::new(Pool { seq_floor: now_us(), ..Pool::default() })
+    }
+
+    /// Who issues members' credentials at registration.
+    pub fn set_enroller(&self, e: Arc<dyn Enroller>) {
+        *self.enroller.lock().expect("not poisoned") = Some(e);
+    }
+
+    pub(crate) fn enroller(&self) -> Option<Arc<dyn Enroller>> {
+        self.enroller.lock().expect("not poisoned").clone()
+    }
+
+    /// The registered node serving at `address` (host:port): the one up, else the last seen.
+    pub fn node_at(&self, address: &str) -> Option<NodeInfo> {
+        let inner = self.inner.lock().expect("not poisoned");
+        inner
+            .nodes
+            .values()
+            .filter(|n| n.address == address)
+            .max_by_key(|n| (n.status == NodeStatus::Up, n.last_seen_unix_ms))
+            .cloned()
     }
 
     pub fn nodes(&self) -> Vec<NodeInfo> {

@@ -48,6 +48,7 @@ fn agent(control: SocketAddr, i: u64) -> Agent {
         address: format!("127.0.0.1:{}", 7800 + i),
         site: format!("site-{}", i % 2),
         heartbeat: HEARTBEAT,
+        enroll: None,
     };
     let task = tokio::spawn(run_agent(cfg, move || (capacity_of(i), capacity_of(i) / 2, 10 + i), async move {
         let _ = rx.await;

@@ -1,9 +1,13 @@
 //! `cleave-node`: a storage node. It stores shares in a directory (through the
 //! `file` target: fsync before acknowledging, create-only, nothing half-written),
-//! serves them over HTTP to callers holding the cluster's access token, and reports
-//! its capacity and free space.
+//! serves them over HTTP inside mutual TLS, and reports its capacity and free space.
 //!
-//! HTTP API (every route needs `Authorization: Bearer <access_token>`, else 401):
+//! Credentials ([`tls::NodeCredentials`]): the node makes its own key pair; control certifies
+//! it at registration with its node CA, and the node accepts only clients with a client
+//! certificate from that CA (the gateway's). Node certificates are for serving only, so one
+//! node's credential opens no other node. Until it holds a certificate, the node serves nobody.
+//!
+//! HTTP API (inside TLS with a gateway certificate):
 //! - `PUT /v1/objects/{key}`: 201; 409 if it exists; 507 if the node or its disk is full; 400 on a bad key.
 //! - `GET /v1/objects/{key}`: 200, or 206 for `Range: bytes=a-b`; 404 if missing.
 //! - `DELETE /v1/objects/{key}`: 204, also when missing.
@@ -18,9 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -31,10 +34,7 @@ use serde::{Deserialize, Serialize};
 /// Largest object a node accepts.
 pub const MAX_OBJECT: usize = 80 << 20;
 
-/// The bearer token every caller presents, derived from the cluster secret.
-pub fn access_token(secret: &[u8; 32]) -> String {
-    hex::encode(blake3::keyed_hash(secret, b"cleave node access v1").as_bytes())
-}
+pub mod tls;
 
 pub struct NodeConfig {
     pub data: PathBuf,
@@ -42,7 +42,6 @@ pub struct NodeConfig {
     /// Space offered; None: the filesystem's size.
     pub capacity: Option<u64>,
     pub site: String,
-    pub secret: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +50,8 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("node storage: {0}")]
     Target(#[from] TargetError),
+    #[error("node credentials: {0}")]
+    Credentials(String),
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -76,7 +77,7 @@ struct Inner {
     objects_dir: PathBuf,
     capacity: Option<u64>,
     site: String,
-    token: String,
+    credentials: Arc<tls::NodeCredentials>,
     usage: Mutex<Usage>,
     /// Deletes one at a time, so each object's size is subtracted exactly once.
     deletes: tokio::sync::Mutex<()>,
@@ -163,11 +164,16 @@ impl Node {
                 objects_dir,
                 capacity: config.capacity,
                 site: config.site,
-                token: access_token(&config.secret),
+                credentials: Arc::new(tls::NodeCredentials::load(&config.data)?),
                 usage: Mutex::new(Usage { used: used as i64, objects: objects as i64, reserved: 0 }),
                 deletes: tokio::sync::Mutex::new(()),
             }),
         })
+    }
+
+    /// The node's key pair and, once control has issued it, its certificate.
+    pub fn credentials(&self) -> &Arc<tls::NodeCredentials> {
+        &self.inner.credentials
     }
 
     /// The failure domain given at start.
@@ -216,22 +222,42 @@ impl Node {
             .route("/v1/health", get(health))
             .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route".into()) })
             .layer(DefaultBodyLimit::max(MAX_OBJECT))
-            .layer(middleware::from_fn_with_state(self.clone(), auth))
             .with_state(self.clone())
     }
 
-    /// Serves the HTTP API on `listener` until `shutdown` completes.
+    /// Serves the HTTP API inside TLS on `listener` until `shutdown` completes. A connection
+    /// is dropped unheard while the node has no certificate yet.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "storage node serving");
+            tracing::info!(%addr, "storage node serving (TLS)");
         }
-        let result = axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await;
+        let app = self.router();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors, say: pause so that it cannot spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(config) = self.inner.credentials.server_config() else {
+                tracing::debug!(%peer, "connection dropped: no certificate from control yet");
+                continue;
+            };
+            tokio::spawn(tls::serve_connection(tcp, peer, config, app.clone()));
+        }
         tracing::info!("storage node stopped");
-        result
+        Ok(())
     }
 }
 
@@ -268,22 +294,6 @@ fn target_error(e: TargetError) -> Response {
         tracing::warn!(error = %e, "storage error");
     }
     error(status, e.to_string())
-}
-
-/// Constant-time comparison of the presented token with the node's.
-async fn auth(State(node): State<Node>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !cleave_split::constant_time_eq(given.as_bytes(), node.inner.token.as_bytes()) {
-        let (method, path) = (req.method(), req.uri().path());
-        tracing::warn!(%method, path, "request refused: missing or wrong access token");
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong access token".into());
-    }
-    next.run(req).await
 }
 
 async fn put_object(
@@ -425,13 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn tokens_and_keys() {
-        let t = access_token(&[1; 32]);
-        assert_eq!(t.len(), 64);
-        assert_ne!(t, access_token(&[2; 32]));
-        assert!(cleave_split::constant_time_eq(t.as_bytes(), t.as_bytes()));
-        assert!(!cleave_split::constant_time_eq(b"", t.as_bytes()));
-        assert!(!cleave_split::constant_time_eq(&t.as_bytes()[..63], t.as_bytes()));
+    fn keys() {
         assert!(key_ok("vol/chunks/1/a"));
         for bad in ["", "/abs", "a/../b", "a/.hidden", "a//b", "a\\b", "a\0b"] {
             assert!(!key_ok(bad), "{bad:?}");

@@ -1,27 +1,58 @@
-//! A node served over real HTTP on a loopback port, used through the `node://` target
-//! (and, for what a target cannot send, raw HTTP over TCP).
+//! A node served over real TLS on a loopback port, used through the `node://` target (and,
+//! for what a target cannot send, raw HTTP inside TLS). The node's certificate and the
+//! gateway's come from a CA made here, as control's node CA would issue them.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cleave_node::{access_token, Node, NodeConfig};
-use cleave_target::node::NodeTarget;
+use cleave_control::ca::{pem_to_der, Ca};
+use cleave_node::{Node, NodeConfig};
+use cleave_target::node::{server_name, NodeAccess, NodeTarget};
 use cleave_target::{DynTarget, Target, TargetError};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SECRET: [u8; 32] = [3; 32];
+const NODE_ID: &str = "n1";
 
 struct Running {
     dir: tempfile::TempDir,
     node: Node,
     addr: String,
+    ca: Arc<Ca>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// A TLS client configuration trusting `ca`, presenting `client` (certificate PEM, key PEM) if any.
+fn client_config(ca: &Ca, client: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(ca.cert_der().unwrap())).unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match client {
+        Some((cert, key)) => b
+            .with_client_auth_cert(
+                vec![CertificateDer::from(pem_to_der(cert).unwrap())],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    })
+}
+
+fn gateway_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
+    let g = ca.issue_gateway().unwrap();
+    client_config(ca, Some((&g.cert_pem, &g.key_pem)))
+}
+
 impl Running {
     fn target(&self) -> NodeTarget {
-        NodeTarget::new(self.addr.clone(), access_token(&SECRET))
+        let resolve: cleave_target::node::Resolve = Arc::new(|_| Some(NODE_ID.to_string()));
+        NodeTarget::new(self.addr.clone(), NodeAccess { tls: gateway_config(&self.ca), resolve })
     }
 
     async fn shutdown(mut self) {
@@ -30,35 +61,46 @@ impl Running {
     }
 }
 
+/// Gives the node its CA and certificate, as control does at registration.
+fn enroll(node: &Node, ca: &Ca) {
+    let c = node.credentials();
+    c.trust_ca(ca.cert_der().unwrap()).unwrap();
+    c.install(ca.issue_node(&server_name(NODE_ID), c.public_key()).unwrap()).unwrap();
+}
+
 async fn start(capacity: Option<u64>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let node = Node::open(NodeConfig {
-        data: dir.path().to_path_buf(),
-        listen: addr,
-        capacity,
-        site: "a".into(),
-        secret: SECRET,
-    })
-    .unwrap();
+    let node =
+        Node::open(NodeConfig { data: dir.path().to_path_buf(), listen: addr, capacity, site: "a".into() }).unwrap();
+    let ca = Arc::new(Ca::generate("nodes").unwrap().0);
+    enroll(&node, &ca);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(node.clone().serve(listener, async move {
         let _ = stopped.await;
     }));
-    Running { dir, node, addr: addr.to_string(), stop: Some(stop), server }
+    Running { dir, node, addr: addr.to_string(), ca, stop: Some(stop), server }
 }
 
-/// One raw HTTP/1.1 request; returns the status code and the body.
-async fn raw(addr: &str, request_head: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request_head.as_bytes()).await.unwrap();
+/// One raw HTTP/1.1 request inside TLS with `config`; the status code and the body, or None
+/// when the TLS handshake or the exchange fails.
+async fn raw_with(addr: &str, config: Arc<rustls::ClientConfig>, request_head: &str) -> Option<(u16, String)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(server_name(NODE_ID)).unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.ok()?;
+    s.write_all(request_head.as_bytes()).await.ok()?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
+    s.read_to_end(&mut out).await.ok()?;
     let text = String::from_utf8_lossy(&out).to_string();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok())?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    Some((status, body))
+}
+
+/// [`raw_with`] as the gateway.
+async fn raw(n: &Running, request_head: &str) -> (u16, String) {
+    raw_with(&n.addr, gateway_config(&n.ca), request_head).await.expect("an answer to the gateway")
 }
 
 /// The conformance suite of `cleave-target/tests/targets.rs`.
@@ -160,13 +202,8 @@ async fn stats_follow_puts_and_deletes() {
     assert_eq!((s.used_bytes, s.objects), (0, 0));
 
     // The health route reports the same numbers, as JSON.
-    let token = access_token(&SECRET);
     t.put("k", Bytes::from_static(b"1234")).await.unwrap();
-    let (status, body) = raw(
-        &n.addr,
-        &format!("GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
-    )
-    .await;
+    let (status, body) = raw(&n, "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status, 200, "{body}");
     let stats: cleave_node::NodeStats = serde_json::from_str(&body).unwrap();
     assert_eq!((stats.used_bytes, stats.objects), (4, 1));
@@ -180,7 +217,6 @@ async fn stats_follow_puts_and_deletes() {
         listen: "127.0.0.1:0".parse().unwrap(),
         capacity: None,
         site: "a".into(),
-        secret: SECRET,
     })
     .unwrap();
     assert_eq!((again.stats().used_bytes, again.stats().objects), (4, 1));
@@ -189,64 +225,77 @@ async fn stats_follow_puts_and_deletes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refuses_callers_without_the_token() {
+async fn refuses_callers_without_a_gateway_certificate() {
     let n = start(None).await;
     n.target().put("k", Bytes::from_static(b"x")).await.unwrap();
-    let bad = NodeTarget::new(n.addr.clone(), "not-the-token".into());
-    let err = bad.get("k").await.unwrap_err();
-    assert!(matches!(err, TargetError::Unavailable(ref m) if m.contains("401")), "{err}");
-    assert!(!err.is_not_found());
-    assert!(!err.to_string().contains("not-the-token"), "token in an error");
-    assert!(bad.put("k2", Bytes::from_static(b"x")).await.is_err());
-    assert!(bad.delete("k").await.is_err());
-    assert!(bad.list("").await.is_err());
-    assert!(bad.health().await.is_err());
-    // The object is still there and k2 was not written.
+    let head = "GET /v1/list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // No client certificate; a client certificate from another CA; and another node's own
+    // credential (its server certificate and key) used as a client: all refused at the handshake.
+    assert!(raw_with(&n.addr, client_config(&n.ca, None), head).await.is_none());
+    let (stranger, _) = Ca::generate("other").unwrap();
+    let foreign = stranger.issue_gateway().unwrap();
+    let config = client_config(&n.ca, Some((&foreign.cert_pem, &foreign.key_pem)));
+    assert!(raw_with(&n.addr, config, head).await.is_none());
+    let other_node = tempfile::tempdir().unwrap();
+    let other = Node::open(NodeConfig {
+        data: other_node.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        capacity: None,
+        site: "a".into(),
+    })
+    .unwrap();
+    enroll(&other, &n.ca);
+    let cert = std::fs::read_to_string(other_node.path().join("node.crt")).unwrap();
+    let key = std::fs::read_to_string(other_node.path().join("node.key")).unwrap();
+    assert!(raw_with(&n.addr, client_config(&n.ca, Some((&cert, &key))), head).await.is_none());
+    // Plain HTTP gets no HTTP answer.
+    let mut s = tokio::net::TcpStream::connect(&n.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    assert!(!String::from_utf8_lossy(&out).contains("HTTP/1.1 200"), "plain HTTP served");
+    // Nothing was written or deleted by any of them.
     assert_eq!(n.target().list("").await.unwrap(), vec!["k"]);
 
-    // Raw requests: no header, a wrong scheme, a truncated token, a wrong token.
-    let token = access_token(&SECRET);
-    for auth in [
-        "".to_string(),
-        format!("Authorization: Basic {token}\r\n"),
-        format!("Authorization: Bearer {}\r\n", &token[..63]),
-        "Authorization: Bearer nope\r\n".to_string(),
-    ] {
-        for (method, path) in
-            [("GET", "/v1/objects/k"), ("DELETE", "/v1/objects/k"), ("GET", "/v1/list"), ("GET", "/v1/health")]
-        {
-            let (status, body) =
-                raw(&n.addr, &format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")).await;
-            assert_eq!(status, 401, "{method} {path} with {auth:?}: {body}");
-            assert!(body.contains("\"error\""), "{body}");
-        }
-    }
-    let (status, _) =
-        raw(&n.addr, "PUT /v1/objects/k3 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx").await;
-    assert_eq!(status, 401);
-    assert_eq!(n.target().list("").await.unwrap(), vec!["k"], "nothing written or deleted without the token");
-
-    // With the token: the server itself rejects bad keys with 400 and serves ranges with 206.
-    let (status, body) = raw(
-        &n.addr,
-        &format!(
-            "PUT /v1/objects/a/.hidden HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-             Content-Length: 1\r\nConnection: close\r\n\r\nx"
-        ),
-    )
-    .await;
+    // As the gateway: the server itself rejects bad keys with 400 and serves ranges with 206.
+    let (status, body) =
+        raw(&n, "PUT /v1/objects/a/.hidden HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+            .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("\"error\""), "{body}");
-    let (status, body) = raw(
-        &n.addr,
-        &format!(
-            "GET /v1/objects/k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-             Range: bytes=0-0\r\nConnection: close\r\n\r\n"
-        ),
-    )
-    .await;
+    let (status, body) =
+        raw(&n, "GET /v1/objects/k HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\nConnection: close\r\n\r\n").await;
     assert_eq!((status, body.as_str()), (206, "x"));
     n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_certificate_serves_nobody_and_keeps_its_first_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let node =
+        Node::open(NodeConfig { data: dir.path().to_path_buf(), listen: addr, capacity: None, site: "a".into() })
+            .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(node.clone().serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let ca = Ca::generate("nodes").unwrap().0;
+    let head = "GET /v1/list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert!(raw_with(&addr.to_string(), gateway_config(&ca), head).await.is_none(), "served before enrolment");
+    enroll(&node, &ca);
+    assert_eq!(raw_with(&addr.to_string(), gateway_config(&ca), head).await.map(|r| r.0), Some(200));
+    // A later, different CA is not taken.
+    let (intruder, _) = Ca::generate("nodes").unwrap();
+    assert!(node.credentials().trust_ca(intruder.cert_der().unwrap()).is_err());
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    // Reopened, the node serves with what it kept.
+    let again =
+        Node::open(NodeConfig { data: dir.path().to_path_buf(), listen: addr, capacity: None, site: "a".into() })
+            .unwrap();
+    assert!(again.credentials().server_config().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //!
 //! - [`Target`]: one small trait: create-only put, get (whole or range), delete, list, health.
 //! - [`file`]: a local directory (`file:///path`); durable puts by fsync and an atomic link.
-//! - [`node`]: a Cleave storage node (`node://host:port`).
+//! - [`node`]: a Cleave storage node (`node://host:port`), over mutual TLS.
 //! - [`s3`]: an S3-compatible bucket and prefix, through `object_store`.
 //! - [`faulty`]: a wrapper that injects latency, errors, outages and corruption into any target.
 //! - [`hostile`]: a wrapper that lies: forged listings and objects, false "already exists".
@@ -50,16 +50,35 @@ pub type DynTarget = Arc<dyn Target>;
 /// A `file://` path is taken literally (no percent-decoding), so `format!("file://{}", p.display())`
 /// round-trips. Errors show the URI with any user-info and unknown parameter values masked, so a
 /// credential pasted into a URI does not end up in logs.
+///
+/// `node://` targets need the gateway's node credentials: use [`open_with`].
 pub fn open(uri: &str) -> Result<DynTarget, TargetError> {
-    open_with(uri, false)
+    open_uri(uri, &Credentials::default(), false)
 }
 
 /// Like [`open`], but creates a missing `file://` root: for a new volume's targets only.
 pub fn create(uri: &str) -> Result<DynTarget, TargetError> {
-    open_with(uri, true)
+    open_uri(uri, &Credentials::default(), true)
 }
 
-fn open_with(uri: &str, create_root: bool) -> Result<DynTarget, TargetError> {
+/// Credentials for targets, passed explicitly (never read from the environment).
+#[derive(Clone, Default, Debug)]
+pub struct Credentials {
+    /// How to reach storage nodes; without it, `node://` targets cannot be opened.
+    pub node: Option<node::NodeAccess>,
+}
+
+/// [`open`] with credentials.
+pub fn open_with(uri: &str, creds: &Credentials) -> Result<DynTarget, TargetError> {
+    open_uri(uri, creds, false)
+}
+
+/// [`create`] with credentials.
+pub fn create_with(uri: &str, creds: &Credentials) -> Result<DynTarget, TargetError> {
+    open_uri(uri, creds, true)
+}
+
+fn open_uri(uri: &str, creds: &Credentials, create_root: bool) -> Result<DynTarget, TargetError> {
     let bad = |m: &str| TargetError::InvalidUri(format!("{}: {m}", redact_uri(uri)));
     if let Some(path) = uri.strip_prefix("file://") {
         if !path.starts_with('/') {
@@ -81,9 +100,10 @@ fn open_with(uri: &str, create_root: bool) -> Result<DynTarget, TargetError> {
         if addr.is_empty() || addr.contains(['/', '?', '#', '@']) {
             return Err(bad("use node://host:port"));
         }
-        let token = std::env::var("CLEAVE_NODE_TOKEN")
-            .map_err(|_| bad("set CLEAVE_NODE_TOKEN (derived from the cluster secret)"))?;
-        return Ok(Arc::new(node::NodeTarget::new(addr.to_string(), token)));
+        let access = creds.node.clone().ok_or_else(|| {
+            bad("node:// targets need the gateway's node credentials (open them through a control server)")
+        })?;
+        return Ok(Arc::new(node::NodeTarget::new(addr.to_string(), access)));
     }
     Err(bad("unknown scheme; use file:///path, s3://bucket/prefix or node://host:port"))
 }

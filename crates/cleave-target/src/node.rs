@@ -1,17 +1,20 @@
-//! A storage node (`node://host:port`) as a target, over its HTTP share API
-//! (`cleave-node`). Requests go through a pooled keep-alive HTTP/1 client and carry the
-//! cluster's access token, which never appears in names, errors or `Debug` output.
+//! A storage node (`node://host:port`) as a target, over its HTTP share API (`cleave-node`),
+//! always inside mutual TLS. The gateway presents its client certificate from control's node
+//! CA; the node presents a server certificate from the same CA that names its node id. The
+//! address is looked up in the pool of registered nodes before any connection is made, so an
+//! address no node registered is never contacted, and nothing secret is ever sent as a bearer
+//! token: a node, or an impostor, learns no credential it could use elsewhere.
 
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, RANGE};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST, RANGE};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::error::check_key;
 use crate::{Target, TargetError};
@@ -20,13 +23,43 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest response body accepted (the node refuses objects over 80 MiB).
 const MAX_BODY: usize = 128 << 20;
+/// Idle connections kept per node.
+const MAX_IDLE: usize = 64;
+
+/// The DNS name a node's certificate carries: its id under a name no real host has.
+pub fn server_name(node_id: &str) -> String {
+    format!("{node_id}.node.cleave")
+}
+
+/// Whether a node id can be named in a certificate (one DNS label).
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 63 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The registered node id at an address (`host:port`), or None.
+pub type Resolve = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// How the gateway reaches storage nodes, passed explicitly.
+#[derive(Clone)]
+pub struct NodeAccess {
+    /// The gateway's certificate and key (client use), and control's node CA as the only root.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Which node is registered at an address: only such addresses are contacted.
+    pub resolve: Resolve,
+}
+
+impl std::fmt::Debug for NodeAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeAccess")
+    }
+}
 
 #[derive(Clone)]
 pub struct NodeTarget {
     addr: String,
     name: String,
-    authorization: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    access: NodeAccess,
+    idle: Arc<Mutex<Vec<SendRequest<Full<Bytes>>>>>,
 }
 
 impl std::fmt::Debug for NodeTarget {
@@ -77,17 +110,40 @@ fn message(body: &[u8]) -> String {
 }
 
 impl NodeTarget {
-    /// `addr` is `host:port`; `token` is the node access token derived from the cluster secret.
-    pub fn new(addr: String, token: String) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(connector);
-        NodeTarget { name: format!("node://{addr}"), addr, authorization: format!("Bearer {token}"), client }
+    /// `addr` is `host:port`. Nothing is contacted until a call, and then only if a node is
+    /// registered at `addr`.
+    pub fn new(addr: String, access: NodeAccess) -> Self {
+        NodeTarget { name: format!("node://{addr}"), addr, access, idle: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    /// An idle connection, or a new one to the node registered at this address.
+    async fn connection(&self) -> Result<SendRequest<Full<Bytes>>, TargetError> {
+        while let Some(c) = self.idle.lock().expect("not poisoned").pop() {
+            if !c.is_closed() && c.is_ready() {
+                return Ok(c);
+            }
+        }
+        let unavailable = |m: String| TargetError::Unavailable(format!("{}: {m}", self.name));
+        let id = (self.access.resolve)(&self.addr).ok_or_else(|| unavailable("not a registered node".into()))?;
+        let name = rustls::pki_types::ServerName::try_from(server_name(&id))
+            .map_err(|_| unavailable(format!("node id {id:?} cannot be named in a certificate")))?;
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| unavailable(chain(&e)))?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(self.access.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| unavailable(format!("TLS with node {id}: {}", chain(&e))))?;
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unavailable(chain(&e)))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(send)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| unavailable(format!("no connection within {} s", CONNECT_TIMEOUT.as_secs())))?
     }
 
     /// One request; Ok((status, body)) for a 2xx answer, the matching error otherwise.
@@ -100,10 +156,7 @@ impl NodeTarget {
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), TargetError> {
         let what = if key.is_empty() { self.name.clone() } else { format!("{}/{key}", self.name) };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path_and_query}", self.addr))
-            .header(AUTHORIZATION, &self.authorization);
+        let mut req = Request::builder().method(method).uri(path_and_query).header(HOST, &self.addr);
         if let Some(range) = range {
             req = req.header(RANGE, range);
         }
@@ -112,17 +165,19 @@ impl NodeTarget {
         }
         let req = req.body(Full::new(body)).map_err(|e| TargetError::InvalidUri(format!("{what}: {e}")))?;
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| TargetError::Unavailable(format!("{what}: {}", chain(&e))))?;
+            let mut conn = self.connection().await?;
+            let resp =
+                conn.send_request(req).await.map_err(|e| TargetError::Unavailable(format!("{what}: {}", chain(&e))))?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map_err(|e| TargetError::Unavailable(format!("{what}: reading the answer: {e}")))?
                 .to_bytes();
+            let mut idle = self.idle.lock().expect("not poisoned");
+            if idle.len() < MAX_IDLE && !conn.is_closed() {
+                idle.push(conn);
+            }
             Ok::<_, TargetError>((status, body))
         };
         let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| {
@@ -221,20 +276,34 @@ mod tests {
         assert!(message(&[b'x'; 1000]).len() <= 300);
     }
 
-    #[test]
-    fn debug_hides_the_token() {
-        let t = NodeTarget::new("127.0.0.1:1".into(), "sekrit-token".into());
-        assert!(!format!("{t:?}").contains("sekrit"));
-        assert_eq!(t.name(), "node://127.0.0.1:1");
+    fn access(resolve: Resolve) -> NodeAccess {
+        let roots = rustls::RootCertStore::empty();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        NodeAccess { tls: Arc::new(tls), resolve }
     }
 
     #[tokio::test]
-    async fn unreachable_node_is_unavailable_without_the_token() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let t = NodeTarget::new(format!("127.0.0.1:{port}"), "sekrit-token".into());
+    async fn an_unregistered_address_is_never_contacted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let t = NodeTarget::new(addr.clone(), access(Arc::new(|_| None)));
+        assert_eq!(t.name(), format!("node://{addr}"));
         let err = t.get("k").await.unwrap_err();
         assert!(matches!(err, TargetError::Unavailable(_)), "{err}");
-        assert!(err.to_string().contains(&format!("node://127.0.0.1:{port}/k")), "{err}");
-        assert!(!err.to_string().contains("sekrit"));
+        assert!(err.to_string().contains("not a registered node"), "{err}");
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "the gateway connected to an unregistered address");
+    }
+
+    #[test]
+    fn node_ids_and_names() {
+        assert!(valid_node_id("0123456789ab"));
+        assert!(!valid_node_id("a.b") && !valid_node_id("") && !valid_node_id(&"a".repeat(64)));
+        assert_eq!(server_name("n1"), "n1.node.cleave");
     }
 }

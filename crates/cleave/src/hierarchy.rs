@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -60,12 +60,13 @@ pub fn start(
     flags: &HierarchyFlags,
     data: &DataDir,
     secret: [u8; 32],
+    ca: Arc<cleave_control::ca::Ca>,
     pool: Arc<Pool>,
     api: SocketAddr,
 ) -> Result<Arc<Hierarchy>> {
     let id = control_id(data)?;
     let name = flags.name.clone().unwrap_or_else(|| id.clone());
-    let h = Hierarchy::new(HierarchyConfig { id, name, site: flags.site.clone(), secret }, pool);
+    let h = Hierarchy::new(HierarchyConfig { id, name, site: flags.site.clone(), ca }, pool);
     if let Some(parent) = flags.parent {
         let parent_secret = match &flags.parent_secret_file {
             Some(f) => crate::node::read_secret(f)?,
@@ -76,12 +77,24 @@ pub fn start(
                 bail!("--advertise-api {a:?}: expected http://host:port");
             }
         }
+        // The parent's signing key, kept from the first registration (trust on first use).
+        let key_file = data.root.join("parent.key");
+        let parent_key = match std::fs::read_to_string(&key_file) {
+            Ok(text) => Some(hex::decode(text.trim()).with_context(|| format!("{}", key_file.display()))?),
+            Err(_) => None,
+        };
         h.join_parent(ParentConfig {
             parent,
             secret: parent_secret,
             heartbeat: Duration::from_secs_f64(flags.parent_heartbeat_secs.max(0.05)),
             api,
             advertise: flags.advertise_api.clone(),
+            parent_key,
+            keep_parent_key: Box::new(move |key| {
+                if let Err(e) = crate::state::write_private(&key_file, hex::encode(key).as_bytes()) {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot keep the parent's signing key");
+                }
+            }),
         });
         println!("parent: udp://{parent} (this control: {})", h.id());
     }

@@ -8,6 +8,7 @@ mod console;
 mod groups;
 mod hierarchy;
 mod node;
+mod nodetls;
 mod server;
 mod size;
 mod state;
@@ -301,12 +302,8 @@ fn main() -> Result<()> {
         private_files();
     }
     match cli.command {
-        Command::Serve(args) => {
-            set_node_token(&args.data_dir)?;
-            tokio::runtime::Runtime::new()?.block_on(server::serve(args))
-        }
+        Command::Serve(args) => tokio::runtime::Runtime::new()?.block_on(server::serve(args)),
         Command::Control(ControlCommand { sub: None, run: args }) => {
-            set_node_token(&args.data_dir)?;
             tokio::runtime::Runtime::new()?.block_on(server::control(args))
         }
         Command::Control(ControlCommand { sub: Some(ControlSub::List { server }), .. }) => {
@@ -387,14 +384,6 @@ fn main() -> Result<()> {
             bench::print(&report, args.json)
         }
     }
-}
-
-/// Node targets authenticate with a token derived from the cluster secret. It is put
-/// in the environment before any thread starts, where `cleave_target::open` finds it.
-fn set_node_token(data_dir: &std::path::Path) -> Result<()> {
-    let secret = state::cluster_secret(data_dir)?;
-    std::env::set_var("CLEAVE_NODE_TOKEN", cleave_node::access_token(&secret));
-    Ok(())
 }
 
 fn task_command(cmd: TaskCommand) -> Result<()> {

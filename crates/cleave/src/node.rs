@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
-use tracing::info;
+use cleave_control::autoconfig::packet::MessageType;
+use tracing::{info, warn};
 
 use crate::size::ByteSize;
 
@@ -52,7 +55,6 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         listen: args.listen,
         capacity: args.capacity.map(|c| c.0),
         site: args.site.clone(),
-        secret,
     })?;
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
@@ -76,6 +78,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
             address: address.to_string(),
             site: args.site.clone(),
             heartbeat: Duration::from_secs_f64(args.heartbeat_secs.max(0.05)),
+            enroll: Some(Arc::new(Enrollee(node.credentials().clone()))),
         };
         tokio::spawn(cleave_control::autoconfig::agent::run_agent(
             cfg,
@@ -99,6 +102,30 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let _ = agent.await;
     let _ = http.await;
     Ok(())
+}
+
+/// The node's side of registration: its public key goes into INFO; control's node CA (from
+/// NEED_INFO, kept from the first time) and the node's certificate (from the ACK) come back.
+struct Enrollee(Arc<cleave_node::tls::NodeCredentials>);
+
+impl cleave_control::autoconfig::agent::Enrollee for Enrollee {
+    fn key(&self) -> String {
+        hex::encode(self.0.public_key())
+    }
+
+    fn on_reply(&self, kind: MessageType, body: &serde_json::Value) {
+        let field = |k: &str| body.get(k).and_then(|v| v.as_str()).and_then(|v| hex::decode(v).ok());
+        let done = match (kind, field("ca"), field("cert")) {
+            (MessageType::NeedInfo, Some(ca), _) => self.0.trust_ca(ca),
+            (MessageType::Ack, _, Some(cert)) => self.0.install(cert),
+            _ => return,
+        };
+        match done {
+            Ok(()) if kind == MessageType::Ack => info!("certificate from control installed"),
+            Ok(()) => {}
+            Err(e) => warn!(error = %e, "credentials from control not taken"),
+        }
+    }
 }
 
 /// A stable id per data directory, created on first run.

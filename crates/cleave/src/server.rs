@@ -133,6 +133,8 @@ pub struct Gateway {
     task_slot: Arc<tokio::sync::Semaphore>,
     /// Serializes create, delete and key-slot changes.
     pub(crate) admin: tokio::sync::Mutex<()>,
+    /// What targets are opened with (the node plane's TLS credentials), passed explicitly.
+    targets: cleave_target::Credentials,
 }
 
 impl ExportProvider for Gateway {
@@ -548,6 +550,27 @@ impl Gateway {
         }
     }
 
+    /// A target by URI, with the gateway's credentials.
+    fn open_target(&self, u: &str) -> Result<cleave_target::DynTarget> {
+        cleave_target::open_with(u, &self.targets).with_context(|| format!("target {u}"))
+    }
+
+    /// [`Gateway::open_target`] for a new volume's target (a directory target's folder is made).
+    fn create_target(&self, u: &str) -> Result<cleave_target::DynTarget> {
+        cleave_target::create_with(u, &self.targets).with_context(|| format!("target {u}"))
+    }
+
+    /// A `node://` target named in a request must be a registered node: no other address is
+    /// ever sent anything (docs/security.md, "Nodes and controls").
+    fn check_named_target(&self, u: &str) -> Result<()> {
+        if let Some(addr) = u.strip_prefix("node://") {
+            if self.pool.node_at(addr.trim_end_matches('/')).is_none() {
+                bail!("target {u}: not a registered node");
+            }
+        }
+        Ok(())
+    }
+
     async fn open_volume(&self, sb: &Superblock) -> Result<Volume> {
         self.open_volume_with(sb, false).await
     }
@@ -555,12 +578,7 @@ impl Gateway {
     /// Opens a volume; `takeover` serves it even if another gateway claims it.
     async fn open_volume_with(&self, sb: &Superblock, takeover: bool) -> Result<Volume> {
         let keys = sb.unlock(&self.master)?;
-        let targets = sb
-            .config
-            .targets
-            .iter()
-            .map(|u| cleave_target::open(u).with_context(|| format!("target {u}")))
-            .collect::<Result<Vec<_>>>()?;
+        let targets = sb.config.targets.iter().map(|u| self.open_target(u)).collect::<Result<Vec<_>>>()?;
         let mut options = self.options()?;
         options.takeover = takeover;
         Ok(Volume::open(sb.config.clone(), keys, targets, options).await?)
@@ -632,8 +650,11 @@ impl Gateway {
             };
         }
         config.validate()?;
+        for u in &req.targets {
+            self.check_named_target(u)?;
+        }
         for u in &config.targets {
-            cleave_target::open(u).with_context(|| format!("target {u}"))?;
+            self.open_target(u)?;
         }
         Ok((config, groups))
     }
@@ -708,12 +729,7 @@ impl Gateway {
 
     /// Creates a new volume's targets (a directory target's folder only now) and labels them.
     async fn label_new_targets(&self, sb: &Superblock, keys: &cleave_split::Keyring) -> Result<()> {
-        let handles = sb
-            .config
-            .targets
-            .iter()
-            .map(|u| cleave_target::create(u).with_context(|| format!("target {u}")))
-            .collect::<Result<Vec<_>>>()?;
+        let handles = sb.config.targets.iter().map(|u| self.create_target(u)).collect::<Result<Vec<_>>>()?;
         let volume = sb.config.uuid_bytes().context("volume uuid")?;
         cleave_volume::label::write_all(&handles, keys, &sb.config.uuid, volume, sb.config.write_quorum()).await?;
         Ok(())
@@ -763,12 +779,7 @@ impl Gateway {
     /// locally, then removes the older versions from the targets.
     pub(crate) async fn publish(&self, sb: &Superblock) -> Result<()> {
         let sealed = sb.seal(&self.master)?;
-        let handles = sb
-            .config
-            .targets
-            .iter()
-            .map(|u| cleave_target::open(u).with_context(|| format!("target {u}")))
-            .collect::<Result<Vec<_>>>()?;
+        let handles = sb.config.targets.iter().map(|u| self.open_target(u)).collect::<Result<Vec<_>>>()?;
         let key = names::superblock(&sb.config.uuid, sb.version);
         let puts = futures::future::join_all(handles.iter().map(|t| t.put(&key, Bytes::from(sealed.clone())))).await;
         let stored = puts.iter().filter(|r| r.is_ok()).count();
@@ -827,7 +838,7 @@ impl Gateway {
     /// Deletes every object of volume `uuid` from the targets that answer.
     async fn remove_objects(&self, uuid: &str, targets: &[String]) {
         for u in targets {
-            let t = match cleave_target::open(u) {
+            let t = match self.open_target(u) {
                 Ok(t) => t,
                 Err(e) => {
                     warn!(target = %u, error = %e, "cannot open target to delete volume objects");
@@ -950,10 +961,8 @@ impl Gateway {
                 if targets.is_empty() {
                     bail!("recover needs the volume's targets (at least M of them)");
                 }
-                let handles = targets
-                    .iter()
-                    .map(|u| Ok((u.clone(), cleave_target::open(u).with_context(|| format!("target {u}"))?)))
-                    .collect::<Result<Vec<_>>>()?;
+                let handles =
+                    targets.iter().map(|u| Ok((u.clone(), self.open_target(u)?))).collect::<Result<Vec<_>>>()?;
                 Job::Recover { targets: handles, takeover }
             }
             "rereplicate" => {
@@ -1104,6 +1113,7 @@ impl Gateway {
             if config.targets.contains(&to) {
                 bail!("volume {:?} already uses {to}", config.name);
             }
+            self.check_named_target(&to)?;
             return Ok((index, to));
         }
         let per_share = config.size.div_ceil(config.m.max(1) as u64);
@@ -1141,7 +1151,7 @@ impl Gateway {
         progress: impl Fn(u64, u64),
     ) -> Result<serde_json::Value> {
         let name = v.config().name.clone();
-        let handle = cleave_target::create(&to).with_context(|| format!("target {to}"))?;
+        let handle = self.create_target(&to)?;
         let old = {
             let _admin = self.admin.lock().await;
             let mut sb = self
@@ -1161,7 +1171,7 @@ impl Gateway {
         v.checkpoint_now().await?;
         let mut removed = 0usize;
         let mut cleanup_error = None;
-        match cleave_target::open(&old) {
+        match self.open_target(&old) {
             Ok(t) => match t.list(&format!("{}/", v.config().uuid)).await {
                 Ok(keys) => {
                     for k in keys {
@@ -1194,7 +1204,29 @@ enum Job {
     Rereplicate { volume: Volume },
 }
 
-async fn create_task(State(gw): State<Shared>, Json(req): Json<NewTask>) -> Result<Response, ApiError> {
+/// Only an admin may name a target other than a registered node: a `file://` URI makes folders
+/// and reads files anywhere the gateway can, an `s3://` URI sends requests anywhere.
+fn check_may_name(who: &crate::users::Principal, targets: &[&String]) -> Result<(), ApiError> {
+    let other = targets.iter().find(|u| !u.starts_with("node://"));
+    match other {
+        Some(u) if who.role < cleave_control::users::Role::Admin => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} has the role {}; only an admin may name the target {u} (operators may name registered nodes)",
+                who.name, who.role
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn create_task(
+    State(gw): State<Shared>,
+    axum::Extension(who): axum::Extension<crate::users::Principal>,
+    Json(req): Json<NewTask>,
+) -> Result<Response, ApiError> {
+    let named: Vec<&String> = req.targets.iter().chain(req.to.iter()).collect();
+    check_may_name(&who, &named)?;
     let t = gw.start_task_with(req).map_err(bad_request)?;
     Ok((StatusCode::ACCEPTED, Json(t)).into_response())
 }
@@ -1253,6 +1285,7 @@ async fn create_volume(
     Extension(who): Extension<crate::users::Principal>,
     Json(req): Json<CreateVolume>,
 ) -> Result<Response, ApiError> {
+    check_may_name(&who, &req.targets.iter().collect::<Vec<_>>())?;
     let may_grant = who.role >= cleave_control::users::Role::Admin;
     let (v, credentials) = gw.create(req, may_grant).await.map_err(refused_or_bad)?;
     let mut body = serde_json::to_value(gw.view(&v)).map_err(|e| bad_request(e.into()))?;
@@ -1401,6 +1434,9 @@ async fn run(
     let users = crate::users::UserStore::load(&data)?;
     let secret = data.cluster_secret()?;
     let pool = cleave_control::pool::Pool::started_now();
+    let node_ca = crate::nodetls::node_ca(&data)?;
+    pool.set_enroller(Arc::new(crate::nodetls::ControlEnroller::new(&data, node_ca.clone())?));
+    let targets = crate::nodetls::target_credentials(&node_ca, pool.clone())?;
     let udp = tokio::net::UdpSocket::bind(control.autoconfig)
         .await
         .with_context(|| format!("auto-configuration on {}", control.autoconfig))?;
@@ -1428,7 +1464,7 @@ async fn run(
         None => SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let http_addr = http_listener.local_addr()?;
-    let hierarchy = crate::hierarchy::start(&control.hierarchy, &data, secret, pool.clone(), http_addr)?;
+    let hierarchy = crate::hierarchy::start(&control.hierarchy, &data, secret, node_ca, pool.clone(), http_addr)?;
     let gw = Arc::new(Gateway {
         data,
         master,
@@ -1445,6 +1481,7 @@ async fn run(
         tasks: Mutex::new(BTreeMap::new()),
         task_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         admin: tokio::sync::Mutex::new(()),
+        targets,
     });
     let stored = gw.data.stored_volumes(&gw.master)?;
     if stored.is_empty() && nbd.is_some() {

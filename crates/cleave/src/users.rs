@@ -212,12 +212,13 @@ pub fn authenticate(gw: &crate::server::Gateway, req: &Request) -> Result<Princi
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     if let Some(given) = bearer {
         let who = |name: &str, role, via| Principal { name: name.to_string(), role, via };
-        // A parent control reads with one derived token and acts with another; see docs/control.md.
+        // A parent control reads with one signed token and acts with another; see docs/control.md.
+        use cleave_control::hierarchy::ParentRole;
         return if cleave_split::constant_time_eq(given.as_bytes(), gw.token.as_bytes()) {
             Ok(who("admin-token", Role::Admin, Via::AdminToken))
-        } else if read && gw.hierarchy.accepts_parent_token(given) {
+        } else if read && gw.hierarchy.accepts_parent_token(given, ParentRole::Read) {
             Ok(who("parent", Role::Viewer, Via::Parent))
-        } else if gw.hierarchy.accepts_parent_admin_token(given) {
+        } else if gw.hierarchy.accepts_parent_token(given, ParentRole::Act) {
             // The parent acts for one of its users, with that user's role and no more.
             let role = req
                 .headers()

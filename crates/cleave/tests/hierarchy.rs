@@ -236,16 +236,14 @@ fn parent_lists_child_controls_and_their_nodes() {
     assert_eq!(child.api("/controls"), json!([]));
     assert_eq!(child.api("/nodes").as_array().unwrap().len(), 1);
 
-    // The parent's token at the child: reads only. The parent's admin token is nothing there.
+    // Tokens at the child: its parent's own admin token is nothing there, and neither is anything
+    // derived from the cluster secret (the_cluster_secret_alone_is_nothing_at_a_child_control).
     let parent_token =
-        cleave_control::hierarchy::parent_token(&read_secret(&parent.data.join("cluster.secret")), &child_id);
-    assert_eq!(child.call("GET", &parent_token, "/nodes").0, 200);
+        derived(&read_secret(&parent.data.join("cluster.secret")), "cleave parent access v1\0", &child_id);
+    assert_eq!(child.call("GET", &parent_token, "/nodes").0, 401);
     assert_eq!(child.call("DELETE", &parent_token, "/volumes/x").0, 401);
     assert_eq!(child.call("POST", &parent_token, "/tasks").0, 401);
     assert_eq!(child.call("GET", &parent.token(), "/nodes").0, 401);
-    let other_child =
-        cleave_control::hierarchy::parent_token(&read_secret(&parent.data.join("cluster.secret")), "other");
-    assert_eq!(child.call("GET", &other_child, "/nodes").0, 401);
 
     // The parent acts on its child through the child's own API: it creates a volume on the
     // child's node, reads it back, starts a task there and deletes the volume.
@@ -424,4 +422,50 @@ fn parent_users_keep_their_role_at_the_child() {
         .arg(format!("http://127.0.0.1:{}/api/v1/controls/east/api/volumes", parent.http)));
     let (text, code) = out.trim_end().rsplit_once('\n').unwrap();
     assert_eq!(code, "403", "an operator granted a group through the parent: {text}");
+}
+
+/// keyed BLAKE3 under the cluster secret of `context || child id`: every token a holder of
+/// the cluster secret (any storage node) could derive for a child control.
+fn derived(secret: &[u8; 32], context: &str, child_id: &str) -> String {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(context.as_bytes());
+    h.update(child_id.as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
+#[test]
+fn the_cluster_secret_alone_is_nothing_at_a_child_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = Control::start(&dir.path().join("parent"), &["--name", "hq"]);
+    let child_data = dir.path().join("child");
+    std::fs::create_dir_all(&child_data).unwrap();
+    std::fs::copy(parent.data.join("cluster.secret"), child_data.join("cluster.secret")).unwrap();
+    let parent_at = format!("127.0.0.1:{}", parent.autoconfig);
+    let child = Control::start(&child_data, &["--parent", &parent_at, "--parent-heartbeat-secs", "0.3"]);
+    let child_id = std::fs::read_to_string(child_data.join("control.id")).unwrap().trim().to_string();
+    wait_for("the child up at the parent", || {
+        parent.controls().iter().any(|c| c["id"] == child_id.as_str() && c["status"] == "up")
+    });
+
+    // A node holds the cluster secret, and nothing else. Whatever it derives from it for this
+    // child, the child's API refuses: for reading, for acting, and for the user list.
+    let secret = read_secret(&child_data.join("cluster.secret"));
+    for context in ["cleave parent access v1\0", "cleave parent admin v1\0"] {
+        let token = derived(&secret, context, &child_id);
+        for (method, path) in [("GET", "/nodes"), ("GET", "/volumes"), ("GET", "/users"), ("POST", "/groups")] {
+            let (code, _, body) = child.call(method, &token, path);
+            assert_eq!(code, 401, "{method} {path} with a token derived from the secret ({context:?}): {body}");
+        }
+    }
+    let node_token = blake3::keyed_hash(&secret, b"cleave node access v1").to_hex().to_string();
+    assert_eq!(child.call("GET", &node_token, "/volumes").0, 401);
+
+    // The parent still reads the child's pool and acts on it.
+    let (code, _, body) = parent.call("GET", &parent.token(), &format!("/controls/{child_id}/api/volumes"));
+    assert_eq!(code, 200, "{body}");
+    let (code, headers, body) = parent.call("GET", &parent.token(), "/nodes?all=true");
+    assert_eq!(code, 200, "{body}");
+    assert!(!headers.to_ascii_lowercase().contains("cleave-incomplete"), "the child's nodes were read: {headers}");
+    let (code, _, body) = parent.call("POST", &parent.token(), &format!("/controls/{child_id}/api/groups"));
+    assert_ne!(code, 401, "the parent acts on its child: {body}");
 }

@@ -257,3 +257,142 @@ fn placement_does_not_promise_the_same_space_twice() {
     let out = s.cli(&["volume", "create", "d", "--size", "1GiB", "--m", "3", "--n", "3"]);
     assert!(!out.status.success(), "342 MiB shares do not fit in the 0 bytes left");
 }
+
+/// A plain TCP listener posing as a storage node: it records every byte it is sent and answers
+/// nothing useful.
+struct FakeNode {
+    port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl FakeNode {
+    fn start() -> FakeNode {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                });
+            }
+        });
+        FakeNode { port, received }
+    }
+
+    fn received(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+/// (HTTP status, body) of an API call with a bearer token.
+fn call(s: &Serve, token: &str, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-X", method, "-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", &b.to_string()]);
+    }
+    let out = run(cmd.args(["-w", "\n%{http_code}", &format!("http://127.0.0.1:{}/api/v1{path}", s.http_port)]));
+    let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+    (code.parse().unwrap(), body.to_string())
+}
+
+/// What any node can derive from the cluster secret it holds: the node access token of the
+/// old design (keyed BLAKE3 under the secret).
+fn token_derived_from_secret(s: &Serve) -> String {
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(std::fs::read_to_string(s.data.join("cluster.secret")).unwrap().trim(), &mut secret).unwrap();
+    blake3::keyed_hash(&secret, b"cleave node access v1").to_hex().to_string()
+}
+
+#[test]
+fn node_credentials_go_only_to_registered_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ac = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = Serve::start(&dir.path().join("data"), &["--autoconfig", &format!("127.0.0.1:{ac}")]);
+    let nodes: Vec<Node> = (0..2).map(|i| Node::start(&s, ac, dir.path().join(format!("n{i}")), "s")).collect();
+    wait_for("two nodes up", Duration::from_secs(10), || statuses(&s).iter().filter(|(_, st)| st == "up").count() == 2);
+    let admin = std::fs::read_to_string(s.data.join("admin.token")).unwrap().trim().to_string();
+
+    // An address nobody registered, named in a create: refused, and it is sent no credential.
+    let fake = FakeNode::start();
+    let targets: Vec<String> = std::iter::once(format!("node://127.0.0.1:{}", fake.port))
+        .chain(nodes.iter().map(|n| format!("node://127.0.0.1:{}", n.port)))
+        .collect();
+    let body = serde_json::json!({ "name": "stolen", "size_bytes": 1 << 20, "m": 2, "n": 3, "targets": targets });
+    let (code, answer) = call(&s, &admin, "POST", "/volumes", Some(body));
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = fake.received();
+    assert!(!seen.to_ascii_lowercase().contains("authorization"), "the fake node was sent a credential:\n{seen}");
+    assert!(!seen.contains(&token_derived_from_secret(&s)), "the fake node was sent the node token:\n{seen}");
+    assert_eq!(code, 400, "a create naming an unregistered node is refused: {answer}");
+    assert!(answer.contains("not a registered node"), "{answer}");
+    assert_eq!(call(&s, &admin, "GET", "/volumes/stolen", None).0, 404);
+
+    // What node 0 holds does not open node 1: neither a token derived from the cluster
+    // secret, nor node 0's own key and certificate.
+    let n1 = format!("127.0.0.1:{}", nodes[1].port);
+    let derived = token_derived_from_secret(&s);
+    let plain = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Authorization: Bearer {derived}")])
+        .arg(format!("http://{n1}/v1/list?prefix="))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "node 1 accepts a token derived from the secret");
+    let (key, cert, ca) =
+        (nodes[0].data.join("node.key"), nodes[0].data.join("node.crt"), nodes[0].data.join("node-ca.crt"));
+    for f in [&key, &cert, &ca] {
+        assert!(f.exists(), "node 0 has its own credential: {}", f.display());
+    }
+    let with_cert = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["--resolve", &format!("node.cleave:{}:127.0.0.1", nodes[1].port)])
+        .arg(format!("https://node.cleave:{}/v1/list?prefix=", nodes[1].port))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&with_cert.stdout), "200", "node 1 accepts node 0's certificate");
+
+    // An operator may not name file:// (or s3://) targets, in a create or in a move.
+    s.cli_ok(&["user", "add", "otto", "--role", "operator"]);
+    let otto = s.cli_ok(&["user", "token", "otto"]).trim().to_string();
+    let far = dir.path().join("anywhere");
+    let body = serde_json::json!({
+        "name": "x", "size_bytes": 1 << 20, "m": 1, "n": 1,
+        "targets": [format!("file://{}", far.display())],
+    });
+    let (code, answer) = call(&s, &otto, "POST", "/volumes", Some(body));
+    assert_eq!(code, 403, "{answer}");
+    assert!(!far.exists(), "a refused create made a folder");
+    let body = serde_json::json!({ "name": "x", "size_bytes": 1 << 20, "m": 1, "n": 1, "targets": ["s3://b/p"] });
+    assert_eq!(call(&s, &otto, "POST", "/volumes", Some(body)).0, 403);
+    let body = serde_json::json!({
+        "kind": "move", "volume": "demo", "from": "file:///nowhere", "to": format!("file://{}", far.display()),
+    });
+    assert_eq!(call(&s, &otto, "POST", "/tasks", Some(body)).0, 403);
+    // Placed from the pool, or on registered nodes, an operator's create works.
+    let body = serde_json::json!({ "name": "ok", "size_bytes": 1 << 20, "m": 1, "n": 2 });
+    let (code, answer) = call(&s, &otto, "POST", "/volumes", Some(body));
+    assert_eq!(code, 201, "{answer}");
+    let body = serde_json::json!({
+        "name": "named", "size_bytes": 1 << 20, "m": 1, "n": 1, "targets": [format!("node://{n1}")],
+    });
+    let (code, answer) = call(&s, &otto, "POST", "/volumes", Some(body));
+    assert_eq!(code, 201, "{answer}");
+    assert!(!far.exists());
+}

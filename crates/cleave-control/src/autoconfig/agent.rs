@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -33,6 +34,16 @@ pub struct AgentConfig {
     pub address: String,
     pub site: String,
     pub heartbeat: Duration,
+    /// The node's credentials: its key goes into INFO, control's answers come back to it.
+    pub enroll: Option<Arc<dyn Enrollee>>,
+}
+
+/// A member that gets credentials at registration (docs/control.md, "Credentials").
+pub trait Enrollee: Send + Sync {
+    /// The public key to be certified (hex), sent in INFO.
+    fn key(&self) -> String;
+    /// A checked answer from control (NEED_INFO or ACK) and its body.
+    fn on_reply(&self, kind: MessageType, body: &serde_json::Value);
 }
 
 /// Heartbeats without any answer after which the agent starts over with STARTUP.
@@ -41,7 +52,7 @@ pub const SILENT_HEARTBEATS: u32 = 3;
 /// What a member says, whatever kind it is. `info` gets the local address of
 /// the socket that talks to control (never 0.0.0.0), which a member may use to
 /// tell control where it can be reached.
-pub(crate) struct Member<I, B> {
+pub(crate) struct Member<I, B, R> {
     pub control: SocketAddr,
     pub secret: [u8; 32],
     pub heartbeat: Duration,
@@ -51,6 +62,8 @@ pub(crate) struct Member<I, B> {
     pub info: I,
     /// Body of HEARTBEAT.
     pub beat: B,
+    /// Sees each checked answer from control and its body (credentials).
+    pub on_reply: R,
 }
 
 /// A socket connected to control, and the source address control will see
@@ -115,30 +128,40 @@ pub async fn run_agent(
     stats: impl Fn() -> (u64, u64, u64) + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let AgentConfig { control, secret, id, address, site, heartbeat } = cfg;
+    let AgentConfig { control, secret, id, address, site, heartbeat, enroll } = cfg;
     let hello = json!({ "id": id });
     let info = |_local: SocketAddr| {
         let (capacity, free, objects) = stats();
-        json!({
+        let mut body = json!({
             "id": id, "address": address, "site": site,
             "capacity_bytes": capacity, "free_bytes": free, "objects": objects,
-        })
+        });
+        if let Some(e) = &enroll {
+            body["key"] = e.key().into();
+        }
+        body
+    };
+    let on_reply = |kind: MessageType, body: &serde_json::Value| {
+        if let Some(e) = &enroll {
+            e.on_reply(kind, body);
+        }
     };
     let beat = || {
         let (_, free, objects) = stats();
         json!({ "id": id, "free_bytes": free, "objects": objects })
     };
-    run_member(Member { control, secret, heartbeat, hello, info, beat }, shutdown).await
+    run_member(Member { control, secret, heartbeat, hello, info, beat, on_reply }, shutdown).await
 }
 
 /// The protocol loop shared by every kind of member; see the module docs.
-pub(crate) async fn run_member<I, B>(member: Member<I, B>, shutdown: impl Future<Output = ()> + Send)
+pub(crate) async fn run_member<I, B, R>(member: Member<I, B, R>, shutdown: impl Future<Output = ()> + Send)
 where
     I: Fn(SocketAddr) -> serde_json::Value,
     B: Fn() -> serde_json::Value,
+    R: Fn(MessageType, &serde_json::Value),
 {
     tokio::pin!(shutdown);
-    let Member { control, secret, heartbeat, hello, info, beat } = member;
+    let Member { control, secret, heartbeat, hello, info, beat, on_reply } = member;
     let mut out = Sender { control, secret: &secret, seq: now_us() };
     let mut control_seq = 0u64;
     let mut tick = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -195,6 +218,12 @@ where
                 };
                 control_seq = p.seq;
                 silent = 0;
+                if !p.data.is_empty() {
+                    match serde_json::from_slice::<serde_json::Value>(&p.data) {
+                        Ok(body) => on_reply(p.kind, &body),
+                        Err(e) => debug!(error = %e, "unreadable body from control ignored"),
+                    }
+                }
                 match p.kind {
                     MessageType::NeedInfo => {
                         let body = info(l.local);

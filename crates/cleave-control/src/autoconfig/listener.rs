@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
@@ -44,6 +45,9 @@ struct Info {
     free_bytes: u64,
     #[serde(default)]
     objects: u64,
+    /// The node's TLS public key (an uncompressed P-256 point, hex), to be certified.
+    #[serde(default)]
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -90,9 +94,10 @@ pub async fn run_listener(socket: UdpSocket, secret: [u8; 32], pool: Arc<Pool>, 
                 }
             },
         };
-        let Some(reply) = handle(&pool, &secret, &buf[..n], from) else { continue };
+        let Some((reply, body)) = handle_with_body(&pool, &secret, &buf[..n], from) else { continue };
         seq += 1;
-        let p = Packet { kind: reply, seq, src: local, dst: from, data: Vec::new() };
+        let data = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+        let p = Packet { kind: reply, seq, src: local, dst: from, data };
         match packet::encode(&p, &secret) {
             Ok(bytes) => {
                 if let Err(e) = socket.send_to(&bytes, from).await {
@@ -121,7 +126,7 @@ pub(crate) fn expire(pool: &Pool, timeout: Duration) {
     hierarchy::expire(&mut inner, now, timeout);
 }
 
-fn count(c: &AtomicU64) -> Option<MessageType> {
+fn count<T>(c: &AtomicU64) -> Option<T> {
     c.fetch_add(1, Ordering::Relaxed);
     None
 }
@@ -136,7 +141,59 @@ fn valid_id(id: &str) -> bool {
 }
 
 /// Handles one datagram; returns the message to answer with, if any.
+#[cfg(test)]
 pub(crate) fn handle(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketAddr) -> Option<MessageType> {
+    handle_with_body(pool, secret, bytes, from).map(|(kind, _)| kind)
+}
+
+/// The credentials a reply carries: control's trust anchors with NEED_INFO, a node's new
+/// certificate with the ACK to its INFO.
+fn with_body(pool: &Pool, reply: Option<MessageType>, cert: Option<Vec<u8>>) -> Option<(MessageType, Value)> {
+    let reply = reply?;
+    let body = match (reply, cert) {
+        (MessageType::NeedInfo, _) => pool.enroller().map(|e| e.trust()).unwrap_or(Value::Null),
+        (MessageType::Ack, Some(cert)) => serde_json::json!({ "cert": hex::encode(cert) }),
+        _ => Value::Null,
+    };
+    Some((reply, body))
+}
+
+/// A node's key, checked and certified by the enroller. Err(()) drops the INFO.
+fn certify(pool: &Pool, id: &str, key: &Option<String>) -> Result<Option<Vec<u8>>, ()> {
+    let (Some(key), Some(enroller)) = (key, pool.enroller()) else { return Ok(None) };
+    let key = hex::decode(key).map_err(|_| ())?;
+    enroller.admit(id, &key).map(Some).map_err(|why| warn!(node = id, "registration refused: {why}"))
+}
+
+/// [`handle`], with the body of the answer.
+pub(crate) fn handle_with_body(
+    pool: &Pool,
+    secret: &[u8; 32],
+    bytes: &[u8],
+    from: SocketAddr,
+) -> Option<(MessageType, Value)> {
+    let c = &pool.counters;
+    let (p, id, kind, body) = check(pool, secret, bytes, from)?;
+    let member = (kind, id.clone());
+    let last = pool.inner.lock().expect("not poisoned").last_seq.get(&member).copied();
+    if p.seq < pool.seq_floor || last.is_some_and(|last| p.seq <= last) {
+        return count(&c.replayed);
+    }
+    // One task handles every datagram, so nothing comes between this check and the insert below.
+    let cert = match &body {
+        Body::Info(info) => match certify(pool, &id, &info.key) {
+            Ok(cert) => cert,
+            Err(()) => return count(&c.spoofed),
+        },
+        _ => None,
+    };
+    pool.inner.lock().expect("not poisoned").last_seq.insert(member, p.seq);
+    let reply = apply(pool, id, kind, body);
+    with_body(pool, reply, cert)
+}
+
+/// Every check of a datagram but the sequence number's; None (counted) drops it.
+fn check(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketAddr) -> Option<(Packet, String, MemberKind, Body)> {
     let c = &pool.counters;
     if bytes.len() > MAX_PACKET {
         return count(&c.oversized);
@@ -176,13 +233,12 @@ pub(crate) fn handle(pool: &Pool, secret: &[u8; 32], bytes: &[u8], from: SocketA
     if !valid_id(&id) || matches!(&body, Body::ControlInfo(i) if !i.valid()) {
         return count(&c.malformed);
     }
+    Some((p, id, kind, body))
+}
+
+/// Applies a checked message to the pool; returns the answer, if any.
+fn apply(pool: &Pool, id: String, kind: MemberKind, body: Body) -> Option<MessageType> {
     let mut inner = pool.inner.lock().expect("not poisoned");
-    let member = (kind, id.clone());
-    if p.seq < pool.seq_floor || inner.last_seq.get(&member).is_some_and(|&last| p.seq <= last) {
-        drop(inner);
-        return count(&c.replayed);
-    }
-    inner.last_seq.insert(member, p.seq);
     let now = now_ms();
     match body {
         Body::Startup if kind == MemberKind::Control => {
