@@ -90,6 +90,23 @@ impl AccessControl {
         }
     }
 
+    /// The admin API over TLS: a server certificate for `names` from control's CA (issued
+    /// fresh at each start); clients trust `DIR/tls/ca.crt`.
+    pub fn https_config(&self, names: &[String]) -> Result<Arc<rustls::ServerConfig>> {
+        use rustls_pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let issued = self.ca.issue_server(names)?;
+        let chain = vec![rustls_pki_types::CertificateDer::from(ca::pem_to_der(&issued.cert_pem)?)];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("server key: {e}"))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// NBD TLS: a server certificate for `names` (issued fresh at each start), and client
     /// certificates verified against the CA when presented.
     pub fn tls_config(&self, names: &[String]) -> Result<Arc<rustls::ServerConfig>> {

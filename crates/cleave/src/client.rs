@@ -14,6 +14,27 @@ pub struct ServerArgs {
     /// File holding the bearer token (used when CLEAVE_TOKEN is not set).
     #[arg(long, global = true, default_value = "./cleave-data/admin.token")]
     pub token_file: PathBuf,
+    /// The CA certificate to trust for an https:// server (default: tls/ca.crt beside the
+    /// token file, as in the server's data directory).
+    #[arg(long, global = true, env = "CLEAVE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A TLS client configuration that trusts only control's CA.
+fn tls_trusting(ca_file: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
+        .with_context(|| format!("reading the CA certificate {}", ca_file.display()))?
+    {
+        roots.add(cert.with_context(|| format!("parsing {}", ca_file.display()))?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 pub struct Client {
@@ -31,7 +52,13 @@ impl Client {
                 .trim()
                 .to_string(),
         };
-        let agent = ureq::AgentBuilder::new().timeout_read(std::time::Duration::from_secs(3600)).build();
+        let mut agent = ureq::AgentBuilder::new().timeout_read(std::time::Duration::from_secs(3600));
+        if args.server.starts_with("https://") {
+            let beside = args.token_file.parent().map(|d| d.join("tls").join("ca.crt"));
+            let ca = args.ca_file.clone().or(beside).context("https needs --ca-file (the server's DIR/tls/ca.crt)")?;
+            agent = agent.tls_config(tls_trusting(&ca)?);
+        }
+        let agent = agent.build();
         Ok(Client { base: args.server.trim_end_matches('/').to_string(), token, agent })
     }
 

@@ -7,6 +7,7 @@ mod client;
 mod console;
 mod groups;
 mod hierarchy;
+mod https;
 mod node;
 mod nodetls;
 mod server;

@@ -58,6 +58,10 @@ pub struct ControlFlags {
     /// A node (or child control) silent for this long is marked down.
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_timeout_secs: f64,
+    /// TLS on the admin API and console (certificate from control's CA, DIR/tls/ca.crt):
+    /// auto is on unless --http is a loopback address.
+    #[arg(long, value_enum, default_value_t = crate::https::HttpTls::Auto)]
+    pub http_tls: crate::https::HttpTls,
     #[command(flatten)]
     pub hierarchy: crate::hierarchy::HierarchyFlags,
 }
@@ -1533,7 +1537,19 @@ async fn run(
     });
     tokio::spawn(gw.clone().watch_health());
     let app = router(gw.clone());
-    let http_task = tokio::spawn(async move { axum::serve(http_listener, app).await });
+    let https = control.http_tls.enabled(http_addr);
+    let http_task = if https {
+        let mut names = names.clone();
+        if !http_addr.ip().is_unspecified() {
+            names.push(http_addr.ip().to_string());
+        }
+        let config = gw.access.https_config(&names).context("admin API TLS configuration")?;
+        let listener = crate::https::TlsListener::new(http_listener, config)?;
+        tokio::spawn(async move { axum::serve(listener, app).await })
+    } else {
+        tokio::spawn(async move { axum::serve(http_listener, app).await })
+    };
+    let scheme = if https { "https" } else { "http" };
     if let Some(path) = &gw.nbd_socket {
         for name in gw.list() {
             println!("NBD: {}", unix_uri(&name, path));
@@ -1545,11 +1561,14 @@ async fn run(
         gw.data.root.join("cluster.secret").display()
     );
     println!(
-        "console: http://{http_addr}/ (user {}, password in {})",
+        "console: {scheme}://{http_addr}/ (user {}, password in {})",
         crate::users::FIRST_ADMIN,
         gw.data.root.join("admin.password").display()
     );
-    println!("API: http://{http_addr}/api/v1 (token in {})", gw.data.root.join("admin.token").display());
+    println!("API: {scheme}://{http_addr}/api/v1 (token in {})", gw.data.root.join("admin.token").display());
+    if https {
+        println!("API certificate authority: {}", gw.data.root.join("tls").join("ca.crt").display());
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: destaging and shutting down"),

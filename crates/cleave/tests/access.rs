@@ -293,3 +293,36 @@ fn missing_and_forbidden_exports_are_refused_alike() {
     assert!(!exists.is_empty(), "no server message in libnbd's log");
     assert_eq!(exists, missing, "a client without rights can tell existing volumes from missing ones");
 }
+
+/// Issue 10, item 14: the admin API offers TLS (`--http-tls on`; on by default when it
+/// listens off loopback) with a certificate from control's CA, which the CLI trusts.
+#[test]
+fn the_admin_api_speaks_tls_with_a_certificate_from_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &["--http-tls", "on"]);
+    let url = format!("https://127.0.0.1:{}", s.http_port);
+    let ca = s.data.join("tls").join("ca.crt");
+    let token = std::fs::read_to_string(s.data.join("admin.token")).unwrap().trim().to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    // The CLI finds the CA beside its token file.
+    let out = Command::new(CLEAVE)
+        .args(["volume", "list", "--server", &url, "--token-file"])
+        .arg(s.data.join("admin.token"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("demo"));
+    // curl trusts nothing by default: the certificate is control's own, not a public one.
+    let api = format!("{url}/api/v1/volumes");
+    let refused = Command::new("curl").args(["-sf", "-H", &auth, &api]).output().unwrap();
+    assert!(!refused.status.success(), "a certificate not from control's CA was accepted");
+    let ok = run(Command::new("curl").args(["-sf", "--cacert"]).arg(&ca).args(["-H", &auth, &api]));
+    assert!(ok.contains("demo"), "{ok}");
+    // Plain HTTP on the same port gets no answer from the API.
+    let plain = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &auth])
+        .arg(format!("http://127.0.0.1:{}/api/v1/volumes", s.http_port))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "the API answered over plain HTTP");
+}
