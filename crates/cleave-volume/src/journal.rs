@@ -166,10 +166,9 @@ impl Journal<'_> {
 
     /// Deletes records up to `seq` and checkpoints before it, as the targets list them.
     async fn prune_before(&self, seq: u64) {
-        for (prefix, last) in [
-            (names::journal_prefix(self.uuid), Some(seq)),
-            (names::checkpoint_prefix(self.uuid), seq.checked_sub(1)),
-        ] {
+        for (prefix, last) in
+            [(names::journal_prefix(self.uuid), Some(seq)), (names::checkpoint_prefix(self.uuid), seq.checked_sub(1))]
+        {
             let Some(last) = last else { continue };
             let Ok(listing) = self.list_numbers(&prefix).await else { continue };
             for &n in listing.numbers.keys().filter(|n| **n <= last) {

@@ -136,7 +136,13 @@ pub async fn trusted_any_index(targets: &[DynTarget], keys: &Keyring, uuid: &str
 
 /// Labels the targets of a new volume (target i holds share i); at least `quorum` must
 /// take their label.
-pub async fn write_all(targets: &[DynTarget], keys: &Keyring, uuid: &str, volume: [u8; 16], quorum: usize) -> Result<(), TargetError> {
+pub async fn write_all(
+    targets: &[DynTarget],
+    keys: &Keyring,
+    uuid: &str,
+    volume: [u8; 16],
+    quorum: usize,
+) -> Result<(), TargetError> {
     let writes = targets.iter().enumerate().map(|(i, t)| write(t, keys, uuid, volume, i as u8));
     let results = futures::future::join_all(writes).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -148,7 +154,13 @@ pub async fn write_all(targets: &[DynTarget], keys: &Keyring, uuid: &str, volume
 }
 
 /// Writes target `index`'s label, replacing a wrong one.
-pub async fn write(target: &DynTarget, keys: &Keyring, uuid: &str, volume: [u8; 16], index: u8) -> Result<(), TargetError> {
+pub async fn write(
+    target: &DynTarget,
+    keys: &Keyring,
+    uuid: &str,
+    volume: [u8; 16],
+    index: u8,
+) -> Result<(), TargetError> {
     let body = Bytes::from(encode(keys, volume, index));
     match target.put(&key(uuid), body.clone()).await {
         Err(TargetError::AlreadyExists(_)) => {

@@ -418,7 +418,18 @@ fn task_command(cmd: TaskCommand) -> Result<()> {
 fn volume_command(cmd: VolumeCommand) -> Result<()> {
     match cmd {
         VolumeCommand::Create {
-            name, size, m, n, chunk_size, durability, write_quorum, targets, groups, client, out, server,
+            name,
+            size,
+            m,
+            n,
+            chunk_size,
+            durability,
+            write_quorum,
+            targets,
+            groups,
+            client,
+            out,
+            server,
         } => {
             let api = Client::new(&server)?;
             let chunk = u32::try_from(chunk_size.0).context("chunk size too large")?;

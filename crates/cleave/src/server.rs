@@ -327,12 +327,16 @@ impl Gateway {
     ) {
         let all_up = matches!(health, Health::Degraded { targets_down, .. } if targets_down.is_empty());
         let name = &v.config().name;
-        if !all_up || !v.needs_rereplication() || tried.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        if !all_up || !v.needs_rereplication() || tried.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
             return;
         }
-        let busy = self.tasks.lock().expect("not poisoned").values().any(|t| {
-            t.volume == *name && t.kind == "rereplicate" && (t.state == "queued" || t.state == "running")
-        });
+        let busy = self
+            .tasks
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .any(|t| t.volume == *name && t.kind == "rereplicate" && (t.state == "queued" || t.state == "running"));
         if busy {
             return;
         }

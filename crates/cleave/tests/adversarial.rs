@@ -88,9 +88,7 @@ fn degraded_write_leaves_every_m_targets_able_to_rebuild() {
     assert!(chunk_is(&stale, 1, 0xa1), "--accept-stale must give the last fully redundant state (A)");
 
     s.restart();
-    wait_for("re-replication to make v clean", Duration::from_secs(90), || {
-        s.show("v")["health"]["state"] == "clean"
-    });
+    wait_for("re-replication to make v clean", Duration::from_secs(90), || s.show("v")["health"]["state"] == "clean");
     let done = tasks_of(&s, "rereplicate");
     assert!(done.iter().any(|t| t["state"] == "succeeded"), "no re-replication task succeeded: {done:?}");
     s.term();
@@ -141,9 +139,7 @@ fn two_of_three_with_a_target_down_keeps_taking_writes() {
     let health = s.show("v")["health"].clone();
     assert_eq!(health["state"], "degraded", "{health}");
     restore_dir(&t[0]);
-    wait_for("re-replication to make v clean", Duration::from_secs(90), || {
-        s.show("v")["health"]["state"] == "clean"
-    });
+    wait_for("re-replication to make v clean", Duration::from_secs(90), || s.show("v")["health"]["state"] == "clean");
     s.term();
     let image = recover(&s, &[t[0].clone(), t[2].clone()], &[]).unwrap();
     assert!(chunk_is(&image, 3, 0x5a));
