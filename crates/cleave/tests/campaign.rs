@@ -43,7 +43,7 @@
 //! seed; the interleaving with the clients is not (it depends on timing).
 //!
 //! Size: `CLEAVE_CAMPAIGN_FAULTS` (default 1000) faults or `CLEAVE_CAMPAIGN_SECS` (default
-//! 300) seconds of injection, whichever comes first; `CLEAVE_CAMPAIGN_SEED` (default
+//! 330) seconds of injection, whichever comes first; `CLEAVE_CAMPAIGN_SEED` (default
 //! 0xC1EA7E). For a long local run: `CLEAVE_CAMPAIGN_FAULTS=20000 CLEAVE_CAMPAIGN_SECS=3600
 //! CLEAVE_CAMPAIGN_SEED=$RANDOM cargo test --release -p cleave --test campaign -- --nocapture`.
 
@@ -761,8 +761,8 @@ impl Campaign {
         self.want_replace_since = None;
         let r = self.rng.unit();
         let allowed = self.may_fault();
-        if r < 0.02 {
-            let drop = self.rng.unit() < 0.3;
+        if r < 0.013 {
+            let drop = self.rng.unit() < 0.35;
             self.kill_restart(drop, None);
         } else if r < 0.40 {
             let candidates: Vec<usize> = allowed.iter().copied().filter(|t| !self.down.contains_key(t)).collect();
@@ -817,7 +817,7 @@ fn recover(data: &Path, targets: &[PathBuf], volume: &str, out: &Path) -> Result
 fn fault_campaign() {
     let seed = env_u64("CLEAVE_CAMPAIGN_SEED", 0xC1EA7E);
     let budget = env_u64("CLEAVE_CAMPAIGN_FAULTS", 1000);
-    let secs = env_u64("CLEAVE_CAMPAIGN_SECS", 300);
+    let secs = env_u64("CLEAVE_CAMPAIGN_SECS", 330);
     eprintln!("fault campaign: seed {seed} (CLEAVE_CAMPAIGN_SEED), up to {budget} faults or {secs} s");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
