@@ -34,9 +34,13 @@
 //!   was read (the image may not change again across later crashes);
 //! - during a session, the client reads back blocks it wrote and acknowledged: they must
 //!   be exactly its latest write (read-your-writes, with faults);
-//! - at the end (targets restored, damage repaired, both volumes `clean`, a scrub finds no
-//!   problem), the images equal the model exactly, and an offline `cleave recover` from 3
-//!   random targets of 5 gives the same bytes.
+//! - at the end (clients stopped after a last acknowledged FLUSH, targets restored, damage
+//!   repaired, both volumes `clean`, a scrub finds no problem), every block holds its
+//!   durable version (or a write that failed with an error, if any did: none has), and an
+//!   offline `cleave recover` from 3 random targets of 5 gives the same bytes.
+//!
+//! Blocks are checked one by one: a write of several blocks cut short by a crash may
+//! leave some blocks new and others old, which is what a disk may do too.
 //!
 //! A failure names the block, the write (offset, version, when issued, acknowledged and
 //! flushed) and the fault history around it. The fault schedule is reproducible from the
@@ -651,7 +655,20 @@ impl Campaign {
             ));
         }
         self.n.repairs += 1;
-        self.damaged.clear();
+        // A target stays damaged while a scrub still finds a bad share there: a chunk
+        // that was dirty, or not yet committed when the repair looked, keeps its damage
+        // until its next destage writes a new generation.
+        let mut still = BTreeSet::new();
+        for i in 0..self.vols.len() {
+            let out = self.s.cli(&["scrub", self.vols[i].name]);
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            for p in report["problems"].as_array().into_iter().flatten() {
+                still.extend(p["share"].as_u64().map(|x| x as usize));
+            }
+        }
+        let before = std::mem::take(&mut self.damaged);
+        self.damaged = before.intersection(&still).copied().collect();
+        self.log(format!("repaired: damaged targets {before:?} -> {:?}", self.damaged));
     }
 
     /// Reads both volumes' health; clears what has healed. True if both are clean.
