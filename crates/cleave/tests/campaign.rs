@@ -47,7 +47,7 @@
 //! seed; the interleaving with the clients is not (it depends on timing).
 //!
 //! Size: `CLEAVE_CAMPAIGN_FAULTS` (default 1000) faults or `CLEAVE_CAMPAIGN_SECS` (default
-//! 330) seconds of injection, whichever comes first; `CLEAVE_CAMPAIGN_SEED` (default
+//! 300) seconds of injection, whichever comes first; `CLEAVE_CAMPAIGN_SEED` (default
 //! 0xC1EA7E). For a long local run: `CLEAVE_CAMPAIGN_FAULTS=20000 CLEAVE_CAMPAIGN_SECS=3600
 //! CLEAVE_CAMPAIGN_SEED=$RANDOM cargo test --release -p cleave --test campaign -- --nocapture`.
 
@@ -787,7 +787,7 @@ impl Campaign {
                 let t = self.rng.pick(&candidates);
                 self.target_down(t);
             }
-        } else if r < 0.97 {
+        } else if r < 0.985 {
             let candidates: Vec<usize> = allowed.iter().copied().filter(|t| !self.down.contains_key(t)).collect();
             if !candidates.is_empty() {
                 let t = self.rng.pick(&candidates);
@@ -796,7 +796,7 @@ impl Campaign {
         } else if !self.damaged.is_empty() && self.down.is_empty() {
             self.repair();
         }
-        let ms = 10 + self.rng.below(110);
+        let ms = 5 + self.rng.below(55);
         self.pause(Duration::from_millis(ms));
     }
 }
@@ -834,7 +834,7 @@ fn recover(data: &Path, targets: &[PathBuf], volume: &str, out: &Path) -> Result
 fn fault_campaign() {
     let seed = env_u64("CLEAVE_CAMPAIGN_SEED", 0xC1EA7E);
     let budget = env_u64("CLEAVE_CAMPAIGN_FAULTS", 1000);
-    let secs = env_u64("CLEAVE_CAMPAIGN_SECS", 330);
+    let secs = env_u64("CLEAVE_CAMPAIGN_SECS", 300);
     eprintln!("fault campaign: seed {seed} (CLEAVE_CAMPAIGN_SEED), up to {budget} faults or {secs} s");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
