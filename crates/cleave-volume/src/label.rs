@@ -101,7 +101,7 @@ async fn holds_superblock(target: &DynTarget, uuid: &str) -> bool {
 /// a volume from before labels existed has none anywhere, and then a target holding the
 /// volume's superblock is one of its own (it gets its label at open).
 pub async fn classify(targets: &[DynTarget], uuid: &str, labels: &[LabelState]) -> (Vec<bool>, Vec<usize>) {
-    let any_valid = labels.iter().any(|l| *l == LabelState::Valid);
+    let any_valid = labels.contains(&LabelState::Valid);
     let mut trusted = vec![false; labels.len()];
     let mut replaced = Vec::new();
     for (i, l) in labels.iter().enumerate() {

@@ -778,7 +778,11 @@ impl Campaign {
         self.want_replace_since = None;
         let r = self.rng.unit();
         let allowed = self.may_fault();
-        if r < 0.013 {
+        let before = self.total_faults();
+        // Kills are about 4% of the faults (each costs a restart and two whole-image reads).
+        let kills = self.n.faults.get("kill").copied().unwrap_or(0)
+            + self.n.faults.get("kill+drop-cache").copied().unwrap_or(0);
+        if r < 0.04 && kills * 25 <= before {
             let drop = self.rng.unit() < 0.35;
             self.kill_restart(drop, None);
         } else if r < 0.40 {
@@ -796,7 +800,8 @@ impl Campaign {
         } else if !self.damaged.is_empty() && self.down.is_empty() {
             self.repair();
         }
-        let ms = 5 + self.rng.below(55);
+        // The clients work between faults; a step that found nothing to do waits less.
+        let ms = if self.total_faults() > before { 5 + self.rng.below(55) } else { 15 };
         self.pause(Duration::from_millis(ms));
     }
 }
