@@ -797,7 +797,8 @@ impl Campaign {
                 let t = self.rng.pick(&candidates);
                 self.damage(t);
             }
-        } else if !self.damaged.is_empty() && self.down.is_empty() {
+        } else if !self.damaged.is_empty() && self.down.is_empty() && self.n.repairs * 40 <= before {
+            // About one repair per 40 faults: each scrubs both volumes twice.
             self.repair();
         }
         // The clients work between faults; a step that found nothing to do waits less.
