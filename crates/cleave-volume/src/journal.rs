@@ -75,6 +75,31 @@ pub struct Replayed {
     pub stale: Option<String>,
 }
 
+impl Replayed {
+    /// Replay's step for the newest readable checkpoint: the map as of `cp.seq`.
+    pub fn apply_checkpoint(&mut self, cp: &Checkpoint) {
+        apply(&mut self.map, &cp.entries);
+        apply_missing(&mut self.missing, &[], &cp.missing);
+        self.last_seq = cp.seq;
+        self.last_checkpoint = cp.seq;
+        self.next_generation = cp.next_generation.max(1);
+    }
+
+    /// Replay's step for one record after the checkpoint.
+    pub fn apply_record(&mut self, r: &Record) -> Result<(), VolumeError> {
+        apply(&mut self.map, &r.entries);
+        apply_missing(&mut self.missing, &r.entries, &r.missing);
+        let max_gen = r.entries.iter().map(|e| e.1).max().unwrap_or(0);
+        let next = max_gen
+            .checked_add(1)
+            .ok_or_else(|| VolumeError::Metadata(format!("journal record {}: generation space exhausted", r.seq)))?;
+        self.next_generation = self.next_generation.max(next);
+        self.last_seq = r.seq;
+        self.records_since_checkpoint += 1;
+        Ok(())
+    }
+}
+
 /// How a journal write went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -252,11 +277,7 @@ impl Journal<'_> {
             let key = names::checkpoint(self.uuid, seq);
             match self.read::<Checkpoint>(&key, self.id(seq, CHECKPOINT)).await {
                 Ok(cp) if cp.seq == seq => {
-                    apply(&mut out.map, &cp.entries);
-                    apply_missing(&mut out.missing, &[], &cp.missing);
-                    out.last_seq = cp.seq;
-                    out.last_checkpoint = cp.seq;
-                    out.next_generation = cp.next_generation.max(1);
+                    out.apply_checkpoint(&cp);
                     out.journal_degraded |= holders < n;
                     break;
                 }
@@ -284,7 +305,8 @@ impl Journal<'_> {
     async fn replay_records(&self, out: &mut Replayed) -> Result<(), VolumeError> {
         let records = self.list_numbers(&names::journal_prefix(self.uuid)).await?;
         out.journal_degraded |= records.answered < self.codec.n();
-        for (seq, holders) in records.numbers.into_iter().filter(|(s, _)| *s > out.last_checkpoint) {
+        let after = out.last_checkpoint;
+        for (seq, holders) in records.numbers.into_iter().filter(|(s, _)| *s > after) {
             let key = names::journal(self.uuid, seq);
             match self.read::<Record>(&key, self.id(seq, RECORD)).await {
                 Ok(r) if r.seq == seq && self.ownership.is_stale(seq, r.epoch) => {
@@ -295,15 +317,7 @@ impl Journal<'_> {
                 }
                 Ok(r) if r.seq == seq => {
                     out.max_epoch = out.max_epoch.max(r.epoch);
-                    apply(&mut out.map, &r.entries);
-                    apply_missing(&mut out.missing, &r.entries, &r.missing);
-                    let max_gen = r.entries.iter().map(|e| e.1).max().unwrap_or(0);
-                    let next = max_gen.checked_add(1).ok_or_else(|| {
-                        VolumeError::Metadata(format!("journal record {seq}: generation space exhausted"))
-                    })?;
-                    out.next_generation = out.next_generation.max(next);
-                    out.last_seq = seq;
-                    out.records_since_checkpoint += 1;
+                    out.apply_record(&r)?;
                     out.journal_degraded |= holders < self.codec.n();
                 }
                 Ok(_) => {

@@ -10,11 +10,14 @@
 //! - [`volume`]: reads, writes, flush, trim, and the destage loop.
 //! - [`recover`]: rebuilding a volume from any M targets and the master key alone.
 //! - [`scrub`]: verifying every share and repairing what is missing or bad.
+//! - [`fuzzing`]: the bodies of the fuzz targets (`fuzz/`), also run by a stable test.
 
 pub mod cache;
 pub mod claim;
 pub mod dispersal;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 pub mod label;
 pub mod meta;

@@ -83,12 +83,12 @@ pub async fn scrub(volume: &Volume, repair: bool, progress: impl Fn(u64, u64)) -
         match decoded {
             Ok(d) if problems.is_empty() => {
                 report.chunks_healthy += 1;
-                volume.set_missing(chunk, Vec::new());
+                volume.set_missing(chunk, mapping.generation, Vec::new());
                 drop(d);
             }
             Ok(d) => {
-                volume.set_missing(chunk, problems.iter().map(|p| p.share as u8).collect());
-                if repair && volume.rewrite(chunk, d.data).await? {
+                volume.set_missing(chunk, mapping.generation, problems.iter().map(|p| p.share as u8).collect());
+                if repair && volume.rewrite(chunk, Some(mapping.generation), d.data).await? {
                     report.chunks_repaired += 1;
                 }
             }

@@ -77,8 +77,11 @@ impl Volume {
         let mut report = RereplicateReport::default();
         for (done, chunk) in chunks.into_iter().enumerate() {
             progress(done as u64, total);
+            // Which generation the data comes from: `rewrite` stores it only if that is
+            // still the current one once it holds the commit lock.
+            let generation = self.current_generation(chunk);
             let data = inner.fetch_chunk(chunk).await?;
-            if self.rewrite(chunk, data).await? {
+            if self.rewrite(chunk, generation, data).await? {
                 report.chunks_rewritten += 1;
             }
         }

@@ -468,9 +468,19 @@ impl Volume {
         self.inner.locate(chunk, generation)
     }
 
-    /// Records which shares of a chunk are missing or bad (empty: healthy).
-    pub(crate) fn set_missing(&self, chunk: u64, indices: Vec<u8>) {
+    /// The generation a chunk maps to now (None: zeros, nothing stored).
+    pub(crate) fn current_generation(&self, chunk: u64) -> Option<u64> {
+        self.inner.state.lock().expect("not poisoned").map.get(&chunk).map(|m| m.generation)
+    }
+
+    /// Records which shares of generation `generation` of a chunk are missing or bad
+    /// (empty: healthy). Ignored if the chunk has moved on to another generation since:
+    /// what a scrub found about an older one says nothing about the current one.
+    pub(crate) fn set_missing(&self, chunk: u64, generation: u64, indices: Vec<u8>) {
         let mut st = self.inner.state.lock().expect("not poisoned");
+        if st.map.get(&chunk).map(|m| m.generation) != Some(generation) {
+            return;
+        }
         if indices.is_empty() {
             st.missing.remove(&chunk);
         } else {
@@ -478,13 +488,28 @@ impl Volume {
         }
     }
 
-    /// Writes `data` as a new generation of `chunk` and commits it: for repair. Skips
-    /// chunks that are dirty in the cache (their destage will write a new generation).
-    pub(crate) async fn rewrite(&self, chunk: u64, data: Vec<u8>) -> Result<bool, VolumeError> {
+    /// Writes `data`, read from generation `generation` of `chunk`, as a new generation
+    /// and commits it: for repair and re-replication. Skips chunks that are dirty in the
+    /// cache (their destage will write a new generation), and chunks whose current
+    /// generation is no longer the one the data was read from: a destage may have
+    /// committed newer data between the read and now, and writing the old data back
+    /// would roll the chunk back (found by the fault campaign, `tests/campaign.rs`).
+    pub(crate) async fn rewrite(
+        &self,
+        chunk: u64,
+        generation: Option<u64>,
+        data: Vec<u8>,
+    ) -> Result<bool, VolumeError> {
         let inner = &self.inner;
         let _commit = inner.commit.lock().await;
-        if inner.state.lock().expect("not poisoned").chunks.get(&chunk).is_some_and(|c| c.dirty || c.destaging) {
-            return Ok(false);
+        {
+            let st = inner.state.lock().expect("not poisoned");
+            if st.chunks.get(&chunk).is_some_and(|c| c.dirty || c.destaging) {
+                return Ok(false);
+            }
+            if st.map.get(&chunk).map(|m| m.generation) != generation {
+                return Ok(false);
+            }
         }
         let (mapping, missing) = inner.store_chunk(chunk, data).await?;
         let old = inner.commit_entries(vec![(chunk, mapping, missing)]).await?;
@@ -522,5 +547,61 @@ fn epoch_base(epoch: u64) -> u64 {
         epoch << 40
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    /// The fault campaign (seed 12708478) found re-replication reading a chunk from the
+    /// targets, a destage committing newer data from the cache meanwhile, and the repair
+    /// then storing what it had read as the newest generation: a FLUSHed write rolled back
+    /// once the chunk left the cache. A rewrite from a generation that is no longer current
+    /// must change nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_repair_from_an_older_generation_never_rolls_a_chunk_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let uris: Vec<String> = (0..5).map(|i| format!("file://{}/t{i}", dir.path().display())).collect();
+        let targets: Vec<DynTarget> = uris.iter().map(|u| cleave_target::create(u).unwrap()).collect();
+        let config = VolumeConfig {
+            name: "t".into(),
+            uuid: "00112233445566778899aabbccddeeff".into(),
+            size: 4 * MIB as u64,
+            chunk_size: MIB as u32,
+            m: 3,
+            n: 5,
+            durability: Durability::Local,
+            targets: uris,
+            write_quorum: None,
+            store_zero_chunks: false,
+        };
+        let keys = Keyring::generate().unwrap();
+        label::write_all(&targets, &keys, &config.uuid, config.uuid_bytes().unwrap(), 5).await.unwrap();
+        let open = |cache: &str| {
+            Volume::open(config.clone(), keys.clone(), targets.clone(), VolumeOptions::new(dir.path().join(cache)))
+        };
+        let v = open("c1").await.unwrap();
+        v.write(0, Bytes::from(vec![0xaa; MIB]), false).await.unwrap();
+        v.destage_all(Duration::from_secs(60)).await.unwrap();
+        // A repair reads generation `old` (0xaa) from the targets...
+        let old = v.current_generation(0);
+        let stale = v.inner.fetch_chunk(0).await.unwrap();
+        // ...while newer data is written and destaged from the cache.
+        v.write(0, Bytes::from(vec![0xbb; MIB]), false).await.unwrap();
+        v.destage_all(Duration::from_secs(60)).await.unwrap();
+        assert_ne!(v.current_generation(0), old);
+        assert!(!v.rewrite(0, old, stale).await.unwrap(), "a stale rewrite was stored");
+        // From the current generation, the rewrite goes ahead.
+        let current = v.current_generation(0);
+        let data = v.inner.fetch_chunk(0).await.unwrap();
+        assert!(v.rewrite(0, current, data).await.unwrap());
+        v.shutdown(Duration::from_secs(60)).await.unwrap();
+        drop(v);
+        // Another cache: the read comes from the targets alone.
+        let cold = open("c2").await.unwrap();
+        assert!(cold.read(0, MIB as u32).await.unwrap().iter().all(|&b| b == 0xbb), "chunk 0 rolled back");
     }
 }
