@@ -66,7 +66,7 @@ impl Gateway {
         Ok(credentials)
     }
 
-    fn superblock(&self, volume: &str) -> Result<Superblock> {
+    pub(crate) fn superblock(&self, volume: &str) -> Result<Superblock> {
         self.data
             .load_volumes(&self.master)?
             .into_iter()

@@ -731,6 +731,26 @@ impl Gateway {
         }
     }
 
+    /// Re-replication, then the superblock put back on every target that lacks it (a
+    /// replaced target starts empty), so that any M targets hold one for `cleave recover`.
+    async fn rereplicate(&self, v: &Volume, progress: impl Fn(u64, u64)) -> Result<serde_json::Value> {
+        let report = v.rereplicate(progress).await?;
+        let sb = self.superblock(&v.config().name)?;
+        let key = names::superblock(&sb.config.uuid, sb.version);
+        let sealed = Bytes::from(sb.seal(&self.master)?);
+        for uri in &v.status().config.targets {
+            let target = self.open_target(uri)?;
+            match target.put(&key, sealed.clone()).await {
+                Ok(()) => {
+                    info!(volume = %sb.config.name, target = %uri, "superblock restored on a target that lacked it")
+                }
+                Err(cleave_target::TargetError::AlreadyExists(_)) => {}
+                Err(e) => bail!("restoring the superblock on {uri}: {e}"),
+            }
+        }
+        Ok(serde_json::to_value(&report)?)
+    }
+
     /// Creates a new volume's targets (a directory target's folder only now) and labels them.
     async fn label_new_targets(&self, sb: &Superblock, keys: &cleave_split::Keyring) -> Result<()> {
         let handles = sb.config.targets.iter().map(|u| self.create_target(u)).collect::<Result<Vec<_>>>()?;
@@ -1015,11 +1035,7 @@ impl Gateway {
                 Job::Delete => gw.delete(&volume).await.map(|()| serde_json::json!({ "deleted": volume })),
                 Job::Recover { targets, takeover } => gw.recover(&volume, targets, takeover, progress).await,
                 Job::Move { volume, index, to } => gw.move_share(&volume, index, to, progress).await,
-                Job::Rereplicate { volume } => volume
-                    .rereplicate(progress)
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| Ok(serde_json::to_value(&r)?)),
+                Job::Rereplicate { volume } => gw.rereplicate(&volume, progress).await,
             };
             match outcome {
                 Ok(result) => gw.update_task(id, |t| {

@@ -164,6 +164,11 @@ fn replaced_targets_are_detected_at_once_and_rebuilt() {
     assert_eq!(health["state"], "degraded", "replaced targets must show at once: {health}");
     wait_for("the rebuild to make v clean", Duration::from_secs(90), || s.show("v")["health"]["state"] == "clean");
     assert!(tasks_of(&s, "rereplicate").iter().any(|t| t["state"] == "succeeded"));
+    let uuid = s.show("v")["uuid"].as_str().unwrap().to_string();
+    for i in [1, 2] {
+        // The rebuild puts the superblock back too (found by the fault campaign).
+        assert!(!files_under(&t[i].join(&uuid).join("superblock")).is_empty(), "no superblock on rebuilt t{i}");
+    }
     s.term();
     let image = recover(&s, &[t[1].clone(), t[2].clone(), t[4].clone()], &[]).unwrap();
     assert!(chunk_is(&image, 0, 0x61) && chunk_is(&image, 5, 0x62) && chunk_is(&image, 9, 0x63));
