@@ -92,11 +92,17 @@ impl Ownership {
     }
 }
 
-async fn read_kind(targets: &[DynTarget], keys: &Keyring, uuid: &str, kind: &str) -> Vec<Claim> {
+/// Authentic claims (or releases) with an epoch above `above`: only those names are read.
+async fn read_kind(targets: &[DynTarget], keys: &Keyring, uuid: &str, kind: &str, above: u64) -> Vec<Claim> {
     let under = prefix(uuid, kind);
     let listed = futures::future::join_all(targets.iter().map(|t| t.list(&under))).await;
-    let mut epochs: Vec<u64> =
-        listed.into_iter().flatten().flatten().filter_map(|k| crate::meta::names::trailing_number(&k)).collect();
+    let mut epochs: Vec<u64> = listed
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|k| crate::meta::names::trailing_number(&k))
+        .filter(|e| *e > above)
+        .collect();
     epochs.sort_unstable();
     epochs.dedup();
     let mut out = Vec::new();
@@ -115,9 +121,16 @@ async fn read_kind(targets: &[DynTarget], keys: &Keyring, uuid: &str, kind: &str
 
 /// Reads every authentic claim and release from the targets that answer.
 pub async fn read(targets: &[DynTarget], keys: &Keyring, uuid: &str) -> Ownership {
-    let claims = read_kind(targets, keys, uuid, "claim").await;
-    let released = read_kind(targets, keys, uuid, "release").await.into_iter().map(|c| c.epoch).collect();
+    let claims = read_kind(targets, keys, uuid, "claim", 0).await;
+    let released = read_kind(targets, keys, uuid, "release", 0).await.into_iter().map(|c| c.epoch).collect();
     Ownership { claims, released }
+}
+
+/// The newest authentic claim above `epoch`, if any: what an owner checks before it commits.
+/// Claims at or below its own are not read at all, so the check stays one listing per
+/// target however many claims the volume has seen.
+pub async fn newer(targets: &[DynTarget], keys: &Keyring, uuid: &str, epoch: u64) -> Option<Claim> {
+    read_kind(targets, keys, uuid, "claim", epoch).await.into_iter().max_by_key(|c| c.epoch)
 }
 
 async fn put_all(targets: &[DynTarget], key: &str, body: Bytes) -> (usize, usize) {

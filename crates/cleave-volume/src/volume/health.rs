@@ -146,9 +146,8 @@ impl Inner {
     /// Errs (and fences this gateway for good) if a newer owner has claimed the volume.
     pub(super) async fn check_claim(&self) -> Result<(), VolumeError> {
         self.check_fenced()?;
-        let ownership = claim::read(&self.dispersal.targets(), &self.keys, &self.uuid).await;
-        match ownership.latest() {
-            Some(c) if c.epoch > self.claim.epoch => {
+        match claim::newer(&self.dispersal.targets(), &self.keys, &self.uuid, self.claim.epoch).await {
+            Some(c) => {
                 let why = format!(
                     "gateway {} took volume {} over at epoch {} (this gateway had epoch {}); it is no longer served here",
                     c.owner, self.config.name, c.epoch, self.claim.epoch
@@ -158,7 +157,7 @@ impl Inner {
                 self.stopping.store(true, Ordering::SeqCst);
                 Err(VolumeError::Fenced(why))
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
