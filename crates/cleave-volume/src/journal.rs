@@ -254,6 +254,36 @@ impl Journal<'_> {
         holders + self.codec.n().saturating_sub(answered) >= self.quorum
     }
 
+    /// Deletes a journal object that replay found to be no commit (unless read-only).
+    async fn prune_object(&self, key: &str) {
+        if self.prune {
+            self.dispersal.delete_all(key).await;
+        }
+    }
+
+    /// An object replay cannot decode: `Ok(None)` if it is provably a failed commit (then
+    /// pruned), `Ok(Some(why))` to stop at the state before it under `accept_stale`, and an
+    /// error otherwise.
+    async fn undecodable(
+        &self,
+        what: &str,
+        key: &str,
+        holders: usize,
+        answered: usize,
+        e: &str,
+    ) -> Result<Option<String>, VolumeError> {
+        if !self.may_have_committed(holders, answered) {
+            debug!(what, holders, error = %e, "skipping the leftover of a failed commit");
+            self.prune_object(key).await;
+            return Ok(None);
+        }
+        let why = self.unreadable(what, holders, answered, e);
+        if !self.accept_stale {
+            return Err(VolumeError::MetadataUnavailable(why));
+        }
+        Ok(Some(why))
+    }
+
     fn unreadable(&self, what: &str, holders: usize, answered: usize, e: &str) -> String {
         format!(
             "{what} is on {holders} of the {answered} targets that answered and cannot be decoded ({e}); \
@@ -282,19 +312,12 @@ impl Journal<'_> {
                     break;
                 }
                 Ok(_) => return Err(VolumeError::Metadata(format!("checkpoint {seq} holds another sequence number"))),
-                Err(e) if !self.may_have_committed(holders, checkpoints.answered) => {
-                    debug!(seq, holders, error = %e, "skipping the leftover of a failed checkpoint");
-                    if self.prune {
-                        self.dispersal.delete_all(&key).await;
-                    }
-                }
                 Err(e) => {
-                    let why = self.unreadable(&format!("checkpoint {seq}"), holders, checkpoints.answered, &e);
-                    if !self.accept_stale {
-                        return Err(VolumeError::MetadataUnavailable(why));
+                    let what = format!("checkpoint {seq}");
+                    if let Some(why) = self.undecodable(&what, &key, holders, checkpoints.answered, &e).await? {
+                        warn!("{why}; trying an older checkpoint");
+                        out.stale.get_or_insert(why);
                     }
-                    warn!("{why}; trying an older checkpoint");
-                    out.stale.get_or_insert(why);
                 }
             }
         }
@@ -311,9 +334,7 @@ impl Journal<'_> {
             match self.read::<Record>(&key, self.id(seq, RECORD)).await {
                 Ok(r) if r.seq == seq && self.ownership.is_stale(seq, r.epoch) => {
                     warn!(seq, epoch = r.epoch, "ignoring a record written by a gateway that had been replaced");
-                    if self.prune {
-                        self.dispersal.delete_all(&key).await;
-                    }
+                    self.prune_object(&key).await;
                 }
                 Ok(r) if r.seq == seq => {
                     out.max_epoch = out.max_epoch.max(r.epoch);
@@ -323,20 +344,13 @@ impl Journal<'_> {
                 Ok(_) => {
                     return Err(VolumeError::Metadata(format!("journal record {seq} holds another sequence number")))
                 }
-                Err(e) if !self.may_have_committed(holders, records.answered) => {
-                    debug!(seq, holders, error = %e, "skipping the leftover of a failed journal commit");
-                    if self.prune {
-                        self.dispersal.delete_all(&key).await;
-                    }
-                }
                 Err(e) => {
-                    let why = self.unreadable(&format!("journal record {seq}"), holders, records.answered, &e);
-                    if !self.accept_stale {
-                        return Err(VolumeError::MetadataUnavailable(why));
+                    let what = format!("journal record {seq}");
+                    if let Some(why) = self.undecodable(&what, &key, holders, records.answered, &e).await? {
+                        warn!("{why}; stopping replay there");
+                        out.stale = Some(why);
+                        break;
                     }
-                    warn!("{why}; stopping replay there");
-                    out.stale = Some(why);
-                    break;
                 }
             }
         }
