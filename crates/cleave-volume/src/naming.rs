@@ -17,6 +17,11 @@ pub const OPAQUE_FROM: u64 = 1 << 40;
 
 const CONTEXT: &str = "cleave object names v1";
 
+/// Where the opaque chunk objects of a volume live.
+pub fn opaque_prefix(uuid: &str) -> String {
+    format!("{uuid}/d/")
+}
+
 /// The object name and share identity of `chunk`'s `generation`.
 pub fn chunk_object(keys: &Keyring, uuid: &str, volume: [u8; 16], chunk: u64, generation: u64) -> (String, ChunkId) {
     let plain = (names::chunk(uuid, chunk, generation), ChunkId { volume, kind: ShareKind::Data, chunk, generation });
@@ -31,7 +36,7 @@ pub fn chunk_object(keys: &Keyring, uuid: &str, volume: [u8; 16], chunk: u64, ge
     msg[8..].copy_from_slice(&generation.to_le_bytes());
     let h = key.integrity_mac(CONTEXT, &msg);
     let word = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
-    let name = format!("{uuid}/d/{}", hex::encode(&h[..16]));
+    let name = format!("{}{}", opaque_prefix(uuid), hex::encode(&h[..16]));
     (name, ChunkId { volume, kind: ShareKind::Data, chunk: word(16), generation: word(24) })
 }
 

@@ -54,14 +54,18 @@ pub async fn check_against_journal(volume: &crate::Volume, targets: &[DynTarget]
     if !volume.mapped().is_empty() {
         return Ok(());
     }
-    let prefix = names::chunk_prefix(&volume.config().uuid);
+    let uuid = &volume.config().uuid;
+    // Chunk objects under either name layout (see `naming`).
+    let prefixes = [names::chunk_prefix(uuid), crate::naming::opaque_prefix(uuid)];
     for t in targets {
-        if t.list(&prefix).await.is_ok_and(|k| !k.is_empty()) {
-            return Err(VolumeError::MetadataUnavailable(format!(
-                "{} holds chunk shares of volume {:?} but its journal, as read from the targets given, maps none",
-                t.name(),
-                volume.config().name
-            )));
+        for prefix in &prefixes {
+            if t.list(prefix).await.is_ok_and(|k| !k.is_empty()) {
+                return Err(VolumeError::MetadataUnavailable(format!(
+                    "{} holds chunk shares of volume {:?} but its journal, as read from the targets given, maps none",
+                    t.name(),
+                    volume.config().name
+                )));
+            }
         }
     }
     Ok(())

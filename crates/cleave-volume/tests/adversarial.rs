@@ -219,3 +219,23 @@ async fn a_second_gateway_is_refused_and_a_takeover_fences_the_first() {
     // B released the volume cleanly: a third gateway may open it without a takeover.
     r.open_as("c", "gateway-c", false).await.unwrap();
 }
+
+/// Item 6's loud failure at the engine: targets that hold chunk objects (in the opaque
+/// layout) while the journal maps none are refused by `check_against_journal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_objects_without_a_journal_are_refused() {
+    let r = rig(3, 5).await;
+    let v = r.open("c1").await.unwrap();
+    write_chunk(&v, 2, 0x2c).await;
+    v.shutdown(Duration::from_secs(30)).await.unwrap();
+    drop(v);
+    for i in 0..5 {
+        for dir in ["journal", "checkpoint"] {
+            let _ = std::fs::remove_dir_all(r.root.join(format!("t{i}")).join(UUID).join(dir));
+        }
+    }
+    let v = r.open("c2").await.unwrap();
+    assert!(v.mapped().is_empty());
+    let err = recover::check_against_journal(&v, &r.targets).await.expect_err("chunk objects but no journal");
+    assert!(err.to_string().contains("maps none"), "{err}");
+}
