@@ -368,15 +368,10 @@ impl Gateway {
         let c = s.config;
         let name = c.name.clone();
         let write_quorum = c.write_quorum();
+        let (nbd_uri, nbds_uri) = self.export_uris(&c.name);
         VolumeView {
-            nbd_uri: match &self.nbd_socket {
-                Some(path) => unix_uri(&c.name, path),
-                None => String::new(),
-            },
-            nbds_uri: match &self.nbd_socket {
-                Some(_) => format!("nbds://{}/{}", self.nbd_addr, c.name),
-                None => String::new(),
-            },
+            nbd_uri,
+            nbds_uri,
             name: c.name,
             uuid: c.uuid,
             size_bytes: c.size,
@@ -399,17 +394,20 @@ impl Gateway {
         }
     }
 
+    /// Where clients attach a volume: the local socket, and NBD over TLS (empty without NBD).
+    fn export_uris(&self, name: &str) -> (String, String) {
+        match &self.nbd_socket {
+            Some(path) => (unix_uri(name, path), format!("nbds://{}/{name}", self.nbd_addr)),
+            None => (String::new(), String::new()),
+        }
+    }
+
     fn unopened_view(&self, name: &str, u: &Unopened) -> VolumeView {
         let c = u.sb.as_ref().map(|sb| &sb.config);
+        let (nbd_uri, nbds_uri) = self.export_uris(name);
         VolumeView {
-            nbd_uri: match &self.nbd_socket {
-                Some(path) => unix_uri(name, path),
-                None => String::new(),
-            },
-            nbds_uri: match &self.nbd_socket {
-                Some(_) => format!("nbds://{}/{name}", self.nbd_addr),
-                None => String::new(),
-            },
+            nbd_uri,
+            nbds_uri,
             name: name.to_string(),
             uuid: c.map(|c| c.uuid.clone()).unwrap_or_default(),
             size_bytes: c.map_or(0, |c| c.size),
