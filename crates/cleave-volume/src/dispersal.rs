@@ -188,6 +188,12 @@ impl Dispersal {
         result
     }
 
+    /// Deletes `key` from the targets at `indices` only (what one write stored), best effort.
+    pub async fn delete_at(&self, key: &str, indices: &[usize]) {
+        let targets = self.targets();
+        futures::future::join_all(indices.iter().filter_map(|&i| targets.get(i)).map(|t| t.delete(key))).await;
+    }
+
     /// Deletes `key` everywhere, best effort; returns how many targets failed.
     pub async fn delete_all(&self, key: &str) -> usize {
         let results = futures::future::join_all(self.targets().iter().map(|t| t.delete(key))).await;

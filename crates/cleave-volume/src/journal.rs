@@ -171,8 +171,9 @@ impl Journal<'_> {
         if outcome.stored.len() >= self.quorum {
             return Ok(Stored::Quorum);
         }
-        // Leave nothing half-written that a later replay could mistake for a commit.
-        self.dispersal.delete_all(key).await;
+        // Leave nothing half-written that a later replay could mistake for a commit; but
+        // only what this write stored: an object already in the way is someone's commit.
+        self.dispersal.delete_at(key, &outcome.stored).await;
         Err(VolumeError::Quorum(format!(
             "journal {key}: stored on {} targets, need {}; {:?}",
             outcome.stored.len(),

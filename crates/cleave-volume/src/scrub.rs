@@ -80,6 +80,12 @@ pub async fn scrub(volume: &Volume, repair: bool, progress: impl Fn(u64, u64)) -
                 });
             }
         }
+        if volume.current_generation(chunk) != Some(mapping.generation) {
+            // Rewritten while it was read (a destage or repair since the map was taken):
+            // the old generation's shares may be gone already, which says nothing.
+            report.chunks_checked -= 1;
+            continue;
+        }
         match decoded {
             Ok(d) if problems.is_empty() => {
                 report.chunks_healthy += 1;

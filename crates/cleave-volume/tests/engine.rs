@@ -96,6 +96,28 @@ async fn journal_replay_and_checkpoints_rebuild_the_map() {
     assert_eq!(cold.mapped().len(), 9);
 }
 
+/// A checkpoint requested (re-replication ends with one) right when one was due: the
+/// commit before it had already written the checkpoint of that sequence number and pruned
+/// everything older. Writing it again found it on every target, counted that as a failed
+/// write, and the clean-up of the "failed" write deleted the only checkpoint: the next
+/// open saw none, and every chunk not written since read as zeros (found by
+/// `tests/crash_stress.rs`, and by the fault campaign in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_requested_when_one_is_due_keeps_the_journal() {
+    let r = rig(Durability::Dispersed);
+    let v = r.open("c1", |o| o.checkpoint_every = 1).await;
+    write_chunks(&v, &[0, 1, 2, 3]).await;
+    v.checkpoint_now().await.expect("checkpoint");
+    drop(v);
+    let checkpoints = r.targets[0].list(&format!("{}/checkpoint/", r.config.uuid)).await.unwrap();
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    let cold = r.open("c2", |_| {}).await;
+    for c in 0..4u64 {
+        let got = cold.read(c * MIB, MIB as u32).await.unwrap();
+        assert!(got[..] == pattern(c, MIB as usize)[..], "chunk {c} lost");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_slow_down_and_corrupt_targets() {
     let r = rig(Durability::Dispersed);
@@ -146,6 +168,39 @@ async fn writes_wait_in_the_cache_while_targets_are_down() {
     v.shutdown(Duration::from_secs(60)).await.unwrap();
     let cold = r.open("c2", |_| {}).await;
     assert!(cold.read(5 * MIB, MIB as u32).await.unwrap()[..] == pattern(5, MIB as usize)[..]);
+}
+
+/// With M targets up but fewer than the write quorum, destage cannot store anything: a
+/// write that needs room in a cache full of dirty data must fail once the FLUSH timeout has
+/// passed, not wait forever (it hung: only fewer than M targets up ended the wait; found by
+/// `tests/crash_stress.rs`). The targets answering again, writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cache_below_the_write_quorum_fails_writes_instead_of_hanging() {
+    let r = rig(Durability::Local);
+    let v = r
+        .open("c1", |o| {
+            o.cache_bytes = 4 * MIB;
+            o.flush_timeout = Duration::from_secs(1);
+        })
+        .await;
+    for f in &r.faults[..2] {
+        f.set_down(true);
+    }
+    let writes = async {
+        for c in 0..8u64 {
+            v.write(c * MIB, Bytes::from(pattern(c, MIB as usize)), false).await?;
+        }
+        Ok::<(), cleave_volume::VolumeError>(())
+    };
+    // Far above the FLUSH timeout: only a hang reaches it.
+    let outcome = tokio::time::timeout(Duration::from_secs(60), writes).await.expect("a write hung");
+    let err = outcome.expect_err("eight chunks fit neither the cache nor two targets down");
+    assert!(err.to_string().contains("destage needs 4"), "{err}");
+    for f in &r.faults[..2] {
+        f.set_down(false);
+    }
+    v.write(7 * MIB, Bytes::from(pattern(7, MIB as usize)), false).await.unwrap();
+    v.destage_all(Duration::from_secs(60)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,7 +48,7 @@
 //!
 //! Size: `CLEAVE_CAMPAIGN_FAULTS` (default 1000) faults or `CLEAVE_CAMPAIGN_SECS` (default
 //! 300) seconds of injection, whichever comes first; `CLEAVE_CAMPAIGN_SEED` (default
-//! 0xC1EA7E). For a long local run: `CLEAVE_CAMPAIGN_FAULTS=20000 CLEAVE_CAMPAIGN_SECS=3600
+//! 0xC1EA7E); `CLEAVE_CAMPAIGN_REPLACES` (default one per 250 faults, at least 2). For a long local run: `CLEAVE_CAMPAIGN_FAULTS=20000 CLEAVE_CAMPAIGN_SECS=3600
 //! CLEAVE_CAMPAIGN_SEED=$RANDOM cargo test --release -p cleave --test campaign -- --nocapture`.
 
 mod common;
@@ -899,7 +899,7 @@ fn fault_campaign() {
         session: 0,
         killing: false,
         budget,
-        planned_replaces: (budget / 250).max(2),
+        planned_replaces: env_u64("CLEAVE_CAMPAIGN_REPLACES", (budget / 250).max(2)),
         want_replace: false,
         want_replace_since: None,
         n: Counters::default(),

@@ -83,10 +83,27 @@ impl Inner {
         Ok((Mapping { generation, key_id }, missing))
     }
 
+    /// Commits mappings in one journal record, and a checkpoint when one is due; returns the
+    /// generations that may now be deleted (see [`Inner::commit_record`]). Caller holds `commit`.
+    pub(super) async fn commit_entries(
+        &self,
+        done: Vec<(u64, Mapping, Vec<u8>)>,
+    ) -> Result<Vec<(u64, u64)>, VolumeError> {
+        let old = self.commit_record(done).await?;
+        let due = self.state.lock().expect("not poisoned").records_since_checkpoint >= self.opts.checkpoint_every;
+        if due {
+            let cp = self.snapshot_checkpoint();
+            if let Err(e) = self.write_checkpoint(&cp).await {
+                warn!(error = %e, "checkpoint failed; the journal keeps growing until one succeeds");
+            }
+        }
+        Ok(old)
+    }
+
     /// Commits mappings in one journal record; returns the generations that may now be
     /// deleted: an old generation goes only once its successor and the record naming it
     /// are on all N targets, otherwise it is kept as superseded. Caller holds `commit`.
-    pub(super) async fn commit_entries(
+    pub(super) async fn commit_record(
         &self,
         done: Vec<(u64, Mapping, Vec<u8>)>,
     ) -> Result<Vec<(u64, u64)>, VolumeError> {
@@ -107,7 +124,7 @@ impl Inner {
             }
         };
         let mut old = Vec::new();
-        let checkpoint_due = {
+        {
             let mut st = self.state.lock().expect("not poisoned");
             st.next_seq =
                 seq.checked_add(1).ok_or_else(|| VolumeError::Metadata("journal sequence space exhausted".into()))?;
@@ -130,13 +147,6 @@ impl Inner {
                 }
             }
             st.last_destage = Some(SystemTime::now());
-            st.records_since_checkpoint >= self.opts.checkpoint_every
-        };
-        if checkpoint_due {
-            let cp = self.snapshot_checkpoint();
-            if let Err(e) = self.write_checkpoint(&cp).await {
-                warn!(error = %e, "checkpoint failed; the journal keeps growing until one succeeds");
-            }
         }
         Ok(old)
     }

@@ -216,6 +216,18 @@ impl Volume {
             let dirty = !clean;
             chunks.insert(*c, ChunkState { dirty, seq: u64::from(dirty), ..Default::default() });
         }
+        info!(
+            volume = %config.name,
+            epoch,
+            checkpoint = replayed.last_checkpoint,
+            last_seq = replayed.last_seq,
+            mapped = replayed.map.len(),
+            missing = replayed.missing.len(),
+            cached = present.len(),
+            clean,
+            replaced = ?replaced,
+            "volume opened"
+        );
         if !clean && !present.is_empty() {
             info!(volume = %config.name, chunks = present.len(), "unclean shutdown: destaging every cached chunk again");
         }
@@ -430,7 +442,8 @@ impl Volume {
     pub async fn checkpoint_now(&self) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let _commit = inner.commit.lock().await;
-        inner.commit_entries(Vec::new()).await?;
+        // The record alone: a checkpoint due after it is the one written here, never twice.
+        inner.commit_record(Vec::new()).await?;
         let cp = inner.snapshot_checkpoint();
         match inner.write_checkpoint(&cp).await? {
             journal::Stored::Full => Ok(()),

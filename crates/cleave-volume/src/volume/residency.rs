@@ -128,10 +128,15 @@ impl Inner {
                 self.wake_destager.notify_one();
                 let _ = tokio::time::timeout(Duration::from_millis(200), self.progress.notified()).await;
                 waited += Duration::from_millis(200);
-                if waited > self.opts.flush_timeout && self.dispersal.up_count() < self.codec.m() {
+                // Destage needs the write quorum: with fewer targets up, waiting never ends.
+                let up = self.dispersal.up_count();
+                if waited > self.opts.flush_timeout && up < self.config.write_quorum() {
                     return Err(VolumeError::Unavailable {
                         chunk: 0,
-                        reason: "cache full of dirty data and the targets are unavailable".into(),
+                        reason: format!(
+                            "cache full of dirty data, and only {up} targets answer: destage needs {}",
+                            self.config.write_quorum()
+                        ),
                     });
                 }
                 continue;
