@@ -14,7 +14,9 @@ use cleave_gateway::users::{Principal, Via};
 use cleave_gateway::{Gateway, GatewayError};
 
 use crate::error::ApiError;
-use crate::Shared;
+
+/// The state every handler gets: the running gateway.
+pub type Shared = std::sync::Arc<Gateway>;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "cleave_session";

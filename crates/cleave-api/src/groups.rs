@@ -7,10 +7,10 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use cleave_control::access::Grant;
 
+use crate::auth::Shared;
 use crate::auth::{admin, viewer};
 use crate::error::ApiResult;
 use crate::model::{ClientView, Erase, GrantBody, GroupView, NewName};
-use crate::Shared;
 
 async fn list_clients(State(gw): State<Shared>) -> Json<Vec<ClientView>> {
     Json(gw.clients())

@@ -12,10 +12,10 @@ use cleave_control::hierarchy::{ForwardError, INCOMPLETE_HEADER, MAX_DEPTH};
 use cleave_gateway::users::Principal;
 use cleave_gateway::GatewayError;
 
+use crate::auth::Shared;
 use crate::auth::{as_child_allows, viewer};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ChildControl, Event, NodesQuery};
-use crate::Shared;
 
 /// `GET /api/v1/nodes[?all=true]`.
 async fn list_nodes(State(gw): State<Shared>, Query(q): Query<NodesQuery>) -> Response {

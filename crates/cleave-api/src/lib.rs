@@ -1,4 +1,4 @@
-//! The REST API and the web console over a running [`Gateway`]: an axum router. Each route
+//! The REST API and the web console over a running `cleave_gateway::Gateway`: an axum router. Each route
 //! states the role it needs where it is defined; gateway errors become statuses in one place
 //! ([`error`]).
 
@@ -21,17 +21,13 @@ mod users;
 /// Volumes and tasks.
 mod volumes;
 
-use std::sync::Arc;
-
 use axum::http::header;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use cleave_gateway::Gateway;
 
-/// The state every handler gets.
-pub type Shared = Arc<Gateway>;
+pub use auth::Shared;
 
 /// The OpenAPI document of this API, public so that tools can read it.
 async fn openapi() -> Response {

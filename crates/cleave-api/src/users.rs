@@ -13,10 +13,10 @@ use cleave_gateway::GatewayError;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::auth::Shared;
 use crate::auth::{admin, session_cookie, viewer, COOKIE};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ChangeUser, Login, NewPassword, NewToken, NewUser, UserView};
-use crate::Shared;
 
 fn cookie(value: &str, max_age: u64) -> HeaderValue {
     // Not `Secure`: the console is served over plain HTTP on loopback by default.

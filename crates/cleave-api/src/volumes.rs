@@ -10,10 +10,10 @@ use cleave_gateway::users::Principal;
 use cleave_gateway::volumes::check_may_name;
 use cleave_gateway::GatewayError;
 
+use crate::auth::Shared;
 use crate::auth::{operator, viewer};
 use crate::error::ApiResult;
 use crate::model::{CreateVolume, NewTask, ScrubQuery, ScrubReport, TaskView, VolumeView};
-use crate::Shared;
 
 async fn list(State(gw): State<Shared>) -> Json<Vec<VolumeView>> {
     Json(gw.views())

@@ -9,30 +9,20 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use cleave_control::access::Identity;
-use cleave_control::access::{Grant, Mode, LOCAL_GROUP};
-use cleave_control::hierarchy::Hierarchy;
+use cleave_control::access::LOCAL_GROUP;
+use cleave_control::hierarchy::{Hierarchy, HierarchyConfig};
 use cleave_control::pool::{Event, NodeInfo, Pool};
 use cleave_nbd::{BlockDevice, ExportProvider, Peer, Refusal};
 use cleave_split::keys::MasterKey;
 use cleave_volume::{Superblock, Volume, VolumeOptions};
-use tracing::{error, info, warn};
-
-/// How often volumes that could not be opened are tried again.
-pub const REOPEN_EVERY: Duration = Duration::from_secs(3);
-
-/// How long start-up waits for one volume to open before it serves the others and leaves
-/// that one to the background retries (targets that hang must not hold the gateway).
-const OPEN_AT_START: Duration = Duration::from_secs(30);
+use tracing::{error, info};
 
 use crate::access::{AccessControl, Guarded};
 use crate::data_dir::DataDir;
 use crate::device::VolumeDevice;
 use crate::error::{GatewayError, Result};
-use crate::events::EventKind;
-use crate::health::HealthState;
 use crate::tasks::TaskView;
 use crate::users::UserStore;
-use crate::volumes::CreateVolume;
 
 /// Where the NBD front end listens, when there is one.
 #[derive(Clone, Debug)]
@@ -43,15 +33,33 @@ pub struct NbdExport {
     pub socket: PathBuf,
 }
 
-/// What a gateway is made of. The caller opens the data directory and its stores, starts
-/// the node pool and the hierarchy, and binds the front ends; the gateway runs on them.
-pub struct GatewayConfig {
+/// What a gateway keeps in its data directory, opened (and made on a first run): the
+/// directory, the master key, the access registry and CA, the admin token, the users.
+pub struct Stores {
     pub data: DataDir,
     pub master: MasterKey,
     pub access: Arc<AccessControl>,
-    pub users: UserStore,
     /// The admin bearer token (`DIR/admin.token`).
     pub token: String,
+    pub users: UserStore,
+}
+
+impl Stores {
+    pub fn open(root: PathBuf) -> Result<Self> {
+        let data = DataDir::new(root)?;
+        let master = data.master_key()?;
+        data.group_key(&master, LOCAL_GROUP)?;
+        let access = Arc::new(AccessControl::load(&data)?);
+        let token = data.admin_token()?;
+        let users = UserStore::load(&data)?;
+        Ok(Stores { data, master, access, token, users })
+    }
+}
+
+/// What a gateway is made of. The caller opens the data directory's [`Stores`], starts the
+/// node pool and the hierarchy, and binds the front ends; the gateway runs on them.
+pub struct GatewayConfig {
+    pub stores: Stores,
     pub pool: Arc<Pool>,
     pub hierarchy: Arc<Hierarchy>,
     /// What targets are opened with (the node plane's TLS credentials), passed explicitly.
@@ -84,7 +92,7 @@ pub struct Gateway {
 }
 
 /// A stored volume that could not be opened, and why. Listed as unavailable, retried every
-/// [`REOPEN_EVERY`], and deletable.
+/// [`crate::lifecycle::REOPEN_EVERY`], and deletable.
 pub(crate) struct Unopened {
     /// None when even the stored superblock could not be read.
     pub(crate) sb: Option<Superblock>,
@@ -93,12 +101,13 @@ pub(crate) struct Unopened {
 
 impl Gateway {
     pub fn new(c: GatewayConfig) -> Self {
+        let Stores { data, master, access, token, users } = c.stores;
         Gateway {
-            data: c.data,
-            master: c.master,
-            access: c.access,
-            users: c.users,
-            token: c.token,
+            data,
+            master,
+            access,
+            users,
+            token,
             cache_bytes: c.cache_bytes,
             nbd: c.nbd,
             volumes: RwLock::new(BTreeMap::new()),
@@ -110,6 +119,19 @@ impl Gateway {
             admin: tokio::sync::Mutex::new(()),
             targets: c.targets,
         }
+    }
+
+    /// A gateway on the data directory `root` alone, as `cleave control` makes one but without
+    /// a node plane or a parent: no NBD, no nodes, targets by URI. For tests and embedding.
+    pub fn open_local(root: PathBuf, cache_bytes: u64) -> Result<Self> {
+        let stores = Stores::open(root)?;
+        let pool = Pool::started_now();
+        let ca = crate::nodetls::node_ca(&stores.data)?;
+        let id = crate::data_dir::stable_id(&stores.data.root.join("control.id"))?;
+        let config = HierarchyConfig { id: id.clone(), name: id, site: "default".into(), ca };
+        let hierarchy = Hierarchy::new(config, pool.clone());
+        let targets = cleave_target::Credentials::default();
+        Ok(Gateway::new(GatewayConfig { stores, pool, hierarchy, targets, cache_bytes, nbd: None }))
     }
 
     pub fn data(&self) -> &DataDir {
@@ -264,108 +286,6 @@ impl ExportProvider for Gateway {
                 Identity::Local => "the local administrator has no access to it, or it does not exist".into(),
                 Identity::Client(c) => format!("client {c:?} has no access to it, or it does not exist"),
             })),
-        }
-    }
-}
-
-/// Start-up and the volumes that could not be opened.
-impl Gateway {
-    /// Opens the stored volumes (on a first run with `demo`, after creating the volume `demo`),
-    /// then starts the background work: retrying the volumes that could not be opened, and
-    /// watching health.
-    pub async fn start(self: &Arc<Self>, demo: bool) -> Result<()> {
-        let stored = self.data.stored_volumes(&self.master)?;
-        if stored.is_empty() && demo {
-            info!("first run: creating volume demo (1 GiB, 3-of-5 on five directory targets)");
-            self.create(CreateVolume::new("demo", 1 << 30, 3, 5), true).await?;
-        }
-        self.open_stored(stored).await?;
-        tokio::spawn(self.clone().reopen_unavailable());
-        tokio::spawn(self.clone().watch_health());
-        Ok(())
-    }
-
-    /// Opens the stored volumes, each on its own: one that cannot open does not keep the
-    /// others from being served. It is listed as unavailable, with the reason, and retried.
-    async fn open_stored(&self, stored: Vec<(String, anyhow::Result<Superblock>)>) -> anyhow::Result<()> {
-        for sb in stored.iter().filter_map(|(_, sb)| sb.as_ref().ok()) {
-            // Data directories from before access control: the admin slot means local access.
-            let name = &sb.config.name;
-            if sb.has_group(LOCAL_GROUP) && self.access.snapshot().groups_of_volume(name).is_empty() {
-                let full = Grant { mode: Mode::ReadWrite, regions: Vec::new() };
-                self.access.update(|r| Ok(r.grant(LOCAL_GROUP, name, full)?))?;
-            }
-        }
-        let opens = stored.into_iter().map(|(name, sb)| async move {
-            match sb {
-                Ok(sb) => {
-                    let opened = match tokio::time::timeout(OPEN_AT_START, self.open_volume(&sb)).await {
-                        Ok(opened) => opened,
-                        Err(_) => Err(anyhow::anyhow!("its targets did not answer within {OPEN_AT_START:?}")),
-                    };
-                    (name, Some(sb), opened)
-                }
-                Err(e) => (name, None, Err(e)),
-            }
-        });
-        for (name, sb, opened) in futures::future::join_all(opens).await {
-            match opened {
-                Ok(v) => {
-                    self.volumes.write().expect("not poisoned").insert(name, v);
-                }
-                Err(e) => {
-                    let reason = format!("{e:#}");
-                    warn!(volume = %name, error = %reason, "cannot open volume; serving the others and retrying it");
-                    self.record(
-                        EventKind::VolumeHealth(HealthState::Unavailable),
-                        format!("{name}: cannot open: {reason}"),
-                    );
-                    self.unopened.write().expect("not poisoned").insert(name, Unopened { sb, reason });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Tries the volumes that could not be opened again, every [`REOPEN_EVERY`].
-    async fn reopen_unavailable(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(REOPEN_EVERY);
-        loop {
-            tick.tick().await;
-            let names: Vec<String> = self.unopened.read().expect("not poisoned").keys().cloned().collect();
-            for name in names {
-                self.try_reopen(&name).await;
-            }
-        }
-    }
-
-    async fn try_reopen(&self, name: &str) {
-        // The stored superblock is read again: a grant may have changed it since.
-        let opened = match self.data.load_volume(&self.master, name) {
-            Ok(Some(sb)) => self.open_volume(&sb).await.map(|v| (v, sb.config.uuid)),
-            Ok(None) => return,
-            Err(e) => Err(e),
-        };
-        let (v, uuid) = match opened {
-            Ok(done) => done,
-            Err(e) => {
-                if let Some(u) = self.unopened.write().expect("not poisoned").get_mut(name) {
-                    u.reason = format!("{e:#}");
-                }
-                return;
-            }
-        };
-        let _admin = self.admin.lock().await;
-        if self.unopened.write().expect("not poisoned").remove(name).is_some() {
-            self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
-            info!(volume = name, "volume opened: its targets answer again");
-            self.record(EventKind::VolumeOpened, format!("{name}: opened, its targets answer again"));
-        } else {
-            // Deleted while it was being opened.
-            v.close().await;
-            if let Err(e) = cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &uuid) {
-                warn!(volume = name, error = %e, "cannot remove the cache of a deleted volume");
-            }
         }
     }
 }

@@ -1,18 +1,10 @@
 //! Volume health as the administrator sees it: the volume's own view, plus the node targets
-//! the pool has marked down; a watcher that records every change as an event and starts
-//! re-replication once missing targets answer again.
-
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+//! the pool has marked down.
 
 use cleave_control::pool::NodeStatus;
-use cleave_volume::{Health, Volume};
-use tracing::{info, warn};
+use cleave_volume::Health;
 
-use crate::events::EventKind;
 use crate::gateway::Gateway;
-use crate::tasks::{NewTask, TaskKind};
 
 /// The state of a [`Health`], without its details.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,7 +34,7 @@ impl HealthState {
 }
 
 /// The targets a health names as down.
-fn targets_down(h: &Health) -> Vec<String> {
+pub fn targets_down(h: &Health) -> Vec<String> {
     match h {
         Health::Clean => Vec::new(),
         Health::Degraded { targets_down, .. } | Health::Unavailable { targets_down } => targets_down.clone(),
@@ -78,62 +70,6 @@ impl Gateway {
             Health::Unavailable { targets_down: down }
         } else {
             Health::Degraded { targets_down: down, chunks_missing_shares: chunks, missing, journal_degraded }
-        }
-    }
-
-    /// Watches every volume's health and records an event when it changes: degraded,
-    /// unavailable, or clean again.
-    pub async fn watch_health(self: Arc<Self>) {
-        let mut last: BTreeMap<String, HealthState> = BTreeMap::new();
-        let mut tried: BTreeMap<String, Instant> = BTreeMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            let mut seen = BTreeMap::new();
-            for v in self.served_volumes() {
-                let s = v.status();
-                let health = self.health(&s);
-                self.rereplicate_when_due(&v, &health, &mut tried);
-                let state = HealthState::of(&health);
-                let name = s.config.name;
-                let was = last.get(&name).copied().unwrap_or_default();
-                if was != state {
-                    self.health_changed(&name, state, was, &targets_down(&health));
-                }
-                seen.insert(name, state);
-            }
-            last = seen;
-        }
-    }
-
-    fn health_changed(&self, name: &str, state: HealthState, was: HealthState, down: &[String]) {
-        let (state_s, was_s) = (state.as_str(), was.as_str());
-        let detail = if down.is_empty() {
-            format!("{name}: {state_s} (was {was_s})")
-        } else {
-            format!("{name}: {state_s} (was {was_s}); targets down: {}", down.join(", "))
-        };
-        warn!(volume = %name, state = state_s, was = was_s, "volume health changed");
-        self.record(EventKind::VolumeHealth(state), detail);
-    }
-
-    /// Starts a re-replication task for a volume that lacks shares or journal copies once
-    /// all its targets answer again (at most one attempt per volume every 10 s).
-    fn rereplicate_when_due(self: &Arc<Self>, v: &Volume, health: &Health, tried: &mut BTreeMap<String, Instant>) {
-        let all_up = matches!(health, Health::Degraded { targets_down, .. } if targets_down.is_empty());
-        let name = &v.config().name;
-        if !all_up || !v.needs_rereplication() || tried.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(10))
-        {
-            return;
-        }
-        if self.task_active(name, TaskKind::Rereplicate) {
-            return;
-        }
-        tried.insert(name.clone(), Instant::now());
-        let req = NewTask { kind: TaskKind::Rereplicate.as_str().into(), volume: name.clone(), ..Default::default() };
-        match self.start_task(req) {
-            Ok(t) => info!(volume = %name, task = t.id, "targets are back: re-replicating what degraded writes missed"),
-            Err(e) => warn!(volume = %name, error = %e, "could not start re-replication"),
         }
     }
 }

@@ -12,19 +12,23 @@ mod device;
 pub mod error;
 /// Events for the administrator.
 pub mod events;
-/// The gateway: registry of volumes, start-up, the NBD export provider.
+/// The gateway: its parts, the registry of volumes, the NBD export provider.
 pub mod gateway;
 /// Clients, groups and grants (key slots).
 pub mod groups;
-/// Volume health, and the watcher that records its changes.
+/// Volume health, with the nodes the pool has marked down.
 pub mod health;
 /// The work of recover, re-replicate and move tasks.
 mod jobs;
+/// Start-up, retries of volumes that could not be opened, the health watcher.
+pub mod lifecycle;
 /// The node plane's credentials: node CA, enrolment, the gateway's target credentials.
 pub mod nodetls;
+/// The task queue.
+mod queue;
 /// Byte sizes, parsed and shown (`1MiB`, `64 GiB`).
 pub mod size;
-/// Tasks: kinds, states, the queue.
+/// Tasks: kinds, states, views, requests.
 pub mod tasks;
 /// Users, sessions, API tokens, and who a caller is.
 pub mod users;
@@ -34,5 +38,5 @@ pub mod views;
 pub mod volumes;
 
 pub use error::{GatewayError, Result};
-pub use gateway::{Gateway, GatewayConfig, NbdExport};
+pub use gateway::{Gateway, GatewayConfig, NbdExport, Stores};
 pub use size::ByteSize;

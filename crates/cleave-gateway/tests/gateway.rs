@@ -5,40 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cleave_control::access::LOCAL_GROUP;
-use cleave_control::hierarchy::{Hierarchy, HierarchyConfig};
-use cleave_control::pool::Pool;
-use cleave_gateway::access::AccessControl;
-use cleave_gateway::data_dir::DataDir;
 use cleave_gateway::tasks::NewTask;
-use cleave_gateway::users::UserStore;
 use cleave_gateway::volumes::CreateVolume;
-use cleave_gateway::{Gateway, GatewayConfig, GatewayError};
+use cleave_gateway::{Gateway, GatewayError};
 use cleave_volume::{Health, VolumeError};
 
 /// A gateway on the data directory `root`, as `cleave control` makes one: no NBD, no nodes.
 fn gateway(root: &Path) -> Gateway {
-    let data = DataDir::new(root.to_path_buf()).unwrap();
-    let master = data.master_key().unwrap();
-    data.group_key(&master, LOCAL_GROUP).unwrap();
-    let access = Arc::new(AccessControl::load(&data).unwrap());
-    let token = data.admin_token().unwrap();
-    let users = UserStore::load(&data).unwrap();
-    let pool = Pool::started_now();
-    let ca = cleave_gateway::nodetls::node_ca(&data).unwrap();
-    let config = HierarchyConfig { id: "test".into(), name: "test".into(), site: "default".into(), ca };
-    let hierarchy = Hierarchy::new(config, pool.clone());
-    Gateway::new(GatewayConfig {
-        data,
-        master,
-        access,
-        users,
-        token,
-        pool,
-        hierarchy,
-        targets: cleave_target::Credentials::default(),
-        cache_bytes: 64 << 20,
-        nbd: None,
-    })
+    Gateway::open_local(root.to_path_buf(), 64 << 20).unwrap()
 }
 
 #[tokio::test]

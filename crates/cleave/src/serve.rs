@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cleave_control::access::LOCAL_GROUP;
 use cleave_control::pool::Pool;
-use cleave_gateway::access::AccessControl;
 use cleave_gateway::data_dir::DataDir;
 use cleave_gateway::gateway::unix_uri;
-use cleave_gateway::users::{UserStore, FIRST_ADMIN};
-use cleave_gateway::{ByteSize, Gateway, GatewayConfig, NbdExport};
+use cleave_gateway::users::FIRST_ADMIN;
+use cleave_gateway::{ByteSize, Gateway, GatewayConfig, NbdExport, Stores};
 use cleave_nbd::{Server, ServerConfig};
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info};
@@ -227,33 +225,25 @@ async fn run(
     control: ControlFlags,
     tls_names_extra: Vec<String>,
 ) -> Result<()> {
-    let data = DataDir::new(data_dir)?;
-    let master = data.master_key()?;
-    data.group_key(&master, LOCAL_GROUP)?;
-    let access = Arc::new(AccessControl::load(&data)?);
-    let token = data.admin_token()?;
-    let users = UserStore::load(&data)?;
+    let stores = Stores::open(data_dir)?;
+    let data = &stores.data;
     let secret = data.cluster_secret()?;
     let pool = Pool::started_now();
-    let node_ca = cleave_gateway::nodetls::node_ca(&data)?;
-    pool.set_enroller(Arc::new(cleave_gateway::nodetls::ControlEnroller::new(&data, node_ca.clone())?));
+    let node_ca = cleave_gateway::nodetls::node_ca(data)?;
+    pool.set_enroller(Arc::new(cleave_gateway::nodetls::ControlEnroller::new(data, node_ca.clone())?));
     let targets = cleave_gateway::nodetls::target_credentials(&node_ca, pool.clone())?;
     let autoconfig_addr = start_autoconfig(&control, secret, pool.clone()).await?;
     let nbd = match nbd {
-        Some(a) => Some(bind_nbd(a, &data).await?),
+        Some(a) => Some(bind_nbd(a, data).await?),
         None => None,
     };
     let http_listener = TcpListener::bind(http).await.with_context(|| format!("admin API on {http}"))?;
     let http_addr = http_listener.local_addr()?;
-    let hierarchy = crate::hierarchy::start(&control.hierarchy, &data, secret, node_ca, pool.clone(), http_addr)?;
+    let hierarchy = crate::hierarchy::start(&control.hierarchy, data, secret, node_ca, pool.clone(), http_addr)?;
     let export = nbd.as_ref().map(|n| n.export.clone());
     let nbd_addr = export.as_ref().map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |e| e.addr);
     let gw = Arc::new(Gateway::new(GatewayConfig {
-        data,
-        master,
-        access,
-        users,
-        token,
+        stores,
         pool,
         hierarchy,
         targets,
