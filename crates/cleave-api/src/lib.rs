@@ -1,6 +1,6 @@
-//! The REST API and the web console over a running `cleave_gateway::Gateway`: an axum router. Each route
-//! states the role it needs where it is defined; gateway errors become statuses in one place
-//! ([`error`]).
+//! The REST API and the web console over a running `cleave_gateway::Gateway`: an axum
+//! router. Each route states the role it needs where it is defined; gateway errors become
+//! statuses in one place ([`error`]).
 
 /// Authentication, and the role each route needs.
 pub mod auth;
@@ -16,38 +16,12 @@ mod hierarchy;
 pub mod https;
 /// Request and response bodies, shared with clients.
 pub mod model;
+/// The router: public and private routes.
+mod routes;
 /// Login, one's own account, and users.
 mod users;
 /// Volumes and tasks.
 mod volumes;
 
-use axum::http::header;
-use axum::middleware;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
-
 pub use auth::Shared;
-
-/// The OpenAPI document of this API, public so that tools can read it.
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
-}
-
-/// The whole API: public routes (login, the OpenAPI document, the console) and the private
-/// ones behind authentication.
-pub fn router(gw: Shared) -> Router {
-    let public = Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/login", post(users::login))
-        .merge(console::routes())
-        .with_state(gw.clone());
-    let private = Router::new()
-        .merge(hierarchy::routes())
-        .merge(volumes::routes())
-        .merge(groups::routes())
-        .merge(users::routes())
-        .layer(middleware::from_fn_with_state(gw.clone(), auth::authenticate))
-        .with_state(gw);
-    public.merge(private)
-}
+pub use routes::router;
