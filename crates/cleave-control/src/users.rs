@@ -1,5 +1,6 @@
 //! Users of the admin API and the console: roles, passwords (Argon2id hashes) and API tokens,
-//! and [`required_role`], the one policy that says which role a call needs.
+//! and [`required_role`], the role a call needs, which a parent control applies to the calls it
+//! forwards to a child (the API states the same roles on its routes).
 //!
 //! Pure data: the binary stores a [`Users`] as JSON and keeps sessions in memory.
 
@@ -214,6 +215,13 @@ pub fn required_role(method: &str, path: &str) -> Role {
         }
         None => Role::Admin,
     }
+}
+
+/// Whether every segment of a request path, percent-decoded once, is plain (letters, digits,
+/// `.`, `_`, `-`, `~`, and neither `.` nor `..`). Routes check their roles only on such paths;
+/// any other spelling is for admins alone.
+pub fn plain_path(path: &str) -> bool {
+    decoded_segments(path).is_some()
 }
 
 /// The policy on the segments after `/api/v1`.

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use cleave_split::{ChunkId, Codec, Keyring, Verify};
 use serde::Serialize;
 
-use crate::size::ByteSize;
+use cleave_gateway::ByteSize;
 
 #[derive(clap::Args, Debug)]
 pub struct SplitArgs {

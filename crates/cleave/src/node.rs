@@ -11,7 +11,8 @@ use anyhow::{Context, Result};
 use cleave_control::autoconfig::packet::MessageType;
 use tracing::{info, warn};
 
-use crate::size::ByteSize;
+use cleave_gateway::data_dir::{read_secret, stable_id};
+use cleave_gateway::ByteSize;
 
 #[derive(clap::Args, Debug)]
 pub struct NodeArgs {
@@ -36,15 +37,6 @@ pub struct NodeArgs {
     /// Heartbeat interval.
     #[arg(long, default_value_t = 1.0)]
     pub heartbeat_secs: f64,
-}
-
-/// Reads a cluster secret file: 64 hex digits.
-pub fn read_secret(path: &std::path::Path) -> Result<[u8; 32]> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut secret = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut secret)
-        .with_context(|| format!("{}: expected 64 hex digits", path.display()))?;
-    Ok(secret)
 }
 
 pub async fn run(args: NodeArgs) -> Result<()> {
@@ -131,11 +123,5 @@ impl cleave_control::autoconfig::agent::Enrollee for Enrollee {
 /// A stable id per data directory, created on first run.
 fn node_id(data: &std::path::Path) -> Result<String> {
     std::fs::create_dir_all(data)?;
-    let path = data.join("node.id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        return Ok(id.trim().to_string());
-    }
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    crate::state::write_private(&path, id.as_bytes())?;
-    Ok(id)
+    stable_id(&data.join("node.id"))
 }

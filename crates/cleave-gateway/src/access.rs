@@ -16,7 +16,7 @@ use cleave_control::access::{Identity, Registry, Rights, LOCAL_GROUP};
 use cleave_control::ca::{self, Ca};
 use cleave_nbd::{BlockDevice, BlockError, Peer, PeerAddr, Refusal};
 
-use crate::state::{random_hex, write_private, DataDir, Stored};
+use crate::data_dir::{random_hex, write_private, DataDir, Stored};
 
 /// Key of the registry in the configuration database.
 const KEY: &str = "access";

@@ -1,4 +1,4 @@
-//! The data directory of `cleave serve`: master key, admin token, group key,
+//! The data directory of a gateway (`cleave serve`, `cleave control`): master key, admin token, group key,
 //! volume superblocks, default directory targets and caches.
 //!
 //! ```text
@@ -70,12 +70,31 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
 pub fn cluster_secret(root: &Path) -> Result<[u8; 32]> {
     let path = root.join("cluster.secret");
     if path.exists() {
-        return crate::node::read_secret(&path);
+        return read_secret(&path);
     }
     fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let mut secret = [0u8; 32];
     cleave_split::keys::fill_random(&mut secret)?;
     write_private(&path, format!("{}\n", hex::encode(secret)).as_bytes())?;
+    Ok(secret)
+}
+
+/// A stable id kept in the file `path` (12 hex digits), made on first use.
+pub fn stable_id(path: &Path) -> Result<String> {
+    if let Ok(id) = fs::read_to_string(path) {
+        return Ok(id.trim().to_string());
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    write_private(path, id.as_bytes())?;
+    Ok(id)
+}
+
+/// Reads a cluster secret file: 64 hex digits.
+pub fn read_secret(path: &Path) -> Result<[u8; 32]> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret)
+        .with_context(|| format!("{}: expected 64 hex digits", path.display()))?;
     Ok(secret)
 }
 

@@ -12,7 +12,7 @@ use cleave_control::ca::{pem_to_der, Ca};
 use cleave_control::pool::{Enroller, Pool};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::state::{random_hex, write_private, DataDir, Stored};
+use crate::data_dir::{random_hex, write_private, DataDir, Stored};
 
 /// Loads control's node CA, making it on first run. It is apart from the CA of NBD clients, so
 /// that a client certificate opens no node.

@@ -6,8 +6,10 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::client::{Client, ServerArgs};
-use crate::size::ByteSize;
+use cleave_gateway::data_dir::{random_hex, write_private};
+use cleave_gateway::ByteSize;
+
+use super::client::{Client, ServerArgs};
 
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
@@ -104,7 +106,7 @@ pub fn write_credentials(c: &Value, dir: &Path) -> Result<()> {
     let field = |k: &str| c[k].as_str().with_context(|| format!("answer lacks {k}")).map(str::to_string);
     std::fs::write(dir.join("ca-cert.pem"), field("ca_pem")?)?;
     std::fs::write(dir.join("client-cert.pem"), field("cert_pem")?)?;
-    crate::state::write_private(&dir.join("client-key.pem"), field("key_pem")?.as_bytes())?;
+    write_private(&dir.join("client-key.pem"), field("key_pem")?.as_bytes())?;
     eprintln!(
         "client {}: credentials in {} (fingerprint {})",
         c["client"].as_str().unwrap_or("?"),
@@ -229,7 +231,7 @@ fn password(file: Option<&Path>) -> Result<String> {
             .trim_end_matches(['\r', '\n'])
             .to_string()),
         _ => {
-            let p = crate::state::random_hex(12)?;
+            let p = random_hex(12)?;
             println!("password: {p}");
             Ok(p)
         }

@@ -11,26 +11,6 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-/// When the admin API speaks TLS.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum HttpTls {
-    /// On unless the API listens on a loopback address only.
-    #[default]
-    Auto,
-    On,
-    Off,
-}
-
-impl HttpTls {
-    pub fn enabled(self, addr: SocketAddr) -> bool {
-        match self {
-            HttpTls::On => true,
-            HttpTls::Off => false,
-            HttpTls::Auto => !addr.ip().is_loopback(),
-        }
-    }
-}
-
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -85,20 +65,5 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_is_on_off_loopback() {
-        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
-        assert!(!HttpTls::Auto.enabled(at("127.0.0.1:8080")));
-        assert!(!HttpTls::Auto.enabled(at("[::1]:8080")));
-        assert!(HttpTls::Auto.enabled(at("0.0.0.0:8080")));
-        assert!(HttpTls::Auto.enabled(at("10.1.2.3:8080")));
-        assert!(HttpTls::On.enabled(at("127.0.0.1:1")) && !HttpTls::Off.enabled(at("10.0.0.1:1")));
     }
 }

@@ -1,0 +1,27 @@
+//! The REST API and the web console over a running `cleave_gateway::Gateway`: an axum
+//! router. Each route states the role it needs where it is defined; gateway errors become
+//! statuses in one place ([`error`]).
+
+/// Authentication, and the role each route needs.
+pub mod auth;
+/// The web console: static files.
+mod console;
+/// `ApiError`: errors to HTTP statuses, once.
+pub mod error;
+/// Clients and groups.
+mod groups;
+/// Nodes, child controls, events, and calls forwarded to a child control.
+mod hierarchy;
+/// The admin API over TLS: a listener whose handshakes run in their own tasks.
+pub mod https;
+/// Request and response bodies, shared with clients.
+pub mod model;
+/// The router: public and private routes.
+mod routes;
+/// Login, one's own account, and users.
+mod users;
+/// Volumes and tasks.
+mod volumes;
+
+pub use auth::Shared;
+pub use routes::router;

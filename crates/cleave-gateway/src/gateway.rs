@@ -1,0 +1,291 @@
+//! The running gateway: its parts, the registry of volumes (served, and stored but not
+//! opened), the targets it opens, and the NBD front end's view of it ([`ExportProvider`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use cleave_control::access::Identity;
+use cleave_control::access::LOCAL_GROUP;
+use cleave_control::hierarchy::{Hierarchy, HierarchyConfig};
+use cleave_control::pool::{Event, NodeInfo, Pool};
+use cleave_nbd::{BlockDevice, ExportProvider, Peer, Refusal};
+use cleave_split::keys::MasterKey;
+use cleave_volume::{Superblock, Volume, VolumeOptions};
+use tracing::{error, info};
+
+use crate::access::{AccessControl, Guarded};
+use crate::data_dir::DataDir;
+use crate::device::VolumeDevice;
+use crate::error::{GatewayError, Result};
+use crate::tasks::TaskView;
+use crate::users::UserStore;
+
+/// Where the NBD front end listens, when there is one.
+#[derive(Clone, Debug)]
+pub struct NbdExport {
+    /// NBD over TLS, for clients with a certificate.
+    pub addr: SocketAddr,
+    /// The local administrators' Unix socket (`DIR/nbd.sock`).
+    pub socket: PathBuf,
+}
+
+/// What a gateway keeps in its data directory, opened (and made on a first run): the
+/// directory, the master key, the access registry and CA, the admin token, the users.
+pub struct Stores {
+    pub data: DataDir,
+    pub master: MasterKey,
+    pub access: Arc<AccessControl>,
+    /// The admin bearer token (`DIR/admin.token`).
+    pub token: String,
+    pub users: UserStore,
+}
+
+impl Stores {
+    pub fn open(root: PathBuf) -> Result<Self> {
+        let data = DataDir::new(root)?;
+        let master = data.master_key()?;
+        data.group_key(&master, LOCAL_GROUP)?;
+        let access = Arc::new(AccessControl::load(&data)?);
+        let token = data.admin_token()?;
+        let users = UserStore::load(&data)?;
+        Ok(Stores { data, master, access, token, users })
+    }
+}
+
+/// What a gateway is made of. The caller opens the data directory's [`Stores`], starts the
+/// node pool and the hierarchy, and binds the front ends; the gateway runs on them.
+pub struct GatewayConfig {
+    pub stores: Stores,
+    pub pool: Arc<Pool>,
+    pub hierarchy: Arc<Hierarchy>,
+    /// What targets are opened with (the node plane's TLS credentials), passed explicitly.
+    pub targets: cleave_target::Credentials,
+    /// Local cache size per volume.
+    pub cache_bytes: u64,
+    pub nbd: Option<NbdExport>,
+}
+
+/// The running gateway: volumes by name, and everything needed to serve and manage them.
+pub struct Gateway {
+    pub(crate) data: DataDir,
+    pub(crate) master: MasterKey,
+    pub(crate) access: Arc<AccessControl>,
+    pub(crate) users: UserStore,
+    token: String,
+    pub(crate) cache_bytes: u64,
+    pub(crate) nbd: Option<NbdExport>,
+    pub(crate) volumes: RwLock<BTreeMap<String, Volume>>,
+    /// Stored volumes that could not be opened; retried in the background.
+    pub(crate) unopened: RwLock<BTreeMap<String, Unopened>>,
+    pub(crate) pool: Arc<Pool>,
+    hierarchy: Arc<Hierarchy>,
+    pub(crate) tasks: Mutex<BTreeMap<u64, TaskView>>,
+    /// Long work runs one task at a time; the rest wait as `queued`.
+    pub(crate) task_slot: Arc<tokio::sync::Semaphore>,
+    /// Serializes create, delete and key-slot changes.
+    pub(crate) admin: tokio::sync::Mutex<()>,
+    targets: cleave_target::Credentials,
+}
+
+/// A stored volume that could not be opened, and why. Listed as unavailable, retried every
+/// [`crate::lifecycle::REOPEN_EVERY`], and deletable.
+pub(crate) struct Unopened {
+    /// None when even the stored superblock could not be read.
+    pub(crate) sb: Option<Superblock>,
+    pub(crate) reason: String,
+}
+
+impl Gateway {
+    pub fn new(c: GatewayConfig) -> Self {
+        let Stores { data, master, access, token, users } = c.stores;
+        Gateway {
+            data,
+            master,
+            access,
+            users,
+            token,
+            cache_bytes: c.cache_bytes,
+            nbd: c.nbd,
+            volumes: RwLock::new(BTreeMap::new()),
+            unopened: RwLock::new(BTreeMap::new()),
+            pool: c.pool,
+            hierarchy: c.hierarchy,
+            tasks: Mutex::new(BTreeMap::new()),
+            task_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            admin: tokio::sync::Mutex::new(()),
+            targets: c.targets,
+        }
+    }
+
+    /// A gateway on the data directory `root` alone, as `cleave control` makes one but without
+    /// a node plane or a parent: no NBD, no nodes, targets by URI. For tests and embedding.
+    pub fn open_local(root: PathBuf, cache_bytes: u64) -> Result<Self> {
+        let stores = Stores::open(root)?;
+        let pool = Pool::started_now();
+        let ca = crate::nodetls::node_ca(&stores.data)?;
+        let id = crate::data_dir::stable_id(&stores.data.root.join("control.id"))?;
+        let config = HierarchyConfig { id: id.clone(), name: id, site: "default".into(), ca };
+        let hierarchy = Hierarchy::new(config, pool.clone());
+        let targets = cleave_target::Credentials::default();
+        Ok(Gateway::new(GatewayConfig { stores, pool, hierarchy, targets, cache_bytes, nbd: None }))
+    }
+
+    pub fn data(&self) -> &DataDir {
+        &self.data
+    }
+
+    pub fn access(&self) -> &Arc<AccessControl> {
+        &self.access
+    }
+
+    pub fn users(&self) -> &UserStore {
+        &self.users
+    }
+
+    pub fn hierarchy(&self) -> &Arc<Hierarchy> {
+        &self.hierarchy
+    }
+
+    /// Whether `given` is the admin bearer token (compared in constant time).
+    pub fn is_admin_token(&self, given: &str) -> bool {
+        cleave_split::constant_time_eq(given.as_bytes(), self.token.as_bytes())
+    }
+
+    /// The storage nodes registered with this control.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.pool.nodes()
+    }
+
+    /// Events for the administrator, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.pool.events()
+    }
+
+    /// Where the NBD front end listens, if it does.
+    pub fn nbd(&self) -> Option<&NbdExport> {
+        self.nbd.as_ref()
+    }
+
+    /// A served volume.
+    pub fn get(&self, name: &str) -> Option<Volume> {
+        self.volumes.read().expect("not poisoned").get(name).cloned()
+    }
+
+    /// Whether `name` is a volume here, served or not.
+    pub fn exists(&self, name: &str) -> bool {
+        self.get(name).is_some() || self.unopened.read().expect("not poisoned").contains_key(name)
+    }
+
+    /// A served volume, or why not: `NotFound` if there is no such volume, `Unavailable` if
+    /// it cannot open.
+    pub fn served(&self, name: &str) -> Result<Volume> {
+        if let Some(v) = self.get(name) {
+            return Ok(v);
+        }
+        match self.unopened.read().expect("not poisoned").get(name) {
+            Some(u) => Err(GatewayError::Unavailable(format!("volume {name:?} is unavailable: {}", u.reason))),
+            None => Err(GatewayError::NotFound(format!("no volume {name:?}"))),
+        }
+    }
+
+    pub(crate) fn served_volumes(&self) -> Vec<Volume> {
+        self.volumes.read().expect("not poisoned").values().cloned().collect()
+    }
+
+    pub(crate) fn options(&self) -> anyhow::Result<VolumeOptions> {
+        let mut o = VolumeOptions::new(self.data.cache_dir());
+        o.cache_bytes = self.cache_bytes;
+        o.owner = self.data.gateway_id()?;
+        Ok(o)
+    }
+
+    /// A target by URI, with the gateway's credentials.
+    pub(crate) fn open_target(&self, u: &str) -> anyhow::Result<cleave_target::DynTarget> {
+        cleave_target::open_with(u, &self.targets).with_context(|| format!("target {u}"))
+    }
+
+    /// [`Gateway::open_target`] for a new volume's target (a directory target's folder is made).
+    pub(crate) fn create_target(&self, u: &str) -> anyhow::Result<cleave_target::DynTarget> {
+        cleave_target::create_with(u, &self.targets).with_context(|| format!("target {u}"))
+    }
+
+    /// A `node://` target named in a request must be a registered node: no other address is
+    /// ever sent anything (docs/security.md, "Nodes and controls").
+    pub(crate) fn check_named_target(&self, u: &str) -> anyhow::Result<()> {
+        if let Some(addr) = u.strip_prefix("node://") {
+            if self.pool.node_at(addr.trim_end_matches('/')).is_none() {
+                bail!("target {u}: not a registered node");
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn open_volume(&self, sb: &Superblock) -> anyhow::Result<Volume> {
+        self.open_volume_with(sb, false).await
+    }
+
+    /// Opens a volume; `takeover` serves it even if another gateway claims it.
+    pub(crate) async fn open_volume_with(&self, sb: &Superblock, takeover: bool) -> anyhow::Result<Volume> {
+        let keys = sb.unlock(&self.master)?;
+        let targets = sb.config.targets.iter().map(|u| self.open_target(u)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut options = self.options()?;
+        options.takeover = takeover;
+        Ok(Volume::open(sb.config.clone(), keys, targets, options).await?)
+    }
+
+    /// Where clients attach a volume: the local socket, and NBD over TLS (empty without NBD).
+    pub(crate) fn export_uris(&self, name: &str) -> (String, String) {
+        match &self.nbd {
+            Some(nbd) => (unix_uri(name, &nbd.socket), format!("nbds://{}/{name}", nbd.addr)),
+            None => (String::new(), String::new()),
+        }
+    }
+
+    /// SIGTERM: destage every volume and record a clean shutdown.
+    pub async fn shutdown(&self) {
+        for v in self.served_volumes() {
+            match v.shutdown(Duration::from_secs(300)).await {
+                Ok(()) => info!(volume = %v.config().name, "destaged and closed"),
+                Err(e) => {
+                    error!(volume = %v.config().name, error = %e, "shutdown left dirty data in the cache; it is destaged at next start")
+                }
+            }
+        }
+    }
+}
+
+/// The NBD URI of a volume on the local administrators' socket, as qemu and libnbd take it.
+pub fn unix_uri(volume: &str, socket: &Path) -> String {
+    format!("nbd+unix:///{volume}?socket={}", socket.display())
+}
+
+impl ExportProvider for Gateway {
+    fn list(&self) -> Vec<String> {
+        self.volumes.read().expect("not poisoned").keys().cloned().collect()
+    }
+    fn open(&self, name: &str) -> Option<Arc<dyn BlockDevice>> {
+        Some(Arc::new(VolumeDevice(self.get(name)?)))
+    }
+    fn list_for(&self, peer: &Peer) -> Vec<String> {
+        let Ok(who) = self.access.identify(peer) else { return Vec::new() };
+        self.list().into_iter().filter(|v| !self.access.rights(&who, v).is_none()).collect()
+    }
+    fn open_for(&self, name: &str, peer: &Peer) -> Result<Arc<dyn BlockDevice>, Refusal> {
+        let who = self.access.identify(peer)?;
+        // A missing volume and one this identity may not open get the same answer, so that
+        // nobody learns the names of volumes it cannot reach.
+        match self.open(name) {
+            Some(device) if !self.access.rights(&who, name).is_none() => {
+                Ok(Arc::new(Guarded::new(device, self.access.clone(), who, name.to_string())))
+            }
+            _ => Err(Refusal::Denied(match who {
+                Identity::Local => "the local administrator has no access to it, or it does not exist".into(),
+                Identity::Client(c) => format!("client {c:?} has no access to it, or it does not exist"),
+            })),
+        }
+    }
+}

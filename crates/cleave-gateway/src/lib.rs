@@ -1,0 +1,42 @@
+//! The running Cleave service as a library: what `cleave serve` and `cleave control` run,
+//! with no HTTP and no command line, so that any front end (the REST API, NBD, a test)
+//! drives the same [`Gateway`]. Every call fails with a typed [`GatewayError`].
+
+/// Clients' rights at the gateway: the registry, control's CA, NBD TLS, the checked device.
+pub mod access;
+/// The data directory: keys, tokens, the configuration database, caches, default targets.
+pub mod data_dir;
+/// A volume as an NBD block device.
+mod device;
+/// `GatewayError`, and how the errors of the layers below sort into its kinds.
+pub mod error;
+/// Events for the administrator.
+pub mod events;
+/// The gateway: its parts, the registry of volumes, the NBD export provider.
+pub mod gateway;
+/// Clients, groups and grants (key slots).
+pub mod groups;
+/// Volume health, with the nodes the pool has marked down.
+pub mod health;
+/// The work of recover, re-replicate and move tasks.
+mod jobs;
+/// Start-up, retries of volumes that could not be opened, the health watcher.
+pub mod lifecycle;
+/// The node plane's credentials: node CA, enrolment, the gateway's target credentials.
+pub mod nodetls;
+/// The task queue.
+mod queue;
+/// Byte sizes, parsed and shown (`1MiB`, `64 GiB`).
+pub mod size;
+/// Tasks: kinds, states, views, requests.
+pub mod tasks;
+/// Users, sessions, API tokens, and who a caller is.
+pub mod users;
+/// Volume views: what the API shows of a volume.
+pub mod views;
+/// Create, delete, publish and place volumes.
+pub mod volumes;
+
+pub use error::{GatewayError, Result};
+pub use gateway::{Gateway, GatewayConfig, NbdExport, Stores};
+pub use size::ByteSize;

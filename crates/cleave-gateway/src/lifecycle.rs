@@ -1,0 +1,182 @@
+//! The gateway's life: start-up (the stored volumes opened, each on its own), the volumes
+//! that could not be opened retried in the background, and the health watcher that records
+//! every change as an event and starts re-replication once missing targets answer again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cleave_control::access::{Grant, Mode, LOCAL_GROUP};
+use cleave_volume::{Health, Superblock, Volume};
+use tracing::{info, warn};
+
+use crate::error::Result;
+use crate::events::EventKind;
+use crate::gateway::{Gateway, Unopened};
+use crate::health::{targets_down, HealthState};
+use crate::tasks::{NewTask, TaskKind};
+use crate::volumes::CreateVolume;
+
+/// How often volumes that could not be opened are tried again.
+pub const REOPEN_EVERY: Duration = Duration::from_secs(3);
+
+/// How long start-up waits for one volume to open before it serves the others and leaves
+/// that one to the background retries (targets that hang must not hold the gateway).
+const OPEN_AT_START: Duration = Duration::from_secs(30);
+
+impl Gateway {
+    /// Opens the stored volumes (on a first run with `demo`, after creating the volume `demo`),
+    /// then starts the background work: retrying the volumes that could not be opened, and
+    /// watching health.
+    pub async fn start(self: &Arc<Self>, demo: bool) -> Result<()> {
+        let stored = self.data.stored_volumes(&self.master)?;
+        if stored.is_empty() && demo {
+            info!("first run: creating volume demo (1 GiB, 3-of-5 on five directory targets)");
+            self.create(CreateVolume::new("demo", 1 << 30, 3, 5), true).await?;
+        }
+        self.open_stored(stored).await?;
+        tokio::spawn(self.clone().reopen_unavailable());
+        tokio::spawn(self.clone().watch_health());
+        Ok(())
+    }
+
+    /// Opens the stored volumes, each on its own: one that cannot open does not keep the
+    /// others from being served. It is listed as unavailable, with the reason, and retried.
+    async fn open_stored(&self, stored: Vec<(String, anyhow::Result<Superblock>)>) -> anyhow::Result<()> {
+        for sb in stored.iter().filter_map(|(_, sb)| sb.as_ref().ok()) {
+            // Data directories from before access control: the admin slot means local access.
+            let name = &sb.config.name;
+            if sb.has_group(LOCAL_GROUP) && self.access.snapshot().groups_of_volume(name).is_empty() {
+                let full = Grant { mode: Mode::ReadWrite, regions: Vec::new() };
+                self.access.update(|r| Ok(r.grant(LOCAL_GROUP, name, full)?))?;
+            }
+        }
+        let opens = stored.into_iter().map(|(name, sb)| async move {
+            match sb {
+                Ok(sb) => {
+                    let opened = match tokio::time::timeout(OPEN_AT_START, self.open_volume(&sb)).await {
+                        Ok(opened) => opened,
+                        Err(_) => Err(anyhow::anyhow!("its targets did not answer within {OPEN_AT_START:?}")),
+                    };
+                    (name, Some(sb), opened)
+                }
+                Err(e) => (name, None, Err(e)),
+            }
+        });
+        for (name, sb, opened) in futures::future::join_all(opens).await {
+            match opened {
+                Ok(v) => {
+                    self.volumes.write().expect("not poisoned").insert(name, v);
+                }
+                Err(e) => {
+                    let reason = format!("{e:#}");
+                    warn!(volume = %name, error = %reason, "cannot open volume; serving the others and retrying it");
+                    self.record(
+                        EventKind::VolumeHealth(HealthState::Unavailable),
+                        format!("{name}: cannot open: {reason}"),
+                    );
+                    self.unopened.write().expect("not poisoned").insert(name, Unopened { sb, reason });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tries the volumes that could not be opened again, every [`REOPEN_EVERY`].
+    async fn reopen_unavailable(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(REOPEN_EVERY);
+        loop {
+            tick.tick().await;
+            let names: Vec<String> = self.unopened.read().expect("not poisoned").keys().cloned().collect();
+            for name in names {
+                self.try_reopen(&name).await;
+            }
+        }
+    }
+
+    async fn try_reopen(&self, name: &str) {
+        // The stored superblock is read again: a grant may have changed it since.
+        let opened = match self.data.load_volume(&self.master, name) {
+            Ok(Some(sb)) => self.open_volume(&sb).await.map(|v| (v, sb.config.uuid)),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let (v, uuid) = match opened {
+            Ok(done) => done,
+            Err(e) => {
+                if let Some(u) = self.unopened.write().expect("not poisoned").get_mut(name) {
+                    u.reason = format!("{e:#}");
+                }
+                return;
+            }
+        };
+        let _admin = self.admin.lock().await;
+        if self.unopened.write().expect("not poisoned").remove(name).is_some() {
+            self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
+            info!(volume = name, "volume opened: its targets answer again");
+            self.record(EventKind::VolumeOpened, format!("{name}: opened, its targets answer again"));
+        } else {
+            // Deleted while it was being opened.
+            v.close().await;
+            if let Err(e) = cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &uuid) {
+                warn!(volume = name, error = %e, "cannot remove the cache of a deleted volume");
+            }
+        }
+    }
+
+    /// Watches every volume's health and records an event when it changes: degraded,
+    /// unavailable, or clean again.
+    pub async fn watch_health(self: Arc<Self>) {
+        let mut last: BTreeMap<String, HealthState> = BTreeMap::new();
+        let mut tried: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let mut seen = BTreeMap::new();
+            for v in self.served_volumes() {
+                let s = v.status();
+                let health = self.health(&s);
+                self.rereplicate_when_due(&v, &health, &mut tried);
+                let state = HealthState::of(&health);
+                let name = s.config.name;
+                let was = last.get(&name).copied().unwrap_or_default();
+                if was != state {
+                    self.health_changed(&name, state, was, &targets_down(&health));
+                }
+                seen.insert(name, state);
+            }
+            last = seen;
+        }
+    }
+
+    fn health_changed(&self, name: &str, state: HealthState, was: HealthState, down: &[String]) {
+        let (state_s, was_s) = (state.as_str(), was.as_str());
+        let detail = if down.is_empty() {
+            format!("{name}: {state_s} (was {was_s})")
+        } else {
+            format!("{name}: {state_s} (was {was_s}); targets down: {}", down.join(", "))
+        };
+        warn!(volume = %name, state = state_s, was = was_s, "volume health changed");
+        self.record(EventKind::VolumeHealth(state), detail);
+    }
+
+    /// Starts a re-replication task for a volume that lacks shares or journal copies once
+    /// all its targets answer again (at most one attempt per volume every 10 s).
+    fn rereplicate_when_due(self: &Arc<Self>, v: &Volume, health: &Health, tried: &mut BTreeMap<String, Instant>) {
+        let all_up = matches!(health, Health::Degraded { targets_down, .. } if targets_down.is_empty());
+        let name = &v.config().name;
+        if !all_up || !v.needs_rereplication() || tried.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        if self.task_active(name, TaskKind::Rereplicate) {
+            return;
+        }
+        tried.insert(name.clone(), Instant::now());
+        let req = NewTask { kind: TaskKind::Rereplicate.as_str().into(), volume: name.clone(), ..Default::default() };
+        match self.start_task(req) {
+            Ok(t) => info!(volume = %name, task = t.id, "targets are back: re-replicating what degraded writes missed"),
+            Err(e) => warn!(volume = %name, error = %e, "could not start re-replication"),
+        }
+    }
+}

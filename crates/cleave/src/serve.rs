@@ -1,0 +1,284 @@
+//! `cleave serve` and `cleave control`: flags, then the wiring. The data directory and its
+//! stores are opened, the node pool and the hierarchy started, the front ends bound, and the
+//! gateway (`cleave_gateway`) run behind NBD and the REST API (`cleave_api`) until a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cleave_control::pool::Pool;
+use cleave_gateway::data_dir::DataDir;
+use cleave_gateway::gateway::unix_uri;
+use cleave_gateway::users::FIRST_ADMIN;
+use cleave_gateway::{ByteSize, Gateway, GatewayConfig, NbdExport, Stores};
+use cleave_nbd::{Server, ServerConfig};
+use tokio::net::{TcpListener, UnixListener};
+use tracing::{error, info};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Where keys, volume metadata, caches and the default targets live.
+    #[arg(long, default_value = "./cleave-data")]
+    pub data_dir: PathBuf,
+    /// NBD listen address.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub nbd: SocketAddr,
+    /// Admin API listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Local cache size per volume.
+    #[arg(long, default_value = "1GiB")]
+    pub cache_size: ByteSize,
+    /// Extra DNS names or IP addresses for the NBD TLS certificate (localhost, loopback
+    /// addresses, the host name and the NBD address are always in it).
+    #[arg(long = "tls-name")]
+    pub tls_names: Vec<String>,
+    #[command(flatten)]
+    pub control: ControlFlags,
+}
+
+/// What `cleave control` and `cleave serve` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControlFlags {
+    /// UDP address where storage nodes register (auto-configuration protocol).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub autoconfig: SocketAddr,
+    /// A node (or child control) silent for this long is marked down.
+    #[arg(long, default_value_t = 5.0)]
+    pub heartbeat_timeout_secs: f64,
+    /// TLS on the admin API and console (certificate from control's CA, DIR/tls/ca.crt):
+    /// auto is on unless --http is a loopback address.
+    #[arg(long, value_enum, default_value_t = HttpTls::Auto)]
+    pub http_tls: HttpTls,
+    #[command(flatten)]
+    pub hierarchy: crate::hierarchy::HierarchyFlags,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ControlArgs {
+    #[arg(long, default_value = "./cleave-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    #[command(flatten)]
+    pub control: ControlFlags,
+}
+
+/// When the admin API speaks TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HttpTls {
+    /// On unless the API listens on a loopback address only.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl HttpTls {
+    pub fn enabled(self, addr: SocketAddr) -> bool {
+        match self {
+            HttpTls::On => true,
+            HttpTls::Off => false,
+            HttpTls::Auto => !addr.ip().is_loopback(),
+        }
+    }
+}
+
+/// `cleave control`: the API and the node pool, without an NBD front end.
+pub async fn control(args: ControlArgs) -> Result<()> {
+    run(args.data_dir, None, args.http, ByteSize(1 << 30), args.control, Vec::new()).await
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    run(args.data_dir, Some(args.nbd), args.http, args.cache_size, args.control, args.tls_names).await
+}
+
+/// Binds `DIR/nbd.sock` (mode 0600), the local administrators' way in: reaching it proves the
+/// caller may enter the data directory. Returns the listener and the socket's absolute path.
+fn bind_local_socket(root: &std::path::Path) -> Result<(UnixListener, PathBuf)> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = root.canonicalize().with_context(|| format!("resolving {}", root.display()))?.join("nbd.sock");
+    // sun_path holds 108 bytes with the closing NUL.
+    if path.as_os_str().len() > 107 {
+        bail!("the NBD socket path {} is longer than a Unix socket allows: use a shorter --data-dir", path.display());
+    }
+    // The configuration database is open, so no other server uses this directory: a socket
+    // left here is from a server that stopped.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(&path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path).with_context(|| format!("NBD on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((listener, path))
+}
+
+/// The NBD front end's listeners: TCP (TLS) and the local socket.
+struct NbdListeners {
+    tcp: TcpListener,
+    unix: UnixListener,
+    export: NbdExport,
+}
+
+async fn bind_nbd(addr: SocketAddr, data: &DataDir) -> Result<NbdListeners> {
+    let tcp = TcpListener::bind(addr).await.with_context(|| format!("NBD on {addr}"))?;
+    let (unix, socket) = bind_local_socket(&data.root)?;
+    let export = NbdExport { addr: tcp.local_addr()?, socket };
+    Ok(NbdListeners { tcp, unix, export })
+}
+
+/// Starts the auto-configuration listener, where nodes and child controls register.
+async fn start_autoconfig(control: &ControlFlags, secret: [u8; 32], pool: Arc<Pool>) -> Result<SocketAddr> {
+    let udp = tokio::net::UdpSocket::bind(control.autoconfig)
+        .await
+        .with_context(|| format!("auto-configuration on {}", control.autoconfig))?;
+    let addr = udp.local_addr()?;
+    tokio::spawn(cleave_control::autoconfig::listener::run_listener(
+        udp,
+        secret,
+        pool,
+        Duration::from_secs_f64(control.heartbeat_timeout_secs.max(0.1)),
+    ));
+    Ok(addr)
+}
+
+/// The names the NBD and API certificates are issued for.
+fn tls_names(nbd_addr: SocketAddr, extra: Vec<String>) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(h.trim().to_string());
+    }
+    if !nbd_addr.ip().is_unspecified() {
+        names.push(nbd_addr.ip().to_string());
+    }
+    names.extend(extra);
+    names.dedup();
+    names
+}
+
+/// Serves NBD (TLS on TCP, and the local socket) until it fails; without NBD, never ends.
+fn spawn_nbd(
+    gw: &Arc<Gateway>,
+    nbd: Option<NbdListeners>,
+    names: &[String],
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let tls = gw.access().tls_config(names).context("NBD TLS configuration")?;
+    let gw = gw.clone();
+    Ok(tokio::spawn(async move {
+        match nbd {
+            Some(NbdListeners { tcp, unix, .. }) => {
+                let server = Arc::new(Server::new(gw, ServerConfig { tls: Some(tls), ..Default::default() }));
+                tokio::select! {
+                    r = server.clone().serve(tcp) => r,
+                    r = server.serve_unix(unix) => r,
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }))
+}
+
+/// Serves the API and the console, over TLS when `https`.
+fn spawn_http(
+    gw: &Arc<Gateway>,
+    listener: TcpListener,
+    https: bool,
+    mut names: Vec<String>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let app = cleave_api::router(gw.clone());
+    if !https {
+        return Ok(tokio::spawn(async move { axum::serve(listener, app).await }));
+    }
+    let http_addr = listener.local_addr()?;
+    if !http_addr.ip().is_unspecified() {
+        names.push(http_addr.ip().to_string());
+    }
+    let config = gw.access().https_config(&names).context("admin API TLS configuration")?;
+    let listener = cleave_api::https::TlsListener::new(listener, config)?;
+    Ok(tokio::spawn(async move { axum::serve(listener, app).await }))
+}
+
+/// What an operator needs to know at start-up: where everything is.
+fn print_addresses(gw: &Gateway, autoconfig: SocketAddr, http: SocketAddr, https: bool) {
+    let scheme = if https { "https" } else { "http" };
+    let root = &gw.data().root;
+    if let Some(nbd) = gw.nbd() {
+        for name in cleave_nbd::ExportProvider::list(gw) {
+            println!("NBD: {}", unix_uri(&name, &nbd.socket));
+        }
+        println!("NBD over TLS, for clients with a certificate: nbds://{}/VOLUME", nbd.addr);
+    }
+    println!("autoconfig: udp://{autoconfig} (cluster secret in {})", root.join("cluster.secret").display());
+    println!("console: {scheme}://{http}/ (user {FIRST_ADMIN}, password in {})", root.join("admin.password").display());
+    println!("API: {scheme}://{http}/api/v1 (token in {})", root.join("admin.token").display());
+    if https {
+        println!("API certificate authority: {}", root.join("tls").join("ca.crt").display());
+    }
+}
+
+async fn run(
+    data_dir: PathBuf,
+    nbd: Option<SocketAddr>,
+    http: SocketAddr,
+    cache_size: ByteSize,
+    control: ControlFlags,
+    tls_names_extra: Vec<String>,
+) -> Result<()> {
+    let stores = Stores::open(data_dir)?;
+    let data = &stores.data;
+    let secret = data.cluster_secret()?;
+    let pool = Pool::started_now();
+    let node_ca = cleave_gateway::nodetls::node_ca(data)?;
+    pool.set_enroller(Arc::new(cleave_gateway::nodetls::ControlEnroller::new(data, node_ca.clone())?));
+    let targets = cleave_gateway::nodetls::target_credentials(&node_ca, pool.clone())?;
+    let autoconfig_addr = start_autoconfig(&control, secret, pool.clone()).await?;
+    let nbd = match nbd {
+        Some(a) => Some(bind_nbd(a, data).await?),
+        None => None,
+    };
+    let http_listener = TcpListener::bind(http).await.with_context(|| format!("admin API on {http}"))?;
+    let http_addr = http_listener.local_addr()?;
+    let hierarchy = crate::hierarchy::start(&control.hierarchy, data, secret, node_ca, pool.clone(), http_addr)?;
+    let export = nbd.as_ref().map(|n| n.export.clone());
+    let nbd_addr = export.as_ref().map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |e| e.addr);
+    let gw = Arc::new(Gateway::new(GatewayConfig {
+        stores,
+        pool,
+        hierarchy,
+        targets,
+        cache_bytes: cache_size.0,
+        nbd: export,
+    }));
+    gw.start(nbd.is_some()).await?;
+    let names = tls_names(nbd_addr, tls_names_extra);
+    let nbd_task = spawn_nbd(&gw, nbd, &names)?;
+    let https = control.http_tls.enabled(http_addr);
+    let http_task = spawn_http(&gw, http_listener, https, names)?;
+    print_addresses(&gw, autoconfig_addr, http_addr, https);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: destaging and shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("interrupt: destaging and shutting down"),
+        r = nbd_task => error!(result = ?r, "NBD server stopped"),
+        r = http_task => error!(result = ?r, "admin API stopped"),
+    }
+    gw.hierarchy().leave().await;
+    gw.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_on_off_loopback() {
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert!(!HttpTls::Auto.enabled(at("127.0.0.1:8080")));
+        assert!(!HttpTls::Auto.enabled(at("[::1]:8080")));
+        assert!(HttpTls::Auto.enabled(at("0.0.0.0:8080")));
+        assert!(HttpTls::Auto.enabled(at("10.1.2.3:8080")));
+        assert!(HttpTls::On.enabled(at("127.0.0.1:1")) && !HttpTls::Off.enabled(at("10.0.0.1:1")));
+    }
+}
