@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::AUTHORIZATION;
-use hyper::{Request, StatusCode, Uri};
+use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -38,11 +38,10 @@ use tracing::{debug, info, warn};
 use crate::autoconfig::agent::{run_member, Member};
 use crate::autoconfig::packet::MessageType;
 use crate::ca::{Ca, CaError};
-use crate::pool::{push, Inner, NodeInfo, NodeStatus, Pool, PoolSummary};
+pub use crate::children::{valid_api, ChildControl, MAX_FIELD};
+use crate::pool::{NodeInfo, NodeStatus, Pool};
 use crate::users::Role;
 
-/// Longest API URL, name or site a child may report.
-pub const MAX_FIELD: usize = 256;
 /// How deep `all_nodes` descends by default (a guard against a misconfigured cycle).
 pub const MAX_DEPTH: u32 = 8;
 /// Header naming the child controls whose nodes are missing from a merged list.
@@ -53,134 +52,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest node list accepted from a child.
 const MAX_BODY: usize = 16 << 20;
-
-/// A child control as its parent sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChildControl {
-    pub id: String,
-    pub name: String,
-    pub site: String,
-    /// Base URL of the child's REST API, such as `http://10.0.0.5:8080`.
-    pub api: String,
-    pub status: NodeStatus,
-    pub summary: PoolSummary,
-    pub last_seen_unix_ms: u64,
-}
-
-/// INFO from a child control.
-#[derive(Deserialize)]
-pub(crate) struct ControlInfo {
-    pub id: String,
-    pub name: String,
-    pub site: String,
-    pub api: String,
-    pub summary: PoolSummary,
-}
-
-/// HEARTBEAT from a child control.
-#[derive(Deserialize)]
-pub(crate) struct ControlBeat {
-    pub summary: PoolSummary,
-}
-
-fn plain(s: &str, max: usize) -> bool {
-    s.len() <= max && !s.chars().any(char::is_control)
-}
-
-/// Whether `api` is an `http://host:port` base URL (no user-info, path or query).
-pub fn valid_api(api: &str) -> bool {
-    if !plain(api, MAX_FIELD) || api.contains('@') {
-        return false;
-    }
-    let Ok(uri) = api.parse::<Uri>() else { return false };
-    uri.scheme_str() == Some("http")
-        && uri.authority().is_some_and(|a| a.port_u16().is_some())
-        && matches!(uri.path(), "" | "/")
-        && uri.query().is_none()
-}
-
-impl ControlInfo {
-    pub(crate) fn valid(&self) -> bool {
-        plain(&self.name, MAX_FIELD) && plain(&self.site, MAX_FIELD) && valid_api(&self.api)
-    }
-}
-
-// Listener side: called with the pool locked, after every check has passed.
-
-pub(crate) fn on_startup(inner: &mut Inner, id: String, now: u64) {
-    let c = inner.controls.entry(id.clone()).or_insert_with(|| ChildControl {
-        id,
-        name: String::new(),
-        site: String::new(),
-        api: String::new(),
-        status: NodeStatus::Down,
-        summary: PoolSummary::default(),
-        last_seen_unix_ms: now,
-    });
-    c.last_seen_unix_ms = now;
-}
-
-pub(crate) fn on_info(inner: &mut Inner, info: ControlInfo, now: u64) -> MessageType {
-    let was_up = inner.controls.get(&info.id).is_some_and(|c| c.status == NodeStatus::Up);
-    let detail = format!("control {} ({}, {}, site {})", info.id, info.name, info.api, info.site);
-    inner.controls.insert(
-        info.id.clone(),
-        ChildControl {
-            id: info.id,
-            name: info.name,
-            site: info.site,
-            api: info.api,
-            status: NodeStatus::Up,
-            summary: info.summary,
-            last_seen_unix_ms: now,
-        },
-    );
-    if !was_up {
-        push(inner, "control_up", detail);
-    }
-    MessageType::Ack
-}
-
-pub(crate) fn on_beat(inner: &mut Inner, id: &str, beat: ControlBeat, now: u64) -> MessageType {
-    match inner.controls.get_mut(id) {
-        Some(c) => {
-            c.last_seen_unix_ms = now;
-            c.summary = beat.summary;
-            // Back after being marked down: register again.
-            if c.status == NodeStatus::Up {
-                MessageType::Ack
-            } else {
-                MessageType::NeedInfo
-            }
-        }
-        None => MessageType::NeedInfo,
-    }
-}
-
-pub(crate) fn on_shutdown(inner: &mut Inner, id: &str, now: u64) {
-    if let Some(c) = inner.controls.get_mut(id) {
-        c.last_seen_unix_ms = now;
-        if c.status == NodeStatus::Up {
-            c.status = NodeStatus::Down;
-            let detail = format!("control {} ({}): clean stop", c.id, c.api);
-            push(inner, "control_down", detail);
-        }
-    }
-}
-
-pub(crate) fn expire(inner: &mut Inner, now: u64, timeout: Duration) {
-    let limit = timeout.as_millis() as u64;
-    let mut gone = Vec::new();
-    for c in inner.controls.values_mut() {
-        if c.status == NodeStatus::Up && now.saturating_sub(c.last_seen_unix_ms) > limit {
-            c.status = NodeStatus::Down;
-            gone.push(format!("control {} ({}): heartbeat timeout (none for {timeout:?})", c.id, c.api));
-        }
-    }
-    for g in gone {
-        push(inner, "control_down", g);
-    }
-}
 
 /// How long a parent's token is accepted after it was made (either side of the child's clock).
 pub const TOKEN_LIFETIME_SECS: u64 = 300;
@@ -230,7 +101,7 @@ pub fn check_parent_token(parent_key: &[u8], role: ParentRole, child_id: &str, t
 }
 
 fn now_secs() -> u64 {
-    crate::pool::now_ms() / 1000
+    crate::clock::now_ms() / 1000
 }
 
 /// Why a call could not be forwarded to a child.
@@ -570,6 +441,7 @@ impl Hierarchy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::PoolSummary;
 
     #[test]
     fn api_addresses() {

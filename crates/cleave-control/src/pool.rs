@@ -1,57 +1,15 @@
 //! The pool of storage nodes as control sees it, the child control servers that
-//! registered with it (see [`crate::hierarchy`]), and the events an administrator reads.
+//! registered with it (see [`crate::children`]), and the events an administrator reads.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hierarchy::ChildControl;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeStatus {
-    Up,
-    Down,
-}
-
-/// What registers by the auto-configuration protocol: a storage node, or a child
-/// control server. Carried as `"kind"` in every message body; absent means node.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberKind {
-    #[default]
-    Node,
-    Control,
-}
-
-/// A pool at a glance: what a child control reports to its parent. It covers the
-/// child's whole subtree: its own nodes plus the summaries of its child controls
-/// that are up. Capacity and free space count nodes that are up.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolSummary {
-    pub nodes_up: u64,
-    pub nodes_down: u64,
-    pub capacity_bytes: u64,
-    pub free_bytes: u64,
-    #[serde(default)]
-    pub controls_up: u64,
-    #[serde(default)]
-    pub controls_down: u64,
-}
-
-impl PoolSummary {
-    fn add(&mut self, o: &PoolSummary) {
-        self.nodes_up = self.nodes_up.saturating_add(o.nodes_up);
-        self.nodes_down = self.nodes_down.saturating_add(o.nodes_down);
-        self.capacity_bytes = self.capacity_bytes.saturating_add(o.capacity_bytes);
-        self.free_bytes = self.free_bytes.saturating_add(o.free_bytes);
-        self.controls_up = self.controls_up.saturating_add(o.controls_up);
-        self.controls_down = self.controls_down.saturating_add(o.controls_down);
-    }
-}
+use crate::children::ChildControl;
+pub use crate::clock::{now_ms, now_us};
+pub use crate::model::{MemberKind, NodeStatus, PoolSummary};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -131,16 +89,6 @@ impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool").field("inner", &self.inner).finish()
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Microseconds since the Unix epoch: where sequence numbers start, so that a
-/// restarted sender's numbers still exceed those it used before.
-pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 const MAX_EVENTS: usize = 1000;

@@ -23,7 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use super::packet::{self, MessageType, Packet};
-use crate::pool::now_us;
+use crate::clock::now_us;
 
 pub struct AgentConfig {
     /// UDP address of control's auto-configuration listener.

@@ -22,7 +22,7 @@ use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
 use super::packet::{self, MessageType, Packet, PacketError, MAX_PACKET};
-use crate::hierarchy::{self, ControlBeat, ControlInfo};
+use crate::children::{self, ControlBeat, ControlInfo};
 use crate::pool::{now_ms, now_us, push, MemberKind, NodeInfo, NodeStatus, Pool};
 
 /// Longest member id accepted.
@@ -123,7 +123,9 @@ pub(crate) fn expire(pool: &Pool, timeout: Duration) {
     for g in gone {
         push(&mut inner, "node_down", g);
     }
-    hierarchy::expire(&mut inner, now, timeout);
+    for (kind, detail) in children::expire(&mut inner.controls, now, timeout) {
+        push(&mut inner, kind, detail);
+    }
 }
 
 fn count<T>(c: &AtomicU64) -> Option<T> {
@@ -242,15 +244,23 @@ fn apply(pool: &Pool, id: String, kind: MemberKind, body: Body) -> Option<Messag
     let now = now_ms();
     match body {
         Body::Startup if kind == MemberKind::Control => {
-            hierarchy::on_startup(&mut inner, id, now);
+            children::on_startup(&mut inner.controls, id, now);
             Some(MessageType::NeedInfo)
         }
         Body::Shutdown if kind == MemberKind::Control => {
-            hierarchy::on_shutdown(&mut inner, &id, now);
+            for (kind, detail) in children::on_shutdown(&mut inner.controls, &id, now) {
+                push(&mut inner, kind, detail);
+            }
             None
         }
-        Body::ControlInfo(info) => Some(hierarchy::on_info(&mut inner, info, now)),
-        Body::ControlBeat(beat) => Some(hierarchy::on_beat(&mut inner, &id, beat, now)),
+        Body::ControlInfo(info) => {
+            let (answer, events) = children::on_info(&mut inner.controls, info, now);
+            for (kind, detail) in events {
+                push(&mut inner, kind, detail);
+            }
+            Some(answer)
+        }
+        Body::ControlBeat(beat) => Some(children::on_beat(&mut inner.controls, &id, beat, now)),
         Body::Startup => {
             // Control records the unit, then asks for its details.
             let n = inner.nodes.entry(id.clone()).or_insert_with(|| NodeInfo {
