@@ -36,7 +36,6 @@ pub async fn scrub(volume: &Volume, repair: bool, progress: impl Fn(u64, u64)) -
     let codec = volume.codec();
     for (done, (chunk, mapping)) in mapped.into_iter().enumerate() {
         progress(done as u64, total);
-        report.chunks_checked += 1;
         let (key, id) = volume.locate(chunk, mapping.generation);
         let results = futures::future::join_all((0..dispersal.targets().len()).map(|i| dispersal.get(i, &key))).await;
         let mut problems = Vec::new();
@@ -83,9 +82,9 @@ pub async fn scrub(volume: &Volume, repair: bool, progress: impl Fn(u64, u64)) -
         if volume.current_generation(chunk) != Some(mapping.generation) {
             // Rewritten while it was read (a destage or repair since the map was taken):
             // the old generation's shares may be gone already, which says nothing.
-            report.chunks_checked -= 1;
             continue;
         }
+        report.chunks_checked += 1;
         match decoded {
             Ok(d) if problems.is_empty() => {
                 report.chunks_healthy += 1;

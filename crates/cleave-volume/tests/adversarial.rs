@@ -1,12 +1,13 @@
 //! The volume engine against degraded, lying and hostile targets (issue 10, items 1, 3, 4, 9).
 
+mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cleave_split::keys::MasterKey;
 use cleave_split::Keyring;
-use cleave_target::{DynTarget, Faults, FaultyTarget, HostileTarget, Lies};
+use cleave_target::{DynTarget, Faults, HostileTarget, Lies};
 use cleave_volume::meta::{names, ADMIN_GROUP};
 use cleave_volume::{recover, Durability, Superblock, Volume, VolumeConfig, VolumeError, VolumeOptions};
 
@@ -29,15 +30,13 @@ struct Rig {
 async fn rig(m: u8, n: u8) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let (mut targets, mut faults, mut lies, mut uris) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        let uri = format!("file://{}/t{i}", root.display());
-        let f = FaultyTarget::new(cleave_target::create(&uri).unwrap());
+    let (wrapped, uris) = common::faulty_dir_targets(&root, n as usize);
+    let (mut targets, mut faults, mut lies) = (Vec::new(), Vec::new(), Vec::new());
+    for f in wrapped {
         faults.push(f.faults());
-        let h = HostileTarget::new(Arc::new(f));
+        let h = HostileTarget::new(f);
         lies.push(h.lies());
         targets.push(Arc::new(h) as DynTarget);
-        uris.push(uri);
     }
     let config = VolumeConfig {
         name: "t".into(),

@@ -13,6 +13,8 @@
 //! filter) shows the engine's log. It found a FLUSHed-data loss the process campaign hit
 //! once in CI (a checkpoint written twice deleted itself) within a minute.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cleave_split::Keyring;
-use cleave_target::{DynTarget, Faults, FaultyTarget};
+use cleave_target::{DynTarget, Faults};
 use cleave_volume::{Durability, Health, Volume, VolumeConfig, VolumeOptions};
 
 const BLOCK: u64 = 4096;
@@ -321,16 +323,9 @@ async fn life(w: &mut World, model: &mut Model, rng: &mut Rng, version: &mut u64
 fn run_seed(seed: u64, lives: u64) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let mut faults = Vec::new();
-    let mut targets: Vec<DynTarget> = Vec::new();
-    let mut uris = Vec::new();
-    for i in 0..N {
-        let uri = format!("file://{}/t{i}", root.display());
-        let f = FaultyTarget::new(cleave_target::create(&uri).unwrap());
-        faults.push(f.faults());
-        targets.push(Arc::new(f));
-        uris.push(uri);
-    }
+    let (wrapped, uris) = common::faulty_dir_targets(&root, N);
+    let faults = wrapped.iter().map(|f| f.faults()).collect();
+    let targets = wrapped.into_iter().map(|f| f as DynTarget).collect();
     let config = VolumeConfig {
         name: "stress".into(),
         uuid: "00112233445566778899aabbccddeeff".into(),

@@ -1,11 +1,12 @@
 //! The volume engine against real directory targets wrapped in fault injection.
 
+mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cleave_split::Keyring;
-use cleave_target::{DynTarget, Faults, FaultyTarget};
+use cleave_target::{DynTarget, Faults};
 use cleave_volume::{Durability, Health, Volume, VolumeConfig, VolumeOptions};
 
 const MIB: u64 = 1 << 20;
@@ -22,16 +23,9 @@ struct Rig {
 fn rig(durability: Durability) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let mut targets: Vec<DynTarget> = Vec::new();
-    let mut faults = Vec::new();
-    let mut uris = Vec::new();
-    for i in 0..5 {
-        let uri = format!("file://{}/t{i}", root.display());
-        let f = FaultyTarget::new(cleave_target::create(&uri).unwrap());
-        faults.push(f.faults());
-        targets.push(Arc::new(f));
-        uris.push(uri);
-    }
+    let (wrapped, uris) = common::faulty_dir_targets(&root, 5);
+    let faults = wrapped.iter().map(|f| f.faults()).collect();
+    let targets = wrapped.into_iter().map(|f| f as DynTarget).collect();
     let config = VolumeConfig {
         name: "t".into(),
         uuid: "00112233445566778899aabbccddeeff".into(),
