@@ -55,7 +55,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_BODY: usize = 16 << 20;
 
 /// A child control as its parent sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ChildControl {
     pub id: String,
     pub name: String,
@@ -292,7 +292,7 @@ struct ParentLink {
 }
 
 /// A node of the whole tree, with the control that manages it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TreeNode {
     #[serde(flatten)]
     pub node: NodeInfo,

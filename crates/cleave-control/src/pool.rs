@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hierarchy::ChildControl;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     Up,
@@ -30,7 +30,7 @@ pub enum MemberKind {
 /// A pool at a glance: what a child control reports to its parent. It covers the
 /// child's whole subtree: its own nodes plus the summaries of its child controls
 /// that are up. Capacity and free space count nodes that are up.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolSummary {
     pub nodes_up: u64,
     pub nodes_down: u64,
@@ -53,7 +53,7 @@ impl PoolSummary {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub id: String,
     /// host:port of the node's share API.
@@ -66,7 +66,7 @@ pub struct NodeInfo {
     pub last_seen_unix_ms: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub time_unix_ms: u64,
     pub kind: String,
