@@ -147,10 +147,21 @@ pub fn role(need: Role, (schemas, mut paths, route): UtoipaMethodRouter<Shared>)
 }
 
 /// The operations of one path of the document.
-pub(crate) fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
-    [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.options, &mut item.head, &mut item.patch, &mut item.trace]
-        .into_iter()
-        .filter_map(|o| o.as_mut())
+pub(crate) fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(|o| o.as_mut())
 }
 
 /// A route any signed-in user may call.

@@ -9,14 +9,14 @@ use utoipa::{IntoParams, ToSchema};
 pub use cleave_control::access::{Grant, Group};
 pub use cleave_control::hierarchy::{ChildControl, TreeNode};
 pub use cleave_control::pool::{Event, NodeInfo, NodeStatus, PoolSummary};
-pub use cleave_volume::scrub::ShareProblem;
-pub use cleave_volume::{Durability, Health};
 pub use cleave_gateway::groups::{ClientView, Credentials, GroupView};
 pub use cleave_gateway::tasks::{NewTask, TaskKind, TaskState, TaskView};
 pub use cleave_gateway::users::{TokenView, UserView};
 pub use cleave_gateway::views::VolumeView;
 pub use cleave_gateway::volumes::CreateVolume;
 pub use cleave_volume::scrub::ScrubReport;
+pub use cleave_volume::scrub::ShareProblem;
+pub use cleave_volume::{Durability, Health};
 
 /// What the pattern of a volume name allows: 1-64 letters, digits, '-', '_' or '.'
 /// (`cleave_volume::meta::VolumeConfig::validate`).

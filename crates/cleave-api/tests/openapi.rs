@@ -42,18 +42,21 @@ fn the_document_is_valid_openapi() {
         .arg(&file)
         .output()
         .expect("openapi-spec-validator (pip install openapi-spec-validator; .ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
 fn private_operations_need_credentials_and_say_how_they_refuse() {
     let doc = document();
-    let public = ["/", "/console", "/console/", "/console/app.js", "/console/style.css", "/api/v1/login", "/api/v1/openapi.json"];
+    let public = [
+        "/",
+        "/console",
+        "/console/",
+        "/console/app.js",
+        "/console/style.css",
+        "/api/v1/login",
+        "/api/v1/openapi.json",
+    ];
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let secured = op.get("security").is_some();
@@ -78,9 +81,8 @@ fn private_operations_need_credentials_and_say_how_they_refuse() {
 fn enums_and_name_rules_are_in_the_schemas() {
     let doc = document();
     let s = &doc["components"]["schemas"];
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
-    };
+    let strings =
+        |v: &Value| -> Vec<String> { v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect() };
     assert_eq!(strings(&s["Durability"]["enum"]), ["local", "dispersed"]);
     assert_eq!(strings(&s["Role"]["enum"]), ["viewer", "operator", "admin"]);
     assert_eq!(strings(&s["TaskState"]["enum"]), ["queued", "running", "succeeded", "failed"]);
@@ -125,7 +127,8 @@ async fn the_router_serves_exactly_the_routes_of_the_document() {
             let (status, body) = call(&app, method, &path, &token).await;
             if documented {
                 // The router's own 404 (no route) has no body; the API's carries `{"error"}`.
-                let unrouted = status == StatusCode::METHOD_NOT_ALLOWED || (status == StatusCode::NOT_FOUND && body.is_empty());
+                let unrouted =
+                    status == StatusCode::METHOD_NOT_ALLOWED || (status == StatusCode::NOT_FOUND && body.is_empty());
                 assert!(!unrouted, "{method} {template} is documented but not routed ({status})");
                 let documented_statuses = item[method]["responses"].as_object().unwrap();
                 assert!(

@@ -130,12 +130,8 @@ pub fn client_command(cmd: ClientCommand) -> Result<()> {
 
 pub fn group_command(cmd: GroupCommand) -> Result<()> {
     match cmd {
-        GroupCommand::Add { name, server } => {
-            Client::new(&server)?.post_only("/groups", &NewName { name })
-        }
-        GroupCommand::List { server } => {
-            super::print_json(&Client::new(&server)?.get::<Vec<GroupView>>("/groups")?)
-        }
+        GroupCommand::Add { name, server } => Client::new(&server)?.post_only("/groups", &NewName { name }),
+        GroupCommand::List { server } => super::print_json(&Client::new(&server)?.get::<Vec<GroupView>>("/groups")?),
         GroupCommand::Delete { name, erase, server } => {
             Client::new(&server)?.delete(&format!("/groups/{name}?erase={erase}"))
         }

@@ -67,7 +67,9 @@ pub fn run(cmd: TaskCommand) -> Result<()> {
             }
             Ok(())
         }
-        TaskCommand::Show { id, server } => print_json(&Client::new(&server)?.get::<TaskView>(&format!("/tasks/{id}"))?),
+        TaskCommand::Show { id, server } => {
+            print_json(&Client::new(&server)?.get::<TaskView>(&format!("/tasks/{id}"))?)
+        }
         TaskCommand::Wait { id, server } => wait(&Client::new(&server)?, id),
     }
 }
