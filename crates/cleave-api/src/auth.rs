@@ -13,6 +13,9 @@ use cleave_control::users::Role;
 use cleave_gateway::users::{Principal, Via};
 use cleave_gateway::{Gateway, GatewayError};
 
+use utoipa::openapi::extensions::ExtensionsBuilder;
+use utoipa_axum::router::UtoipaMethodRouter;
+
 use crate::error::ApiError;
 
 /// The state every handler gets: the running gateway.
@@ -123,6 +126,42 @@ async fn require(State(need): State<Role>, Extension(p): Extension<Principal>, r
 /// A route for `need` and above.
 fn needs(need: Role, route: MethodRouter<Shared>) -> MethodRouter<Shared> {
     route.route_layer(middleware::from_fn_with_state(need, require))
+}
+
+/// Routes for `need` and above, as `utoipa_axum::routes!` gives them: the role is checked by
+/// the router and stated in the document (in each operation's description and as
+/// `x-cleave-role`).
+pub fn role(need: Role, (schemas, mut paths, route): UtoipaMethodRouter<Shared>) -> UtoipaMethodRouter<Shared> {
+    for item in paths.paths.values_mut() {
+        for op in operations(item) {
+            let text = format!("Needs the role {need} or above.");
+            op.description = Some(match op.description.take() {
+                Some(d) if !d.is_empty() => format!("{d}\n\n{text}"),
+                _ => text,
+            });
+            let ext = op.extensions.get_or_insert_with(Default::default);
+            ext.merge(ExtensionsBuilder::new().add("x-cleave-role", need.to_string()).build());
+        }
+    }
+    (schemas, paths, needs(need, route))
+}
+
+/// The operations of one path of the document.
+pub(crate) fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(|o| o.as_mut())
 }
 
 /// A route any signed-in user may call.

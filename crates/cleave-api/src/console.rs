@@ -5,8 +5,8 @@
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Shared;
 
@@ -30,11 +30,45 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     resp
 }
 
-pub(crate) fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/", get(|| async { Redirect::to("/console/") }))
-        .route("/console", get(|| async { Redirect::to("/console/") }))
-        .route("/console/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
-        .route("/console/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
-        .route("/console/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+/// `/`: to the console.
+#[utoipa::path(get, path = "/", tag = "console", responses((status = 303, description = "To `/console/`.")))]
+async fn root() -> Redirect {
+    Redirect::to("/console/")
+}
+
+/// `/console`: to the console.
+#[utoipa::path(get, path = "/console", tag = "console", responses((status = 303, description = "To `/console/`.")))]
+async fn console() -> Redirect {
+    Redirect::to("/console/")
+}
+
+/// The console's page.
+#[utoipa::path(get, path = "/console/", tag = "console",
+    responses((status = 200, description = "The page.", content_type = "text/html", body = String)))]
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+/// The console's script.
+#[utoipa::path(get, path = "/console/app.js", tag = "console",
+    responses((status = 200, description = "The script.", content_type = "text/javascript", body = String)))]
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// The console's stylesheet.
+#[utoipa::path(get, path = "/console/style.css", tag = "console",
+    responses((status = 200, description = "The stylesheet.", content_type = "text/css", body = String)))]
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+/// The console's files, public: the page asks for a login before it shows anything.
+pub(crate) fn routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::default()
+        .routes(routes!(root))
+        .routes(routes!(console))
+        .routes(routes!(index))
+        .routes(routes!(script))
+        .routes(routes!(style))
 }

@@ -44,7 +44,7 @@ impl IntoResponse for ApiError {
             ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, m),
             ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m),
         };
-        (code, Json(serde_json::json!({ "error": message }))).into_response()
+        (code, Json(crate::model::ErrorBody { error: message })).into_response()
     }
 }
 

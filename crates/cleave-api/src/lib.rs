@@ -16,6 +16,8 @@ mod hierarchy;
 pub mod https;
 /// Request and response bodies, shared with clients.
 pub mod model;
+/// The OpenAPI document, generated from the routes and the types.
+mod openapi;
 /// The router: public and private routes.
 mod routes;
 /// Login, one's own account, and users.
@@ -24,4 +26,4 @@ mod users;
 mod volumes;
 
 pub use auth::Shared;
-pub use routes::router;
+pub use routes::{document, router};

@@ -35,7 +35,7 @@ pub struct Client {
     pub created_unix_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     ReadWrite,
@@ -43,7 +43,7 @@ pub enum Mode {
 }
 
 /// Bytes `[offset, offset + length)` of a volume.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema)]
 pub struct Region {
     pub offset: u64,
     pub length: u64,
@@ -56,14 +56,14 @@ impl Region {
 }
 
 /// What a group may do on one volume. No regions means the whole volume.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Grant {
     pub mode: Mode,
     #[serde(default)]
     pub regions: Vec<Region>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Group {
     pub clients: BTreeSet<String>,
     /// Volume name → grant.

@@ -20,7 +20,7 @@ pub(crate) type Controls = BTreeMap<String, ChildControl>;
 pub(crate) type Event = (&'static str, String);
 
 /// A child control as its parent sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ChildControl {
     pub id: String,
     pub name: String,

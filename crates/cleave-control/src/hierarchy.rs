@@ -163,7 +163,7 @@ struct ParentLink {
 }
 
 /// A node of the whole tree, with the control that manages it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TreeNode {
     #[serde(flatten)]
     pub node: NodeInfo,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     Up,
@@ -22,7 +22,7 @@ pub enum MemberKind {
 /// A pool at a glance: what a child control reports to its parent. It covers the
 /// child's whole subtree: its own nodes plus the summaries of its child controls
 /// that are up. Capacity and free space count nodes that are up.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolSummary {
     pub nodes_up: u64,
     pub nodes_down: u64,

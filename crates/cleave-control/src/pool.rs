@@ -11,7 +11,7 @@ use crate::children::ChildControl;
 pub use crate::clock::{now_ms, now_us};
 pub use crate::model::{MemberKind, NodeStatus, PoolSummary};
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub id: String,
     /// host:port of the node's share API.
@@ -24,7 +24,7 @@ pub struct NodeInfo {
     pub last_seen_unix_ms: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub time_unix_ms: u64,
     pub kind: String,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::check_name;
 
 /// What a user may do. Ordered: each role can do everything the ones before it can.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads everything except the user list.

@@ -15,7 +15,7 @@ use crate::gateway::Gateway;
 
 /// What a new client needs to connect: the CA that signs the server, its certificate and
 /// its key. The key is shown once and not kept by control.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     pub client: String,
     pub fingerprint: String,
@@ -216,7 +216,7 @@ impl Gateway {
 }
 
 /// A client as `GET /api/v1/clients` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClientView {
     pub name: String,
     pub fingerprint: String,
@@ -225,7 +225,7 @@ pub struct ClientView {
 }
 
 /// A group as `GET /api/v1/groups` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupView {
     pub name: String,
     #[serde(flatten)]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{GatewayError, Result};
 
 /// What a task does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     /// Verify every share.
@@ -57,7 +57,7 @@ impl FromStr for TaskKind {
 }
 
 /// Where a task is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     Queued,
@@ -67,13 +67,17 @@ pub enum TaskState {
 }
 
 /// A task as `GET /api/v1/tasks/{id}` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskView {
     pub id: u64,
     pub kind: TaskKind,
     pub volume: String,
     pub state: TaskState,
+    /// From 0 to 1.
+    #[schema(minimum = 0, maximum = 1)]
     pub progress: f64,
+    /// What the task found or did (for `scrub` and `repair`, a scrub report).
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
     pub created_unix_ms: u64,
@@ -81,9 +85,12 @@ pub struct TaskView {
 
 /// Body of `POST /api/v1/tasks`. `kind` stays a string here so that an unknown kind is
 /// refused with the list of kinds, not as a malformed body.
-#[derive(Debug, Deserialize, Serialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default, utoipa::ToSchema)]
 pub struct NewTask {
+    /// A task kind; an unknown one is refused with 400.
+    #[schema(value_type = TaskKind)]
     pub kind: String,
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
     pub volume: String,
     /// For `recover`: the volume's targets.
     #[serde(default)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use cleave_control::users::{hash_password, token_hash, verify_password, ApiToken, Role, User, Users, TOKEN_PREFIX};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::data_dir::{random_hex, write_private, DataDir, Stored};
@@ -258,7 +258,7 @@ fn dummy_hash() -> Result<String> {
 }
 
 /// An API token as listed: never its secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenView {
     pub id: String,
     pub label: String,
@@ -266,7 +266,7 @@ pub struct TokenView {
 }
 
 /// A user as `GET /api/v1/users` shows it: never a password hash or a token secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserView {
     pub name: String,
     pub role: Role,

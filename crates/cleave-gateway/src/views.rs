@@ -2,13 +2,13 @@
 //! that could not be opened.
 
 use cleave_volume::{Durability, Health, Volume};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{GatewayError, Result};
 use crate::gateway::{Gateway, Unopened};
 
 /// A volume as `GET /api/v1/volumes/{name}` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VolumeView {
     pub name: String,
     pub uuid: String,

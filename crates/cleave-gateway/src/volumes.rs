@@ -17,20 +17,31 @@ use crate::users::Principal;
 use crate::views::VolumeView;
 
 /// Body of `POST /api/v1/volumes`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CreateVolume {
+    /// 1-64 letters, digits, '-', '_' or '.'.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
     pub name: String,
+    /// A positive multiple of 512 bytes, at most 1 EiB.
+    #[schema(minimum = 512, maximum = 1152921504606846976_u64, multiple_of = 512)]
     pub size_bytes: u64,
+    /// Shares needed to read (M of N).
     #[serde(default = "default_m")]
+    #[schema(minimum = 1, maximum = 64, default = 3)]
     pub m: u8,
+    /// Shares written (N), one per target; M <= N.
     #[serde(default = "default_n")]
+    #[schema(minimum = 1, maximum = 64, default = 5)]
     pub n: u8,
+    /// A power of two from 4 KiB to 64 MiB (default 1 MiB).
     #[serde(default)]
+    #[schema(minimum = 4096, maximum = 67108864, multiple_of = 4096)]
     pub chunk_size: Option<u32>,
     #[serde(default)]
     pub durability: Option<Durability>,
     /// Shares a write needs before it counts (M..=N); default max(M, min(N-1, M+1)).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub write_quorum: Option<u8>,
     /// Store all-zero chunks too (default: they store nothing, and a target can count them).
     #[serde(default)]
@@ -44,6 +55,7 @@ pub struct CreateVolume {
     /// Storage on demand for one host: a group named after the volume, with this client in it
     /// (issued a certificate if it is new; the response then carries its credentials).
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$", min_length = 1, max_length = 64)]
     pub client: Option<String>,
 }
 fn default_m() -> u8 {

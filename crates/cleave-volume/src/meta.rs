@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::VolumeError;
 
 /// When a FLUSH or FUA is acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Once durable (fsync) in the local cache; destage follows in the background.

@@ -2,7 +2,7 @@
 //! damaged or misplaced. Repair writes such chunks again as a new generation, which
 //! restores full redundancy.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use cleave_target::TargetError;
 
@@ -10,7 +10,7 @@ use crate::volume::Volume;
 use crate::VolumeError;
 
 /// One share that is not as it should be.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShareProblem {
     pub chunk: u64,
     pub share: usize,
@@ -18,7 +18,7 @@ pub struct ShareProblem {
     pub problem: String,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScrubReport {
     pub chunks_checked: u64,
     pub chunks_healthy: u64,

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{Inner, Volume};
@@ -23,7 +23,7 @@ pub struct RereplicateReport {
 }
 
 /// Health as `volume show` reports it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", tag = "state")]
 pub enum Health {
     Clean,
@@ -31,6 +31,8 @@ pub enum Health {
     Degraded {
         targets_down: Vec<String>,
         chunks_missing_shares: usize,
+        /// `[chunk, [share, ...]]` for each chunk that misses shares.
+        #[schema(value_type = Vec<Vec<Object>>)]
         missing: Vec<(u64, Vec<u8>)>,
         /// Journal metadata is on fewer than N targets until a checkpoint reaches all.
         #[serde(default)]

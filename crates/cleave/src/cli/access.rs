@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use serde_json::{json, Value};
-
+use cleave_api::model::{
+    ChangeUser, ClientView, Credentials, GrantBody, GroupView, IssuedToken, Mode, NewName, NewToken, NewUser, Region,
+    Role, UserView,
+};
 use cleave_gateway::data_dir::{random_hex, write_private};
 use cleave_gateway::ByteSize;
 
@@ -93,46 +95,32 @@ pub enum GroupCommand {
     },
 }
 
-fn parse_region(s: &str) -> Result<Value> {
+fn parse_region(s: &str) -> Result<Region> {
     let (o, l) = s.split_once(':').with_context(|| format!("region {s:?}: write OFFSET:LENGTH"))?;
     let offset: ByteSize = o.parse().map_err(|e| anyhow::anyhow!("region offset {o:?}: {e}"))?;
     let length: ByteSize = l.parse().map_err(|e| anyhow::anyhow!("region length {l:?}: {e}"))?;
-    Ok(json!({ "offset": offset.0, "length": length.0 }))
+    Ok(Region { offset: offset.0, length: length.0 })
 }
 
 /// Writes credentials returned by the API; the key file is 0600.
-pub fn write_credentials(c: &Value, dir: &Path) -> Result<()> {
+pub fn write_credentials(c: &Credentials, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let field = |k: &str| c[k].as_str().with_context(|| format!("answer lacks {k}")).map(str::to_string);
-    std::fs::write(dir.join("ca-cert.pem"), field("ca_pem")?)?;
-    std::fs::write(dir.join("client-cert.pem"), field("cert_pem")?)?;
-    write_private(&dir.join("client-key.pem"), field("key_pem")?.as_bytes())?;
-    eprintln!(
-        "client {}: credentials in {} (fingerprint {})",
-        c["client"].as_str().unwrap_or("?"),
-        dir.display(),
-        c["fingerprint"].as_str().unwrap_or("?")
-    );
+    std::fs::write(dir.join("ca-cert.pem"), &c.ca_pem)?;
+    std::fs::write(dir.join("client-cert.pem"), &c.cert_pem)?;
+    write_private(&dir.join("client-key.pem"), c.key_pem.as_bytes())?;
+    eprintln!("client {}: credentials in {} (fingerprint {})", c.client, dir.display(), c.fingerprint);
     Ok(())
 }
 
 pub fn client_command(cmd: ClientCommand) -> Result<()> {
     match cmd {
         ClientCommand::Add { name, out, server } => {
-            let c = Client::new(&server)?.post("/clients", json!({ "name": name }))?.unwrap_or_default();
+            let c: Credentials = Client::new(&server)?.post("/clients", &NewName { name: name.clone() })?;
             write_credentials(&c, &out.unwrap_or_else(|| PathBuf::from(format!("{name}-tls"))))
         }
         ClientCommand::List { server } => {
-            for c in Client::new(&server)?.get("/clients")?.as_array().into_iter().flatten() {
-                println!(
-                    "{:<20} {} groups: {}",
-                    c["name"].as_str().unwrap_or("?"),
-                    c["fingerprint"].as_str().unwrap_or("?"),
-                    c["groups"]
-                        .as_array()
-                        .map(|g| g.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default()
-                );
+            for c in Client::new(&server)?.get::<Vec<ClientView>>("/clients")? {
+                println!("{:<20} {} groups: {}", c.name, c.fingerprint, c.groups.join(","));
             }
             Ok(())
         }
@@ -142,28 +130,22 @@ pub fn client_command(cmd: ClientCommand) -> Result<()> {
 
 pub fn group_command(cmd: GroupCommand) -> Result<()> {
     match cmd {
-        GroupCommand::Add { name, server } => {
-            Client::new(&server)?.post("/groups", json!({ "name": name })).map(|_| ())
-        }
-        GroupCommand::List { server } => {
-            let list = Client::new(&server)?.get("/groups")?;
-            println!("{}", serde_json::to_string_pretty(&list)?);
-            Ok(())
-        }
+        GroupCommand::Add { name, server } => Client::new(&server)?.post_only("/groups", &NewName { name }),
+        GroupCommand::List { server } => super::print_json(&Client::new(&server)?.get::<Vec<GroupView>>("/groups")?),
         GroupCommand::Delete { name, erase, server } => {
             Client::new(&server)?.delete(&format!("/groups/{name}?erase={erase}"))
         }
         GroupCommand::Join { group, client, server } => {
-            Client::new(&server)?.put(&format!("/groups/{group}/clients/{client}"), json!({})).map(|_| ())
+            Client::new(&server)?.put_only(&format!("/groups/{group}/clients/{client}"), &serde_json::json!({}))
         }
         GroupCommand::Leave { group, client, server } => {
             Client::new(&server)?.delete(&format!("/groups/{group}/clients/{client}"))
         }
         GroupCommand::Grant { group, volume, read_only, regions, server } => {
             let regions = regions.iter().map(|r| parse_region(r)).collect::<Result<Vec<_>>>()?;
-            let mode = if read_only { "read-only" } else { "read-write" };
-            let body = json!({ "mode": mode, "regions": regions });
-            Client::new(&server)?.put(&format!("/groups/{group}/volumes/{volume}"), body).map(|_| ())
+            let mode = if read_only { Mode::ReadOnly } else { Mode::ReadWrite };
+            let body = GrantBody { mode, regions };
+            Client::new(&server)?.put_only(&format!("/groups/{group}/volumes/{volume}"), &body)
         }
         GroupCommand::Revoke { group, volume, erase, server } => {
             Client::new(&server)?.delete(&format!("/groups/{group}/volumes/{volume}?erase={erase}"))
@@ -242,23 +224,18 @@ pub fn user_command(cmd: UserCommand) -> Result<()> {
     match cmd {
         UserCommand::Add { name, role, password_file, server } => {
             let client = Client::new(&server)?;
+            let role: Role = role.parse()?;
             let password = password(password_file.as_deref())?;
-            client.post("/users", json!({ "name": name, "role": role, "password": password }))?;
+            let _: UserView = client.post("/users", &NewUser { name: name.clone(), role, password })?;
             println!("user {name} added ({role})");
         }
         UserCommand::List { server } => {
-            let users = Client::new(&server)?.get("/users")?;
-            for u in users.as_array().into_iter().flatten() {
-                let tokens: Vec<String> = u["tokens"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|t| format!("{} {}", t["id"].as_str().unwrap_or(""), t["label"].as_str().unwrap_or("")))
-                    .collect();
+            for u in Client::new(&server)?.get::<Vec<UserView>>("/users")? {
+                let tokens: Vec<String> = u.tokens.iter().map(|t| format!("{} {}", t.id, t.label)).collect();
                 println!(
                     "{:<20} {:<9} tokens: {}",
-                    u["name"].as_str().unwrap_or(""),
-                    u["role"].as_str().unwrap_or(""),
+                    u.name,
+                    u.role.to_string(),
                     if tokens.is_empty() { "none".to_string() } else { tokens.join(", ") }
                 );
             }
@@ -269,22 +246,18 @@ pub fn user_command(cmd: UserCommand) -> Result<()> {
         }
         UserCommand::Set { name, role, password_file, server } => {
             let client = Client::new(&server)?;
-            let mut body = json!({});
-            if let Some(r) = role {
-                body["role"] = Value::String(r);
-            }
-            if password_file.is_some() {
-                body["password"] = Value::String(password(password_file.as_deref())?);
-            }
-            client.put(&format!("/users/{name}"), body)?;
+            let role = role.map(|r| r.parse::<Role>()).transpose()?;
+            let password = match password_file {
+                Some(f) => Some(password(Some(f.as_path()))?),
+                None => None,
+            };
+            client.put_only(&format!("/users/{name}"), &ChangeUser { role, password })?;
             println!("user {name} changed");
         }
         UserCommand::Token { name, label, server } => {
-            let t = Client::new(&server)?
-                .post(&format!("/users/{name}/tokens"), json!({ "label": label }))?
-                .context("empty answer")?;
-            println!("{}", t["token"].as_str().unwrap_or_default());
-            eprintln!("token {} for {name}: shown once, keep it secret", t["id"].as_str().unwrap_or_default());
+            let t: IssuedToken = Client::new(&server)?.post(&format!("/users/{name}/tokens"), &NewToken { label })?;
+            println!("{}", t.token);
+            eprintln!("token {} for {name}: shown once, keep it secret", t.id);
         }
         UserCommand::Revoke { name, id, server } => {
             Client::new(&server)?.delete(&format!("/users/{name}/tokens/{id}"))?;

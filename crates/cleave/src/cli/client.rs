@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use cleave_api::model::ErrorBody;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 /// How the CLI finds the server.
 #[derive(clap::Args, Debug, Clone)]
@@ -62,7 +64,8 @@ impl Client {
         Ok(Client { base: args.server.trim_end_matches('/').to_string(), token, agent })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Option<Value>> {
+    /// One call: the answer's body (empty for 204), or the server's refusal as an error.
+    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<String> {
         let url = format!("{}/api/v1{path}", self.base);
         let req = self.agent.request(method, &url).set("Authorization", &format!("Bearer {}", self.token));
         let result = match body {
@@ -70,32 +73,45 @@ impl Client {
             None => req.call(),
         };
         match result {
-            Ok(resp) if resp.status() == 204 => Ok(None),
-            Ok(resp) => {
-                let text = resp.into_string().context("reading the server's answer")?;
-                if text.trim().is_empty() {
-                    return Ok(None);
-                }
-                Ok(Some(serde_json::from_str(&text).context("parsing the server's answer")?))
-            }
+            Ok(resp) if resp.status() == 204 => Ok(String::new()),
+            Ok(resp) => resp.into_string().context("reading the server's answer"),
             Err(ureq::Error::Status(code, resp)) => {
-                let body: Value = resp.into_json().unwrap_or(Value::Null);
-                let msg = body.get("error").and_then(|e| e.as_str()).unwrap_or("no detail").to_string();
+                let msg = resp.into_json::<ErrorBody>().map(|b| b.error).unwrap_or_else(|_| "no detail".to_string());
                 bail!("server answered {code}: {msg}")
             }
             Err(e) => bail!("cannot reach {url}: {e}"),
         }
     }
 
-    pub fn get(&self, path: &str) -> Result<Value> {
-        self.call("GET", path, None)?.context("empty answer")
+    /// An answer as the type the API documents for it.
+    fn parse<T: DeserializeOwned>(text: &str) -> Result<T> {
+        if text.trim().is_empty() {
+            bail!("empty answer");
+        }
+        serde_json::from_str(text).context("parsing the server's answer")
     }
-    pub fn post(&self, path: &str, body: Value) -> Result<Option<Value>> {
-        self.call("POST", path, Some(body))
+
+    fn body(body: &impl Serialize) -> Result<Option<serde_json::Value>> {
+        Ok(Some(serde_json::to_value(body).context("encoding the request")?))
     }
-    pub fn put(&self, path: &str, body: Value) -> Result<Option<Value>> {
-        self.call("PUT", path, Some(body))
+
+    /// `GET`, answered with a `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Self::parse(&self.call("GET", path, None)?)
     }
+    /// `POST`, answered with a `T`.
+    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        Self::parse(&self.call("POST", path, Self::body(body)?)?)
+    }
+    /// `POST`, whose answer says nothing more than its status.
+    pub fn post_only(&self, path: &str, body: &impl Serialize) -> Result<()> {
+        self.call("POST", path, Self::body(body)?).map(|_| ())
+    }
+    /// `PUT`, whose answer says nothing more than its status.
+    pub fn put_only(&self, path: &str, body: &impl Serialize) -> Result<()> {
+        self.call("PUT", path, Self::body(body)?).map(|_| ())
+    }
+    /// `DELETE`, whose answer (if any) says nothing more than its status.
     pub fn delete(&self, path: &str) -> Result<()> {
         self.call("DELETE", path, None).map(|_| ())
     }

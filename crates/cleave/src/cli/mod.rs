@@ -16,9 +16,9 @@ pub mod volume;
 
 use anyhow::Result;
 
-/// Prints an API answer as indented JSON.
-pub fn print_json(v: &serde_json::Value) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+/// Prints an API answer as indented JSON, keys in order (as the CLI always printed them).
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(&serde_json::to_value(v)?)?);
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
+use cleave_api::model::{ChildControl, NodeStatus, TreeNode};
 use cleave_gateway::ByteSize;
 
 use super::client::{Client, ServerArgs};
@@ -29,19 +30,20 @@ pub enum ControlSub {
 
 /// `cleave node list`: one line per node.
 pub fn list_nodes(all: bool, server: &ServerArgs) -> Result<()> {
-    let list = Client::new(server)?.get(if all { "/nodes?all=true" } else { "/nodes" })?;
-    for n in list.as_array().into_iter().flatten() {
+    // Without `all` the nodes name no control: `TreeNode` reads them with an empty one.
+    let list: Vec<TreeNode> = Client::new(server)?.get(if all { "/nodes?all=true" } else { "/nodes" })?;
+    for TreeNode { node: n, control } in list {
         if all {
-            print!("{:<14} ", n["control"].as_str().unwrap_or("?"));
+            print!("{control:<14} ");
         }
         println!(
             "{:<14} {:<22} {:<10} {:<5} {:>10} free of {:>10}",
-            n["id"].as_str().unwrap_or("?"),
-            n["address"].as_str().unwrap_or("?"),
-            n["site"].as_str().unwrap_or("?"),
-            n["status"].as_str().unwrap_or("?"),
-            ByteSize(n["free_bytes"].as_u64().unwrap_or(0)).to_string(),
-            ByteSize(n["capacity_bytes"].as_u64().unwrap_or(0)).to_string()
+            n.id,
+            n.address,
+            n.site,
+            status(n.status),
+            ByteSize(n.free_bytes).to_string(),
+            ByteSize(n.capacity_bytes).to_string()
         );
     }
     Ok(())
@@ -49,26 +51,33 @@ pub fn list_nodes(all: bool, server: &ServerArgs) -> Result<()> {
 
 /// `cleave control list`.
 pub fn list_controls(server: &ServerArgs) -> Result<()> {
-    print_controls(&Client::new(server)?.get("/controls")?);
+    print_controls(&Client::new(server)?.get::<Vec<ChildControl>>("/controls")?);
     Ok(())
 }
 
+/// A node's or control's status, as the API spells it.
+fn status(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Up => "up",
+        NodeStatus::Down => "down",
+    }
+}
+
 /// `cleave control list`: one line per child control.
-fn print_controls(list: &serde_json::Value) {
-    for c in list.as_array().into_iter().flatten() {
-        let s = &c["summary"];
-        let n = |k: &str| s[k].as_u64().unwrap_or(0);
+fn print_controls(list: &[ChildControl]) {
+    for c in list {
+        let s = &c.summary;
         println!(
             "{:<14} {:<16} {:<10} {:<5} {:<28} nodes {} up {} down, {:>10} free of {:>10}",
-            c["id"].as_str().unwrap_or("?"),
-            c["name"].as_str().unwrap_or("?"),
-            c["site"].as_str().unwrap_or("?"),
-            c["status"].as_str().unwrap_or("?"),
-            c["api"].as_str().unwrap_or("?"),
-            n("nodes_up"),
-            n("nodes_down"),
-            ByteSize(n("free_bytes")).to_string(),
-            ByteSize(n("capacity_bytes")).to_string()
+            c.id,
+            c.name,
+            c.site,
+            status(c.status),
+            c.api,
+            s.nodes_up,
+            s.nodes_down,
+            ByteSize(s.free_bytes).to_string(),
+            ByteSize(s.capacity_bytes).to_string()
         );
     }
 }

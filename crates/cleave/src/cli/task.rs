@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use cleave_api::model::NewTask;
+use cleave_api::model::{NewTask, TaskState, TaskView};
 
 use super::client::{Client, ServerArgs};
 use super::print_json;
@@ -51,24 +51,36 @@ pub fn run(cmd: TaskCommand) -> Result<()> {
     match cmd {
         TaskCommand::Start { kind, volume, targets, from, to, takeover, server } => {
             let body = NewTask { kind, volume, targets, from, to, takeover };
-            let t = Client::new(&server)?.post("/tasks", serde_json::to_value(body)?)?;
-            print_json(&t.unwrap_or_default())
+            let t: TaskView = Client::new(&server)?.post("/tasks", &body)?;
+            print_json(&t)
         }
         TaskCommand::List { server } => {
-            for t in Client::new(&server)?.get("/tasks")?.as_array().into_iter().flatten() {
+            for t in Client::new(&server)?.get::<Vec<TaskView>>("/tasks")? {
                 println!(
                     "{:>4} {:<7} {:<20} {:<10} {:>5.0}%",
-                    t["id"],
-                    t["kind"].as_str().unwrap_or("?"),
-                    t["volume"].as_str().unwrap_or("?"),
-                    t["state"].as_str().unwrap_or("?"),
-                    t["progress"].as_f64().unwrap_or(0.0) * 100.0
+                    t.id,
+                    t.kind.as_str(),
+                    t.volume,
+                    state(t.state),
+                    t.progress * 100.0
                 );
             }
             Ok(())
         }
-        TaskCommand::Show { id, server } => print_json(&Client::new(&server)?.get(&format!("/tasks/{id}"))?),
+        TaskCommand::Show { id, server } => {
+            print_json(&Client::new(&server)?.get::<TaskView>(&format!("/tasks/{id}"))?)
+        }
         TaskCommand::Wait { id, server } => wait(&Client::new(&server)?, id),
+    }
+}
+
+/// A task's state, as the API spells it.
+fn state(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Queued => "queued",
+        TaskState::Running => "running",
+        TaskState::Succeeded => "succeeded",
+        TaskState::Failed => "failed",
     }
 }
 
@@ -76,19 +88,19 @@ pub fn run(cmd: TaskCommand) -> Result<()> {
 fn wait(client: &Client, id: u64) -> Result<()> {
     let bar = indicatif::ProgressBar::new(1000);
     loop {
-        let t = client.get(&format!("/tasks/{id}"))?;
-        bar.set_position((t["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
-        bar.set_message(t["state"].as_str().unwrap_or("?").to_string());
-        match t["state"].as_str() {
-            Some("succeeded") => {
+        let t: TaskView = client.get(&format!("/tasks/{id}"))?;
+        bar.set_position((t.progress * 1000.0) as u64);
+        bar.set_message(state(t.state).to_string());
+        match t.state {
+            TaskState::Succeeded => {
                 bar.finish_and_clear();
                 return print_json(&t);
             }
-            Some("failed") => {
+            TaskState::Failed => {
                 bar.finish_and_clear();
-                anyhow::bail!("task {id} failed: {}", t["error"].as_str().unwrap_or("no reason given"));
+                anyhow::bail!("task {id} failed: {}", t.error.as_deref().unwrap_or("no reason given"));
             }
-            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+            TaskState::Queued | TaskState::Running => std::thread::sleep(std::time::Duration::from_millis(200)),
         }
     }
 }

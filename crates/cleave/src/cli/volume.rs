@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use cleave_api::model::CreateVolume;
+use cleave_api::model::{CreateVolume, CreatedVolume, Health, ScrubReport, VolumeView};
 use cleave_gateway::ByteSize;
 
 use super::client::{Client, ServerArgs};
@@ -95,15 +95,17 @@ pub fn run(cmd: VolumeCommand) -> Result<()> {
                 client,
                 ..CreateVolume::new(&name, size.0, m, n)
             };
-            let mut v = api.post("/volumes", serde_json::to_value(body)?)?.unwrap_or_default();
-            if let Some(c) = v.as_object_mut().and_then(|o| o.remove("credentials")) {
-                let who = c["client"].as_str().unwrap_or("client").to_string();
-                super::access::write_credentials(&c, &out.unwrap_or_else(|| PathBuf::from(format!("{who}-tls"))))?;
+            let created: CreatedVolume = api.post("/volumes", &body)?;
+            if let Some(c) = created.credentials {
+                let dir = out.unwrap_or_else(|| PathBuf::from(format!("{}-tls", c.client)));
+                super::access::write_credentials(&c, &dir)?;
             }
-            print_json(&v)
+            print_json(&created.volume)
         }
         VolumeCommand::List { server } => list(&Client::new(&server)?),
-        VolumeCommand::Show { name, server } => print_json(&Client::new(&server)?.get(&format!("/volumes/{name}"))?),
+        VolumeCommand::Show { name, server } => {
+            print_json(&Client::new(&server)?.get::<VolumeView>(&format!("/volumes/{name}"))?)
+        }
         VolumeCommand::Delete { name, server } => {
             Client::new(&server)?.delete(&format!("/volumes/{name}"))?;
             eprintln!("deleted {name}");
@@ -113,21 +115,30 @@ pub fn run(cmd: VolumeCommand) -> Result<()> {
 }
 
 fn list(client: &Client) -> Result<()> {
-    for v in client.get("/volumes")?.as_array().into_iter().flatten() {
+    for v in client.get::<Vec<VolumeView>>("/volumes")? {
         println!(
             "{:<20} {:>10} {}-of-{} {:<10} {}",
-            v["name"].as_str().unwrap_or("?"),
-            ByteSize(v["size_bytes"].as_u64().unwrap_or(0)).to_string(),
-            v["m"],
-            v["n"],
-            v["health"]["state"].as_str().unwrap_or("?"),
-            v["nbd_uri"].as_str().unwrap_or("")
+            v.name,
+            ByteSize(v.size_bytes).to_string(),
+            v.m,
+            v.n,
+            health_state(&v.health),
+            v.nbd_uri
         );
-        if let Some(why) = v["open_error"].as_str() {
+        if let Some(why) = &v.open_error {
             println!("{:<20} cannot open (retrying): {why}", "");
         }
     }
     Ok(())
+}
+
+/// The `state` of a volume's health, as the API spells it.
+fn health_state(h: &Health) -> &'static str {
+    match h {
+        Health::Clean => "clean",
+        Health::Degraded { .. } => "degraded",
+        Health::Unavailable { .. } => "unavailable",
+    }
 }
 
 /// `cleave scrub`: verifies every share of a volume (and repairs with `repair`).
@@ -136,7 +147,7 @@ pub fn scrub(name: &str, repair: bool, server: &ServerArgs) -> Result<()> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!("scrubbing {name}"));
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-    let report = client.post(&format!("/volumes/{name}/scrub?repair={repair}"), serde_json::json!({}))?;
+    let report: ScrubReport = client.post(&format!("/volumes/{name}/scrub?repair={repair}"), &serde_json::json!({}))?;
     spinner.finish_and_clear();
-    print_json(&report.unwrap_or_default())
+    print_json(&report)
 }
