@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::auth::Shared;
-use crate::{auth, console, groups, hierarchy, users, volumes};
+use crate::{auth, console, groups, hierarchy, metrics, users, volumes};
 
 /// The OpenAPI document of this API, public so that tools can read it.
 async fn openapi() -> Response {
@@ -28,6 +28,7 @@ pub fn router(gw: Shared) -> Router {
         .merge(volumes::routes())
         .merge(groups::routes())
         .merge(users::routes())
+        .merge(metrics::routes())
         .layer(middleware::from_fn_with_state(gw.clone(), auth::authenticate))
         .with_state(gw);
     public.merge(private)
