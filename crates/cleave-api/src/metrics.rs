@@ -3,15 +3,19 @@
 //! sends a viewer's API token as its bearer token.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
 use crate::auth::{viewer, Shared};
 
-async fn metrics(State(gw): State<Shared>) -> Response {
-    ([(header::CONTENT_TYPE, cleave_gateway::metrics::CONTENT_TYPE)], gw.metrics()).into_response()
+/// OpenMetrics for a client that asks for it (Prometheus does), the Prometheus text format
+/// for the others.
+async fn metrics(State(gw): State<Shared>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let (content_type, body) = gw.metrics(accept.contains("application/openmetrics-text"));
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 pub(crate) fn routes() -> Router<Shared> {

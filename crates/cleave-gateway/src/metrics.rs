@@ -16,8 +16,10 @@ use crate::gateway::Gateway;
 use crate::health::{targets_down, HealthState};
 use crate::tasks::{TaskKind, TaskState};
 
-/// The content type of [`Gateway::metrics`].
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of OpenMetrics text, what Prometheus asks for first.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the Prometheus text format (0.0.4), for every other client.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -88,18 +90,45 @@ fn flag(b: bool) -> Value {
     Value::Gauge(if b { 1.0 } else { 0.0 })
 }
 
+/// OpenMetrics text as the Prometheus text format 0.0.4 has it: a counter's `# HELP` and
+/// `# TYPE` name its sample (`foo_total`), and there is no `# EOF`. Everything else that
+/// `prometheus-client` writes (gauges, histograms, labels, escapes) is the same in both.
+fn prometheus_text(openmetrics: &str, counters: &[&str]) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(&name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 impl Gateway {
-    /// The metrics now, in the OpenMetrics text format ([`CONTENT_TYPE`]).
-    pub fn metrics(&self) -> String {
+    /// The metrics now: OpenMetrics text ([`OPENMETRICS`]) if `openmetrics`, else the
+    /// Prometheus text format ([`PROMETHEUS_TEXT`]). Returns the content type and the text.
+    pub fn metrics(&self, openmetrics: bool) -> (&'static str, String) {
         let mut s = Snapshot::default();
         self.volume_metrics(&mut s);
         self.node_metrics(&mut s);
         self.task_metrics(&mut s);
+        let counters: Vec<&'static str> =
+            s.families.iter().filter(|f| matches!(f.kind, MetricType::Counter)).map(|f| f.name).collect();
         let mut registry = Registry::default();
         registry.register_collector(Box::new(s));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String does not fail");
-        out
+        if openmetrics {
+            (OPENMETRICS, out)
+        } else {
+            (PROMETHEUS_TEXT, prometheus_text(&out, &counters))
+        }
     }
 
     fn volume_metrics(&self, s: &mut Snapshot) {
@@ -193,5 +222,17 @@ impl Gateway {
                 s.add(family, labels, Value::Gauge(n as f64));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_by_their_samples_in_the_prometheus_text_format() {
+        let om = "# HELP a_ops Ops.\n# TYPE a_ops counter\na_ops_total{v=\"x\"} 2\n# HELP g G.\n# TYPE g gauge\ng 1.0\n# EOF\n";
+        let text = prometheus_text(om, &["a_ops"]);
+        assert_eq!(text, "# HELP a_ops_total Ops.\n# TYPE a_ops_total counter\na_ops_total{v=\"x\"} 2\n# HELP g G.\n# TYPE g gauge\ng 1.0\n");
     }
 }
