@@ -58,7 +58,7 @@ impl Snapshot {
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         for f in &self.families {
-            let mut m = encoder.encode_descriptor(f.name, f.help, None, f.kind.clone())?;
+            let mut m = encoder.encode_descriptor(f.name, f.help, None, f.kind)?;
             for (labels, value) in &f.rows {
                 let mut s = m.encode_family(labels)?;
                 match value {
