@@ -14,6 +14,8 @@ mod groups;
 mod hierarchy;
 /// The admin API over TLS: a listener whose handshakes run in their own tasks.
 pub mod https;
+/// `GET /metrics`, for Prometheus.
+mod metrics;
 /// Request and response bodies, shared with clients.
 pub mod model;
 /// The OpenAPI document, generated from the routes and the types.

@@ -52,6 +52,7 @@ const CALLS: &[(&str, &str)] = &[
     ("GET", "/api/v1/controls/east/api/user%73"),
     ("PUT", "/api/v1/controls/east/api/groups/g/volumes/v"),
     ("POST", "/api/v1/logout"),
+    ("GET", "/metrics"),
 ];
 
 #[tokio::test]

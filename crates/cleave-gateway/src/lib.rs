@@ -22,6 +22,8 @@ pub mod health;
 mod jobs;
 /// Start-up, retries of volumes that could not be opened, the health watcher.
 pub mod lifecycle;
+/// Metrics in the OpenMetrics text format (for `GET /metrics`).
+pub mod metrics;
 /// The node plane's credentials: node CA, enrolment, the gateway's target credentials.
 pub mod nodetls;
 /// The task queue.

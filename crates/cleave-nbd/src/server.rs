@@ -21,7 +21,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::device::{BlockDevice, BlockError, ExportProvider, Peer, PeerAddr, Refusal};
 use crate::proto::{self, Command, ExportLimits, ProtoError, Request};
@@ -179,11 +179,16 @@ impl Server {
             return;
         };
         let this = self.clone();
-        tokio::spawn(async move {
-            // Errors are logged inside serve_connection.
-            let _ = this.serve_connection(sock, addr).await;
-            drop(permit);
-        });
+        // Everything logged for this connection carries its peer, and its export once known.
+        let span = tracing::info_span!("nbd", peer = %addr, export = tracing::field::Empty);
+        tokio::spawn(
+            async move {
+                // Errors are logged inside serve_connection.
+                let _ = this.serve_connection(sock, addr).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 
     /// One connection over any stream. `addr` decides whether TLS is required (everything
@@ -252,6 +257,7 @@ impl Server {
             Err(e) => return self.failed(peer, e),
         };
         let who = peer.addr.to_string();
+        tracing::Span::current().record("export", export.name.as_str());
         info!(peer = %who, tls = peer.tls, export = %export.name, size = export.size, read_only = export.device.read_only(), "NBD client connected");
         let name = export.name.clone();
         let result = self.transmission(stream, export, &who).await;

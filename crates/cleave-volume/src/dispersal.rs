@@ -26,6 +26,21 @@ pub struct TargetStats {
     latency_us: AtomicU64,
     up: AtomicBool,
     last_error: std::sync::Mutex<Option<String>>,
+    /// Operations finished, and those that failed for a reason that marks the target down.
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A target's statistics as read at one moment, for metrics.
+#[derive(Clone, Debug)]
+pub struct TargetReport {
+    /// The target's display name (its URI without credentials).
+    pub name: String,
+    pub up: bool,
+    /// Exponentially weighted request latency.
+    pub latency: Duration,
+    pub requests: u64,
+    pub errors: u64,
 }
 
 impl TargetStats {
@@ -33,11 +48,13 @@ impl TargetStats {
         let us = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
         let old = self.latency_us.load(Ordering::Relaxed);
         self.latency_us.store(if old == 0 { us } else { (old * 7 + us) / 8 }, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) | Err(TargetError::NotFound(_)) | Err(TargetError::AlreadyExists(_)) => {
                 self.up.store(true, Ordering::Relaxed);
             }
             Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
                 self.up.store(false, Ordering::Relaxed);
                 *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
             }
@@ -71,6 +88,8 @@ impl Dispersal {
                 latency_us: AtomicU64::new(0),
                 up: AtomicBool::new(true),
                 last_error: std::sync::Mutex::new(None),
+                requests: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
             })
             .collect();
         Dispersal { targets: std::sync::RwLock::new(targets), stats, put_timeout }
@@ -95,10 +114,26 @@ impl Dispersal {
         let s = &self.stats[i];
         s.latency_us.store(0, std::sync::atomic::Ordering::Relaxed);
         s.up.store(true, std::sync::atomic::Ordering::Relaxed);
+        s.requests.store(0, Ordering::Relaxed);
+        s.errors.store(0, Ordering::Relaxed);
         *s.last_error.lock().expect("not poisoned") = None;
     }
     pub fn stats(&self) -> &[TargetStats] {
         &self.stats
+    }
+    /// Each target's statistics with its name, in share order.
+    pub fn reports(&self) -> Vec<TargetReport> {
+        self.targets()
+            .iter()
+            .zip(&self.stats)
+            .map(|(t, s)| TargetReport {
+                name: t.name().to_string(),
+                up: s.is_up(),
+                latency: s.latency(),
+                requests: s.requests.load(Ordering::Relaxed),
+                errors: s.errors.load(Ordering::Relaxed),
+            })
+            .collect()
     }
     pub fn up_count(&self) -> usize {
         self.stats.iter().filter(|s| s.is_up()).count()

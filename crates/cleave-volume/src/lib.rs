@@ -10,6 +10,7 @@
 //! - [`volume`]: reads, writes, flush, trim, and the destage loop.
 //! - [`recover`]: rebuilding a volume from any M targets and the master key alone.
 //! - [`scrub`]: verifying every share and repairing what is missing or bad.
+//! - [`stats`]: I/O counters and latency histograms, in atomics.
 //! - [`fuzzing`]: the bodies of the fuzz targets (`fuzz/`), also run by a stable test.
 
 pub mod cache;
@@ -24,6 +25,7 @@ pub mod meta;
 pub mod naming;
 pub mod recover;
 pub mod scrub;
+pub mod stats;
 pub mod volume;
 
 pub use error::VolumeError;

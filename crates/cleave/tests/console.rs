@@ -198,3 +198,70 @@ fn console_logs_in_shows_nodes_creates_a_volume_runs_a_scrub_and_logs_out() {
     assert_eq!(api(&s, "/volumes/web")["name"], "web");
     drop(nodes);
 }
+
+/// The dashboard charts throughput and latency per volume from /metrics while clients write
+/// and read; the volume page lists the volume's health changes. The dashboard's screenshot
+/// is `target/tmp/console/08-metrics.png` (docs/console-metrics.png is a copy).
+#[test]
+fn console_charts_live_io_per_volume_and_shows_health_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    s.cli_ok(&["volume", "create", "db", "--size", "64MiB", "--m", "2", "--n", "3"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Clients at work: a few MiB written and read twice on each volume, a few times a second.
+    let load: Vec<_> = [("demo", 4u32), ("db", 2u32)]
+        .into_iter()
+        .map(|(v, mib)| {
+            let (uri, stop) = (s.uri(v), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let off = (i % 8) << 20;
+                    qemu_io(
+                        &uri,
+                        &[
+                            format!("write -P {} {off} {mib}M", i % 250),
+                            format!("read {off} {mib}M"),
+                            format!("read {off} {mib}M"),
+                        ],
+                    );
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(150 + 100 * (i % 3)));
+                }
+            })
+        })
+        .collect();
+
+    let b = Browser::start(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"));
+    let password = std::fs::read_to_string(s.data.join("admin.password")).unwrap();
+    b.login(&format!("http://127.0.0.1:{}/", s.http_port), "admin", password.trim());
+    for v in ["demo", "db"] {
+        b.wait(
+            &format!("a chart of {v} with a minute of points"),
+            &format!("Number(document.querySelector('[data-chart-volume={v}]')?.dataset.points) >= 8"),
+        );
+    }
+    let now = b.text("[data-chart-volume=demo] .now");
+    assert!(now.contains("MiB/s") && now.contains("ms"), "{now}");
+    b.screenshot("08-metrics");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+
+    // A target of demo fails: the volume turns degraded, and its page says when.
+    break_dir(&s.target_dir(0));
+    qemu_io(&s.uri("demo"), &["write -P 9 0 1M".to_string()]);
+    let token = std::fs::read_to_string(s.data.join("admin.token")).unwrap();
+    let _ = Command::new("curl")
+        .args(["-s", "-X", "POST", "-H", &format!("Authorization: Bearer {}", token.trim())])
+        .arg(format!("http://127.0.0.1:{}/api/v1/volumes/demo/destage", s.http_port))
+        .output();
+    b.goto(&format!("http://127.0.0.1:{}/console/#/volumes/demo", s.http_port));
+    b.wait(
+        "the degraded state in the health history",
+        "document.querySelector('#health-history')?.innerText.includes('degraded')",
+    );
+    restore_dir(&s.target_dir(0));
+    b.screenshot("09-health-history");
+}

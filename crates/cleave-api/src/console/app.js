@@ -127,6 +127,125 @@ function confirmDestroy(text, word) {
   });
 }
 
+// ---- live charts from /metrics (the same counters Prometheus scrapes) ----
+// Per volume: bytes read and written, and the sums and counts of the latency histograms.
+const SERIES = {
+  cleave_volume_read_bytes_total: "rb", cleave_volume_write_bytes_total: "wb",
+  cleave_volume_read_latency_seconds_sum: "rs", cleave_volume_read_latency_seconds_count: "rc",
+  cleave_volume_write_latency_seconds_sum: "ws", cleave_volume_write_latency_seconds_count: "wc",
+};
+const metrics = { samples: [], timer: null, every: 2000, keep: 60 };
+// The Prometheus text format: `name{labels} value` lines; only the series above are kept.
+function parseMetrics(text) {
+  const vols = {};
+  for (const line of text.split("\n")) {
+    const m = /^([a-z_]+)\{([^}]*)\} (\S+)$/.exec(line);
+    if (!m || !SERIES[m[1]]) continue;
+    const v = /(?:^|,)volume="((?:[^"\\]|\\.)*)"/.exec(m[2]);
+    if (!v) continue;
+    const name = v[1].replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
+    (vols[name] = vols[name] || {})[SERIES[m[1]]] = parseFloat(m[3]);
+  }
+  return vols;
+}
+async function pollMetrics() {
+  if (document.body.dataset.page !== "dashboard" || !state.me) return;
+  try {
+    const r = await fetch("/metrics", { credentials: "same-origin" });
+    if (!r.ok) return;
+    metrics.samples.push({ t: Date.now() / 1000, vols: parseMetrics(await r.text()) });
+    if (metrics.samples.length > metrics.keep) metrics.samples.shift();
+    drawCharts();
+  } catch (_) { /* the next poll tries again */ }
+}
+function startMetrics() {
+  if (!metrics.timer) metrics.timer = setInterval(pollMetrics, metrics.every);
+  if (!metrics.samples.length) setTimeout(pollMetrics, 0); // once the page is marked as the dashboard
+}
+// Rates between consecutive samples: MiB/s read and written, mean latency (ms) of the
+// reads and writes that finished in the interval.
+function rates(name) {
+  const out = [];
+  for (let i = 1; i < metrics.samples.length; i++) {
+    const a = metrics.samples[i - 1], b = metrics.samples[i];
+    const x = a.vols[name], y = b.vols[name];
+    if (!x || !y) continue;
+    const dt = b.t - a.t || 1;
+    const d = (k) => Math.max(0, (y[k] || 0) - (x[k] || 0));
+    const mean = (s, c) => (d(c) ? (1000 * d(s)) / d(c) : null);
+    out.push({ t: b.t, read: d("rb") / dt / 1048576, write: d("wb") / dt / 1048576, rlat: mean("rs", "rc"), wlat: mean("ws", "wc") });
+  }
+  return out;
+}
+const COLORS = { read: "#2457c5", write: "#d9730d" };
+// A small line chart: one line per key, the time axis the last `keep` polls.
+function lineChart(canvas, points, keys, unit) {
+  const ctx = canvas.getContext("2d");
+  const W = canvas.width, H = canvas.height, pad = { l: 44, r: 8, t: 8, b: 16 };
+  ctx.clearRect(0, 0, W, H);
+  const vals = points.flatMap((p) => keys.map((k) => p[k])).filter((v) => v !== null);
+  const max = Math.max(...vals, unit === "ms" ? 1 : 0.1) * 1.15;
+  // The time axis: what has been collected, at least 30 s, at most the last `keep` polls.
+  const now = Date.now() / 1000;
+  const first = metrics.samples.length ? metrics.samples[0].t : now;
+  const span = Math.min((metrics.keep * metrics.every) / 1000, Math.max(30, now - first));
+  const X = (t) => pad.l + ((W - pad.l - pad.r) * (t - (now - span))) / span;
+  const Y = (v) => H - pad.b - ((H - pad.t - pad.b) * v) / max;
+  ctx.strokeStyle = "#d8dde5";
+  ctx.fillStyle = "#5b6574";
+  ctx.font = "10px system-ui, sans-serif";
+  for (const f of [0, 0.5, 1]) {
+    const y = Y(max * f / 1.15);
+    ctx.beginPath(); ctx.moveTo(pad.l, y); ctx.lineTo(W - pad.r, y); ctx.stroke();
+    ctx.fillText(`${(max * f / 1.15).toFixed(max < 10 ? 1 : 0)} ${unit}`, 2, y + 3);
+  }
+  ctx.fillText(span >= 90 ? `${Math.round(span / 60)} min ago` : `${Math.round(span)} s ago`, pad.l, H - 3);
+  ctx.fillText("now", W - pad.r - 20, H - 3);
+  for (const k of keys) {
+    ctx.strokeStyle = COLORS[k.startsWith("r") ? "read" : "write"];
+    ctx.lineWidth = 1.5;
+    ctx.beginPath();
+    let pen = false;
+    for (const p of points) {
+      if (p[k] === null) { pen = false; continue; }
+      if (pen) ctx.lineTo(X(p.t), Y(p[k])); else ctx.moveTo(X(p.t), Y(p[k]));
+      pen = true;
+    }
+    ctx.stroke();
+  }
+}
+function drawCharts() {
+  for (const box of document.querySelectorAll("#charts [data-chart-volume]")) {
+    const name = box.dataset.chartVolume;
+    const r = rates(name);
+    lineChart(box.querySelector("canvas.throughput"), r, ["read", "write"], "MiB/s");
+    lineChart(box.querySelector("canvas.latency"), r, ["rlat", "wlat"], "ms");
+    const last = r[r.length - 1];
+    box.dataset.points = r.length;
+    box.querySelector(".now").textContent = last
+      ? `now: read ${last.read.toFixed(1)} MiB/s, write ${last.write.toFixed(1)} MiB/s` +
+        (last.wlat !== null ? `, write ${last.wlat.toFixed(1)} ms` : "") + (last.rlat !== null ? `, read ${last.rlat.toFixed(1)} ms` : "")
+      : "collecting…";
+  }
+}
+function chartsFor(volumes) {
+  const legend = () => h("span", { class: "legend" }, h("span", { class: "key read" }, "read"), " ", h("span", { class: "key write" }, "write"));
+  return h("div", { id: "charts" }, volumes.filter((v) => !v.open_error).map((v) => h("div", { class: "chart card", dataset: { chartVolume: v.name } },
+    h("div", { class: "label" }, `Volume ${v.name} `, legend()),
+    h("div", { class: "pair" },
+      h("figure", {}, h("canvas", { class: "throughput", width: 250, height: 100 }), h("figcaption", {}, "Throughput")),
+      h("figure", {}, h("canvas", { class: "latency", width: 250, height: 100 }), h("figcaption", {}, "Mean latency"))),
+    h("div", { class: "muted now" }, "collecting…"))));
+}
+
+// Health changes of one volume, from the events the gateway records.
+function healthHistory(name, events) {
+  const mine = events.filter((e) => e.kind.startsWith("volume_") && e.detail.startsWith(`${name}:`));
+  const st = (k) => k.replace(/^volume_/, "");
+  return table("health-history", ["When", "State", "Detail"], mine.slice(-20).reverse().map((e) => h("tr", {},
+    h("td", {}, ago(e.time_unix_ms)), h("td", {}, badge(st(e.kind))), h("td", {}, e.detail.slice(name.length + 1).trim()))));
+}
+
 // ---- pages ----
 function loginPage() {
   $("#top").hidden = true;
@@ -172,9 +291,13 @@ async function dashboard() {
       card("card-nodes", "Nodes", `${up.length} up`, h("span", { class: nodes.length - up.length ? "badge down" : "muted" }, `${nodes.length - up.length} down`)),
       card("card-volumes", "Volumes", `${volumes.length}`, h("div", {}, Object.entries(health).map(([k, n]) => h("span", {}, badge(k), ` ${n} `)))),
       card("card-tasks", "Tasks running", `${tasks.filter((t) => t.state === "running" || t.state === "queued").length}`, h("span", { class: "muted" }, `${tasks.length} in all`))),
+    h("h2", {}, "Throughput and latency"),
+    chartsFor(volumes),
     h("h2", {}, "Recent events"),
     table("events-table", ["When", "Event", "Detail"],
       events.slice(-15).reverse().map((e) => h("tr", {}, h("td", {}, ago(e.time_unix_ms)), h("td", {}, badge(e.kind)), h("td", {}, e.detail)))));
+  drawCharts();
+  startMetrics();
   refreshIn(5000);
 }
 
@@ -270,7 +393,7 @@ function credentialsBox(c) {
 }
 
 async function volumePage(name) {
-  const [v, groups] = await Promise.all([api("GET", `/volumes/${encodeURIComponent(name)}`), api("GET", "/groups")]);
+  const [v, groups, events] = await Promise.all([api("GET", `/volumes/${encodeURIComponent(name)}`), api("GET", "/groups"), api("GET", "/events")]);
   const kv = (k, val) => h("tr", {}, h("th", {}, k), h("td", {}, val));
   show(
     h("h1", {}, `Volume ${v.name}`),
@@ -286,6 +409,8 @@ async function volumePage(name) {
       const down = v.health && v.health.targets_down && v.health.targets_down.includes(t);
       return h("tr", {}, h("td", {}, i), h("td", {}, h("code", {}, t)), h("td", {}, badge(down ? "down" : "up")));
     })),
+    h("h2", {}, "Health history"),
+    healthHistory(v.name, events),
     h("h2", {}, "Clients"),
     table("access-table", ["Group", "Rights", "Clients"], groups.filter((g) => g.grants[v.name]).map((g) => {
       const grant = g.grants[v.name];

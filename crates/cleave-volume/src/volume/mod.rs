@@ -21,7 +21,7 @@ use bytes::Bytes;
 use cleave_split::{ChunkId, Codec, Keyring};
 use cleave_target::DynTarget;
 use tokio::sync::{Notify, RwLock};
-use tracing::info;
+use tracing::{info, Instrument};
 
 use crate::cache::Cache;
 use crate::claim::{self, Claim};
@@ -29,6 +29,7 @@ use crate::dispersal::Dispersal;
 use crate::journal::{self, Journal, Mapping};
 use crate::label;
 use crate::meta::{Durability, VolumeConfig};
+use crate::stats::IoStats;
 use crate::VolumeError;
 
 /// Tunables, with defaults a user rarely needs to change.
@@ -140,6 +141,8 @@ struct Inner {
     urgent: std::sync::atomic::AtomicUsize,
     /// This gateway's claim on the volume.
     claim: Claim,
+    /// What the I/O paths count (atomics only).
+    io: IoStats,
     /// Set once a newer owner took over: nothing more is read, written or committed.
     fenced: Mutex<Option<String>>,
 }
@@ -260,6 +263,7 @@ impl Volume {
             stopping: AtomicBool::new(false),
             urgent: std::sync::atomic::AtomicUsize::new(0),
             claim,
+            io: IoStats::default(),
             fenced: Mutex::new(None),
             config,
             opts,
@@ -274,7 +278,9 @@ impl Volume {
             inner.adopt_replaced(i).await;
         }
         let weak = Arc::downgrade(&inner);
-        tokio::spawn(async move { destage::destager(weak).await });
+        // The destager's log lines name their volume.
+        let span = tracing::info_span!("volume", volume = %inner.config.name);
+        tokio::spawn(async move { destage::destager(weak).await }.instrument(span));
         inner.wake_destager.notify_one();
         Ok(Volume { inner })
     }
@@ -310,12 +316,20 @@ impl Volume {
     }
 
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
+        let started = Instant::now();
+        let out = self.read_inner(offset, len).await?;
+        self.inner.io.read(len as u64, started.elapsed());
+        Ok(out)
+    }
+
+    async fn read_inner(&self, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
         self.check_range(offset, len as u64)?;
         self.inner.check_fenced()?;
         let inner = &self.inner;
         let mut out = Vec::with_capacity(len as usize);
         for (chunk, pos, n) in self.pieces(offset, len as u64) {
-            if !inner.is_present(chunk) && inner.has_room() {
+            let missed = !inner.is_present(chunk);
+            if missed && inner.has_room() {
                 // Bring it in while there is room: later reads and writes are local.
                 drop(inner.ensure_present(chunk).await?);
             }
@@ -323,9 +337,11 @@ impl Volume {
             if inner.touch(chunk) {
                 out.extend_from_slice(&inner.cache.read_at(pos, n as usize).await?);
                 drop(guard);
+                inner.io.cache(!missed);
                 continue;
             }
             drop(guard);
+            inner.io.cache(false);
             let (start, _) = inner.cache.chunk_range(chunk);
             let data = inner.fetch_chunk(chunk).await?;
             let from = (pos - start) as usize;
@@ -335,6 +351,14 @@ impl Volume {
     }
 
     pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
+        let started = Instant::now();
+        let len = data.len() as u64;
+        self.write_inner(offset, data, fua).await?;
+        self.inner.io.write(len, started.elapsed());
+        Ok(())
+    }
+
+    async fn write_inner(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
         self.check_range(offset, data.len() as u64)?;
         self.inner.check_fenced()?;
         let inner = &self.inner;
@@ -460,6 +484,29 @@ impl Volume {
         self.inner.wake_destager.notify_one();
         // A round in progress holds the commit lock; later rounds see `stopping`.
         let _commit = self.inner.commit.lock().await;
+    }
+
+    /// What this volume's reads and writes have counted since it opened.
+    pub fn io_stats(&self) -> &IoStats {
+        &self.inner.io
+    }
+
+    /// How long the oldest dirty write has waited to be destaged (zero when nothing is
+    /// dirty, or when the dirty chunks are from before a restart and their age is unknown).
+    pub fn destage_lag(&self) -> Duration {
+        let st = self.inner.state.lock().expect("not poisoned");
+        st.chunks
+            .values()
+            .filter(|c| c.dirty)
+            .filter_map(|c| c.last_write)
+            .map(|t| t.elapsed())
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Each target's statistics, in share order.
+    pub fn target_reports(&self) -> Vec<crate::dispersal::TargetReport> {
+        self.inner.dispersal.reports()
     }
 
     /// The committed chunk map (chunk → generation), for scrub.
