@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use cleave_control::access::check_name;
 use cleave_control::users::Role;
 use cleave_gateway::users::{Principal, Via, SESSION_LIFETIME};
 use cleave_gateway::GatewayError;
@@ -35,6 +36,12 @@ fn cookie(value: &str, max_age: u64) -> HeaderValue {
         (status = 500, description = "A fault of the gateway.", body = ErrorBody),
     ))]
 pub(crate) async fn login(State(gw): State<Shared>, Json(req): Json<Login>) -> ApiResult<Response> {
+    if check_name(&req.name).is_err() {
+        // It cannot be a user: not remembered by the failure count, and cut short in the log.
+        let shown: String = req.name.chars().take(64).collect();
+        warn!(user = ?shown, length = req.name.len(), "failed login: not a user name");
+        return Err(wrong_login().await);
+    }
     if let Err(left) = gw.users().reserve_attempt(&req.name) {
         warn!(user = %req.name, "login refused: too many failures");
         return Err(ApiError::TooManyRequests(format!(
@@ -45,14 +52,18 @@ pub(crate) async fn login(State(gw): State<Shared>, Json(req): Json<Login>) -> A
     }
     let Some((id, csrf, role)) = gw.users().login(&req.name, &req.password).await? else {
         warn!(user = %req.name, "failed login");
-        // Slows down guessing, on top of Argon2id.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        return Err(ApiError::Unauthorized("wrong user name or password".into()));
+        return Err(wrong_login().await);
     };
     info!(user = %req.name, "login");
     let mut resp = Json(Me { csrf: Some(csrf), name: req.name, role }).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, cookie(&id, SESSION_LIFETIME.as_secs()));
     Ok(resp)
+}
+
+/// The refusal of a failed login, after a pause that slows down guessing (on top of Argon2id).
+async fn wrong_login() -> ApiError {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ApiError::Unauthorized("wrong user name or password".into())
 }
 
 /// Ends the caller's session, if it is one.
