@@ -160,8 +160,11 @@ fn replaced_targets_are_detected_at_once_and_rebuilt() {
         std::fs::create_dir(&t[i]).unwrap();
     }
     s.restart();
+    // Found at open, without I/O: the volume shows degraded, or, when the rebuild of its three
+    // chunks was over before the first question (a loaded machine), its rebuild task ran.
     let health = s.show("v")["health"].clone();
-    assert_eq!(health["state"], "degraded", "replaced targets must show at once: {health}");
+    let rebuilt = tasks_of(&s, "rereplicate");
+    assert!(health["state"] == "degraded" || !rebuilt.is_empty(), "replaced targets must show at once: {health}");
     wait_for("the rebuild to make v clean", Duration::from_secs(90), || s.show("v")["health"]["state"] == "clean");
     assert!(tasks_of(&s, "rereplicate").iter().any(|t| t["state"] == "succeeded"));
     let uuid = s.show("v")["uuid"].as_str().unwrap().to_string();
