@@ -106,7 +106,7 @@ async fn destage(State(gw): State<Shared>, Path(name): Path<String>) -> ApiResul
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = NewTask,
     responses(
         (status = 202, description = "Started.", body = TaskView),
-        (status = 400, description = "An unknown kind, or what the kind needs is missing.", body = ErrorBody),
+        (status = 400, description = "What the kind needs is missing.", body = ErrorBody),
         (status = 403, description = "The role may not name `file://` targets.", body = ErrorBody),
         (status = 404, description = "No such volume.", body = ErrorBody),
         (status = 409, description = "The volume is served already, or claimed by another gateway.", body = ErrorBody),

@@ -85,7 +85,7 @@ fn enums_and_name_rules_are_in_the_schemas() {
         |v: &Value| -> Vec<String> { v.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect() };
     assert_eq!(strings(&s["Durability"]["enum"]), ["local", "dispersed"]);
     assert_eq!(strings(&s["Role"]["enum"]), ["viewer", "operator", "admin"]);
-    assert_eq!(strings(&s["TaskState"]["enum"]), ["queued", "running", "succeeded", "failed"]);
+    assert_eq!(strings(&s["TaskState"]["enum"]), ["queued", "running", "succeeded", "failed", "interrupted"]);
     assert_eq!(strings(&s["TaskKind"]["enum"]), ["scrub", "repair", "rereplicate", "delete", "recover", "move"]);
     let create = &s["CreateVolume"]["properties"];
     assert_eq!(create["name"]["pattern"], cleave_api::model::VOLUME_NAME);
@@ -98,13 +98,26 @@ fn enums_and_name_rules_are_in_the_schemas() {
     }
 }
 
+/// The router over a gateway in a temporary directory, and an admin's API token.
+fn app_with_an_admin() -> (tempfile::TempDir, axum::Router, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Arc::new(Gateway::open_local(dir.path().join("data"), 64 << 20).unwrap());
+    gw.users().add("ada", Role::Admin, "a long enough password").unwrap();
+    let token = gw.users().issue_token("ada", "test").unwrap().1;
+    (dir, cleave_api::router(gw), token)
+}
+
 async fn call(app: &axum::Router, method: &str, path: &str, token: &str) -> (StatusCode, Vec<u8>) {
+    call_with(app, method, path, token, "{}").await
+}
+
+async fn call_with(app: &axum::Router, method: &str, path: &str, token: &str, body: &str) -> (StatusCode, Vec<u8>) {
     let req = Request::builder()
         .method(method.to_uppercase().as_str())
         .uri(path)
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
-        .body(Body::from("{}"))
+        .body(Body::from(body.to_string()))
         .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
@@ -113,11 +126,7 @@ async fn call(app: &axum::Router, method: &str, path: &str, token: &str) -> (Sta
 
 #[tokio::test]
 async fn the_router_serves_exactly_the_routes_of_the_document() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Arc::new(Gateway::open_local(dir.path().join("data"), 64 << 20).unwrap());
-    gw.users().add("ada", Role::Admin, "a long enough password").unwrap();
-    let token = gw.users().issue_token("ada", "test").unwrap().1;
-    let app = cleave_api::router(gw);
+    let (_dir, app, token) = app_with_an_admin();
     let doc = document();
     let mut seen = BTreeMap::new();
     for (template, item) in doc["paths"].as_object().unwrap() {
@@ -146,4 +155,23 @@ async fn the_router_serves_exactly_the_routes_of_the_document() {
     let (status, body) = call(&app, "get", "/api/v1/openapi.json", "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), doc);
+}
+
+/// A task kind is a `TaskKind` in the body's type: an unknown one does not deserialize, and is
+/// refused with the 422 the document names, before any volume is looked up.
+#[tokio::test]
+async fn an_unknown_task_kind_is_refused_as_the_document_says() {
+    let (_dir, app, token) = app_with_an_admin();
+    let (status, body) =
+        call_with(&app, "post", "/api/v1/tasks", &token, r#"{"kind":"polish","volume":"nosuch"}"#).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+    assert!(text.contains("polish") && text.contains("scrub"), "{text}");
+    let doc = document();
+    assert!(doc["paths"]["/api/v1/tasks"]["post"]["responses"].get("422").is_some());
+    let kind = &doc["components"]["schemas"]["NewTask"]["properties"]["kind"];
+    assert_eq!(kind["$ref"], "#/components/schemas/TaskKind", "{kind}");
+    // A known kind gets past the body: the volume is what is missing.
+    let (status, _) = call_with(&app, "post", "/api/v1/tasks", &token, r#"{"kind":"scrub","volume":"nosuch"}"#).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

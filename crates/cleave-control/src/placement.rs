@@ -1,5 +1,6 @@
 //! Placement: which nodes hold a new volume's N shares. Pure: node descriptions and the
-//! space already promised to other volumes in, addresses out.
+//! space already promised to other volumes in, addresses out; and, when a request names no
+//! layout, which M-of-N the pool can hold ([`choose_layout`]).
 //!
 //! A node's room is what it reports free, but never more than its capacity minus what
 //! volumes placed on it may still write: a volume that has not written yet takes no disk
@@ -24,14 +25,85 @@ impl Request {
     }
 }
 
+/// A layout the pool can place instead, as the caller would ask for it.
+fn instead(fits: Option<(u8, u8)>) -> String {
+    match fits {
+        Some((m, n)) => format!("{m}-of-{n} would fit: pass --m {m} --n {n} (or add nodes)"),
+        None => "no layout fits: add nodes, or free space on them".into(),
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("cannot place {m}-of-{n}: {up} nodes up, {fit} with {per_share} bytes of room for a share (need {n})")]
+#[error("cannot place {m}-of-{n}: {up} nodes are up, {fit} with {per_share} bytes of room for a share (need {n}); {}", instead(*.fits))]
 pub struct PlacementError {
     pub m: u8,
     pub n: u8,
     pub up: usize,
     pub fit: usize,
     pub per_share: u64,
+    /// The largest layout of at most N shares the pool can place.
+    pub fits: Option<(u8, u8)>,
+}
+
+/// Shares of a layout chosen for the caller: at most 5, the default of directory targets.
+pub const DEFAULT_N: u8 = 5;
+/// A layout is chosen for the caller only on this many nodes or more: below it, every
+/// layout either lets one node rebuild a chunk alone (M = 1) or has no margin (M = N).
+pub const MIN_CHOSEN_N: u8 = 3;
+
+/// M for N shares, when the caller does not name it: two shares of margin from four shares
+/// up (3-of-5, 2-of-4, as erasure-coded stores default to two parity shares on small sets),
+/// one at three (2-of-3), and never M = 1 from three shares up, so that no single node holds
+/// enough to rebuild a chunk.
+pub fn default_m(n: u8) -> u8 {
+    match n {
+        0..=2 => 1,
+        3 => 2,
+        n => n - 2,
+    }
+}
+
+/// Why no layout was chosen for a request that named none.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LayoutError {
+    #[error("{up} nodes are up, none with room for a share of this volume: add nodes, or free space on them")]
+    NoRoom { up: usize },
+    #[error("{up} nodes are up, {n} with room for a share: a layout is chosen only from {MIN_CHOSEN_N} nodes; pass --m {m} --n {n} to place it on these (no margin or one node holding a whole chunk), or add nodes")]
+    TooFew { up: usize, m: u8, n: u8 },
+}
+
+/// The largest layout of at most `at_most` shares, with [`default_m`], that the up nodes
+/// have room for.
+pub fn fitting(nodes: &[NodeInfo], reserved: &HashMap<String, u64>, size_bytes: u64, at_most: u8) -> Option<(u8, u8)> {
+    (1..=at_most).rev().map(|n| (default_m(n), n)).find(|&(m, n)| {
+        let per_share = Request { m, n, size_bytes }.per_share();
+        up_with_room(nodes, reserved, per_share).count() >= usize::from(n)
+    })
+}
+
+/// The layout for a request that names none: N = the nodes with room, at most [`DEFAULT_N`],
+/// and M = [`default_m`]; refused below [`MIN_CHOSEN_N`] nodes, with what to pass.
+pub fn choose_layout(
+    nodes: &[NodeInfo],
+    reserved: &HashMap<String, u64>,
+    size_bytes: u64,
+) -> Result<(u8, u8), LayoutError> {
+    let up = nodes.iter().filter(|x| x.status == NodeStatus::Up).count();
+    match fitting(nodes, reserved, size_bytes, DEFAULT_N) {
+        None => Err(LayoutError::NoRoom { up }),
+        Some((m, n)) if n < MIN_CHOSEN_N => Err(LayoutError::TooFew { up, m, n }),
+        Some(layout) => Ok(layout),
+    }
+}
+
+fn up_with_room<'a>(
+    nodes: &'a [NodeInfo],
+    reserved: &'a HashMap<String, u64>,
+    per_share: u64,
+) -> impl Iterator<Item = &'a NodeInfo> {
+    nodes.iter().filter(move |x| {
+        x.status == NodeStatus::Up && room(x, reserved.get(&x.address).copied().unwrap_or(0)) >= per_share
+    })
 }
 
 /// Room left on a node, given `reserved` bytes promised to volumes already placed there.
@@ -48,11 +120,12 @@ pub fn choose(
 ) -> Result<Vec<String>, PlacementError> {
     let n = req.n as usize;
     let per_share = req.per_share();
-    let up: Vec<&NodeInfo> = nodes.iter().filter(|x| x.status == NodeStatus::Up).collect();
+    let up = nodes.iter().filter(|x| x.status == NodeStatus::Up).count();
     let room_of = |x: &NodeInfo| room(x, reserved.get(&x.address).copied().unwrap_or(0));
-    let mut fit: Vec<&NodeInfo> = up.iter().copied().filter(|x| room_of(x) >= per_share).collect();
+    let mut fit: Vec<&NodeInfo> = up_with_room(nodes, reserved, per_share).collect();
     if fit.len() < n {
-        return Err(PlacementError { m: req.m, n: req.n, up: up.len(), fit: fit.len(), per_share });
+        let fits = fitting(nodes, reserved, req.size_bytes, req.n);
+        return Err(PlacementError { m: req.m, n: req.n, up, fit: fit.len(), per_share, fits });
     }
     fit.sort_by_key(|x| std::cmp::Reverse(room_of(x)));
     let mut chosen: Vec<&NodeInfo> = Vec::new();
@@ -109,5 +182,36 @@ mod tests {
         let mut down = nodes.clone();
         down[1].status = NodeStatus::Down;
         assert!(choose(&down, &HashMap::new(), Request { m: 1, n: 3, size_bytes: 1 }).is_err());
+    }
+
+    #[test]
+    fn a_chosen_layout_fits_the_pool_with_margin() {
+        let pool = |k: usize| -> Vec<NodeInfo> { (0..k).map(|i| node(i, &format!("s{i}"), 2 << 30)).collect() };
+        let none = HashMap::new();
+        let chosen: Vec<_> = (3..=7).map(|k| choose_layout(&pool(k), &none, 1 << 20).unwrap()).collect();
+        assert_eq!(chosen, [(2, 3), (2, 4), (3, 5), (3, 5), (3, 5)]);
+        // Room counts: 1 GiB at 2-of-3 is 512 MiB a share, which only two of four nodes have.
+        let mut four = pool(4);
+        four[0].free_bytes = 256 << 20;
+        four[1].free_bytes = 256 << 20;
+        assert_eq!(choose_layout(&four, &none, 1 << 30), Err(LayoutError::TooFew { up: 4, m: 1, n: 2 }));
+        let err = choose_layout(&pool(2), &none, 1 << 20).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 nodes are up, 2 with room for a share: a layout is chosen only from 3 nodes; pass --m 1 --n 2 \
+             to place it on these (no margin or one node holding a whole chunk), or add nodes"
+        );
+        assert_eq!(choose_layout(&pool(3), &none, 8 << 30), Err(LayoutError::NoRoom { up: 3 }));
+        let mut down = pool(4);
+        down[3].status = NodeStatus::Down;
+        assert_eq!(choose_layout(&down, &none, 1 << 20), Ok((2, 3)));
+    }
+
+    #[test]
+    fn a_layout_the_pool_cannot_hold_is_refused_with_one_that_fits() {
+        let nodes: Vec<NodeInfo> = (0..3).map(|i| node(i, &format!("s{i}"), 2 << 30)).collect();
+        let err = choose(&nodes, &HashMap::new(), Request { m: 3, n: 5, size_bytes: 1 << 20 }).unwrap_err();
+        assert_eq!((err.up, err.fit, err.fits), (3, 3, Some((2, 3))));
+        assert!(err.to_string().ends_with("3 nodes are up, 3 with 349526 bytes of room for a share (need 5); 2-of-3 would fit: pass --m 2 --n 3 (or add nodes)"), "{err}");
     }
 }

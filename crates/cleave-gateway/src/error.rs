@@ -3,7 +3,7 @@
 //! layers below are sorted into kinds here, once.
 
 use cleave_control::access::AccessError;
-use cleave_control::placement::PlacementError;
+use cleave_control::placement::{LayoutError, PlacementError};
 use cleave_control::users::UserError;
 use cleave_target::TargetError;
 use cleave_volume::VolumeError;
@@ -178,6 +178,12 @@ impl From<anyhow::Error> for GatewayError {
 
 impl From<PlacementError> for GatewayError {
     fn from(e: PlacementError) -> Self {
+        GatewayError::Invalid(e.to_string())
+    }
+}
+
+impl From<LayoutError> for GatewayError {
+    fn from(e: LayoutError) -> Self {
         GatewayError::Invalid(e.to_string())
     }
 }

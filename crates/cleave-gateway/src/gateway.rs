@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -21,7 +21,7 @@ use crate::access::{AccessControl, Guarded};
 use crate::data_dir::DataDir;
 use crate::device::VolumeDevice;
 use crate::error::{GatewayError, Result};
-use crate::tasks::TaskView;
+use crate::history::TaskHistory;
 use crate::users::UserStore;
 
 /// Where the NBD front end listens, when there is one.
@@ -33,6 +33,22 @@ pub struct NbdExport {
     pub socket: PathBuf,
 }
 
+impl NbdExport {
+    /// Where clients reach NBD over TLS: the address listened on or, when that is every
+    /// address (`0.0.0.0`, `::`), this host's name, which the NBD certificate names. A
+    /// wildcard address in a URI would send a client to its own machine.
+    pub fn reachable(&self) -> String {
+        if !self.addr.ip().is_unspecified() {
+            return self.addr.to_string();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string());
+        match host {
+            Ok(h) if !h.is_empty() => format!("{h}:{}", self.addr.port()),
+            _ => SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.addr.port()).to_string(),
+        }
+    }
+}
+
 /// What a gateway keeps in its data directory, opened (and made on a first run): the
 /// directory, the master key, the access registry and CA, the admin token, the users.
 pub struct Stores {
@@ -42,6 +58,7 @@ pub struct Stores {
     /// The admin bearer token (`DIR/admin.token`).
     pub token: String,
     pub users: UserStore,
+    pub(crate) tasks: TaskHistory,
 }
 
 impl Stores {
@@ -52,7 +69,8 @@ impl Stores {
         let access = Arc::new(AccessControl::load(&data)?);
         let token = data.admin_token()?;
         let users = UserStore::load(&data)?;
-        Ok(Stores { data, master, access, token, users })
+        let tasks = TaskHistory::load(data.config.clone())?;
+        Ok(Stores { data, master, access, token, users, tasks })
     }
 }
 
@@ -83,7 +101,8 @@ pub struct Gateway {
     pub(crate) unopened: RwLock<BTreeMap<String, Unopened>>,
     pub(crate) pool: Arc<Pool>,
     hierarchy: Arc<Hierarchy>,
-    pub(crate) tasks: Mutex<BTreeMap<u64, TaskView>>,
+    /// Tasks, kept in the configuration database.
+    pub(crate) tasks: TaskHistory,
     /// Long work runs one task at a time; the rest wait as `queued`.
     pub(crate) task_slot: Arc<tokio::sync::Semaphore>,
     /// Serializes create, delete and key-slot changes.
@@ -101,7 +120,7 @@ pub(crate) struct Unopened {
 
 impl Gateway {
     pub fn new(c: GatewayConfig) -> Self {
-        let Stores { data, master, access, token, users } = c.stores;
+        let Stores { data, master, access, token, users, tasks } = c.stores;
         Gateway {
             data,
             master,
@@ -114,7 +133,7 @@ impl Gateway {
             unopened: RwLock::new(BTreeMap::new()),
             pool: c.pool,
             hierarchy: c.hierarchy,
-            tasks: Mutex::new(BTreeMap::new()),
+            tasks,
             task_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             admin: tokio::sync::Mutex::new(()),
             targets: c.targets,
@@ -240,7 +259,7 @@ impl Gateway {
     /// Where clients attach a volume: the local socket, and NBD over TLS (empty without NBD).
     pub(crate) fn export_uris(&self, name: &str) -> (String, String) {
         match &self.nbd {
-            Some(nbd) => (unix_uri(name, &nbd.socket), format!("nbds://{}/{name}", nbd.addr)),
+            Some(nbd) => (unix_uri(name, &nbd.socket), format!("nbds://{}/{name}", nbd.reachable())),
             None => (String::new(), String::new()),
         }
     }

@@ -18,6 +18,8 @@ pub mod gateway;
 pub mod groups;
 /// Volume health, with the nodes the pool has marked down.
 pub mod health;
+/// The task history, kept in the configuration database.
+pub mod history;
 /// The work of recover, re-replicate and move tasks.
 mod jobs;
 /// Start-up, retries of volumes that could not be opened, the health watcher.

@@ -173,7 +173,7 @@ impl Gateway {
             return;
         }
         tried.insert(name.clone(), Instant::now());
-        let req = NewTask { kind: TaskKind::Rereplicate.as_str().into(), volume: name.clone(), ..Default::default() };
+        let req = NewTask::new(TaskKind::Rereplicate, name);
         match self.start_task(req) {
             Ok(t) => info!(volume = %name, task = t.id, "targets are back: re-replicating what degraded writes missed"),
             Err(e) => warn!(volume = %name, error = %e, "could not start re-replication"),

@@ -79,12 +79,8 @@ impl prometheus_client::collector::Collector for Snapshot {
 const HEALTH_STATES: [HealthState; 3] = [HealthState::Clean, HealthState::Degraded, HealthState::Unavailable];
 const TASK_KINDS: [TaskKind; 6] =
     [TaskKind::Scrub, TaskKind::Repair, TaskKind::Rereplicate, TaskKind::Delete, TaskKind::Recover, TaskKind::Move];
-const TASK_STATES: [(TaskState, &str); 4] = [
-    (TaskState::Queued, "queued"),
-    (TaskState::Running, "running"),
-    (TaskState::Succeeded, "succeeded"),
-    (TaskState::Failed, "failed"),
-];
+const TASK_STATES: [TaskState; 5] =
+    [TaskState::Queued, TaskState::Running, TaskState::Succeeded, TaskState::Failed, TaskState::Interrupted];
 
 fn flag(b: bool) -> Value {
     Value::Gauge(if b { 1.0 } else { 0.0 })
@@ -214,11 +210,10 @@ impl Gateway {
 
     fn task_metrics(&self, s: &mut Snapshot) {
         let family = s.family("cleave_tasks", MetricType::Gauge, "Tasks known to this gateway, by kind and state.");
-        let tasks = self.tasks.lock().expect("not poisoned");
         for kind in TASK_KINDS {
-            for (state, state_name) in TASK_STATES {
-                let n = tasks.values().filter(|t| t.kind == kind && t.state == state).count();
-                let labels = vec![("kind", kind.as_str().to_string()), ("state", state_name.to_string())];
+            for state in TASK_STATES {
+                let n = self.tasks.count(kind, state);
+                let labels = vec![("kind", kind.as_str().to_string()), ("state", state.as_str().to_string())];
                 s.add(family, labels, Value::Gauge(n as f64));
             }
         }

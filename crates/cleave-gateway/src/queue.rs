@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use cleave_control::pool::now_ms;
 use cleave_volume::Volume;
 
 use crate::error::{GatewayError, Result};
@@ -23,31 +24,23 @@ enum Job {
 impl Gateway {
     /// Every task, oldest first.
     pub fn tasks(&self) -> Vec<TaskView> {
-        self.tasks.lock().expect("not poisoned").values().cloned().collect()
+        self.tasks.list()
     }
 
     pub fn task(&self, id: u64) -> Result<TaskView> {
-        let tasks = self.tasks.lock().expect("not poisoned");
-        tasks.get(&id).cloned().ok_or_else(|| GatewayError::NotFound(format!("no task {id}")))
+        self.tasks.get(id).ok_or_else(|| GatewayError::NotFound(format!("no task {id}")))
     }
 
     /// Whether a task of `kind` on `volume` is queued or running.
     pub(crate) fn task_active(&self, volume: &str, kind: TaskKind) -> bool {
-        let active = |t: &&TaskView| matches!(t.state, TaskState::Queued | TaskState::Running);
-        self.tasks.lock().expect("not poisoned").values().filter(active).any(|t| t.volume == volume && t.kind == kind)
-    }
-
-    fn update_task(&self, id: u64, f: impl FnOnce(&mut TaskView)) {
-        if let Some(t) = self.tasks.lock().expect("not poisoned").get_mut(&id) {
-            f(t);
-        }
+        self.tasks.active(volume, kind)
     }
 
     /// Checks a task and queues it; it runs in the background.
     pub fn start_task(self: &Arc<Self>, req: NewTask) -> Result<TaskView> {
-        let kind: TaskKind = req.kind.parse()?;
+        let kind = req.kind;
         let job = self.plan_job(kind, req)?;
-        let task = self.queue(kind, &job.1);
+        let task = self.tasks.queue(kind, &job.1)?;
         tokio::spawn(self.clone().run_task(task.id, kind, job));
         Ok(task)
     }
@@ -91,31 +84,16 @@ impl Gateway {
         Ok(targets.iter().map(|u| Ok((u.clone(), self.open_target(u)?))).collect::<anyhow::Result<Vec<_>>>()?)
     }
 
-    /// Records a new task as queued.
-    fn queue(&self, kind: TaskKind, volume: &str) -> TaskView {
-        let mut tasks = self.tasks.lock().expect("not poisoned");
-        let id = tasks.keys().next_back().map_or(1, |k| k + 1);
-        let t = TaskView {
-            id,
-            kind,
-            volume: volume.to_string(),
-            state: TaskState::Queued,
-            progress: 0.0,
-            result: None,
-            error: None,
-            created_unix_ms: cleave_control::pool::now_ms(),
-        };
-        tasks.insert(id, t.clone());
-        t
-    }
-
     /// Waits for the task slot, runs the job, and records how it ended.
     async fn run_task(self: Arc<Self>, id: u64, kind: TaskKind, (job, volume): (Job, String)) {
         let Ok(_slot) = self.task_slot.clone().acquire_owned().await else { return };
-        self.update_task(id, |t| t.state = TaskState::Running);
+        self.tasks.update(id, |t| {
+            t.state = TaskState::Running;
+            t.started_unix_ms = Some(now_ms());
+        });
         let progress = |done: u64, total: u64| {
             let p = if total == 0 { 1.0 } else { done as f64 / total as f64 };
-            self.update_task(id, |t| t.progress = p);
+            self.tasks.progress(id, p);
         };
         let outcome: anyhow::Result<serde_json::Value> = match job {
             Job::Scrub { volume, repair } => cleave_volume::scrub::scrub(&volume, repair, progress)
@@ -130,14 +108,16 @@ impl Gateway {
             Job::Rereplicate { volume } => self.rereplicate(&volume, progress).await,
         };
         match outcome {
-            Ok(result) => self.update_task(id, |t| {
+            Ok(result) => self.tasks.update(id, |t| {
                 t.state = TaskState::Succeeded;
                 t.progress = 1.0;
                 t.result = Some(result);
+                t.finished_unix_ms = Some(now_ms());
             }),
-            Err(e) => self.update_task(id, |t| {
+            Err(e) => self.tasks.update(id, |t| {
                 t.state = TaskState::Failed;
                 t.error = Some(format!("{e:#}"));
+                t.finished_unix_ms = Some(now_ms());
             }),
         }
         self.record(EventKind::TaskDone(kind), format!("task {id} on {volume}"));

@@ -64,6 +64,20 @@ pub enum TaskState {
     Running,
     Succeeded,
     Failed,
+    /// The service stopped while the task was queued or running; it did not end.
+    Interrupted,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// A task as `GET /api/v1/tasks/{id}` shows it.
@@ -81,15 +95,18 @@ pub struct TaskView {
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
     pub created_unix_ms: u64,
+    #[serde(default)]
+    pub started_unix_ms: Option<u64>,
+    /// When it succeeded, failed, or was found interrupted.
+    #[serde(default)]
+    pub finished_unix_ms: Option<u64>,
 }
 
-/// Body of `POST /api/v1/tasks`. `kind` stays a string here so that an unknown kind is
-/// refused with the list of kinds, not as a malformed body.
-#[derive(Debug, Deserialize, Serialize, Default, utoipa::ToSchema)]
+/// Body of `POST /api/v1/tasks`. An unknown `kind` does not deserialize: the API refuses it
+/// with 422, naming the kinds.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct NewTask {
-    /// A task kind; an unknown one is refused with 400.
-    #[schema(value_type = TaskKind)]
-    pub kind: String,
+    pub kind: TaskKind,
     #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
     pub volume: String,
     /// For `recover`: the volume's targets.
@@ -104,4 +121,24 @@ pub struct NewTask {
     /// For `recover`: serve it even though another gateway claims it (that one is fenced).
     #[serde(default)]
     pub takeover: bool,
+}
+
+impl NewTask {
+    /// A task of `kind` on `volume`, with nothing else.
+    pub fn new(kind: TaskKind, volume: &str) -> Self {
+        NewTask { kind, volume: volume.to_string(), targets: Vec::new(), from: None, to: None, takeover: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_kind_does_not_deserialize() {
+        let known: NewTask = serde_json::from_str(r#"{"kind":"repair","volume":"v"}"#).unwrap();
+        assert_eq!(known.kind, TaskKind::Repair);
+        let unknown = serde_json::from_str::<NewTask>(r#"{"kind":"polish","volume":"v"}"#).unwrap_err();
+        assert!(unknown.to_string().contains("unknown variant `polish`"), "{unknown}");
+    }
 }

@@ -23,7 +23,9 @@ pub struct VolumeView {
     pub targets: Vec<String>,
     /// For the local administrator: the Unix socket in the data directory.
     pub nbd_uri: String,
-    /// For clients with a certificate: NBD over TLS.
+    /// For clients with a certificate: NBD over TLS, at the address NBD listens on (this
+    /// host's name when it listens on every address). Both are empty where this server runs
+    /// no NBD (`cleave control`).
     pub nbds_uri: String,
     pub health: Health,
     pub dirty_bytes: u64,

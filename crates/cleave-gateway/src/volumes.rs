@@ -4,6 +4,7 @@
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use cleave_control::access::{Grant, Mode, LOCAL_GROUP};
+use cleave_control::placement;
 use cleave_control::users::Role;
 use cleave_volume::meta::names;
 use cleave_volume::{Durability, Superblock, Volume, VolumeConfig};
@@ -25,14 +26,16 @@ pub struct CreateVolume {
     /// A positive multiple of 512 bytes, at most 1 EiB.
     #[schema(minimum = 512, maximum = 1152921504606846976_u64, multiple_of = 512)]
     pub size_bytes: u64,
-    /// Shares needed to read (M of N).
-    #[serde(default = "default_m")]
-    #[schema(minimum = 1, maximum = 64, default = 3)]
-    pub m: u8,
-    /// Shares written (N), one per target; M <= N.
-    #[serde(default = "default_n")]
-    #[schema(minimum = 1, maximum = 64, default = 5)]
-    pub n: u8,
+    /// Shares needed to read (M of N). Without it, M follows N: N-2 from 4 shares up, 2 of 3.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
+    pub m: Option<u8>,
+    /// Shares written (N), one per target; M <= N. Without M and N: as many as there are
+    /// targets named, or up to 5 nodes of the pool with room (3 at least), or 5 directory
+    /// targets when no node has registered.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
+    pub n: Option<u8>,
     /// A power of two from 4 KiB to 64 MiB (default 1 MiB).
     #[serde(default)]
     #[schema(minimum = 4096, maximum = 67108864, multiple_of = 4096)]
@@ -58,21 +61,19 @@ pub struct CreateVolume {
     #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$", min_length = 1, max_length = 64)]
     pub client: Option<String>,
 }
-fn default_m() -> u8 {
-    3
-}
-fn default_n() -> u8 {
-    5
-}
-
 impl CreateVolume {
     /// A request with the defaults: `m`-of-`n` on default targets, for the local admin group.
     pub fn new(name: &str, size_bytes: u64, m: u8, n: u8) -> Self {
+        CreateVolume { m: Some(m), n: Some(n), ..CreateVolume::sized(name, size_bytes) }
+    }
+
+    /// A request with the defaults, the layout included (chosen when the volume is created).
+    pub fn sized(name: &str, size_bytes: u64) -> Self {
         CreateVolume {
             name: name.to_string(),
             size_bytes,
-            m,
-            n,
+            m: None,
+            n: None,
             chunk_size: None,
             durability: None,
             write_quorum: None,
@@ -157,13 +158,14 @@ impl Gateway {
         }
         cleave_control::access::check_name(&req.name)?;
         let groups = self.groups_for(req, may_grant)?;
+        let (m, n) = self.layout(req)?;
         let mut config = VolumeConfig {
             name: req.name.clone(),
             uuid: uuid::Uuid::new_v4().simple().to_string(),
             size: req.size_bytes,
             chunk_size: req.chunk_size.unwrap_or(1 << 20),
-            m: req.m,
-            n: req.n,
+            m,
+            n,
             durability: req.durability.unwrap_or_default(),
             targets: req.targets.clone(),
             write_quorum: req.write_quorum,
@@ -171,12 +173,12 @@ impl Gateway {
         };
         if config.targets.is_empty() {
             // Placeholders, so that the checks below run before any directory is made.
-            config.targets = vec![String::new(); req.n as usize];
+            config.targets = vec![String::new(); usize::from(n)];
             config.validate()?;
             config.targets = if self.pool.nodes().is_empty() {
-                self.data.default_targets(req.n as usize)?
+                self.data.default_targets(usize::from(n))?
             } else {
-                self.place(req)?
+                self.place(m, n, req.size_bytes)?
             };
         }
         config.validate()?;
@@ -397,10 +399,28 @@ impl Gateway {
 
     /// Storage on demand: N nodes that are up and have room for their share of the
     /// volume, on distinct sites where there are enough of them, most free space first.
-    fn place(&self, req: &CreateVolume) -> anyhow::Result<Vec<String>> {
-        let want = cleave_control::placement::Request { m: req.m, n: req.n, size_bytes: req.size_bytes };
+    fn place(&self, m: u8, n: u8, size_bytes: u64) -> anyhow::Result<Vec<String>> {
+        let want = cleave_control::placement::Request { m, n, size_bytes };
         let placed = cleave_control::placement::choose(&self.pool.nodes(), &self.promised_on_nodes(), want)?;
         Ok(placed.into_iter().map(|a| format!("node://{a}")).collect())
+    }
+
+    /// M and N of a new volume: as asked, or chosen (README, "Storage nodes"). Without both, N is
+    /// the number of targets named, else as many nodes of the pool as have room (at most 5,
+    /// at least 3), else 5 directory targets; M follows N ([`placement::default_m`]).
+    fn layout(&self, req: &CreateVolume) -> Result<(u8, u8)> {
+        let targets = u8::try_from(req.targets.len()).ok().filter(|&t| t > 0);
+        match (req.m, req.n.or(targets)) {
+            (Some(m), Some(n)) => Ok((m, n)),
+            (None, Some(n)) => Ok((placement::default_m(n), n)),
+            (Some(_), None) => {
+                Err(GatewayError::Invalid("m needs n: pass both, or neither to have them chosen".into()))
+            }
+            (None, None) if self.pool.nodes().is_empty() => Ok((3, placement::DEFAULT_N)),
+            (None, None) => {
+                Ok(placement::choose_layout(&self.pool.nodes(), &self.promised_on_nodes(), req.size_bytes)?)
+            }
+        }
     }
 
     /// Bytes each node (by address) may still have to store for the volumes placed on it.

@@ -207,7 +207,7 @@ fn print_addresses(gw: &Gateway, autoconfig: SocketAddr, http: SocketAddr, https
         for name in cleave_nbd::ExportProvider::list(gw) {
             println!("NBD: {}", unix_uri(&name, &nbd.socket));
         }
-        println!("NBD over TLS, for clients with a certificate: nbds://{}/VOLUME", nbd.addr);
+        println!("NBD over TLS, for clients with a certificate: nbds://{}/VOLUME", nbd.reachable());
     }
     println!("autoconfig: udp://{autoconfig} (cluster secret in {})", root.join("cluster.secret").display());
     println!("console: {scheme}://{http}/ (user {FIRST_ADMIN}, password in {})", root.join("admin.password").display());

@@ -199,6 +199,29 @@ fn console_logs_in_shows_nodes_creates_a_volume_runs_a_scrub_and_logs_out() {
     drop(nodes);
 }
 
+/// Before a login, and after a logout, the console shows the login form alone: no navigation
+/// links, no user, no logout button. Once logged in, the navigation is there.
+#[test]
+fn the_login_page_shows_no_navigation() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    let b = Browser::start(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"));
+    let console = format!("http://127.0.0.1:{}/", s.http_port);
+    // What of the header a user can see: elements that take room on the page.
+    let visible = "return [...document.querySelectorAll('header nav a, #whoami, #logout, header .brand')]
+        .filter((e) => e.getClientRects().length > 0).length;";
+    b.goto(&format!("{console}console/#/volumes"));
+    b.element("#login-name");
+    assert_eq!(b.eval(visible), json!(0), "navigation shown before login");
+    b.screenshot("10-login-alone");
+    let password = std::fs::read_to_string(s.data.join("admin.password")).unwrap();
+    b.login(&console, "admin", password.trim());
+    assert_eq!(b.eval(visible), json!(10), "the navigation, the user and the logout button once logged in");
+    b.click("#logout");
+    b.element("#login-name");
+    assert_eq!(b.eval(visible), json!(0), "navigation shown after logout");
+}
+
 /// The dashboard charts throughput and latency per volume from /metrics while clients write
 /// and read; the volume page lists the volume's health changes. The dashboard's screenshot
 /// is `target/tmp/console/08-metrics.png` (docs/console-metrics.png is a copy).

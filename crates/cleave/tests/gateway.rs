@@ -354,6 +354,49 @@ fn s3_targets_on_moto_read_and_write() {
     assert_eq!(s.show("v")["health"]["state"], "clean");
 }
 
+/// Tasks outlive the process: after a kill and a restart, `task list` shows them, the one
+/// that was running and the one queued behind it are `interrupted` (not running forever), and
+/// new ids follow the old ones.
+#[test]
+fn task_history_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
+    let mut s = Serve::start_env(&dir.path().join("data"), &[], &creds);
+    let task = |s: &Serve, args: &[&str]| -> serde_json::Value { serde_json::from_str(&s.cli_ok(args)).unwrap() };
+    let scrub = task(&s, &["task", "start", "scrub", "demo"]);
+    let id = scrub["id"].as_u64().unwrap().to_string();
+    assert_eq!(task(&s, &["task", "wait", &id])["state"], "succeeded");
+    // An S3 endpoint that accepts connections and never answers keeps a recover task running;
+    // a scrub waits behind it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("s3://b/p?endpoint=http://{}&region=us-east-1", silent.local_addr().unwrap());
+    std::thread::spawn(move || silent.incoming().collect::<Vec<_>>());
+    let recover = task(&s, &["task", "start", "recover", "lost", "--target", &endpoint]);
+    let queued = task(&s, &["task", "start", "scrub", "demo"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.api(&format!("/tasks/{}", recover["id"]))["state"] != "running" {
+        assert!(std::time::Instant::now() < deadline, "the recover task never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.api(&format!("/tasks/{}", queued["id"]))["state"], "queued");
+    s.kill9();
+    s.restart();
+
+    let tasks = s.api("/tasks");
+    let states: Vec<(u64, &str)> =
+        tasks.as_array().unwrap().iter().map(|t| (t["id"].as_u64().unwrap(), t["state"].as_str().unwrap())).collect();
+    assert_eq!(states, [(1, "succeeded"), (2, "interrupted"), (3, "interrupted")], "{tasks}");
+    assert!(tasks[0]["result"]["chunks_checked"].is_u64(), "{tasks}");
+    assert!(tasks[1]["error"].as_str().unwrap().contains("was running"), "{tasks}");
+    assert!(tasks[2]["error"].as_str().unwrap().contains("was queued"), "{tasks}");
+    let listed = s.cli_ok(&["task", "list"]);
+    assert!(listed.contains("interrupted") && listed.contains("succeeded"), "{listed}");
+    let out = s.cli(&["task", "wait", "2"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert_eq!(task(&s, &["task", "start", "scrub", "demo"])["id"], 4);
+    s.term();
+}
+
 #[test]
 fn scrub_repair_recover_and_delete_run_as_tasks() {
     let dir = tempfile::tempdir().unwrap();

@@ -174,15 +174,21 @@ fn identity(c: &Value) -> (String, String, String, String) {
     (s("id"), s("name"), s("api"), s("site"))
 }
 
-#[test]
-fn parent_lists_child_controls_and_their_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let parent = Control::start(&dir.path().join("parent"), &["--name", "hq"]);
-    // The cluster secret is shared: the child's data directory starts with the parent's.
-    let child_data = dir.path().join("child");
+/// A parent control `hq`, and a child's data directory holding the parent's cluster secret
+/// (shared: the child's data directory starts with the parent's); the parent's UDP address.
+fn parent_and_child_data(dir: &Path) -> (Control, PathBuf, String) {
+    let parent = Control::start(&dir.join("parent"), &["--name", "hq"]);
+    let child_data = dir.join("child");
     std::fs::create_dir_all(&child_data).unwrap();
     std::fs::copy(parent.data.join("cluster.secret"), child_data.join("cluster.secret")).unwrap();
     let parent_at = format!("127.0.0.1:{}", parent.autoconfig);
+    (parent, child_data, parent_at)
+}
+
+#[test]
+fn parent_lists_child_controls_and_their_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (parent, child_data, parent_at) = parent_and_child_data(dir.path());
     let mut child = Control::start(
         &child_data,
         &["--parent", &parent_at, "--parent-heartbeat-secs", "0.3", "--name", "east-1", "--site", "east"],
@@ -388,11 +394,7 @@ fn parent_lists_child_controls_and_their_nodes() {
 #[test]
 fn parent_users_keep_their_role_at_the_child() {
     let dir = tempfile::tempdir().unwrap();
-    let parent = Control::start(&dir.path().join("parent"), &["--name", "hq"]);
-    let child_data = dir.path().join("child");
-    std::fs::create_dir_all(&child_data).unwrap();
-    std::fs::copy(parent.data.join("cluster.secret"), child_data.join("cluster.secret")).unwrap();
-    let parent_at = format!("127.0.0.1:{}", parent.autoconfig);
+    let (parent, child_data, parent_at) = parent_and_child_data(dir.path());
     let child =
         Control::start(&child_data, &["--parent", &parent_at, "--parent-heartbeat-secs", "0.3", "--name", "east"]);
     wait_for("the child, up at the parent", || parent.controls().iter().any(|c| c["status"] == "up"));
@@ -424,6 +426,32 @@ fn parent_users_keep_their_role_at_the_child() {
     assert_eq!(code, "403", "an operator granted a group through the parent: {text}");
 }
 
+/// A volume served by a child control names the child's own NBD address, as the parent shows
+/// it: with NBD on every address, the child's host name (which its NBD certificate names), not
+/// the wildcard address.
+#[test]
+fn a_child_reports_its_own_nbd_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (parent, child_data, parent_at) = parent_and_child_data(dir.path());
+    let nbd = free_port();
+    let listen = format!("0.0.0.0:{nbd}");
+    let child = Serve::start(
+        &child_data,
+        &["--nbd", &listen, "--parent", &parent_at, "--parent-heartbeat-secs", "0.3", "--name", "east"],
+    );
+    wait_for("the child, up at the parent", || parent.controls().iter().any(|c| c["status"] == "up"));
+    let (code, _, body) = parent.call("GET", &parent.token(), "/controls/east/api/volumes/demo");
+    assert_eq!(code, 200, "{body}");
+    let demo: Value = serde_json::from_str(&body).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    assert_eq!(demo["nbds_uri"], format!("nbds://{host}:{nbd}/demo"), "{demo}");
+    assert_eq!(demo["nbd_uri"], child.uri("demo"), "{demo}");
+    // The same in the list, and the address is where the child's NBD server answers.
+    let (_, _, listed) = parent.call("GET", &parent.token(), "/controls/east/api/volumes");
+    assert!(listed.contains(&format!("nbds://{host}:{nbd}/demo")) && !listed.contains("0.0.0.0"), "{listed}");
+    std::net::TcpStream::connect((host.as_str(), nbd)).expect("the child's NBD server at the reported address");
+}
+
 /// keyed BLAKE3 under the cluster secret of `context || child id`: every token a holder of
 /// the cluster secret (any storage node) could derive for a child control.
 fn derived(secret: &[u8; 32], context: &str, child_id: &str) -> String {
@@ -436,11 +464,7 @@ fn derived(secret: &[u8; 32], context: &str, child_id: &str) -> String {
 #[test]
 fn the_cluster_secret_alone_is_nothing_at_a_child_control() {
     let dir = tempfile::tempdir().unwrap();
-    let parent = Control::start(&dir.path().join("parent"), &["--name", "hq"]);
-    let child_data = dir.path().join("child");
-    std::fs::create_dir_all(&child_data).unwrap();
-    std::fs::copy(parent.data.join("cluster.secret"), child_data.join("cluster.secret")).unwrap();
-    let parent_at = format!("127.0.0.1:{}", parent.autoconfig);
+    let (parent, child_data, parent_at) = parent_and_child_data(dir.path());
     let child = Control::start(&child_data, &["--parent", &parent_at, "--parent-heartbeat-secs", "0.3"]);
     let child_id = std::fs::read_to_string(child_data.join("control.id")).unwrap().trim().to_string();
     wait_for("the child up at the parent", || {

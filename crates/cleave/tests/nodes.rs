@@ -89,24 +89,62 @@ fn status_of(s: &Serve, port: u16) -> String {
         .unwrap_or_else(|| "absent".into())
 }
 
-#[test]
-fn nodes_register_fail_return_and_hold_volumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let ac = {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        u.local_addr().unwrap().port()
-    };
-    let s = Serve::start(
-        &dir.path().join("data"),
-        &["--autoconfig", &format!("127.0.0.1:{ac}"), "--heartbeat-timeout-secs", "2"],
-    );
-    let mut nodes: Vec<Node> =
-        (0..3).map(|i| Node::start(&s, ac, dir.path().join(format!("node{i}")), &format!("site{i}"))).collect();
-
-    // All three appear, up, with their capacity, within 5 seconds and with no manual step.
+/// `cleave serve` (nodes silent for 2 s are down) and three nodes of 1 GiB on three sites, up
+/// within 5 seconds; the auto-configuration port.
+fn three_nodes(dir: &std::path::Path) -> (Serve, Vec<Node>, u16) {
+    let ac = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s =
+        Serve::start(&dir.join("data"), &["--autoconfig", &format!("127.0.0.1:{ac}"), "--heartbeat-timeout-secs", "2"]);
+    let nodes: Vec<Node> =
+        (0..3).map(|i| Node::start(&s, ac, dir.join(format!("node{i}")), &format!("site{i}"))).collect();
     wait_for("three nodes up", Duration::from_secs(5), || {
         statuses(&s).iter().filter(|(_, st)| st == "up").count() == 3
     });
+    (s, nodes, ac)
+}
+
+/// Without `--m` and `--n`, a volume gets a layout the pool can hold: 2-of-3 on three nodes.
+/// A layout given that does not fit, and a pool too small to choose one, are refused with the
+/// number of nodes up and what to pass.
+#[test]
+fn the_layout_fits_the_pool_when_none_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, mut nodes, _) = three_nodes(dir.path());
+    let created: serde_json::Value =
+        serde_json::from_str(&s.cli_ok(&["volume", "create", "auto", "--size", "32MiB"])).unwrap();
+    assert_eq!((created["m"].as_u64(), created["n"].as_u64()), (Some(2), Some(3)), "{created}");
+    let mut targets: Vec<&str> = created["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    targets.sort();
+    targets.dedup();
+    assert!(targets.len() == 3 && targets.iter().all(|t| t.starts_with("node://")), "{targets:?}");
+    qemu_io(&s.uri("auto"), &["write -P 0x3c 0 1M".to_string(), "flush".to_string()]);
+    // N alone: M follows it.
+    let created: serde_json::Value =
+        serde_json::from_str(&s.cli_ok(&["volume", "create", "three", "--size", "8MiB", "--n", "3"])).unwrap();
+    assert_eq!((created["m"].as_u64(), created["n"].as_u64()), (Some(2), Some(3)), "{created}");
+
+    // 3-of-5 asked for on three nodes: refused, naming the nodes up and a layout that fits.
+    let out = s.cli(&["volume", "create", "wide", "--size", "32MiB", "--m", "3", "--n", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot place 3-of-5: 3 nodes are up") && err.contains("pass --m 2 --n 3"), "{err}");
+
+    // Two nodes left: too few to choose a layout; the refusal says what to pass.
+    let port = nodes[2].port;
+    nodes[2].term();
+    wait_for("the stopped node down", Duration::from_secs(5), || status_of(&s, port) == "down");
+    let out = s.cli(&["volume", "create", "two", "--size", "32MiB"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("2 nodes are up, 2 with room for a share") && err.contains("pass --m 1 --n 2"), "{err}");
+    assert!(api(&s, "/volumes").as_array().unwrap().iter().all(|v| v["name"] != "two"));
+}
+
+#[test]
+fn nodes_register_fail_return_and_hold_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    // All three appear, up, with their capacity, within 5 seconds and with no manual step.
+    let (s, mut nodes, ac) = three_nodes(dir.path());
     for n in api(&s, "/nodes").as_array().unwrap() {
         assert_eq!(n["capacity_bytes"].as_u64().unwrap(), 1 << 30, "{n}");
         assert!(n["free_bytes"].as_u64().unwrap() > 0);

@@ -50,7 +50,7 @@ pub enum TaskCommand {
 pub fn run(cmd: TaskCommand) -> Result<()> {
     match cmd {
         TaskCommand::Start { kind, volume, targets, from, to, takeover, server } => {
-            let body = NewTask { kind, volume, targets, from, to, takeover };
+            let body = NewTask { kind: kind.parse()?, volume, targets, from, to, takeover };
             let t: TaskView = Client::new(&server)?.post("/tasks", &body)?;
             print_json(&t)
         }
@@ -81,6 +81,7 @@ fn state(s: TaskState) -> &'static str {
         TaskState::Running => "running",
         TaskState::Succeeded => "succeeded",
         TaskState::Failed => "failed",
+        TaskState::Interrupted => "interrupted",
     }
 }
 
@@ -96,9 +97,9 @@ fn wait(client: &Client, id: u64) -> Result<()> {
                 bar.finish_and_clear();
                 return print_json(&t);
             }
-            TaskState::Failed => {
+            TaskState::Failed | TaskState::Interrupted => {
                 bar.finish_and_clear();
-                anyhow::bail!("task {id} failed: {}", t.error.as_deref().unwrap_or("no reason given"));
+                anyhow::bail!("task {id} {}: {}", state(t.state), t.error.as_deref().unwrap_or("no reason given"));
             }
             TaskState::Queued | TaskState::Running => std::thread::sleep(std::time::Duration::from_millis(200)),
         }

@@ -17,10 +17,12 @@ pub enum VolumeCommand {
         name: String,
         #[arg(long)]
         size: ByteSize,
-        #[arg(long, default_value_t = 3)]
-        m: u8,
-        #[arg(long, default_value_t = 5)]
-        n: u8,
+        /// Shares needed to read (default: chosen with N, N-2 from 4 shares up, 2 of 3).
+        #[arg(long)]
+        m: Option<u8>,
+        /// Shares written (default: the targets named, or up to 5 nodes with room, or 5).
+        #[arg(long)]
+        n: Option<u8>,
         #[arg(long, default_value = "1MiB")]
         chunk_size: ByteSize,
         /// local: FLUSH is durable in the local cache; dispersed: durable on the targets.
@@ -93,7 +95,9 @@ pub fn run(cmd: VolumeCommand) -> Result<()> {
                 targets,
                 groups,
                 client,
-                ..CreateVolume::new(&name, size.0, m, n)
+                m,
+                n,
+                ..CreateVolume::sized(&name, size.0)
             };
             let created: CreatedVolume = api.post("/volumes", &body)?;
             if let Some(c) = created.credentials {

@@ -48,8 +48,7 @@ impl Serve {
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data)
-            .arg("--nbd")
-            .arg(format!("127.0.0.1:{}", self.nbd_port))
+            .args(self.nbd_args())
             .arg("--http")
             .arg(format!("127.0.0.1:{}", self.http_port))
             .args(&self.extra)
@@ -74,6 +73,14 @@ impl Serve {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         self.child = Some(child);
+    }
+
+    /// NBD on loopback, unless the test gives `--nbd` itself.
+    fn nbd_args(&self) -> Vec<String> {
+        if self.extra.iter().any(|a| a == "--nbd") {
+            return Vec::new();
+        }
+        vec!["--nbd".into(), format!("127.0.0.1:{}", self.nbd_port)]
     }
 
     /// Every server needs its own UDP auto-configuration port, unless the test picks one.
