@@ -5,6 +5,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use cleave_control::access::{Grant, Mode, LOCAL_GROUP};
 use cleave_control::users::Role;
+use cleave_target::TargetUri;
 use cleave_volume::meta::names;
 use cleave_volume::{Durability, Superblock, Volume, VolumeConfig};
 use serde::{Deserialize, Serialize};
@@ -400,7 +401,7 @@ impl Gateway {
     fn place(&self, req: &CreateVolume) -> anyhow::Result<Vec<String>> {
         let want = cleave_control::placement::Request { m: req.m, n: req.n, size_bytes: req.size_bytes };
         let placed = cleave_control::placement::choose(&self.pool.nodes(), &self.promised_on_nodes(), want)?;
-        Ok(placed.into_iter().map(|a| format!("node://{a}")).collect())
+        Ok(placed.into_iter().map(|a| TargetUri::node(a).to_string()).collect())
     }
 
     /// Bytes each node (by address) may still have to store for the volumes placed on it.
