@@ -30,6 +30,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use anyhow::{bail, Context, Result};
 use cleave_control::config::ConfigDb;
 use cleave_split::keys::{GroupKey, KdfParams, MasterKey, SealedMasterKey, WrappedKey};
+use cleave_target::TargetUri;
 use cleave_volume::Superblock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -312,7 +313,7 @@ impl DataDir {
                 let dir = self.root.join("targets").join(format!("t{i}"));
                 fs::create_dir_all(&dir)?;
                 let abs = dir.canonicalize()?;
-                Ok(format!("file://{}", abs.display()))
+                Ok(TargetUri::file(abs).to_string())
             })
             .collect()
     }

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use cleave_control::access::{Grant, Mode, LOCAL_GROUP};
 use cleave_control::pool::NodeStatus;
+use cleave_target::TargetUri;
 use cleave_volume::meta::names;
 use cleave_volume::Volume;
 use tracing::info;
@@ -106,7 +107,7 @@ impl Gateway {
         let index = config
             .targets
             .iter()
-            .position(|u| u == from || *u == format!("node://{from_addr}"))
+            .position(|u| u == from || *u == TargetUri::node(&from_addr).to_string())
             .with_context(|| format!("volume {:?} has no target {from:?}", config.name))?;
         if let Some(to) = to {
             if config.targets.contains(&to) {
@@ -119,14 +120,18 @@ impl Gateway {
         let used_sites: Vec<&str> = nodes
             .iter()
             .filter(|n| {
-                config.targets.iter().enumerate().any(|(j, u)| j != index && *u == format!("node://{}", n.address))
+                config
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .any(|(j, u)| j != index && *u == TargetUri::node(&n.address).to_string())
             })
             .map(|n| n.site.as_str())
             .collect();
         let mut candidates: Vec<_> = nodes
             .iter()
             .filter(|n| n.status == NodeStatus::Up && n.free_bytes >= per_share)
-            .filter(|n| !config.targets.contains(&format!("node://{}", n.address)))
+            .filter(|n| !config.targets.contains(&TargetUri::node(&n.address).to_string()))
             .collect();
         candidates.sort_by_key(|n| (used_sites.contains(&n.site.as_str()), std::cmp::Reverse(n.free_bytes)));
         let best = candidates.first().with_context(|| {
@@ -136,7 +141,7 @@ impl Gateway {
                 ByteSize(per_share)
             )
         })?;
-        Ok((index, format!("node://{}", best.address)))
+        Ok((index, TargetUri::node(&best.address).to_string()))
     }
 
     /// Moves share `index` of a volume to target `to`: a new superblock naming it, the volume

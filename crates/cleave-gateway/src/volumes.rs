@@ -6,6 +6,7 @@ use bytes::Bytes;
 use cleave_control::access::{Grant, Mode, LOCAL_GROUP};
 use cleave_control::placement;
 use cleave_control::users::Role;
+use cleave_target::TargetUri;
 use cleave_volume::meta::names;
 use cleave_volume::{Durability, Superblock, Volume, VolumeConfig};
 use serde::{Deserialize, Serialize};
@@ -402,7 +403,7 @@ impl Gateway {
     fn place(&self, m: u8, n: u8, size_bytes: u64) -> anyhow::Result<Vec<String>> {
         let want = cleave_control::placement::Request { m, n, size_bytes };
         let placed = cleave_control::placement::choose(&self.pool.nodes(), &self.promised_on_nodes(), want)?;
-        Ok(placed.into_iter().map(|a| format!("node://{a}")).collect())
+        Ok(placed.into_iter().map(|a| TargetUri::node(a).to_string()).collect())
     }
 
     /// M and N of a new volume: as asked, or chosen (README, "Storage nodes"). Without both, N is

@@ -26,6 +26,8 @@ use tracing::{debug, info, warn, Instrument};
 use crate::device::{BlockDevice, BlockError, ExportProvider, Peer, PeerAddr, Refusal};
 use crate::proto::{self, Command, ExportLimits, ProtoError, Request};
 
+mod haggle;
+
 /// Limits that bound what one client can make the server hold in memory.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -300,160 +302,6 @@ impl Server {
         Export { name, device, size, flags }
     }
 
-    /// Greeting and client flags. `None`: the client went away.
-    async fn greet<S>(&self, s: &mut S) -> Result<Option<proto::ClientFlags>, ProtocolError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        s.write_all(&proto::server_greeting()).await?;
-        s.flush().await?;
-        let mut flags = [0u8; 4];
-        if !read_exact_or_eof(s, &mut flags).await? {
-            return Ok(None);
-        }
-        Ok(Some(proto::parse_client_flags(&flags)?))
-    }
-
-    /// Option haggling, until an export is chosen, the client leaves, or TLS starts
-    /// (the caller wraps the stream and haggles again on it).
-    async fn haggle<S>(&self, s: &mut S, who: &Peer, client: proto::ClientFlags) -> Result<Haggled, ProtocolError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let peer = &who.addr.to_string();
-        loop {
-            let mut hdr = [0u8; proto::OPTION_HEADER_LEN];
-            if !read_exact_or_eof(s, &mut hdr).await? {
-                return Ok(Haggled::Left);
-            }
-            let opt = proto::parse_option_header(&hdr)?;
-            if opt.len > proto::MAX_OPTION_LEN {
-                // We won't read the payload, so the stream is lost after this reply.
-                let _ = send_option_reply(s, opt.option, proto::REP_ERR_TOO_BIG, b"option too large").await;
-                return Err(ProtocolError::OptionTooBig { option: opt.option, len: opt.len });
-            }
-            let mut data = vec![0u8; opt.len as usize];
-            s.read_exact(&mut data).await?;
-            if self.tls_missing(who) && !matches!(opt.option, proto::OPT_STARTTLS | proto::OPT_ABORT) {
-                if opt.option == proto::OPT_EXPORT_NAME {
-                    // No error reply exists for EXPORT_NAME; the spec says to close.
-                    let refusal = Refusal::TlsRequired("peer is not local".into());
-                    return Err(ProtocolError::UnknownExport(proto::parse_export_name(&data)?, refusal));
-                }
-                send_option_reply(s, opt.option, proto::REP_ERR_TLS_REQD, b"TLS is required: use NBD_OPT_STARTTLS")
-                    .await?;
-                continue;
-            }
-            match opt.option {
-                proto::OPT_EXPORT_NAME => {
-                    let name = proto::parse_export_name(&data)?;
-                    let (name, device) = match self.resolve(&name, who) {
-                        Ok(x) => x,
-                        Err(refusal) => return Err(ProtocolError::UnknownExport(name, refusal)),
-                    };
-                    let export = self.export(name, device);
-                    s.write_all(&proto::export_name_reply(export.size, export.flags, client.no_zeroes)).await?;
-                    s.flush().await?;
-                    return Ok(Haggled::Export(export));
-                }
-                proto::OPT_ABORT => {
-                    // The client may already have closed; the ACK is a courtesy.
-                    let _ = send_option_reply(s, opt.option, proto::REP_ACK, &[]).await;
-                    return Ok(Haggled::Left);
-                }
-                proto::OPT_LIST => {
-                    if !data.is_empty() {
-                        send_option_reply(s, opt.option, proto::REP_ERR_INVALID, b"LIST takes no data").await?;
-                        continue;
-                    }
-                    let mut out = Vec::new();
-                    for name in self.provider.list_for(who) {
-                        out.extend(proto::option_reply(opt.option, proto::REP_SERVER, &proto::rep_server_data(&name)));
-                    }
-                    out.extend(proto::option_reply(opt.option, proto::REP_ACK, &[]));
-                    s.write_all(&out).await?;
-                    s.flush().await?;
-                }
-                proto::OPT_INFO | proto::OPT_GO => {
-                    let req = match proto::parse_info_request(&data) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            warn!(peer = %peer, option = opt.option, error = %e, "malformed NBD_OPT_INFO/GO");
-                            send_option_reply(s, opt.option, proto::REP_ERR_INVALID, e.to_string().as_bytes()).await?;
-                            continue;
-                        }
-                    };
-                    let (name, device) = match self.resolve(&req.name, who) {
-                        Ok(x) => x,
-                        Err(refusal) => {
-                            let code = match refusal {
-                                Refusal::Unknown => proto::REP_ERR_UNKNOWN,
-                                Refusal::TlsRequired(_) => proto::REP_ERR_TLS_REQD,
-                                Refusal::Denied(_) => proto::REP_ERR_POLICY,
-                            };
-                            info!(peer = %peer, tls = who.tls, export = %req.name, reason = %refusal, "export refused");
-                            let msg = format!("export {:?}: {refusal}", req.name);
-                            send_option_reply(s, opt.option, code, msg.as_bytes()).await?;
-                            continue;
-                        }
-                    };
-                    let export = self.export(name, device);
-                    s.write_all(&self.info_replies(opt.option, &export, &req.infos)).await?;
-                    s.flush().await?;
-                    if opt.option == proto::OPT_GO {
-                        return Ok(Haggled::Export(export));
-                    }
-                }
-                proto::OPT_STARTTLS => {
-                    if self.config.tls.is_none() {
-                        send_option_reply(s, opt.option, proto::REP_ERR_UNSUP, b"TLS not configured").await?;
-                    } else if who.tls {
-                        send_option_reply(s, opt.option, proto::REP_ERR_INVALID, b"TLS already started").await?;
-                    } else if !data.is_empty() {
-                        send_option_reply(s, opt.option, proto::REP_ERR_INVALID, b"STARTTLS takes no data").await?;
-                    } else {
-                        send_option_reply(s, opt.option, proto::REP_ACK, &[]).await?;
-                        return Ok(Haggled::StartTls);
-                    }
-                }
-                proto::OPT_STRUCTURED_REPLY => {
-                    // Simple replies only; clients fall back per the spec.
-                    send_option_reply(s, opt.option, proto::REP_ERR_UNSUP, b"structured replies not supported").await?;
-                }
-                other => {
-                    debug!(peer = %peer, option = other, "unsupported NBD option");
-                    send_option_reply(s, other, proto::REP_ERR_UNSUP, b"unsupported option").await?;
-                }
-            }
-        }
-    }
-
-    /// NBD_REP_INFO replies for INFO/GO, then the ACK.
-    fn info_replies(&self, option: u32, export: &Export, requested: &[u16]) -> Vec<u8> {
-        let mut out = proto::option_reply(option, proto::REP_INFO, &proto::info_export(export.size, export.flags));
-        let (min, pref, max) = proto::block_sizes(export.device.preferred_block_size(), self.config.max_request);
-        out.extend(proto::option_reply(option, proto::REP_INFO, &proto::info_block_size(min, pref, max)));
-        if requested.contains(&proto::INFO_NAME) && export.name.len() <= proto::MAX_STRING_LEN {
-            out.extend(proto::option_reply(
-                option,
-                proto::REP_INFO,
-                &proto::info_string(proto::INFO_NAME, &export.name),
-            ));
-        }
-        if requested.contains(&proto::INFO_DESCRIPTION) {
-            if let Some(desc) = export.device.description() {
-                let mut end = desc.len().min(proto::MAX_STRING_LEN);
-                while !desc.is_char_boundary(end) {
-                    end -= 1;
-                }
-                let data = proto::info_string(proto::INFO_DESCRIPTION, &desc[..end]);
-                out.extend(proto::option_reply(option, proto::REP_INFO, &data));
-            }
-        }
-        out.extend(proto::option_reply(option, proto::REP_ACK, &[]));
-        out
-    }
-
     async fn transmission<S>(&self, stream: S, export: Export, peer: &str) -> Result<(), ProtocolError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -627,14 +475,6 @@ async fn drain<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> std::io::Result<()>
 /// Queues an error reply; false if the writer is gone.
 async fn send_error(tx: &mpsc::Sender<Reply>, handle: u64, error: u32) -> bool {
     tx.send(Reply { handle, error, data: None, _budget: None }).await.is_ok()
-}
-
-async fn send_option_reply<S>(s: &mut S, option: u32, reply_type: u32, data: &[u8]) -> std::io::Result<()>
-where
-    S: AsyncWrite + Unpin,
-{
-    s.write_all(&proto::option_reply(option, reply_type, data)).await?;
-    s.flush().await
 }
 
 /// Runs one validated request against the device.

@@ -8,18 +8,18 @@
 //! header carries a keyed BLAKE3 MAC. One pass of AES-GCM over the data does
 //! encryption and integrity together; decode with all data shares is one pass too.
 
-use std::collections::HashMap;
-
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
 use crate::erasure::Erasure;
 use crate::format::{
-    self, header_len, payload_len, read_label, table_tag, ChunkId, LabelError, ShareKind, ShareLabel, FIXED_LEN,
-    FORMAT_VERSION, FRAGMENT_OFFSET, KEY_LEN, MAC_LEN, TAG_LEN, WRITE_ID_LEN,
+    self, header_len, payload_len, ChunkId, LabelError, ShareKind, ShareLabel, FIXED_LEN, FORMAT_VERSION,
+    FRAGMENT_OFFSET, KEY_LEN, MAC_LEN, TAG_LEN, WRITE_ID_LEN,
 };
 use crate::keys::{fill_random, hkdf32, random, KeyError, Keyring, VolumeKey};
 use crate::{shamir, MAX_CHUNK_LEN, MAX_SHARES};
+
+mod decode;
 
 /// Why a share was not used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -224,49 +224,18 @@ impl Codec {
         for (i, s) in shares.iter_mut().enumerate() {
             // Every byte is overwritten below, so a reused buffer needs no zeroing.
             s.resize(h + p, 0);
-            if i >= m {
-                continue;
-            }
-            let start = (i * p).min(data.len());
-            let end = ((i + 1) * p).min(data.len());
-            let nonce = nonce(NONCE_DATA, i as u8);
-            if end - start == p {
-                // Encrypt straight from the caller's buffer: no copy pass. The tag lands
-                // after the payload and is moved into the tag table.
-                s.resize(h + p + TAG_LEN, 0);
-                aead.seal_in_place_scatter(nonce, Aad::empty(), &mut [], &data[start..end], &mut s[h..])
-                    .expect("AES-GCM seal of a bounded piece");
-                tags[i].copy_from_slice(&s[h + p..]);
-                s.truncate(h + p);
-            } else {
-                // The last piece is short: pad it with zeros.
-                let payload = &mut s[h..];
-                payload[..end - start].copy_from_slice(&data[start..end]);
-                payload[end - start..].fill(0);
-                let tag = aead
-                    .seal_in_place_separate_tag(nonce, Aad::empty(), payload)
-                    .expect("AES-GCM seal of a bounded piece");
-                tags[i].copy_from_slice(tag.as_ref());
+            if i < m {
+                let start = (i * p).min(data.len());
+                let end = ((i + 1) * p).min(data.len());
+                seal_piece(&aead, i, &data[start..end], s, h, &mut tags[i]);
             }
         }
         if let Some(erasure) = &self.erasure {
-            let (data_shares, parity_shares) = shares.split_at_mut(m);
-            let inputs: Vec<&[u8]> = data_shares.iter().map(|s| &s[h..]).collect();
-            let mut outputs: Vec<&mut [u8]> = parity_shares.iter_mut().map(|s| &mut s[h..]).collect();
-            erasure.encode(&inputs, &mut outputs);
-            for (j, s) in parity_shares.iter().enumerate() {
-                tags[m + j].copy_from_slice(gmac(&aead, (m + j) as u8, &s[h..]).as_ref());
-            }
+            add_parity(erasure, &aead, shares, m, h, &mut tags);
         }
         for (i, (s, fragment)) in shares.iter_mut().zip(fragments.iter()).enumerate() {
             label.index = i as u8;
-            format::write_label(s, &label, &write_id);
-            s[FRAGMENT_OFFSET..FRAGMENT_OFFSET + KEY_LEN].copy_from_slice(fragment);
-            for (slot, tag) in s[FIXED_LEN..h - MAC_LEN].chunks_exact_mut(TAG_LEN).zip(&tags) {
-                slot.copy_from_slice(tag);
-            }
-            let mac = header_mac(key.integrity.expose(), s, h - MAC_LEN);
-            s[h - MAC_LEN..h].copy_from_slice(&mac);
+            write_header(key, &label, &write_id, fragment, &tags, s, h);
         }
         Ok(())
     }
@@ -287,41 +256,6 @@ impl Codec {
         Ok(Decoded { data, report })
     }
 
-    /// Checks a share's label and header MAC against the expected chunk.
-    fn check_header(&self, keys: &Keyring, id: &ChunkId, share: &[u8]) -> Result<ShareLabel, (Option<u8>, ShareFault)> {
-        let label = read_label(share).map_err(|e| match e {
-            LabelError::TooShort(found) if share.starts_with(&format::MAGIC) => {
-                (None, ShareFault::Truncated { expected: header_len(self.n), found })
-            }
-            e => (None, ShareFault::Malformed(e)),
-        })?;
-        let index = Some(label.index);
-        if label.id.volume != id.volume {
-            return Err((index, ShareFault::OtherVolume));
-        }
-        if label.id.kind != id.kind || label.id.chunk != id.chunk {
-            return Err((index, ShareFault::OtherChunk { found: label.id.chunk }));
-        }
-        if label.id.generation != id.generation {
-            return Err((index, ShareFault::OtherGeneration { found: label.id.generation }));
-        }
-        let key = keys.get(label.key_id).ok_or((index, ShareFault::UnknownKey(label.key_id)))?;
-        let mac_at = label.header_len() - MAC_LEN;
-        let mac = header_mac(key.integrity.expose(), share, mac_at);
-        if !constant_time_eq(&mac, &share[mac_at..mac_at + MAC_LEN]) {
-            return Err((index, ShareFault::Damaged("header MAC")));
-        }
-        if (label.m as usize, label.n as usize) != (self.m, self.n) {
-            let fault =
-                ShareFault::OtherLayout { found_m: label.m, found_n: label.n, m: self.m as u8, n: self.n as u8 };
-            return Err((index, fault));
-        }
-        if share.len() != label.share_len() {
-            return Err((index, ShareFault::Truncated { expected: label.share_len(), found: share.len() }));
-        }
-        Ok(label)
-    }
-
     /// Decodes into `out`, reusing its allocation; on success `out` holds exactly the chunk.
     /// On error `out` is left empty, so unauthenticated bytes never look like data.
     pub fn decode_into(
@@ -338,147 +272,67 @@ impl Codec {
         }
         result
     }
+}
 
-    fn decode_unchecked(
-        &self,
-        keys: &Keyring,
-        id: &ChunkId,
-        shares: &[&[u8]],
-        verify: Verify,
-        out: &mut Vec<u8>,
-    ) -> Result<DecodeReport, DecodeError> {
-        let verify_all = verify == Verify::All;
-        let m = self.m;
-        let mut report = DecodeReport::default();
-        // Well-formed shares, grouped by write id.
-        #[allow(clippy::type_complexity)]
-        let mut writes: HashMap<([u8; WRITE_ID_LEN], u32, u32), Vec<(usize, ShareLabel)>> = HashMap::new();
-        for (pos, share) in shares.iter().enumerate() {
-            match self.check_header(keys, id, share) {
-                Ok(label) => writes
-                    .entry((format::write_id(share), label.key_id, label.chunk_len))
-                    .or_default()
-                    .push((pos, label)),
-                Err((index, fault)) => report.bad.push(BadShare { position: pos, index, fault }),
-            }
-        }
-        // The write with the most distinct indices wins; a generation is written once,
-        // so others are leftovers of an interrupted attempt.
-        let mut groups: Vec<_> = writes.into_values().collect();
-        groups.sort_by_key(|g| {
-            std::cmp::Reverse(g.iter().map(|(_, l)| l.index).collect::<std::collections::HashSet<_>>().len())
-        });
-        let mut candidates: Vec<Option<(usize, ShareLabel)>> = vec![None; self.n];
-        for (rank, group) in groups.into_iter().enumerate() {
-            for (pos, label) in group {
-                let index = Some(label.index);
-                if rank > 0 {
-                    report.bad.push(BadShare { position: pos, index, fault: ShareFault::OtherWrite });
-                } else if candidates[label.index as usize].is_some() {
-                    report.bad.push(BadShare { position: pos, index, fault: ShareFault::Duplicate(label.index) });
-                } else {
-                    candidates[label.index as usize] = Some((pos, label));
-                }
-            }
-        }
-        let present = candidates.iter().flatten().count();
-        if present < m {
-            return Err(DecodeError::NotEnoughShares { needed: m, good: present, report });
-        }
-        let first = candidates.iter().flatten().next().expect("present >= m >= 1").1;
-        let chunk_len = first.chunk_len as usize;
-        let p = first.payload_len as usize;
-        let key = keys.get(first.key_id).expect("checked in check_header");
-
-        // Header MACs passed, so any M fragments give the write key.
-        let points: Vec<(u8, &[u8])> =
-            candidates.iter().flatten().take(m).map(|(pos, l)| (l.index, format::fragment(shares[*pos]))).collect();
-        let k = Zeroizing::new(shamir::combine::<KEY_LEN>(&points));
-        let write_id = format::write_id(shares[candidates.iter().flatten().next().expect("non-empty").0]);
-        let aead = data_key(key, &first, &write_id, &k);
-
-        let h = header_len(self.n);
-        let payload = |pos: usize| &shares[pos][h..];
-        // Every good header holds the same tag table; take each share's own.
-        let tag = |pos: usize, index: usize| table_tag(shares[pos], index);
-        let table_pos = candidates.iter().flatten().next().expect("non-empty").0;
-        // Every byte of the first m*p is overwritten below: no zeroing needed.
-        out.resize(m * p, 0);
-        let mut missing: Vec<usize> = Vec::new();
-        for i in 0..m {
-            let Some((pos, _)) = candidates[i] else {
-                missing.push(i);
-                continue;
-            };
-            let dst = &mut out[i * p..(i + 1) * p];
-            if aead
-                .open_separate_gather(nonce(NONCE_DATA, i as u8), Aad::empty(), payload(pos), tag(pos, i), dst)
-                .is_ok()
-            {
-                report.used.push(i as u8);
-            } else {
-                report.bad.push(BadShare {
-                    position: pos,
-                    index: Some(i as u8),
-                    fault: ShareFault::Damaged("payload tag"),
-                });
-                candidates[i] = None;
-                missing.push(i);
-            }
-        }
-        // Parity shares: verify as many as are needed (all of them when scrubbing).
-        let mut parity: Vec<usize> = Vec::new();
-        for (j, candidate) in candidates.iter_mut().enumerate().skip(m) {
-            let Some((pos, _)) = *candidate else { continue };
-            if parity.len() == missing.len() && !verify_all {
-                report.unchecked.push(j as u8);
-                continue;
-            }
-            let ok = constant_time_eq(gmac(&aead, j as u8, payload(pos)).as_ref(), tag(pos, j));
-            if ok {
-                parity.push(j);
-            } else {
-                report.bad.push(BadShare {
-                    position: pos,
-                    index: Some(j as u8),
-                    fault: ShareFault::Damaged("payload tag"),
-                });
-                *candidate = None;
-            }
-        }
-        let good = m - missing.len() + parity.len();
-        if good < m {
-            return Err(DecodeError::NotEnoughShares { needed: m, good, report });
-        }
-        if !missing.is_empty() {
-            let erasure = self.erasure.as_ref().expect("missing data with good parity implies N > M");
-            parity.truncate(missing.len());
-            let used_parity = parity.clone();
-            // Rebuild the missing pieces as ciphertext straight into `out`, reading the
-            // surviving shares where they lie, then open them in place.
-            let sources: Vec<(usize, &[u8])> = (0..self.n)
-                .filter(|i| if *i < m { !missing.contains(i) } else { used_parity.contains(i) })
-                .filter_map(|i| candidates[i].map(|(pos, _)| (i, payload(pos))))
-                .collect();
-            let mut targets: Vec<(usize, &mut [u8])> =
-                out.chunks_exact_mut(p).enumerate().filter(|(i, _)| missing.contains(i)).collect();
-            if !erasure.rebuild(&sources, &mut targets) {
-                return Err(DecodeError::NotEnoughShares { needed: m, good: sources.len(), report });
-            }
-            for &i in &missing {
-                let dst = &mut out[i * p..(i + 1) * p];
-                let tag = table_tag(shares[table_pos], i);
-                if aead.open_in_place_separate_tag(nonce(NONCE_DATA, i as u8), Aad::empty(), tag, dst).is_err() {
-                    // Inputs all verified, so this means a forged header slipped through or a bug.
-                    return Err(DecodeError::NotEnoughShares { needed: m, good: m - 1, report });
-                }
-            }
-            report.used.extend(used_parity.iter().map(|&j| j as u8));
-        }
-        report.used.sort_unstable();
-        out.truncate(chunk_len);
-        Ok(report)
+/// Seals data piece `i` (`piece`, at most a payload long) into the payload of share `s`,
+/// and its tag into `tag`.
+fn seal_piece(aead: &LessSafeKey, i: usize, piece: &[u8], s: &mut Vec<u8>, h: usize, tag: &mut [u8; TAG_LEN]) {
+    let p = s.len() - h;
+    let nonce = nonce(NONCE_DATA, i as u8);
+    if piece.len() == p {
+        // Encrypt straight from the caller's buffer: no copy pass. The tag lands
+        // after the payload and is moved into the tag table.
+        s.resize(h + p + TAG_LEN, 0);
+        aead.seal_in_place_scatter(nonce, Aad::empty(), &mut [], piece, &mut s[h..])
+            .expect("AES-GCM seal of a bounded piece");
+        tag.copy_from_slice(&s[h + p..]);
+        s.truncate(h + p);
+    } else {
+        // The last piece is short: pad it with zeros.
+        let payload = &mut s[h..];
+        payload[..piece.len()].copy_from_slice(piece);
+        payload[piece.len()..].fill(0);
+        let sealed =
+            aead.seal_in_place_separate_tag(nonce, Aad::empty(), payload).expect("AES-GCM seal of a bounded piece");
+        tag.copy_from_slice(sealed.as_ref());
     }
+}
+
+/// Computes the parity shares over the sealed data shares, each with its GMAC.
+fn add_parity(
+    erasure: &Erasure,
+    aead: &LessSafeKey,
+    shares: &mut [Vec<u8>],
+    m: usize,
+    h: usize,
+    tags: &mut [[u8; TAG_LEN]],
+) {
+    let (data_shares, parity_shares) = shares.split_at_mut(m);
+    let inputs: Vec<&[u8]> = data_shares.iter().map(|s| &s[h..]).collect();
+    let mut outputs: Vec<&mut [u8]> = parity_shares.iter_mut().map(|s| &mut s[h..]).collect();
+    erasure.encode(&inputs, &mut outputs);
+    for (j, s) in parity_shares.iter().enumerate() {
+        tags[m + j].copy_from_slice(gmac(aead, (m + j) as u8, &s[h..]).as_ref());
+    }
+}
+
+/// Writes a share's header: label, key fragment, tag table, and the MAC over them.
+fn write_header(
+    key: &VolumeKey,
+    label: &ShareLabel,
+    write_id: &[u8; WRITE_ID_LEN],
+    fragment: &[u8],
+    tags: &[[u8; TAG_LEN]],
+    s: &mut [u8],
+    h: usize,
+) {
+    format::write_label(s, label, write_id);
+    s[FRAGMENT_OFFSET..FRAGMENT_OFFSET + KEY_LEN].copy_from_slice(fragment);
+    for (slot, tag) in s[FIXED_LEN..h - MAC_LEN].chunks_exact_mut(TAG_LEN).zip(tags) {
+        slot.copy_from_slice(tag);
+    }
+    let mac = header_mac(key.integrity.expose(), s, h - MAC_LEN);
+    s[h - MAC_LEN..h].copy_from_slice(&mac);
 }
 
 /// Compares secrets (MACs, tokens) in time independent of where they differ.

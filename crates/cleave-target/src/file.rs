@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::error::check_key;
-use crate::{Target, TargetError};
+use crate::{Target, TargetError, TargetUri};
 
 /// Temporary files start with this; `list` skips every name starting with '.', which keys cannot.
 const TMP_PREFIX: &str = ".tmp-";
@@ -60,13 +60,13 @@ impl FileTarget {
     /// An existing target: its root is never created here, so a root that is gone
     /// (unmounted, moved away) reads as a target that is down, never as an empty one.
     pub fn open(root: PathBuf) -> Self {
-        let name = format!("file://{}", root.display());
+        let name = TargetUri::file(&root).to_string();
         FileTarget { root, name }
     }
 
     /// A new target: creates `root` if needed, so a fresh target works without a setup step.
     pub fn new(root: PathBuf) -> Result<Self, TargetError> {
-        let name = format!("file://{}", root.display());
+        let name = TargetUri::file(&root).to_string();
         std::fs::create_dir_all(&root)
             .map_err(|e| TargetError::Io(format!("{name}: cannot create the target directory: {e}")))?;
         if !root.is_dir() {

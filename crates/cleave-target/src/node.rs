@@ -17,7 +17,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use crate::error::check_key;
-use crate::{Target, TargetError};
+use crate::{Target, TargetError, TargetUri};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -113,7 +113,7 @@ impl NodeTarget {
     /// `addr` is `host:port`. Nothing is contacted until a call, and then only if a node is
     /// registered at `addr`.
     pub fn new(addr: String, access: NodeAccess) -> Self {
-        NodeTarget { name: format!("node://{addr}"), addr, access, idle: Arc::new(Mutex::new(Vec::new())) }
+        NodeTarget { name: TargetUri::node(&addr).to_string(), addr, access, idle: Arc::new(Mutex::new(Vec::new())) }
     }
 
     /// An idle connection, or a new one to the node registered at this address.

@@ -11,7 +11,7 @@ use object_store::path::Path;
 use object_store::{BackoffConfig, GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
 
 use crate::error::check_key;
-use crate::{redact_uri, Target, TargetError};
+use crate::{S3Uri, Target, TargetError};
 
 pub struct S3Target {
     store: AmazonS3,
@@ -42,60 +42,25 @@ fn retry_config() -> RetryConfig {
 }
 
 impl S3Target {
-    /// `s3://bucket/prefix?endpoint=http://host:port&region=us-east-1`
-    pub fn from_uri(uri: &str) -> Result<Self, TargetError> {
-        let bad = |m: &str| TargetError::InvalidUri(format!("{}: {m}", redact_uri(uri)));
-        let url = url::Url::parse(uri).map_err(|e| bad(&e.to_string()))?;
-        if url.scheme() != "s3" {
-            return Err(bad("not an s3:// URI"));
+    /// The bucket and prefix of `uri`; nothing is contacted until a call.
+    pub fn new(uri: &S3Uri) -> Result<Self, TargetError> {
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&uri.bucket).with_retry(retry_config());
+        if let Some(region) = &uri.region {
+            builder = builder.with_region(region);
         }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad("credentials do not belong in the URI; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"));
-        }
-        if url.port().is_some() {
-            return Err(bad("s3://bucket takes no port; put the server in ?endpoint="));
-        }
-        if url.fragment().is_some() {
-            return Err(bad("unexpected #fragment"));
-        }
-        let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| bad("missing bucket"))?.to_string();
-        let prefix = url.path().trim_matches('/').to_string();
-        if !prefix.is_empty() && check_key(&prefix).is_err() {
-            return Err(bad("the prefix must be a plain relative path (no '..', '//', '%', hidden parts)"));
-        }
-        if prefix.contains('%') {
-            return Err(bad("the prefix must not need percent-encoding"));
-        }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket).with_retry(retry_config());
-        let mut endpoint = None;
-        for (k, v) in url.query_pairs() {
-            match k.as_ref() {
-                "endpoint" => {
-                    let e = url::Url::parse(&v).map_err(|e| bad(&format!("endpoint: {e}")))?;
-                    if !matches!(e.scheme(), "http" | "https") || e.host_str().is_none() {
-                        return Err(bad("endpoint must be an http:// or https:// URL"));
-                    }
-                    if !e.username().is_empty() || e.password().is_some() {
-                        return Err(bad("credentials do not belong in the endpoint; use AWS_* variables"));
-                    }
-                    endpoint = Some(v.trim_end_matches('/').to_string());
-                }
-                "region" if !v.is_empty() => builder = builder.with_region(v.as_ref()),
-                other => return Err(bad(&format!("unknown parameter {other:?} (use endpoint, region)"))),
-            }
-        }
-        if let Some(e) = &endpoint {
+        if let Some(e) = &uri.endpoint {
             builder = builder.with_endpoint(e).with_virtual_hosted_style_request(false);
             if e.starts_with("http://") {
                 builder = builder.with_allow_http(true);
             }
         }
-        let store = builder.build().map_err(|e| bad(&e.to_string()))?;
-        let mut name = format!("s3://{bucket}/{prefix}");
-        if let Some(e) = &endpoint {
+        // The name leaves out the region: it does not change which objects are meant.
+        let mut name = format!("s3://{}/{}", uri.bucket, uri.prefix);
+        if let Some(e) = &uri.endpoint {
             name.push_str(&format!("?endpoint={e}"));
         }
-        Ok(S3Target { store, prefix, name })
+        let store = builder.build().map_err(|e| TargetError::InvalidUri(format!("{name}: {e}")))?;
+        Ok(S3Target { store, prefix: uri.prefix.clone(), name })
     }
 
     /// `Path::parse`, not `Path::from`: the latter percent-encodes characters such as '%',

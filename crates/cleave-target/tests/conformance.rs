@@ -1,8 +1,6 @@
 //! The file backend and the fault-injection wrapper through the shared conformance suite,
 //! their own guarantees, and URI parsing. S3 runs the same suite in `s3.rs`.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +35,7 @@ async fn file_target_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let t = file_target(dir.path());
     assert_eq!(t.name(), format!("file://{}", dir.path().display()));
-    common::conformance(t.clone()).await;
+    cleave_target::testing::conformance(t.clone()).await;
     // No temporary files are left behind, and the files are the keys.
     let files = walk(dir.path());
     assert!(!files.iter().any(|p| p.contains(".tmp-")), "{files:?}");
@@ -104,7 +102,7 @@ async fn faulty_wrapper_conforms_when_calm() {
     let f = faulty.faults();
     let t: DynTarget = Arc::new(faulty);
     assert_eq!(t.name(), format!("faulty(file://{})", dir.path().display()));
-    common::conformance(t).await;
+    cleave_target::testing::conformance(t).await;
     assert!(f.ops() > 100);
 }
 

@@ -1,8 +1,6 @@
 //! The S3 backend against a real S3 server (moto_server, started here), through the
 //! same conformance suite as the file backend.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,7 +67,7 @@ async fn s3_target_on_moto() {
 
     let t = open(&uri("prefix")).unwrap();
     assert_eq!(t.name(), format!("s3://conf/prefix?endpoint={}", moto.endpoint));
-    common::conformance(t.clone()).await;
+    cleave_target::testing::conformance(t.clone()).await;
 
     // Without a prefix, the whole bucket; with another prefix, nothing of the first.
     let root = open(&format!("s3://conf?endpoint={}&region=us-east-1", moto.endpoint)).unwrap();

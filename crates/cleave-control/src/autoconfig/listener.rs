@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::packet::{self, MessageType, Packet, PacketError, MAX_PACKET};
 use crate::children::{self, ControlBeat, ControlInfo};
-use crate::pool::{now_ms, now_us, push, MemberKind, NodeInfo, NodeStatus, Pool};
+use crate::pool::{now_ms, now_us, push, Inner, MemberKind, NodeInfo, NodeStatus, Pool};
 
 /// Longest member id accepted.
 pub const MAX_ID: usize = 128;
@@ -262,62 +262,86 @@ fn apply(pool: &Pool, id: String, kind: MemberKind, body: Body) -> Option<Messag
         }
         Body::ControlBeat(beat) => Some(children::on_beat(&mut inner.controls, &id, beat, now)),
         Body::Startup => {
+            node_startup(&mut inner, id, now);
             // Control records the unit, then asks for its details.
-            let n = inner.nodes.entry(id.clone()).or_insert_with(|| NodeInfo {
-                id,
-                address: String::new(),
-                site: String::new(),
-                status: NodeStatus::Down,
-                capacity_bytes: 0,
-                free_bytes: 0,
-                objects: 0,
-                last_seen_unix_ms: now,
-            });
-            n.last_seen_unix_ms = now;
             Some(MessageType::NeedInfo)
         }
         Body::Info(info) => {
-            let was_up = inner.nodes.get(&id).is_some_and(|n| n.status == NodeStatus::Up);
-            let detail = format!("{} ({}, site {})", info.id, info.address, info.site);
-            inner.nodes.insert(
-                id,
-                NodeInfo {
-                    id: info.id,
-                    address: info.address,
-                    site: info.site,
-                    status: NodeStatus::Up,
-                    capacity_bytes: info.capacity_bytes,
-                    free_bytes: info.free_bytes,
-                    objects: info.objects,
-                    last_seen_unix_ms: now,
-                },
-            );
-            if !was_up {
-                push(&mut inner, "node_up", detail);
-            }
+            node_info(&mut inner, id, info, now);
             Some(MessageType::Ack)
         }
-        Body::Heartbeat(beat) => match inner.nodes.get_mut(&id) {
-            Some(n) => {
-                n.last_seen_unix_ms = now;
-                n.free_bytes = beat.free_bytes;
-                n.objects = beat.objects;
-                // Back after being marked down: register again.
-                Some(if n.status == NodeStatus::Up { MessageType::Ack } else { MessageType::NeedInfo })
-            }
-            // Unknown (control restarted, say): register again.
-            None => Some(MessageType::NeedInfo),
-        },
+        Body::Heartbeat(beat) => Some(node_beat(&mut inner, &id, beat, now)),
         Body::Shutdown => {
-            if let Some(n) = inner.nodes.get_mut(&id) {
-                n.last_seen_unix_ms = now;
-                if n.status == NodeStatus::Up {
-                    n.status = NodeStatus::Down;
-                    let detail = format!("{} ({}): clean stop", n.id, n.address);
-                    push(&mut inner, "node_down", detail);
-                }
-            }
+            node_shutdown(&mut inner, &id, now);
             None
+        }
+    }
+}
+
+/// A node's STARTUP: recorded, down until its INFO.
+fn node_startup(inner: &mut Inner, id: String, now: u64) {
+    let n = inner.nodes.entry(id.clone()).or_insert_with(|| NodeInfo {
+        id,
+        address: String::new(),
+        site: String::new(),
+        status: NodeStatus::Down,
+        capacity_bytes: 0,
+        free_bytes: 0,
+        objects: 0,
+        last_seen_unix_ms: now,
+    });
+    n.last_seen_unix_ms = now;
+}
+
+/// A node's INFO: registered and up.
+fn node_info(inner: &mut Inner, id: String, info: Info, now: u64) {
+    let was_up = inner.nodes.get(&id).is_some_and(|n| n.status == NodeStatus::Up);
+    let detail = format!("{} ({}, site {})", info.id, info.address, info.site);
+    inner.nodes.insert(
+        id,
+        NodeInfo {
+            id: info.id,
+            address: info.address,
+            site: info.site,
+            status: NodeStatus::Up,
+            capacity_bytes: info.capacity_bytes,
+            free_bytes: info.free_bytes,
+            objects: info.objects,
+            last_seen_unix_ms: now,
+        },
+    );
+    if !was_up {
+        push(inner, "node_up", detail);
+    }
+}
+
+/// A node's HEARTBEAT: ACK, or NEED_INFO when it must register again.
+fn node_beat(inner: &mut Inner, id: &str, beat: Beat, now: u64) -> MessageType {
+    match inner.nodes.get_mut(id) {
+        Some(n) => {
+            n.last_seen_unix_ms = now;
+            n.free_bytes = beat.free_bytes;
+            n.objects = beat.objects;
+            // Back after being marked down: register again.
+            if n.status == NodeStatus::Up {
+                MessageType::Ack
+            } else {
+                MessageType::NeedInfo
+            }
+        }
+        // Unknown (control restarted, say): register again.
+        None => MessageType::NeedInfo,
+    }
+}
+
+/// A node's clean SHUTDOWN: down at once, without waiting for missed heartbeats.
+fn node_shutdown(inner: &mut Inner, id: &str, now: u64) {
+    if let Some(n) = inner.nodes.get_mut(id) {
+        n.last_seen_unix_ms = now;
+        if n.status == NodeStatus::Up {
+            n.status = NodeStatus::Down;
+            let detail = format!("{} ({}): clean stop", n.id, n.address);
+            push(inner, "node_down", detail);
         }
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use tracing::{debug, warn};
 
-use super::{io_err, ChunkState, Inner, Stored, Urgent};
+use super::{io_err, ChunkState, Inner, Urgent};
 use crate::claim;
 use crate::journal::{self, Checkpoint, Journal, Mapping, Record};
 use crate::VolumeError;
@@ -219,87 +219,11 @@ impl Inner {
         if self.stopping.load(Ordering::SeqCst) {
             return Ok(0);
         }
-        let batch: Vec<u64> = {
-            let mut st = self.state.lock().expect("not poisoned");
-            // Write-back: a chunk being rewritten is destaged once it settles, unless
-            // someone waits or the cache is filling up.
-            let dirty_count = st.chunks.values().filter(|c| c.dirty).count();
-            let pressed = self.urgent.load(Ordering::SeqCst) > 0
-                || dirty_count as f64 >= self.capacity_chunks as f64 * self.opts.dirty_high;
-            let settled = |c: &ChunkState| c.last_write.is_none_or(|t| t.elapsed() >= self.opts.destage_after);
-            let mut dirty: Vec<(u64, u64)> = st
-                .chunks
-                .iter()
-                .filter(|(_, c)| c.dirty && !c.destaging && (pressed || settled(c)))
-                .map(|(k, c)| (c.last_use, *k))
-                .collect();
-            dirty.sort_unstable();
-            let batch: Vec<u64> = dirty.into_iter().take(self.opts.destage_batch).map(|(_, k)| k).collect();
-            for c in &batch {
-                st.chunks.get_mut(c).expect("listed").destaging = true;
-            }
-            batch
-        };
+        let batch = self.pick_batch();
         if batch.is_empty() {
             return Ok(0);
         }
-        // Dirty data must be durable locally before the journal can point past it.
-        let result = async {
-            self.sync_local().await?;
-            let stored: Vec<Result<Stored, VolumeError>> = stream::iter(batch.iter().copied())
-                .map(|chunk| async move {
-                    let guard = self.stripe(chunk).read().await;
-                    let seq = self.state.lock().expect("not poisoned").chunks.get(&chunk).map(|c| c.seq).unwrap_or(0);
-                    let (start, end) = self.cache.chunk_range(chunk);
-                    let data = self.cache.read_at(start, (end - start) as usize).await?;
-                    drop(guard);
-                    let (mapping, missing) = self.store_chunk(chunk, data).await?;
-                    Ok((chunk, seq, mapping, missing))
-                })
-                .buffer_unordered(self.opts.destage_parallel)
-                .collect()
-                .await;
-            let mut done = Vec::new();
-            let mut first_error = None;
-            for r in stored {
-                match r {
-                    Ok(x) => done.push(x),
-                    Err(e) => first_error = first_error.or(Some(e)),
-                }
-            }
-            if done.is_empty() {
-                return Err(first_error.expect("batch non-empty"));
-            }
-            let seqs: Vec<(u64, u64)> = done.iter().map(|(c, s, _, _)| (*c, *s)).collect();
-            let entries: Vec<(u64, Mapping, Vec<u8>)> = done.iter().map(|(c, _, m, x)| (*c, *m, x.clone())).collect();
-            let committed: Vec<(u64, Mapping)> = done.iter().map(|(c, _, m, _)| (*c, *m)).collect();
-            let old = match self.commit_entries(entries).await {
-                Ok(old) => old,
-                Err(e) => {
-                    for (c, m) in committed {
-                        if m.generation != 0 {
-                            self.dispersal.delete_all(&self.locate(c, m.generation).0).await;
-                        }
-                    }
-                    return Err(e);
-                }
-            };
-            {
-                let mut st = self.state.lock().expect("not poisoned");
-                for (c, seq) in &seqs {
-                    if let Some(s) = st.chunks.get_mut(c) {
-                        s.destaged_seq = s.destaged_seq.max(*seq);
-                        if s.seq == *seq {
-                            s.dirty = false;
-                        }
-                    }
-                }
-                st.last_destage_error = first_error.as_ref().map(|e| e.to_string());
-            }
-            self.delete_old(old).await;
-            Ok(seqs.len())
-        }
-        .await;
+        let result = self.destage_batch(&batch).await;
         let mut st = self.state.lock().expect("not poisoned");
         for c in &batch {
             if let Some(s) = st.chunks.get_mut(c) {
@@ -313,6 +237,107 @@ impl Inner {
         self.progress.notify_waiters();
         result
     }
+
+    /// The dirty chunks to destage now, least recently used first, marked as destaging.
+    fn pick_batch(&self) -> Vec<u64> {
+        let mut st = self.state.lock().expect("not poisoned");
+        // Write-back: a chunk being rewritten is destaged once it settles, unless
+        // someone waits or the cache is filling up.
+        let dirty_count = st.chunks.values().filter(|c| c.dirty).count();
+        let pressed = self.urgent.load(Ordering::SeqCst) > 0
+            || dirty_count as f64 >= self.capacity_chunks as f64 * self.opts.dirty_high;
+        let settled = |c: &ChunkState| c.last_write.is_none_or(|t| t.elapsed() >= self.opts.destage_after);
+        let mut dirty: Vec<(u64, u64)> = st
+            .chunks
+            .iter()
+            .filter(|(_, c)| c.dirty && !c.destaging && (pressed || settled(c)))
+            .map(|(k, c)| (c.last_use, *k))
+            .collect();
+        dirty.sort_unstable();
+        let batch: Vec<u64> = dirty.into_iter().take(self.opts.destage_batch).map(|(_, k)| k).collect();
+        for c in &batch {
+            st.chunks.get_mut(c).expect("listed").destaging = true;
+        }
+        batch
+    }
+
+    /// Stores and commits `batch`; the chunks that made it are clean unless rewritten since.
+    async fn destage_batch(&self, batch: &[u64]) -> Result<usize, VolumeError> {
+        // Dirty data must be durable locally before the journal can point past it.
+        self.sync_local().await?;
+        let (done, first_error) = self.store_batch(batch).await;
+        if done.is_empty() {
+            return Err(first_error.expect("batch non-empty"));
+        }
+        let old = self.commit_destaged(&done).await?;
+        {
+            let mut st = self.state.lock().expect("not poisoned");
+            for d in &done {
+                if let Some(s) = st.chunks.get_mut(&d.chunk) {
+                    s.destaged_seq = s.destaged_seq.max(d.seq);
+                    if s.seq == d.seq {
+                        s.dirty = false;
+                    }
+                }
+            }
+            st.last_destage_error = first_error.as_ref().map(|e| e.to_string());
+        }
+        self.delete_old(old).await;
+        Ok(done.len())
+    }
+
+    /// Encodes and stores each chunk of `batch`, some in parallel: those stored, and the
+    /// first error of those that were not.
+    async fn store_batch(&self, batch: &[u64]) -> (Vec<Destaged>, Option<VolumeError>) {
+        let stored: Vec<Result<Destaged, VolumeError>> = stream::iter(batch.iter().copied())
+            .map(|chunk| async move {
+                let guard = self.stripe(chunk).read().await;
+                let seq = self.state.lock().expect("not poisoned").chunks.get(&chunk).map(|c| c.seq).unwrap_or(0);
+                let (start, end) = self.cache.chunk_range(chunk);
+                let data = self.cache.read_at(start, (end - start) as usize).await?;
+                drop(guard);
+                let (mapping, missing) = self.store_chunk(chunk, data).await?;
+                Ok(Destaged { chunk, seq, mapping, missing })
+            })
+            .buffer_unordered(self.opts.destage_parallel)
+            .collect()
+            .await;
+        let mut done = Vec::new();
+        let mut first_error = None;
+        for r in stored {
+            match r {
+                Ok(x) => done.push(x),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        (done, first_error)
+    }
+
+    /// Commits the stored chunks in one record; the generations it replaced, to delete. If
+    /// the commit fails, the new generations are deleted again: nothing points at them.
+    async fn commit_destaged(&self, done: &[Destaged]) -> Result<Vec<(u64, u64)>, VolumeError> {
+        let entries: Vec<(u64, Mapping, Vec<u8>)> =
+            done.iter().map(|d| (d.chunk, d.mapping, d.missing.clone())).collect();
+        match self.commit_entries(entries).await {
+            Ok(old) => Ok(old),
+            Err(e) => {
+                for d in done.iter().filter(|d| d.mapping.generation != 0) {
+                    self.dispersal.delete_all(&self.locate(d.chunk, d.mapping.generation).0).await;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A chunk written in a destage round.
+struct Destaged {
+    chunk: u64,
+    /// The chunk's write sequence when it was read from the cache.
+    seq: u64,
+    mapping: Mapping,
+    /// The shares not stored (repair writes them later).
+    missing: Vec<u8>,
 }
 
 /// Replay at open filters stale records; later commits need no filter.

@@ -7,6 +7,7 @@
 
 mod destage;
 mod health;
+mod open;
 mod residency;
 
 pub use health::{Health, RereplicateReport, VolumeStatus};
@@ -21,12 +22,11 @@ use bytes::Bytes;
 use cleave_split::{ChunkId, Codec, Keyring};
 use cleave_target::DynTarget;
 use tokio::sync::{Notify, RwLock};
-use tracing::{info, Instrument};
 
 use crate::cache::Cache;
 use crate::claim::{self, Claim};
 use crate::dispersal::Dispersal;
-use crate::journal::{self, Journal, Mapping};
+use crate::journal::{self, Mapping};
 use crate::label;
 use crate::meta::{Durability, VolumeConfig};
 use crate::stats::IoStats;
@@ -77,9 +77,6 @@ impl VolumeOptions {
         }
     }
 }
-
-/// A chunk written in a destage round: (chunk, write seq seen, new mapping, shares not stored).
-type Stored = (u64, u64, Mapping, Vec<u8>);
 
 #[derive(Clone, Copy, Debug, Default)]
 struct ChunkState {
@@ -164,127 +161,6 @@ fn io_err(e: impl std::fmt::Display) -> VolumeError {
 }
 
 impl Volume {
-    /// Opens a volume: replays the journal from the targets, opens the cache, starts the
-    /// destager. After an unclean shutdown every cached chunk is destaged again.
-    pub async fn open(
-        config: VolumeConfig,
-        keys: Keyring,
-        targets: Vec<DynTarget>,
-        opts: VolumeOptions,
-    ) -> Result<Volume, VolumeError> {
-        config.validate()?;
-        let volume = config.uuid_bytes().expect("validated");
-        let codec = Codec::new(config.m as usize, config.n as usize).map_err(|e| VolumeError::Config(e.to_string()))?;
-        let dispersal = Dispersal::new(targets, opts.put_timeout);
-        let uuid = config.uuid.clone();
-        let labels = label::check_all(&dispersal.targets(), &keys, &uuid, volume).await;
-        let (trusted, replaced) = label::classify(&dispersal.targets(), &uuid, &labels).await;
-        let trusted_count = trusted.iter().filter(|t| **t).count();
-        if trusted_count < codec.m() {
-            return Err(VolumeError::MetadataUnavailable(format!(
-                "only {trusted_count} of {} targets carry volume {:?}'s label and answer, need {}; \
-                 replaced (no or wrong label): {replaced:?}; labels: {labels:?}",
-                config.n,
-                config.name,
-                codec.m()
-            )));
-        }
-        let ownership = claim::read(&dispersal.targets(), &keys, &uuid).await;
-        if !opts.takeover {
-            ownership.free_for(&opts.owner)?;
-        }
-        let replayed = Journal {
-            dispersal: &dispersal,
-            codec: &codec,
-            keys: &keys,
-            uuid: &uuid,
-            volume,
-            quorum: config.write_quorum(),
-            hedge_after: opts.hedge_after,
-            prune: true,
-            accept_stale: false,
-            trusted: &trusted,
-            ownership: &ownership,
-        }
-        .replay()
-        .await?;
-        let newest = ownership.latest().map_or(0, |c| c.epoch).max(replayed.max_epoch);
-        let epoch = newest.checked_add(1).ok_or_else(|| VolumeError::Metadata("claim epochs exhausted".into()))?;
-        let claim = Claim { epoch, after_seq: replayed.last_seq, owner: opts.owner.clone() };
-        claim::write(&dispersal.targets(), &keys, &uuid, &claim).await?;
-        let (cache, present, clean) = Cache::open(&opts.cache_dir, &uuid, config.size, config.chunk_size)?;
-        let capacity_chunks = (opts.cache_bytes / config.chunk_size as u64).max(4) as usize;
-        let mut chunks = HashMap::new();
-        for c in &present {
-            let dirty = !clean;
-            chunks.insert(*c, ChunkState { dirty, seq: u64::from(dirty), ..Default::default() });
-        }
-        info!(
-            volume = %config.name,
-            epoch,
-            checkpoint = replayed.last_checkpoint,
-            last_seq = replayed.last_seq,
-            mapped = replayed.map.len(),
-            missing = replayed.missing.len(),
-            cached = present.len(),
-            clean,
-            replaced = ?replaced,
-            "volume opened"
-        );
-        if !clean && !present.is_empty() {
-            info!(volume = %config.name, chunks = present.len(), "unclean shutdown: destaging every cached chunk again");
-        }
-        let state = State {
-            map: replayed.map,
-            chunks,
-            next_generation: replayed.next_generation.max(epoch_base(epoch)),
-            next_seq: replayed.last_seq + 1,
-            last_checkpoint: replayed.last_checkpoint,
-            records_since_checkpoint: replayed.records_since_checkpoint,
-            missing: replayed.missing,
-            journal_degraded: replayed.journal_degraded,
-            ..Default::default()
-        };
-        let inner = Arc::new(Inner {
-            uuid,
-            volume,
-            codec,
-            keys,
-            dispersal,
-            target_uris: Mutex::new(config.targets.clone()),
-            cache,
-            capacity_chunks,
-            state: Mutex::new(state),
-            stripes: (0..256).map(|_| RwLock::new(())).collect(),
-            commit: tokio::sync::Mutex::new(()),
-            sync_lock: tokio::sync::Mutex::new(()),
-            wake_destager: Arc::new(Notify::new()),
-            progress: Notify::new(),
-            stopping: AtomicBool::new(false),
-            urgent: std::sync::atomic::AtomicUsize::new(0),
-            claim,
-            io: IoStats::default(),
-            fenced: Mutex::new(None),
-            config,
-            opts,
-        });
-        for (i, trusted) in trusted.iter().enumerate() {
-            if *trusted && !matches!(labels[i], label::LabelState::Valid) {
-                // A target from before labels existed: it holds the volume, label it.
-                let _ = label::write(&inner.dispersal.targets()[i], &inner.keys, &inner.uuid, volume, i as u8).await;
-            }
-        }
-        for i in replaced {
-            inner.adopt_replaced(i).await;
-        }
-        let weak = Arc::downgrade(&inner);
-        // The destager's log lines name their volume.
-        let span = tracing::info_span!("volume", volume = %inner.config.name);
-        tokio::spawn(async move { destage::destager(weak).await }.instrument(span));
-        inner.wake_destager.notify_one();
-        Ok(Volume { inner })
-    }
-
     pub fn config(&self) -> &VolumeConfig {
         &self.inner.config
     }

@@ -1,13 +1,24 @@
-//! The conformance suite every backend passes: the `Target` contract, spelled out.
+//! The conformance suite every backend passes: the `Target` contract, spelled out. Behind the
+//! `testing` feature, so each backend's tests (here, S3, storage nodes) run this one copy.
 
+use crate::{DynTarget, TargetError};
 use bytes::Bytes;
-use cleave_target::{DynTarget, TargetError};
 
-/// Runs the whole contract against `t`, which must be empty.
+/// Runs the whole contract against `t`, which must be empty; panics on the first breach.
+/// It leaves 108 objects behind.
 pub async fn conformance(t: DynTarget) {
     t.health().await.unwrap();
     assert!(t.list("").await.unwrap().is_empty(), "{}: the target must start empty", t.name());
+    objects(&t).await;
+    missing_and_ranges(&t).await;
+    list_and_delete(&t).await;
+    invalid_keys(&t).await;
+    concurrent_puts(&t).await;
+    t.health().await.unwrap();
+}
 
+/// Create-only puts and whole gets, of small, empty and larger binary objects.
+async fn objects(t: &DynTarget) {
     // Round trip, and create-only: a second put fails and the first content stays.
     t.put("vol/chunks/1/a", Bytes::from_static(b"hello share")).await.unwrap();
     assert_eq!(&t.get("vol/chunks/1/a").await.unwrap()[..], b"hello share");
@@ -23,8 +34,10 @@ pub async fn conformance(t: DynTarget) {
     t.put("vol/big", Bytes::from(big.clone())).await.unwrap();
     assert_eq!(t.get("vol/big").await.unwrap(), big);
     assert_eq!(t.get_range("vol/big", 1000..70_000).await.unwrap(), big[1000..70_000]);
+}
 
-    // Missing keys.
+/// Missing keys, and ranges of a present one.
+async fn missing_and_ranges(t: &DynTarget) {
     let err = t.get("vol/chunks/1/missing").await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
     // Wrappers pass the inner target's errors through, naming the inner target.
@@ -40,7 +53,10 @@ pub async fn conformance(t: DynTarget) {
     assert!(t.get_range("vol/chunks/1/a", 11..20).await.unwrap().is_empty());
     assert!(t.get_range("vol/chunks/1/a", 50..60).await.unwrap().is_empty());
     assert!(t.get_range("vol/chunks/1/a", 3..3).await.unwrap().is_empty());
+}
 
+/// Listing by prefix, deleting, and writing a deleted key again.
+async fn list_and_delete(t: &DynTarget) {
     // List: by prefix, sorted, prefixes need not end at a '/'.
     for k in ["vol/journal/2", "vol/journal/10", "vol/journal/1", "other/x"] {
         t.put(k, Bytes::from_static(b"j")).await.unwrap();
@@ -65,8 +81,10 @@ pub async fn conformance(t: DynTarget) {
     // A deleted key can be written again.
     t.put("vol/journal/1", Bytes::from_static(b"again")).await.unwrap();
     assert_eq!(&t.get("vol/journal/1").await.unwrap()[..], b"again");
+}
 
-    // Invalid keys, for every operation that takes one.
+/// Invalid keys, for every operation that takes one.
+async fn invalid_keys(t: &DynTarget) {
     for bad in ["", "/abs", "a/../b", "..", "a/.hidden", ".tmp-x", "a//b", "a/", "a\\b", "a\0b"] {
         let invalid = |r: Result<(), TargetError>| matches!(r, Err(TargetError::InvalidKey(_)));
         assert!(invalid(t.put(bad, Bytes::new()).await), "put {bad:?}");
@@ -74,7 +92,9 @@ pub async fn conformance(t: DynTarget) {
         assert!(invalid(t.get_range(bad, 0..1).await.map(|_| ())), "get_range {bad:?}");
         assert!(invalid(t.delete(bad).await), "delete {bad:?}");
     }
+}
 
+async fn concurrent_puts(t: &DynTarget) {
     // Concurrent puts of one key: exactly one wins, the rest see AlreadyExists, the winner's data stays.
     let results = futures::future::join_all((0..8u8).map(|i| {
         let t = t.clone();
@@ -96,6 +116,4 @@ pub async fn conformance(t: DynTarget) {
     let many = t.list("many/").await.unwrap();
     assert_eq!(many, (0..100).map(|i| format!("many/{i:03}")).collect::<Vec<_>>());
     assert_eq!(t.get("many/042").await.unwrap(), vec![42u8; 4096]);
-
-    t.health().await.unwrap();
 }

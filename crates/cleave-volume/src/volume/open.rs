@@ -1,0 +1,181 @@
+//! Opening a volume: labels checked, the journal replayed, a new claim written, the cache
+//! opened, and the destager started.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use cleave_split::{Codec, Keyring};
+use cleave_target::DynTarget;
+use tokio::sync::{Notify, RwLock};
+use tracing::{info, Instrument};
+
+use super::{destage, epoch_base, ChunkState, Inner, State, Volume, VolumeOptions};
+use crate::cache::Cache;
+use crate::claim::{self, Claim, Ownership};
+use crate::dispersal::Dispersal;
+use crate::journal::{Journal, Replayed};
+use crate::label::{self, LabelState};
+use crate::meta::VolumeConfig;
+use crate::stats::IoStats;
+use crate::VolumeError;
+
+/// Which targets carry the volume, as found at open.
+struct Labels {
+    states: Vec<LabelState>,
+    /// By target: carries this volume's label (or predates labels) and answers.
+    trusted: Vec<bool>,
+    /// Targets that hold no or another label: replaced since the volume was written.
+    replaced: Vec<usize>,
+}
+
+impl Volume {
+    /// Opens a volume: replays the journal from the targets, opens the cache, starts the
+    /// destager. After an unclean shutdown every cached chunk is destaged again.
+    pub async fn open(
+        config: VolumeConfig,
+        keys: Keyring,
+        targets: Vec<DynTarget>,
+        opts: VolumeOptions,
+    ) -> Result<Volume, VolumeError> {
+        config.validate()?;
+        let volume = config.uuid_bytes().expect("validated");
+        let codec = Codec::new(config.m as usize, config.n as usize).map_err(|e| VolumeError::Config(e.to_string()))?;
+        let dispersal = Dispersal::new(targets, opts.put_timeout);
+        let uuid = config.uuid.clone();
+        let labels = read_labels(&dispersal, &keys, &config, &codec).await?;
+        let ownership = claim::read(&dispersal.targets(), &keys, &uuid).await;
+        if !opts.takeover {
+            ownership.free_for(&opts.owner)?;
+        }
+        let replayed = Journal {
+            dispersal: &dispersal,
+            codec: &codec,
+            keys: &keys,
+            uuid: &uuid,
+            volume,
+            quorum: config.write_quorum(),
+            hedge_after: opts.hedge_after,
+            prune: true,
+            accept_stale: false,
+            trusted: &labels.trusted,
+            ownership: &ownership,
+        }
+        .replay()
+        .await?;
+        let claim = next_claim(&ownership, &replayed, &opts)?;
+        claim::write(&dispersal.targets(), &keys, &uuid, &claim).await?;
+        let (cache, present, clean) = Cache::open(&opts.cache_dir, &uuid, config.size, config.chunk_size)?;
+        info!(
+            volume = %config.name,
+            epoch = claim.epoch,
+            checkpoint = replayed.last_checkpoint,
+            last_seq = replayed.last_seq,
+            mapped = replayed.map.len(),
+            missing = replayed.missing.len(),
+            cached = present.len(),
+            clean,
+            replaced = ?labels.replaced,
+            "volume opened"
+        );
+        if !clean && !present.is_empty() {
+            info!(volume = %config.name, chunks = present.len(), "unclean shutdown: destaging every cached chunk again");
+        }
+        let state = initial_state(replayed, &present, clean, claim.epoch);
+        let inner = Arc::new(Inner {
+            uuid,
+            volume,
+            codec,
+            keys,
+            dispersal,
+            target_uris: Mutex::new(config.targets.clone()),
+            cache,
+            capacity_chunks: (opts.cache_bytes / config.chunk_size as u64).max(4) as usize,
+            state: Mutex::new(state),
+            stripes: (0..256).map(|_| RwLock::new(())).collect(),
+            commit: tokio::sync::Mutex::new(()),
+            sync_lock: tokio::sync::Mutex::new(()),
+            wake_destager: Arc::new(Notify::new()),
+            progress: Notify::new(),
+            stopping: AtomicBool::new(false),
+            urgent: std::sync::atomic::AtomicUsize::new(0),
+            claim,
+            io: IoStats::default(),
+            fenced: Mutex::new(None),
+            config,
+            opts,
+        });
+        inner.mend_labels(labels).await;
+        let weak = Arc::downgrade(&inner);
+        // The destager's log lines name their volume.
+        let span = tracing::info_span!("volume", volume = %inner.config.name);
+        tokio::spawn(async move { destage::destager(weak).await }.instrument(span));
+        inner.wake_destager.notify_one();
+        Ok(Volume { inner })
+    }
+}
+
+impl Inner {
+    /// Labels trusted targets from before labels existed, and adopts replaced ones.
+    async fn mend_labels(&self, labels: Labels) {
+        for (i, trusted) in labels.trusted.iter().enumerate() {
+            if *trusted && !matches!(labels.states[i], LabelState::Valid) {
+                // A target from before labels existed: it holds the volume, label it.
+                let _ = label::write(&self.dispersal.targets()[i], &self.keys, &self.uuid, self.volume, i as u8).await;
+            }
+        }
+        for i in labels.replaced {
+            self.adopt_replaced(i).await;
+        }
+    }
+}
+
+/// The labels of every target; an error unless at least M carry the volume and answer.
+async fn read_labels(
+    dispersal: &Dispersal,
+    keys: &Keyring,
+    config: &VolumeConfig,
+    codec: &Codec,
+) -> Result<Labels, VolumeError> {
+    let volume = config.uuid_bytes().expect("validated");
+    let states = label::check_all(&dispersal.targets(), keys, &config.uuid, volume).await;
+    let (trusted, replaced) = label::classify(&dispersal.targets(), &config.uuid, &states).await;
+    let trusted_count = trusted.iter().filter(|t| **t).count();
+    if trusted_count < codec.m() {
+        return Err(VolumeError::MetadataUnavailable(format!(
+            "only {trusted_count} of {} targets carry volume {:?}'s label and answer, need {}; \
+             replaced (no or wrong label): {replaced:?}; labels: {states:?}",
+            config.n,
+            config.name,
+            codec.m()
+        )));
+    }
+    Ok(Labels { states, trusted, replaced })
+}
+
+/// This opening's claim: an epoch above every claim and record seen.
+fn next_claim(ownership: &Ownership, replayed: &Replayed, opts: &VolumeOptions) -> Result<Claim, VolumeError> {
+    let newest = ownership.latest().map_or(0, |c| c.epoch).max(replayed.max_epoch);
+    let epoch = newest.checked_add(1).ok_or_else(|| VolumeError::Metadata("claim epochs exhausted".into()))?;
+    Ok(Claim { epoch, after_seq: replayed.last_seq, owner: opts.owner.clone() })
+}
+
+/// The state after replay; cached chunks are dirty unless the cache was closed cleanly.
+fn initial_state(replayed: Replayed, present: &[u64], clean: bool, epoch: u64) -> State {
+    let mut chunks = HashMap::new();
+    for c in present {
+        let dirty = !clean;
+        chunks.insert(*c, ChunkState { dirty, seq: u64::from(dirty), ..Default::default() });
+    }
+    State {
+        map: replayed.map,
+        chunks,
+        next_generation: replayed.next_generation.max(epoch_base(epoch)),
+        next_seq: replayed.last_seq + 1,
+        last_checkpoint: replayed.last_checkpoint,
+        records_since_checkpoint: replayed.records_since_checkpoint,
+        missing: replayed.missing,
+        journal_degraded: replayed.journal_degraded,
+        ..Default::default()
+    }
+}
