@@ -37,6 +37,8 @@ pub struct NodeArgs {
     /// Heartbeat interval.
     #[arg(long, default_value_t = 1.0)]
     pub heartbeat_secs: f64,
+    #[command(flatten)]
+    pub config: crate::config::ConfigFlag,
 }
 
 pub async fn run(args: NodeArgs) -> Result<()> {
