@@ -60,7 +60,7 @@ pub struct ControlFlags {
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub autoconfig: SocketAddr,
     /// A node (or child control) silent for this long is marked down.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, value_parser = crate::config::seconds, default_value_t = 5.0)]
     pub heartbeat_timeout_secs: f64,
     /// TLS on the admin API and console (certificate from control's CA, DIR/tls/ca.crt):
     /// auto is on unless --http is a loopback address.

@@ -176,6 +176,19 @@ impl Effective {
     }
 }
 
+/// The longest interval or timeout a flag takes, in seconds: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// Parses a number of seconds (an interval or a timeout): anything that `Duration` can hold
+/// without panicking, so 0 to a day.
+pub fn seconds(text: &str) -> Result<f64, String> {
+    let s: f64 = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if !(0.0..=MAX_SECONDS).contains(&s) {
+        return Err(format!("seconds from 0 to {MAX_SECONDS}, not {text}"));
+    }
+    Ok(s)
+}
+
 /// The command line without `required` on the servers' flags, which the file may give.
 fn relaxed(mut cli: Command) -> Command {
     for daemon in Daemon::ALL {

@@ -106,6 +106,8 @@ fn wrong_types_say_what_is_expected() {
         let e = refusal(&format!("[serve]\n{line}\n"), Daemon::Serve);
         assert!(e.contains(wanted), "{line}: {e}");
     }
+    let e = refusal("[serve]\nheartbeat_timeout_secs = inf\n", Daemon::Serve);
+    assert!(e.contains("found \"inf\" (seconds from 0 to 86400"), "{e}");
     // Whole numbers are numbers.
     assert_eq!(
         settings("[serve]\nheartbeat_timeout_secs = 2\n", Daemon::Serve).unwrap()[0].args,
