@@ -41,7 +41,7 @@ pub fn settings(table: &Table, daemon: Daemon, cli: &Command) -> Result<Vec<File
         }
     }
     let Some(Value::Table(own)) = table.get(daemon.name()) else {
-        bail!("no [{}] table, so nothing in it configures `cleave {}`", daemon.name(), daemon.name());
+        bail!("no [{0}] table: nothing in this file configures `cleave {0}`", daemon.name());
     };
     let flags = daemon.flags(cli);
     let mut out: Vec<FileValue> = Vec::new();

@@ -2,10 +2,11 @@
 //! TOML file.
 //!
 //! One file has a table per command, `[serve]`, `[control]` and `[node]`, and each command reads
-//! its own. So one file (in `CLEAVE_CONFIG`, say) can describe every process of a host, the way
-//! one file per host configures several daemons in other storage systems, and a file for a
-//! single process holds just its table. Every long flag of a command is a setting of its table,
-//! under its long name with `_` for `-` (`-` is accepted too); a list flag takes an array.
+//! its own. A host that runs a gateway and a storage node keeps their settings side by side in
+//! one file (one `CLEAVE_CONFIG` for all its processes), yet no process takes a setting meant
+//! for another: a key of another command's flag in its table is refused. A file for a single
+//! process holds just its table. Every long flag of a command is a setting of its table, under
+//! its long name with `_` for `-` (`-` is accepted too); a list flag takes an array.
 //!
 //! The flags stay the one definition: the file is checked against them (unknown keys, another
 //! command's keys and wrongly typed values are refused), and what it sets becomes flags again.
