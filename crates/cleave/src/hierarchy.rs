@@ -23,7 +23,7 @@ pub struct HierarchyFlags {
     #[arg(long, requires = "parent")]
     pub parent_secret_file: Option<PathBuf>,
     /// Heartbeat interval towards the parent.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::config::seconds, default_value_t = 1.0)]
     pub parent_heartbeat_secs: f64,
     /// The API base URL to report to the parent (default: http://<this API's address>, with
     /// 0.0.0.0 replaced by the address used to reach the parent).

@@ -4,6 +4,8 @@
 mod bench;
 /// The command line client.
 mod cli;
+/// `--config FILE` of the server processes.
+mod config;
 /// Flags and start-up of the control hierarchy.
 mod hierarchy;
 /// `cleave node`: a storage node.
@@ -55,9 +57,12 @@ fn init_logging(format: LogFormat) {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the embedded default: gateway, admin API and directory targets in one process.
+    /// This is the gateway: it serves the volumes over NBD.
+    #[command(after_help = serve::ENVIRONMENT)]
     Serve(serve::ServeArgs),
     /// Run control alone: the admin API and the node pool, without NBD; `cleave control list`
     /// lists the child controls registered with it.
+    #[command(after_help = serve::ENVIRONMENT)]
     Control(ControlCommand),
     /// Run a storage node that registers itself with control; `cleave node list` lists them.
     Node(NodeCommand),
@@ -156,15 +161,11 @@ fn private_files() {
 
 fn main() -> Result<()> {
     tune_allocator();
-    let cli = Cli::parse();
+    // A server process reads its configuration file; its effective configuration is logged.
+    let (cli, effective) = config::parse::<Cli>(std::env::args_os().collect())?;
     init_logging(cli.log_format);
-    let daemon = matches!(
-        &cli.command,
-        Command::Serve(_)
-            | Command::Control(ControlCommand { sub: None, .. })
-            | Command::Node(NodeCommand { sub: None, .. })
-    );
-    if daemon {
+    if let Some(effective) = &effective {
+        effective.log();
         private_files();
     }
     match cli.command {

@@ -35,8 +35,10 @@ pub struct NodeArgs {
     #[arg(long, default_value = "default")]
     pub site: String,
     /// Heartbeat interval.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = crate::config::seconds, default_value_t = 1.0)]
     pub heartbeat_secs: f64,
+    #[command(flatten)]
+    pub config: crate::config::ConfigFlag,
 }
 
 pub async fn run(args: NodeArgs) -> Result<()> {

@@ -37,7 +37,21 @@ pub struct ServeArgs {
     pub tls_names: Vec<String>,
     #[command(flatten)]
     pub control: ControlFlags,
+    #[command(flatten)]
+    pub config: crate::config::ConfigFlag,
 }
+
+/// The environment of `cleave serve` and `cleave control`, for their --help.
+pub const ENVIRONMENT: &str = "\
+Environment:
+  CLEAVE_PASSPHRASE   The passphrase of the master key (never a flag or a setting of the file).
+                      Set on the first run, the key is sealed under it in DIR/master.sealed and
+                      later runs need it (or it is asked for on a terminal); unset, the key is
+                      kept unencrypted in DIR/master.key (mode 0600).
+  CLEAVE_CONFIG       The configuration file, as --config.
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+                      The credentials of s3:// targets.
+  CLEAVE_LOG          The log level (default info).";
 
 /// What `cleave control` and `cleave serve` share.
 #[derive(clap::Args, Debug, Clone)]
@@ -46,7 +60,7 @@ pub struct ControlFlags {
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub autoconfig: SocketAddr,
     /// A node (or child control) silent for this long is marked down.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, value_parser = crate::config::seconds, default_value_t = 5.0)]
     pub heartbeat_timeout_secs: f64,
     /// TLS on the admin API and console (certificate from control's CA, DIR/tls/ca.crt):
     /// auto is on unless --http is a loopback address.
@@ -64,6 +78,8 @@ pub struct ControlArgs {
     pub http: SocketAddr,
     #[command(flatten)]
     pub control: ControlFlags,
+    #[command(flatten)]
+    pub config: crate::config::ConfigFlag,
 }
 
 /// When the admin API speaks TLS.

@@ -59,19 +59,7 @@ impl Serve {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn cleave serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(Instant::now() < deadline, "cleave serve did not start");
-            match lines.next() {
-                Some(Ok(line)) if line.starts_with("API:") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("cleave serve exited before it started: {:?}", child.wait()),
-            }
-        }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        wait_started(&mut child);
         self.child = Some(child);
     }
 
@@ -165,6 +153,23 @@ impl Serve {
     pub fn target_dir(&self, i: usize) -> PathBuf {
         self.data.join("targets").join(format!("t{i}"))
     }
+}
+
+/// Waits until a `cleave serve` or `cleave control` started with its stdout piped prints its
+/// API address, then keeps draining stdout so the server never blocks on a full pipe.
+pub fn wait_started(child: &mut Child) {
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "cleave did not start");
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("API:") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("cleave exited before it started: {:?}", child.wait()),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
 }
 
 impl Drop for Serve {
