@@ -7,6 +7,7 @@
 //! - [`ca`]: control's certificate authority for NBD over TLS.
 //! - [`config`]: the configuration database, an embedded store (redb).
 //! - [`placement`]: which nodes hold a new volume's shares (pure), counting promised space.
+//! - [`sim`]: a large pool simulated with the real placement: balance, and losing a site.
 //! - [`pool`]: nodes with their status, capacity, site and last-seen time; child controls; events.
 //! - [`children`]: child controls as a parent records them, changed only by the listener.
 //! - [`hierarchy`]: a control server as the child of another, and a parent's view of its children.
@@ -22,4 +23,5 @@ pub mod hierarchy;
 pub mod model;
 pub mod placement;
 pub mod pool;
+pub mod sim;
 pub mod users;

@@ -111,7 +111,23 @@ pub fn room(node: &NodeInfo, reserved: u64) -> u64 {
     node.free_bytes.min(node.capacity_bytes.saturating_sub(reserved))
 }
 
-/// N up nodes with room for a share, one per site first, most room first.
+/// How full a node would be with `reserved` bytes promised, in millionths of its capacity.
+fn fill_ppm(node: &NodeInfo, reserved: u64) -> u64 {
+    let used = node.capacity_bytes.saturating_sub(room(node, reserved));
+    (used as u128 * 1_000_000 / node.capacity_bytes.max(1) as u128) as u64
+}
+
+/// The up nodes with room for a share of `per_share` bytes, least full (as a fraction of
+/// their capacity) first, so that nodes of any size fill at the same pace.
+fn candidates<'a>(nodes: &'a [NodeInfo], reserved: &'a HashMap<String, u64>, per_share: u64) -> Vec<&'a NodeInfo> {
+    let promised = |x: &NodeInfo| reserved.get(&x.address).copied().unwrap_or(0);
+    let mut fit: Vec<&NodeInfo> = up_with_room(nodes, reserved, per_share).collect();
+    fit.sort_by_cached_key(|x| (fill_ppm(x, promised(x)), x.id.clone()));
+    fit
+}
+
+/// N up nodes with room for a share, spread over the sites as evenly as they allow, least
+/// full first.
 /// `reserved` maps a node address to the bytes promised to volumes placed on it.
 pub fn choose(
     nodes: &[NodeInfo],
@@ -120,26 +136,45 @@ pub fn choose(
 ) -> Result<Vec<String>, PlacementError> {
     let n = req.n as usize;
     let per_share = req.per_share();
-    let up = nodes.iter().filter(|x| x.status == NodeStatus::Up).count();
-    let room_of = |x: &NodeInfo| room(x, reserved.get(&x.address).copied().unwrap_or(0));
-    let mut fit: Vec<&NodeInfo> = up_with_room(nodes, reserved, per_share).collect();
+    let fit = candidates(nodes, reserved, per_share);
     if fit.len() < n {
+        let up = nodes.iter().filter(|x| x.status == NodeStatus::Up).count();
         let fits = fitting(nodes, reserved, req.size_bytes, req.n);
         return Err(PlacementError { m: req.m, n: req.n, up, fit: fit.len(), per_share, fits });
     }
-    fit.sort_by_key(|x| std::cmp::Reverse(room_of(x)));
+    // Round after round, one node per site and round: a site holds at most one share more
+    // than any other, so losing a site costs each volume as few shares as the sites allow.
     let mut chosen: Vec<&NodeInfo> = Vec::new();
-    for x in &fit {
-        if chosen.len() < n && !chosen.iter().any(|c| c.site == x.site) {
-            chosen.push(x);
+    let mut per_site: HashMap<&str, usize> = HashMap::new();
+    for round in 0.. {
+        for x in &fit {
+            let count = per_site.entry(x.site.as_str()).or_default();
+            if chosen.len() < n && *count == round && !chosen.iter().any(|c| c.id == x.id) {
+                *count += 1;
+                chosen.push(x);
+            }
         }
-    }
-    for x in &fit {
-        if chosen.len() < n && !chosen.iter().any(|c| c.id == x.id) {
-            chosen.push(x);
+        if chosen.len() == n {
+            break;
         }
     }
     Ok(chosen.iter().map(|x| x.address.clone()).collect())
+}
+
+/// Where a share of `per_share` bytes goes when its node is lost: an up node with room that
+/// holds none of the volume's other shares (`holders`, addresses), on a site none of them
+/// uses if there is one, least full first. `None` if no node qualifies.
+pub fn replacement(
+    nodes: &[NodeInfo],
+    reserved: &HashMap<String, u64>,
+    holders: &[String],
+    per_share: u64,
+) -> Option<String> {
+    let fit = candidates(nodes, reserved, per_share);
+    let sites: Vec<&str> = nodes.iter().filter(|x| holders.contains(&x.address)).map(|x| x.site.as_str()).collect();
+    let mut free = fit.iter().filter(|x| !holders.contains(&x.address));
+    let best = free.clone().find(|x| !sites.contains(&x.site.as_str())).or_else(|| free.next());
+    best.map(|x| x.address.clone())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! - [`claim`]: one gateway serves a volume at a time: claims with an epoch, fencing.
 //! - [`label`]: the authenticated label on each target: which volume, which share.
 //! - [`naming`]: opaque object names: a target cannot tell which chunk an object holds.
-//! - [`cache`]: the persistent local cache file and its present-chunk bitmap.
+//! - [`cache`]: the persistent local cache: a file of chunk slots and its index.
 //! - [`volume`]: reads, writes, flush, trim, and the destage loop.
 //! - [`recover`]: rebuilding a volume from any M targets and the master key alone.
 //! - [`scrub`]: verifying every share and repairing what is missing or bad.

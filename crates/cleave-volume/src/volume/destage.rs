@@ -294,7 +294,7 @@ impl Inner {
                 let guard = self.stripe(chunk).read().await;
                 let seq = self.state.lock().expect("not poisoned").chunks.get(&chunk).map(|c| c.seq).unwrap_or(0);
                 let (start, end) = self.cache.chunk_range(chunk);
-                let data = self.cache.read_at(start, (end - start) as usize).await?;
+                let data = self.cache.read(chunk, 0, (end - start) as usize).await?;
                 drop(guard);
                 let (mapping, missing) = self.store_chunk(chunk, data).await?;
                 Ok(Destaged { chunk, seq, mapping, missing })

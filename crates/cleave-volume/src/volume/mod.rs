@@ -108,8 +108,8 @@ struct State {
     journal_degraded: bool,
     last_destage: Option<SystemTime>,
     last_destage_error: Option<String>,
-    /// The cache bitmap on disk may lack chunks added since.
-    bitmap_stale: bool,
+    /// The cache index on disk may lack chunks added since.
+    index_stale: bool,
 }
 
 struct Inner {
@@ -129,7 +129,7 @@ struct Inner {
     stripes: Vec<RwLock<()>>,
     /// Serializes destage rounds, journal commits and repair.
     commit: tokio::sync::Mutex<()>,
-    /// One writer of the cache bitmap at a time.
+    /// One writer of the cache index at a time.
     sync_lock: tokio::sync::Mutex<()>,
     wake_destager: Arc<Notify>,
     progress: Notify,
@@ -210,15 +210,15 @@ impl Volume {
                 drop(inner.ensure_present(chunk).await?);
             }
             let guard = inner.stripe(chunk).read().await;
+            let (start, _) = inner.cache.chunk_range(chunk);
             if inner.touch(chunk) {
-                out.extend_from_slice(&inner.cache.read_at(pos, n as usize).await?);
+                out.extend_from_slice(&inner.cache.read(chunk, pos - start, n as usize).await?);
                 drop(guard);
                 inner.io.cache(!missed);
                 continue;
             }
             drop(guard);
             inner.io.cache(false);
-            let (start, _) = inner.cache.chunk_range(chunk);
             let data = inner.fetch_chunk(chunk).await?;
             let from = (pos - start) as usize;
             out.extend_from_slice(&data[from..from + n as usize]);
@@ -263,7 +263,7 @@ impl Volume {
                     inner.wait_for_room().await?;
                 }
                 let _guard = inner.stripe(chunk).write().await;
-                inner.zero_chunk(chunk, start, end).await?;
+                inner.zero_chunk(chunk).await?;
             } else {
                 inner.write_piece(chunk, pos, Bytes::from(vec![0u8; n as usize])).await?;
             }

@@ -65,7 +65,9 @@ impl Volume {
         .await?;
         let claim = next_claim(&ownership, &replayed, &opts)?;
         claim::write(&dispersal.targets(), &keys, &uuid, &claim).await?;
-        let (cache, present, clean) = Cache::open(&opts.cache_dir, &uuid, config.size, config.chunk_size)?;
+        let capacity_chunks = (opts.cache_bytes / config.chunk_size as u64).max(4) as usize;
+        let (cache, present, clean) =
+            Cache::open(&opts.cache_dir, &uuid, config.size, config.chunk_size, capacity_chunks)?;
         info!(
             volume = %config.name,
             epoch = claim.epoch,
@@ -90,7 +92,7 @@ impl Volume {
             dispersal,
             target_uris: Mutex::new(config.targets.clone()),
             cache,
-            capacity_chunks: (opts.cache_bytes / config.chunk_size as u64).max(4) as usize,
+            capacity_chunks,
             state: Mutex::new(state),
             stripes: (0..256).map(|_| RwLock::new(())).collect(),
             commit: tokio::sync::Mutex::new(()),

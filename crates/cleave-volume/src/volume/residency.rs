@@ -54,16 +54,19 @@ impl Inner {
     /// Writes bytes within one chunk through the cache and marks the chunk dirty.
     pub(super) async fn write_piece(&self, chunk: u64, pos: u64, data: Bytes) -> Result<(), VolumeError> {
         let _guard = self.ensure_present(chunk).await?;
-        self.cache.write_at(pos, data).await?;
+        let (start, _) = self.cache.chunk_range(chunk);
+        self.cache.write(chunk, pos - start, data).await?;
         self.mark_dirty(chunk);
         Ok(())
     }
 
-    pub(super) async fn zero_chunk(&self, chunk: u64, start: u64, end: u64) -> Result<(), VolumeError> {
-        self.cache.punch(start, end - start).await?;
+    /// Makes a whole chunk zeros in the cache. Stripe held exclusive.
+    pub(super) async fn zero_chunk(&self, chunk: u64) -> Result<(), VolumeError> {
+        self.take_slot(chunk).await?;
+        self.cache.zero(chunk).await?;
         let mut st = self.state.lock().expect("not poisoned");
         if !st.chunks.contains_key(&chunk) {
-            st.bitmap_stale = true;
+            st.index_stale = true;
         }
         drop(st);
         self.mark_dirty(chunk);
@@ -89,21 +92,31 @@ impl Inner {
 
     /// Loads a chunk into the cache from the targets (or as zeros). Stripe held exclusive.
     pub(super) async fn fill(&self, chunk: u64) -> Result<(), VolumeError> {
-        let (start, end) = self.cache.chunk_range(chunk);
         let mapped = self.state.lock().expect("not poisoned").map.get(&chunk).copied();
-        match mapped {
-            Some(_) => {
-                let data = self.fetch_chunk(chunk).await?;
-                self.cache.write_at(start, Bytes::from(data)).await?;
-            }
-            // Stale bytes may sit here from before a crash: the chunk must read as zeros.
-            None => self.cache.punch(start, end - start).await?,
+        let data = match mapped {
+            Some(_) => Some(self.fetch_chunk(chunk).await?),
+            None => None,
+        };
+        self.take_slot(chunk).await?;
+        match data {
+            Some(data) => self.cache.write(chunk, 0, Bytes::from(data)).await?,
+            // A slot may hold another chunk's bytes from before: this one must read as zeros.
+            None => self.cache.zero(chunk).await?,
         }
         let mut st = self.state.lock().expect("not poisoned");
         st.tick += 1;
         let tick = st.tick;
         st.chunks.insert(chunk, ChunkState { last_use: tick, ..Default::default() });
-        st.bitmap_stale = true;
+        st.index_stale = true;
+        Ok(())
+    }
+
+    /// Gives `chunk` a slot in the cache file, persisting the index first if the only free
+    /// slots are ones an index on disk may still name.
+    async fn take_slot(&self, chunk: u64) -> Result<(), VolumeError> {
+        while !self.cache.assign(chunk)? {
+            self.sync_local().await?;
+        }
         Ok(())
     }
 
@@ -154,6 +167,7 @@ impl Inner {
             let mut st = self.state.lock().expect("not poisoned");
             if st.chunks.get(&c).is_some_and(|s| !s.dirty && !s.destaging) {
                 st.chunks.remove(&c);
+                self.cache.drop_chunk(c);
                 gone.push(c);
                 guards.push(g);
             }
@@ -162,25 +176,22 @@ impl Inner {
             tokio::task::yield_now().await;
             return Ok(());
         }
-        // The bitmap must forget them before their data goes.
+        // The index forgets them before their slots are punched out and reused.
         self.sync_local().await?;
-        for c in gone {
-            let (start, end) = self.cache.chunk_range(c);
-            self.cache.punch(start, end - start).await?;
-        }
         Ok(())
     }
 
-    /// Makes the cache durable: data first, then the bitmap that points at it.
+    /// Makes the cache durable: data first, then the index that points at it. The chunks
+    /// listed are those whose data was in the cache before the sync.
     pub(super) async fn sync_local(&self) -> Result<(), VolumeError> {
         let _sync = self.sync_lock.lock().await;
-        self.cache.sync_data().await?;
         let present = {
             let mut st = self.state.lock().expect("not poisoned");
-            st.bitmap_stale = false;
+            st.index_stale = false;
             st.chunks.keys().copied().collect::<Vec<_>>()
         };
-        self.cache.persist_bitmap(present).await?;
+        self.cache.sync_data().await?;
+        self.cache.persist_index(present).await?;
         Ok(())
     }
 
