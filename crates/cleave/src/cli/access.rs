@@ -12,7 +12,7 @@ use cleave_gateway::data_dir::{random_hex, write_private};
 use cleave_gateway::ByteSize;
 
 use super::client::{Client, ServerArgs};
-use super::output::{ago, list_or_none, note, out, print_json, Format, Table};
+use super::output::{ago, list_or_none, note, out, print_json, print_list, Format};
 
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
@@ -138,14 +138,9 @@ pub fn client_command(cmd: ClientCommand, format: Format) -> Result<()> {
         }
         ClientCommand::List { server } => {
             let list = Client::new(&server)?.get::<Vec<ClientView>>("/clients")?;
-            if format == Format::Json {
-                return print_json(&list);
-            }
-            let mut table = Table::new(&["NAME", "FINGERPRINT", "GROUPS", "CREATED"]);
-            for c in list {
-                table.row(vec![c.name, c.fingerprint, list_or_none(&c.groups), ago(c.created_unix_ms)]);
-            }
-            table.print("no clients")
+            print_list(&list, format, &["NAME", "FINGERPRINT", "GROUPS", "CREATED"], "no clients", |c| {
+                vec![c.name.clone(), c.fingerprint.clone(), list_or_none(&c.groups), ago(c.created_unix_ms)]
+            })
         }
         ClientCommand::Remove { name, server } => {
             Client::new(&server)?.delete(&format!("/clients/{name}"))?;
@@ -206,16 +201,11 @@ pub fn group_command(cmd: GroupCommand, format: Format) -> Result<()> {
 
 fn list_groups(server: &ServerArgs, format: Format) -> Result<()> {
     let list = Client::new(server)?.get::<Vec<GroupView>>("/groups")?;
-    if format == Format::Json {
-        return print_json(&list);
-    }
-    let mut table = Table::new(&["NAME", "CLIENTS", "VOLUMES"]);
-    for g in list {
-        let clients: Vec<String> = g.group.clients.into_iter().collect();
+    print_list(&list, format, &["NAME", "CLIENTS", "VOLUMES"], "no groups", |g| {
+        let clients: Vec<String> = g.group.clients.iter().cloned().collect();
         let grants: Vec<String> = g.group.grants.iter().map(|(v, grant)| grant_words(v, grant)).collect();
-        table.row(vec![g.name, list_or_none(&clients), list_or_none(&grants)]);
-    }
-    table.print("no groups")
+        vec![g.name.clone(), list_or_none(&clients), list_or_none(&grants)]
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -363,14 +353,9 @@ pub fn user_command(cmd: UserCommand, format: Format) -> Result<()> {
 
 fn list_users(server: &ServerArgs, format: Format) -> Result<()> {
     let list = Client::new(server)?.get::<Vec<UserView>>("/users")?;
-    if format == Format::Json {
-        return print_json(&list);
-    }
-    let mut table = Table::new(&["NAME", "ROLE", "TOKENS"]);
-    for u in list {
+    print_list(&list, format, &["NAME", "ROLE", "TOKENS"], "no users", |u| {
         let tokens: Vec<String> =
             u.tokens.iter().map(|t| format!("{} {}", t.id, t.label).trim_end().to_string()).collect();
-        table.row(vec![u.name, u.role.to_string(), list_or_none(&tokens)]);
-    }
-    table.print("no users")
+        vec![u.name.clone(), u.role.to_string(), list_or_none(&tokens)]
+    })
 }

@@ -6,7 +6,7 @@ use cleave_api::model::{ChildControl, NodeStatus, TreeNode};
 use cleave_gateway::ByteSize;
 
 use super::client::{Client, ServerArgs};
-use super::output::{print_json, Format, Table};
+use super::output::{print_json, print_list, Format, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum NodeSub {
@@ -59,25 +59,21 @@ pub fn list_nodes(all: bool, server: &ServerArgs, format: Format) -> Result<()> 
 /// `cleave control list`: one row per child control.
 pub fn list_controls(server: &ServerArgs, format: Format) -> Result<()> {
     let list = Client::new(server)?.get::<Vec<ChildControl>>("/controls")?;
-    if format == Format::Json {
-        return print_json(&list);
-    }
-    let mut table = Table::new(&["ID", "NAME", "SITE", "STATUS", "API", "NODES UP", "NODES DOWN", "FREE", "CAPACITY"]);
-    for c in list {
+    let header = ["ID", "NAME", "SITE", "STATUS", "API", "NODES UP", "NODES DOWN", "FREE", "CAPACITY"];
+    print_list(&list, format, &header, "no child controls", |c| {
         let s = &c.summary;
-        table.row(vec![
-            c.id,
-            c.name,
-            c.site,
+        vec![
+            c.id.clone(),
+            c.name.clone(),
+            c.site.clone(),
             status(c.status).to_string(),
-            c.api,
+            c.api.clone(),
             s.nodes_up.to_string(),
             s.nodes_down.to_string(),
             ByteSize(s.free_bytes).to_string(),
             ByteSize(s.capacity_bytes).to_string(),
-        ]);
-    }
-    table.print("no child controls")
+        ]
+    })
 }
 
 /// A node's or control's status, as the API spells it.

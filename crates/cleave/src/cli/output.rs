@@ -97,6 +97,24 @@ impl Table {
     }
 }
 
+/// A list from the API: as JSON, or as a table with a row per item (`empty` when there is none).
+pub fn print_list<T: serde::Serialize>(
+    list: &[T],
+    format: Format,
+    header: &[&'static str],
+    empty: &str,
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    if format == Format::Json {
+        return print_json(&list);
+    }
+    let mut table = Table::new(header);
+    for item in list {
+        table.row(row(item));
+    }
+    table.print(empty)
+}
+
 /// One thing shown in detail: a field name, then its value, aligned like a table's columns.
 #[derive(Default)]
 pub struct Fields(Vec<(&'static str, String)>);

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use cleave_api::model::{NewTask, ScrubReport, TaskKind, TaskState, TaskView};
 
 use super::client::{Client, ServerArgs};
-use super::output::{ago, note, out, print_json, Fields, Format, Outcome, Table};
+use super::output::{ago, note, out, print_json, print_list, Fields, Format, Outcome};
 use super::volume::{print_scrub, scrub_outcome};
 
 #[derive(Subcommand, Debug)]
@@ -65,11 +65,7 @@ pub fn run(cmd: TaskCommand, format: Format) -> Result<Outcome> {
             }
         }
         TaskCommand::List { server } => {
-            let list = Client::new(&server)?.get::<Vec<TaskView>>("/tasks")?;
-            match format {
-                Format::Json => print_json(&list)?,
-                Format::Human => print_list(&list)?,
-            }
+            list(&Client::new(&server)?.get::<Vec<TaskView>>("/tasks")?, format)?;
         }
         TaskCommand::Show { id, server } => {
             let t: TaskView = Client::new(&server)?.get(&format!("/tasks/{id}"))?;
@@ -80,19 +76,17 @@ pub fn run(cmd: TaskCommand, format: Format) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-fn print_list(list: &[TaskView]) -> Result<()> {
-    let mut table = Table::new(&["ID", "KIND", "VOLUME", "STATE", "PROGRESS", "CREATED"]);
-    for t in list {
-        table.row(vec![
+fn list(list: &[TaskView], format: Format) -> Result<()> {
+    print_list(list, format, &["ID", "KIND", "VOLUME", "STATE", "PROGRESS", "CREATED"], "no tasks", |t| {
+        vec![
             t.id.to_string(),
             t.kind.as_str().to_string(),
             t.volume.clone(),
             state(t.state).to_string(),
             format!("{:.0}%", t.progress * 100.0),
             ago(t.created_unix_ms),
-        ]);
-    }
-    table.print("no tasks")
+        ]
+    })
 }
 
 /// A task's state, as the API spells it.
