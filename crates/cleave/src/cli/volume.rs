@@ -10,7 +10,7 @@ use cleave_api::model::{CreateVolume, CreatedVolume, Durability, Health, ScrubRe
 use cleave_gateway::ByteSize;
 
 use super::client::{Client, ServerArgs};
-use super::output::{list_or_none, note, out, print_json, Fields, Format, Outcome, Table};
+use super::output::{ago, list_or_none, note, out, print_json, Fields, Format, Outcome, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCommand {
@@ -193,7 +193,12 @@ fn show(v: &VolumeView) -> Result<()> {
             ByteSize(v.cache_limit_bytes)
         ),
     );
-    let destage = v.last_destage_unix.as_deref().unwrap_or("never");
+    // The API gives Unix seconds; people read an age.
+    let destage = match v.last_destage_unix.as_deref().map(str::parse::<u64>) {
+        None => "never".to_string(),
+        Some(Ok(secs)) => ago(secs.saturating_mul(1000)),
+        Some(Err(_)) => v.last_destage_unix.clone().unwrap_or_default(),
+    };
     match &v.last_destage_error {
         Some(e) => t.add("last destage", format!("{destage}, error: {e}")),
         None => t.add("last destage", destage),
