@@ -170,6 +170,9 @@ pub struct TreeNode {
     /// Id of the control server whose pool holds the node.
     #[serde(default)]
     pub control: String,
+    /// That control server's name (`--name`, by default its id).
+    #[serde(default)]
+    pub control_name: String,
 }
 
 /// Every node of this control and of the child controls below it.
@@ -372,7 +375,9 @@ impl Hierarchy {
     /// answer is listed in `incomplete`; its nodes are left out.
     pub async fn all_nodes(&self, depth: u32) -> TreeNodes {
         let mut out = TreeNodes {
-            nodes: self.pool.nodes().into_iter().map(|node| TreeNode { node, control: self.cfg.id.clone() }).collect(),
+            nodes: (self.pool.nodes().into_iter())
+                .map(|node| TreeNode { node, control: self.cfg.id.clone(), control_name: self.cfg.name.clone() })
+                .collect(),
             incomplete: Vec::new(),
         };
         if depth == 0 {

@@ -23,9 +23,6 @@ pub struct SplitArgs {
     /// Seconds to spend on each measurement.
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// GB/s (10^9 bytes) of chunk bytes, on one core.

@@ -13,7 +13,9 @@ mod node;
 /// `cleave serve` and `cleave control`: wiring, signals.
 mod serve;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,6 +23,7 @@ use clap::{Parser, Subcommand};
 use crate::cli::client::ServerArgs;
 use crate::cli::nodes::{ControlSub, NodeSub};
 use crate::cli::offline::KeyCommand;
+use crate::cli::output::{Format, Outcome};
 use crate::cli::task::TaskCommand;
 use crate::cli::volume::VolumeCommand;
 
@@ -31,6 +34,9 @@ struct Cli {
     /// with its spans) for log collectors. CLEAVE_LOG sets the level (default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CLEAVE_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Print the API's answers as JSON, for scripts, instead of tables and summaries.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,13 +47,15 @@ enum LogFormat {
     Json,
 }
 
-/// Logging to stderr in `format`, at the level CLEAVE_LOG names.
+/// Logging to stderr in `format`, at the level CLEAVE_LOG names; colours only on a terminal
+/// and without NO_COLOR.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLEAVE_LOG")
         .unwrap_or_else(|_| "info".into())
         // rustls warns about every client that sends an IP address as SNI (libnbd does).
         .add_directive("rustls=error".parse().expect("valid directive"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
@@ -81,9 +89,12 @@ enum Command {
     /// Users of the API and the console: roles (viewer, operator, admin), passwords, API tokens.
     #[command(subcommand)]
     User(cli::access::UserCommand),
-    /// Verify every share of a volume; with --repair, restore full redundancy.
+    /// Verify every share of a volume; with --repair, restore full redundancy. Exits 3 when
+    /// it leaves problems unrepaired.
     Scrub {
+        /// The volume's name.
         name: String,
+        /// Rebuild the missing and bad shares (otherwise only report them).
         #[arg(long)]
         repair: bool,
         #[command(flatten)]
@@ -98,8 +109,10 @@ enum Command {
         /// DIR/master.sealed with its passphrase in CLEAVE_PASSPHRASE or typed when asked.
         #[arg(long)]
         key_file: PathBuf,
+        /// The volume's name, as it was created.
         #[arg(long)]
         volume: String,
+        /// The image file to write (the volume's whole content).
         #[arg(long)]
         output: PathBuf,
         /// When some committed metadata cannot be read from the targets given, write the
@@ -159,40 +172,59 @@ fn private_files() {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     tune_allocator();
     // A server process reads its configuration file; its effective configuration is logged.
-    let (cli, effective) = config::parse::<Cli>(std::env::args_os().collect())?;
+    let (cli, effective) = match config::parse::<Cli>(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            cli::output::note(&format!("error: {e:#}"));
+            return ExitCode::FAILURE;
+        }
+    };
     init_logging(cli.log_format);
     if let Some(effective) = &effective {
         effective.log();
         private_files();
     }
+    match run(cli) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(e) => {
+            cli::output::note(&format!("error: {e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<Outcome> {
+    let format = if cli.json { Format::Json } else { Format::Human };
+    let done = |r: Result<()>| r.map(|()| Outcome::Done);
     match cli.command {
-        Command::Serve(args) => tokio::runtime::Runtime::new()?.block_on(serve::serve(args)),
+        // The two whose exit status can say more than success or failure.
+        Command::Scrub { name, repair, server } => cli::volume::scrub(&name, repair, &server, format),
+        Command::Task(cmd) => cli::task::run(cmd, format),
+        Command::Serve(args) => done(tokio::runtime::Runtime::new()?.block_on(serve::serve(args))),
         Command::Control(ControlCommand { sub: None, run: args }) => {
-            tokio::runtime::Runtime::new()?.block_on(serve::control(args))
+            done(tokio::runtime::Runtime::new()?.block_on(serve::control(args)))
         }
         Command::Control(ControlCommand { sub: Some(ControlSub::List { server }), .. }) => {
-            cli::nodes::list_controls(&server)
+            done(cli::nodes::list_controls(&server, format))
         }
-        Command::Node(NodeCommand { sub: None, run }) => tokio::runtime::Runtime::new()?.block_on(node::run(run)),
+        Command::Node(NodeCommand { sub: None, run }) => done(tokio::runtime::Runtime::new()?.block_on(node::run(run))),
         Command::Node(NodeCommand { sub: Some(NodeSub::List { all, server }), .. }) => {
-            cli::nodes::list_nodes(all, &server)
+            done(cli::nodes::list_nodes(all, &server, format))
         }
-        Command::Volume(cmd) => cli::volume::run(cmd),
-        Command::Client(cmd) => cli::access::client_command(cmd),
-        Command::Group(cmd) => cli::access::group_command(cmd),
-        Command::User(cmd) => cli::access::user_command(cmd),
-        Command::Task(cmd) => cli::task::run(cmd),
-        Command::Scrub { name, repair, server } => cli::volume::scrub(&name, repair, &server),
+        Command::Volume(cmd) => done(cli::volume::run(cmd, format)),
+        Command::Client(cmd) => done(cli::access::client_command(cmd, format)),
+        Command::Group(cmd) => done(cli::access::group_command(cmd, format)),
+        Command::User(cmd) => done(cli::access::user_command(cmd, format)),
         Command::Recover { targets, key_file, volume, output, accept_stale } => {
-            cli::offline::recover(&targets, &key_file, &volume, &output, accept_stale)
+            done(cli::offline::recover(&targets, &key_file, &volume, &output, accept_stale))
         }
-        Command::Key(cmd) => cli::offline::key(cmd),
+        Command::Key(cmd) => done(cli::offline::key(cmd)),
         Command::Bench(BenchCommand::Split(args)) => {
             let report = bench::split(&args)?;
-            bench::print(&report, args.json)
+            done(bench::print(&report, format == Format::Json))
         }
     }
 }

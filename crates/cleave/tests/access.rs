@@ -38,6 +38,7 @@ fn certificates_groups_modes_and_regions() {
     // Storage on demand for host alice: a group named after the volume, a new certificate.
     let a = creds(dir.path(), "alice");
     let v = json(&s.cli_ok(&[
+        "--json",
         "volume",
         "create",
         "v",

@@ -186,7 +186,7 @@ fn second_server(dir: &Path, first: &Serve) -> Serve {
 }
 
 fn task_outcome(s: &Serve, args: &[&str]) -> serde_json::Value {
-    let started: serde_json::Value = serde_json::from_str(&s.cli_ok(args)).unwrap();
+    let started: serde_json::Value = serde_json::from_str(&s.cli_ok(&[args, &["--json"]].concat())).unwrap();
     let id = started["id"].as_u64().unwrap();
     let mut last = serde_json::Value::Null;
     wait_for("the task to end", Duration::from_secs(60), || {

@@ -161,7 +161,7 @@ fn survives_losing_n_minus_m_targets_and_repairs() {
     assert_eq!(show["health"]["state"], "degraded", "{show}");
 
     // Scrub names the missing shares, on the two targets that lost them.
-    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v"])).unwrap();
+    let report = s.scrub_problems(&["v"]);
     let problems = report["problems"].as_array().unwrap();
     assert!(!problems.is_empty(), "{report}");
     assert!(problems.iter().all(|p| [0, 3].contains(&p["share"].as_u64().unwrap()) && p["problem"] == "missing"));
@@ -171,9 +171,9 @@ fn survives_losing_n_minus_m_targets_and_repairs() {
     qemu_io(&s.uri("v"), &[cmds, vec!["flush".into()]].concat());
     assert_image(&s, "v", &w.image, dir.path());
 
-    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v", "--repair"])).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v", "--repair", "--json"])).unwrap();
     assert!(report["chunks_repaired"].as_u64().unwrap() > 0, "{report}");
-    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v"])).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v", "--json"])).unwrap();
     assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
     assert_eq!(s.show("v")["health"]["state"], "clean");
     assert_image(&s, "v", &w.image, dir.path());
@@ -249,7 +249,7 @@ fn damaged_shares_are_named_read_around_and_repaired() {
 
     s.restart();
     assert_image(&s, "v", &w.image, dir.path());
-    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v"])).unwrap();
+    let report = s.scrub_problems(&["v"]);
     let problems = report["problems"].as_array().unwrap();
     let named: Vec<(u64, String)> =
         problems.iter().map(|p| (p["share"].as_u64().unwrap(), p["problem"].as_str().unwrap().to_string())).collect();
@@ -258,7 +258,7 @@ fn damaged_shares_are_named_read_around_and_repaired() {
     assert!(named.iter().any(|(i, p)| *i == 2 && p.contains("swapped")), "{named:?}");
     assert!(named.iter().any(|(i, p)| *i == 3 && p.contains("swapped")), "{named:?}");
     s.cli_ok(&["scrub", "v", "--repair"]);
-    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v"])).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v", "--json"])).unwrap();
     assert_eq!(report["problems"].as_array().unwrap().len(), 0, "{report}");
     assert_image(&s, "v", &w.image, dir.path());
 }
@@ -402,10 +402,11 @@ fn scrub_repair_recover_and_delete_run_as_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, w) = written_and_cold(dir.path(), 16);
     s.restart();
-    let started: serde_json::Value = serde_json::from_str(&s.cli_ok(&["task", "start", "repair", "v"])).unwrap();
+    let started: serde_json::Value =
+        serde_json::from_str(&s.cli_ok(&["task", "start", "repair", "v", "--json"])).unwrap();
     assert!(["queued", "running"].contains(&started["state"].as_str().unwrap()), "{started}");
     let id = started["id"].as_u64().unwrap().to_string();
-    let done: serde_json::Value = serde_json::from_str(&s.cli_ok(&["task", "wait", &id])).unwrap();
+    let done: serde_json::Value = serde_json::from_str(&s.cli_ok(&["task", "wait", &id, "--json"])).unwrap();
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["progress"].as_f64().unwrap(), 1.0);
     assert!(done["result"]["chunks_checked"].as_u64().unwrap() > 0, "{done}");
@@ -423,20 +424,21 @@ fn scrub_repair_recover_and_delete_run_as_tasks() {
     std::fs::create_dir_all(&other).unwrap();
     std::fs::copy(s.data.join("master.key"), other.join("master.key")).unwrap();
     let b = Serve::start(&other, &[]);
-    let mut args = vec!["task".to_string(), "start".into(), "recover".into(), "v".into()];
+    let mut args = vec!["--json".to_string(), "task".into(), "start".into(), "recover".into(), "v".into()];
     for i in [0usize, 2, 4] {
         args.extend(["--target".into(), format!("file://{}", s.target_dir(i).display())]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let started: serde_json::Value = serde_json::from_str(&b.cli_ok(&args)).unwrap();
     let id = started["id"].as_u64().unwrap().to_string();
-    let done: serde_json::Value = serde_json::from_str(&b.cli_ok(&["task", "wait", &id])).unwrap();
+    let done: serde_json::Value = serde_json::from_str(&b.cli_ok(&["task", "wait", &id, "--json"])).unwrap();
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(done["result"]["mapped_chunks"].as_u64().unwrap() > 0, "{done}");
     assert_image(&b, "v", &w.image, dir.path());
-    let started: serde_json::Value = serde_json::from_str(&b.cli_ok(&["task", "start", "delete", "v"])).unwrap();
+    let started: serde_json::Value =
+        serde_json::from_str(&b.cli_ok(&["task", "start", "delete", "v", "--json"])).unwrap();
     let id = started["id"].as_u64().unwrap().to_string();
-    let done: serde_json::Value = serde_json::from_str(&b.cli_ok(&["task", "wait", &id])).unwrap();
+    let done: serde_json::Value = serde_json::from_str(&b.cli_ok(&["task", "wait", &id, "--json"])).unwrap();
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(!b.cli(&["volume", "show", "v"]).status.success());
     for i in [0usize, 2, 4] {
@@ -448,7 +450,7 @@ fn scrub_repair_recover_and_delete_run_as_tasks() {
     let started: serde_json::Value = serde_json::from_str(&b.cli_ok(&args)).unwrap();
     let id = started["id"].as_u64().unwrap().to_string();
     let out = b.cli(&["task", "wait", &id]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "a failed task exits 3: {out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("no superblock"), "{out:?}");
 }
 

@@ -223,9 +223,17 @@ fn parent_lists_child_controls_and_their_nodes() {
     assert_eq!(nodes[0]["capacity_bytes"].as_u64(), Some(1 << 30), "{all}");
     // The same through the CLI.
     let listed = parent.cli(&["control", "list"]);
-    assert!(listed.contains("east-1") && listed.contains(" up ") && listed.contains("nodes 1 up 0 down"), "{listed}");
+    let row: Vec<&str> = listed.lines().find(|l| l.contains("east-1")).unwrap_or_default().split_whitespace().collect();
+    // ID NAME SITE STATUS API NODES-UP NODES-DOWN ...
+    assert_eq!((row.get(3), row.get(5), row.get(6)), (Some(&"up"), Some(&"1"), Some(&"0")), "{listed}");
     let listed = parent.cli(&["node", "list", "--all"]);
-    assert!(listed.contains(&child_id) && listed.contains(&node_address), "{listed}");
+    // Each node named by its control's name, as the console does.
+    assert!(listed.lines().any(|l| l.starts_with("east-1 ") && l.contains(&node_address)), "{listed}");
+    let listed: Value = serde_json::from_str(&parent.cli(&["node", "list", "--all", "--json"])).unwrap();
+    assert_eq!(
+        (listed[0]["control"].as_str(), listed[0]["control_name"].as_str()),
+        (Some(child_id.as_str()), Some("east-1"))
+    );
     // The parent's console shows the child control and the child's node, named by its control.
     let browser = common::browser::Browser::start(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hierarchy"));
     let password = std::fs::read_to_string(parent.data.join("admin.password")).unwrap();

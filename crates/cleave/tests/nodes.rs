@@ -165,6 +165,7 @@ fn nodes_register_fail_return_and_hold_volumes() {
     // Asked for by size for one host, which gets a client certificate and attaches over TLS.
     let creds = dir.path().join("host-tls");
     let created: serde_json::Value = serde_json::from_str(&s.cli_ok(&[
+        "--json",
         "volume",
         "create",
         "v",
@@ -245,9 +246,9 @@ fn nodes_register_fail_return_and_hold_volumes() {
         .arg(format!("http://127.0.0.1:{}/api/v1/volumes/v/destage", s.http_port)));
     let leaving = targets[0].trim_start_matches("node://").to_string();
     let started: serde_json::Value =
-        serde_json::from_str(&s.cli_ok(&["task", "start", "move", "v", "--from", &leaving])).unwrap();
+        serde_json::from_str(&s.cli_ok(&["task", "start", "move", "v", "--from", &leaving, "--json"])).unwrap();
     let id = started["id"].as_u64().unwrap().to_string();
-    let done: serde_json::Value = serde_json::from_str(&s.cli_ok(&["task", "wait", &id])).unwrap();
+    let done: serde_json::Value = serde_json::from_str(&s.cli_ok(&["task", "wait", &id, "--json"])).unwrap();
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(done["result"]["chunks_rewritten"].as_u64().unwrap() > 0, "{done}");
     let now: Vec<String> =
@@ -256,7 +257,7 @@ fn nodes_register_fail_return_and_hold_volumes() {
     assert_eq!(now[0], newcomer, "share 0 moved to the new node: {now:?}");
     assert_eq!(&now[1..], &targets[1..]);
     // Every share of every chunk is now on the current targets, and intact.
-    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v"])).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&s.cli_ok(&["scrub", "v", "--json"])).unwrap();
     assert_eq!(report["chunks_checked"], report["chunks_healthy"], "{report}");
     assert!(report["problems"].as_array().unwrap().is_empty(), "{report}");
     let uuid = s.show("v")["uuid"].as_str().unwrap().to_string();

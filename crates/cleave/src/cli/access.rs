@@ -5,19 +5,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use cleave_api::model::{
-    ChangeUser, ClientView, Credentials, GrantBody, GroupView, IssuedToken, Mode, NewName, NewToken, NewUser, Region,
-    Role, UserView,
+    ChangeUser, ClientView, Credentials, Grant, GrantBody, GroupView, IssuedToken, Mode, NewName, NewToken, NewUser,
+    Region, Role, UserView,
 };
 use cleave_gateway::data_dir::{random_hex, write_private};
 use cleave_gateway::ByteSize;
 
 use super::client::{Client, ServerArgs};
+use super::output::{ago, list_or_none, note, out, print_json, print_list, Format};
 
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
     /// Issue a client certificate from control's CA. Writes DIR/ca-cert.pem, client-cert.pem and
     /// client-key.pem (the layout qemu's tls-creds-x509 and libnbd's tls-certificates read).
     Add {
+        /// The client's name: 1-64 letters, digits, '-', '_' or '.'.
         name: String,
         /// Where to write the credentials (default: ./NAME-tls).
         #[arg(long)]
@@ -25,12 +27,14 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// List clients: certificate fingerprint and groups.
     List {
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Remove a client: its certificate stops opening anything, on open connections too.
     Remove {
+        /// The client's name.
         name: String,
         #[command(flatten)]
         server: ServerArgs,
@@ -41,10 +45,12 @@ pub enum ClientCommand {
 pub enum GroupCommand {
     /// Create a group (a community of interest) and its key.
     Add {
+        /// The group's name: 1-64 letters, digits, '-', '_' or '.'.
         name: String,
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// List groups: their clients and their grants on volumes.
     List {
         #[command(flatten)]
         server: ServerArgs,
@@ -52,7 +58,9 @@ pub enum GroupCommand {
     /// Delete a group and its key. If it is the last group that can reach a volume, that volume
     /// is crypto-erased: this needs --erase.
     Delete {
+        /// The group's name.
         name: String,
+        /// Confirm crypto-erasing the volumes that no other group can reach.
         #[arg(long)]
         erase: bool,
         #[command(flatten)]
@@ -60,22 +68,29 @@ pub enum GroupCommand {
     },
     /// Put a client in a group.
     Join {
+        /// The group's name.
         group: String,
+        /// The client's name.
         client: String,
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Take a client out of a group.
     Leave {
+        /// The group's name.
         group: String,
+        /// The client's name.
         client: String,
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Give a group access to a volume (a key slot plus the grant).
     Grant {
+        /// The group's name.
         group: String,
+        /// The volume's name.
         volume: String,
+        /// Reads only: writes get EPERM (default: read-write).
         #[arg(long)]
         read_only: bool,
         /// Limit to bytes OFFSET..OFFSET+LENGTH, written OFFSET:LENGTH (e.g. 0:1GiB); repeatable.
@@ -86,8 +101,11 @@ pub enum GroupCommand {
     },
     /// Take a volume from a group. Revoking the last group crypto-erases the volume: needs --erase.
     Revoke {
+        /// The group's name.
         group: String,
+        /// The volume's name.
         volume: String,
+        /// Confirm crypto-erasing the volume when this is the last group that can reach it.
         #[arg(long)]
         erase: bool,
         #[command(flatten)]
@@ -108,49 +126,86 @@ pub fn write_credentials(c: &Credentials, dir: &Path) -> Result<()> {
     std::fs::write(dir.join("ca-cert.pem"), &c.ca_pem)?;
     std::fs::write(dir.join("client-cert.pem"), &c.cert_pem)?;
     write_private(&dir.join("client-key.pem"), c.key_pem.as_bytes())?;
-    eprintln!("client {}: credentials in {} (fingerprint {})", c.client, dir.display(), c.fingerprint);
+    note(&format!("client {}: credentials in {} (fingerprint {})", c.client, dir.display(), c.fingerprint));
     Ok(())
 }
 
-pub fn client_command(cmd: ClientCommand) -> Result<()> {
+pub fn client_command(cmd: ClientCommand, format: Format) -> Result<()> {
     match cmd {
         ClientCommand::Add { name, out, server } => {
             let c: Credentials = Client::new(&server)?.post("/clients", &NewName { name: name.clone() })?;
             write_credentials(&c, &out.unwrap_or_else(|| PathBuf::from(format!("{name}-tls"))))
         }
         ClientCommand::List { server } => {
-            for c in Client::new(&server)?.get::<Vec<ClientView>>("/clients")? {
-                println!("{:<20} {} groups: {}", c.name, c.fingerprint, c.groups.join(","));
-            }
+            let list = Client::new(&server)?.get::<Vec<ClientView>>("/clients")?;
+            print_list(&list, format, &["NAME", "FINGERPRINT", "GROUPS", "CREATED"], "no clients", |c| {
+                vec![c.name.clone(), c.fingerprint.clone(), list_or_none(&c.groups), ago(c.created_unix_ms)]
+            })
+        }
+        ClientCommand::Remove { name, server } => {
+            Client::new(&server)?.delete(&format!("/clients/{name}"))?;
+            note(&format!("client {name} removed"));
             Ok(())
         }
-        ClientCommand::Remove { name, server } => Client::new(&server)?.delete(&format!("/clients/{name}")),
     }
 }
 
-pub fn group_command(cmd: GroupCommand) -> Result<()> {
-    match cmd {
-        GroupCommand::Add { name, server } => Client::new(&server)?.post_only("/groups", &NewName { name }),
-        GroupCommand::List { server } => super::print_json(&Client::new(&server)?.get::<Vec<GroupView>>("/groups")?),
+/// The API asks to confirm a crypto-erase with `erase=true`; on the command line that is `--erase`.
+fn in_cli_words(r: Result<()>) -> Result<()> {
+    r.map_err(|e| anyhow::anyhow!("{}", format!("{e:#}").replace("confirm with erase=true", "confirm with --erase")))
+}
+
+/// A group's grant on one volume, in a few words.
+fn grant_words(volume: &str, g: &Grant) -> String {
+    let mut words = vec![volume.to_string()];
+    if g.mode == Mode::ReadOnly {
+        words.push("read-only".into());
+    }
+    words.extend(g.regions.iter().map(|r| format!("{}:{}", ByteSize(r.offset), ByteSize(r.length))));
+    words.join(" ")
+}
+
+pub fn group_command(cmd: GroupCommand, format: Format) -> Result<()> {
+    let (done, result) = match cmd {
+        GroupCommand::Add { name, server } => {
+            (format!("group {name} added"), Client::new(&server)?.post_only("/groups", &NewName { name: name.clone() }))
+        }
+        GroupCommand::List { server } => return list_groups(&server, format),
         GroupCommand::Delete { name, erase, server } => {
-            Client::new(&server)?.delete(&format!("/groups/{name}?erase={erase}"))
+            (format!("group {name} deleted"), Client::new(&server)?.delete(&format!("/groups/{name}?erase={erase}")))
         }
-        GroupCommand::Join { group, client, server } => {
-            Client::new(&server)?.put_only(&format!("/groups/{group}/clients/{client}"), &serde_json::json!({}))
-        }
-        GroupCommand::Leave { group, client, server } => {
-            Client::new(&server)?.delete(&format!("/groups/{group}/clients/{client}"))
-        }
+        GroupCommand::Join { group, client, server } => (
+            format!("client {client} joined group {group}"),
+            Client::new(&server)?.put_only(&format!("/groups/{group}/clients/{client}"), &serde_json::json!({})),
+        ),
+        GroupCommand::Leave { group, client, server } => (
+            format!("client {client} left group {group}"),
+            Client::new(&server)?.delete(&format!("/groups/{group}/clients/{client}")),
+        ),
         GroupCommand::Grant { group, volume, read_only, regions, server } => {
             let regions = regions.iter().map(|r| parse_region(r)).collect::<Result<Vec<_>>>()?;
             let mode = if read_only { Mode::ReadOnly } else { Mode::ReadWrite };
             let body = GrantBody { mode, regions };
-            Client::new(&server)?.put_only(&format!("/groups/{group}/volumes/{volume}"), &body)
+            let path = format!("/groups/{group}/volumes/{volume}");
+            (format!("group {group} granted {volume}"), Client::new(&server)?.put_only(&path, &body))
         }
         GroupCommand::Revoke { group, volume, erase, server } => {
-            Client::new(&server)?.delete(&format!("/groups/{group}/volumes/{volume}?erase={erase}"))
+            let path = format!("/groups/{group}/volumes/{volume}?erase={erase}");
+            (format!("volume {volume} revoked from group {group}"), Client::new(&server)?.delete(&path))
         }
-    }
+    };
+    in_cli_words(result)?;
+    note(&done);
+    Ok(())
+}
+
+fn list_groups(server: &ServerArgs, format: Format) -> Result<()> {
+    let list = Client::new(server)?.get::<Vec<GroupView>>("/groups")?;
+    print_list(&list, format, &["NAME", "CLIENTS", "VOLUMES"], "no groups", |g| {
+        let clients: Vec<String> = g.group.clients.iter().cloned().collect();
+        let grants: Vec<String> = g.group.grants.iter().map(|(v, grant)| grant_words(v, grant)).collect();
+        vec![g.name.clone(), list_or_none(&clients), list_or_none(&grants)]
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,28 +213,34 @@ pub enum UserCommand {
     /// Add a user of the API and the console. The password is read from --password-file, or
     /// generated and printed once.
     Add {
+        /// The user's name (the console's login): 1-64 letters, digits, '-', '_' or '.'.
         name: String,
         /// viewer (reads), operator (also volumes and tasks) or admin (also users, clients, groups).
         #[arg(long, default_value = "viewer")]
         role: String,
+        /// Read the password (at least 8 characters) from this file instead of generating one.
         #[arg(long)]
         password_file: Option<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// List users: role and API token ids.
     List {
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Remove a user and its API tokens (not the last admin).
     Remove {
+        /// The user's name.
         name: String,
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Change a user's role and/or password.
     Set {
+        /// The user's name.
         name: String,
+        /// The new role: viewer, operator or admin.
         #[arg(long)]
         role: Option<String>,
         /// Set the password from this file; `-` generates one and prints it.
@@ -190,7 +251,9 @@ pub enum UserCommand {
     },
     /// Issue an API token for a user; printed once (use it as CLEAVE_TOKEN).
     Token {
+        /// The user's name.
         name: String,
+        /// A label to tell the token apart in `user list` (such as what uses it).
         #[arg(long, default_value = "")]
         label: String,
         #[command(flatten)]
@@ -198,71 +261,101 @@ pub enum UserCommand {
     },
     /// Revoke one of a user's API tokens by its id (see `user list`).
     Revoke {
+        /// The user's name.
         name: String,
+        /// The token's id, as `user list` shows it.
         id: String,
         #[command(flatten)]
         server: ServerArgs,
     },
 }
 
-/// The password from a file, or a fresh one printed once.
-fn password(file: Option<&Path>) -> Result<String> {
+/// The password from a file, or a fresh one (`Generated`, to print once the server took it).
+fn password(file: Option<&Path>) -> Result<Password> {
     match file {
-        Some(f) if f != Path::new("-") => Ok(std::fs::read_to_string(f)
-            .with_context(|| format!("reading {}", f.display()))?
-            .trim_end_matches(['\r', '\n'])
-            .to_string()),
-        _ => {
-            let p = random_hex(12)?;
-            println!("password: {p}");
-            Ok(p)
+        Some(f) if f != Path::new("-") => Ok(Password::Given(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        )),
+        _ => Ok(Password::Generated(random_hex(12)?)),
+    }
+}
+
+/// Where a password came from: only a generated one is ever printed.
+enum Password {
+    Given(String),
+    Generated(String),
+}
+
+impl Password {
+    fn text(&self) -> String {
+        match self {
+            Password::Given(p) | Password::Generated(p) => p.clone(),
+        }
+    }
+
+    /// Prints a generated password, after the server accepted it (a refusal prints none).
+    fn show(&self) -> Result<()> {
+        match self {
+            Password::Given(_) => Ok(()),
+            Password::Generated(p) => out(&format!("password: {p}")),
         }
     }
 }
 
-pub fn user_command(cmd: UserCommand) -> Result<()> {
+pub fn user_command(cmd: UserCommand, format: Format) -> Result<()> {
     match cmd {
         UserCommand::Add { name, role, password_file, server } => {
             let client = Client::new(&server)?;
             let role: Role = role.parse()?;
             let password = password(password_file.as_deref())?;
-            let _: UserView = client.post("/users", &NewUser { name: name.clone(), role, password })?;
-            println!("user {name} added ({role})");
-        }
-        UserCommand::List { server } => {
-            for u in Client::new(&server)?.get::<Vec<UserView>>("/users")? {
-                let tokens: Vec<String> = u.tokens.iter().map(|t| format!("{} {}", t.id, t.label)).collect();
-                println!(
-                    "{:<20} {:<9} tokens: {}",
-                    u.name,
-                    u.role.to_string(),
-                    if tokens.is_empty() { "none".to_string() } else { tokens.join(", ") }
-                );
+            let user: UserView =
+                client.post("/users", &NewUser { name: name.clone(), role, password: password.text() })?;
+            match format {
+                Format::Json => print_json(&user)?,
+                Format::Human => note(&format!("user {name} added ({role})")),
             }
+            password.show()?;
         }
+        UserCommand::List { server } => return list_users(&server, format),
         UserCommand::Remove { name, server } => {
             Client::new(&server)?.delete(&format!("/users/{name}"))?;
-            println!("user {name} removed");
+            note(&format!("user {name} removed"));
         }
         UserCommand::Set { name, role, password_file, server } => {
             let client = Client::new(&server)?;
             let role = role.map(|r| r.parse::<Role>()).transpose()?;
-            let password = match password_file {
-                Some(f) => Some(password(Some(f.as_path()))?),
-                None => None,
-            };
-            client.put_only(&format!("/users/{name}"), &ChangeUser { role, password })?;
-            println!("user {name} changed");
+            let password = password_file.map(|f| password(Some(f.as_path()))).transpose()?;
+            client.put_only(
+                &format!("/users/{name}"),
+                &ChangeUser { role, password: password.as_ref().map(Password::text) },
+            )?;
+            note(&format!("user {name} changed"));
+            password.map(|p| p.show()).transpose()?;
         }
         UserCommand::Token { name, label, server } => {
             let t: IssuedToken = Client::new(&server)?.post(&format!("/users/{name}/tokens"), &NewToken { label })?;
-            println!("{}", t.token);
-            eprintln!("token {} for {name}: shown once, keep it secret", t.id);
+            match format {
+                Format::Json => print_json(&t)?,
+                Format::Human => out(&t.token)?,
+            }
+            note(&format!("token {} for {name}: shown once, keep it secret", t.id));
         }
         UserCommand::Revoke { name, id, server } => {
             Client::new(&server)?.delete(&format!("/users/{name}/tokens/{id}"))?;
-            println!("token {id} of {name} revoked");
+            note(&format!("token {id} of {name} revoked"));
         }
     }
     Ok(())
+}
+
+fn list_users(server: &ServerArgs, format: Format) -> Result<()> {
+    let list = Client::new(server)?.get::<Vec<UserView>>("/users")?;
+    print_list(&list, format, &["NAME", "ROLE", "TOKENS"], "no users", |u| {
+        let tokens: Vec<String> =
+            u.tokens.iter().map(|t| format!("{} {}", t.id, t.label).trim_end().to_string()).collect();
+        vec![u.name.clone(), u.role.to_string(), list_or_none(&tokens)]
+    })
 }

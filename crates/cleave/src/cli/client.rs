@@ -7,13 +7,15 @@ use cleave_api::model::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// How the CLI finds the server.
+// How the CLI finds the server. (A plain comment: a doc comment here would become the
+// description of every subcommand that flattens this and has none of its own.)
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServerArgs {
-    /// Admin API of the server.
+    /// URL of the server's admin API (`cleave serve --http`).
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080", env = "CLEAVE_SERVER")]
     pub server: String,
-    /// File holding the bearer token (used when CLEAVE_TOKEN is not set).
+    /// File holding the bearer token, read when CLEAVE_TOKEN is not set (`admin.token` in the
+    /// server's data directory, or a token from `cleave user token`).
     #[arg(long, global = true, default_value = "./cleave-data/admin.token")]
     pub token_file: PathBuf,
     /// The CA certificate to trust for an https:// server (default: tls/ca.crt beside the
@@ -50,7 +52,13 @@ impl Client {
         let token = match std::env::var("CLEAVE_TOKEN") {
             Ok(t) if !t.is_empty() => t,
             _ => std::fs::read_to_string(&args.token_file)
-                .with_context(|| format!("reading the token from {} (or set CLEAVE_TOKEN)", args.token_file.display()))?
+                .with_context(|| {
+                    format!(
+                        "reading the token from {} (give the server's DIR/admin.token with --token-file, \
+                         or set CLEAVE_TOKEN)",
+                        args.token_file.display()
+                    )
+                })?
                 .trim()
                 .to_string(),
         };
@@ -79,7 +87,12 @@ impl Client {
                 let msg = resp.into_json::<ErrorBody>().map(|b| b.error).unwrap_or_else(|_| "no detail".to_string());
                 bail!("server answered {code}: {msg}")
             }
-            Err(e) => bail!("cannot reach {url}: {e}"),
+            Err(ureq::Error::Transport(t)) => bail!(
+                "cannot reach the server at {} ({}): is it running there? Point the CLI at it with \
+                 --server URL or CLEAVE_SERVER",
+                self.base,
+                transport_reason(&t)
+            ),
         }
     }
 
@@ -114,5 +127,16 @@ impl Client {
     /// `DELETE`, whose answer (if any) says nothing more than its status.
     pub fn delete(&self, path: &str) -> Result<()> {
         self.call("DELETE", path, None).map(|_| ())
+    }
+}
+
+/// Why a call got no answer, in a few words (the full chain names the URL again).
+fn transport_reason(t: &ureq::Transport) -> String {
+    let io = std::error::Error::source(t).and_then(|e| e.downcast_ref::<std::io::Error>());
+    match (t.kind(), io) {
+        (_, Some(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        (ureq::ErrorKind::Dns, _) => "unknown host".into(),
+        (_, Some(e)) => e.to_string(),
+        (kind, None) => t.message().map_or_else(|| kind.to_string(), |m| format!("{kind}: {m}")),
     }
 }

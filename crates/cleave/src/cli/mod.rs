@@ -9,18 +9,12 @@ pub mod client;
 pub mod nodes;
 /// `recover` and `key export`: no server needed.
 pub mod offline;
+/// Tables, JSON, exit status.
+pub mod output;
 /// Tasks.
 pub mod task;
 /// Volumes and scrub.
 pub mod volume;
-
-use anyhow::Result;
-
-/// Prints an API answer as indented JSON, keys in order (as the CLI always printed them).
-pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(&serde_json::to_value(v)?)?);
-    Ok(())
-}
 
 /// A progress bar counting chunks.
 pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {

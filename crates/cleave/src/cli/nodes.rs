@@ -6,6 +6,7 @@ use cleave_api::model::{ChildControl, NodeStatus, TreeNode};
 use cleave_gateway::ByteSize;
 
 use super::client::{Client, ServerArgs};
+use super::output::{print_json, print_list, Format, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum NodeSub {
@@ -28,31 +29,51 @@ pub enum ControlSub {
     },
 }
 
-/// `cleave node list`: one line per node.
-pub fn list_nodes(all: bool, server: &ServerArgs) -> Result<()> {
+/// `cleave node list`: one row per node.
+pub fn list_nodes(all: bool, server: &ServerArgs, format: Format) -> Result<()> {
     // Without `all` the nodes name no control: `TreeNode` reads them with an empty one.
     let list: Vec<TreeNode> = Client::new(server)?.get(if all { "/nodes?all=true" } else { "/nodes" })?;
-    for TreeNode { node: n, control } in list {
-        if all {
-            print!("{control:<14} ");
-        }
-        println!(
-            "{:<14} {:<22} {:<10} {:<5} {:>10} free of {:>10}",
+    if format == Format::Json {
+        return print_json(&list);
+    }
+    let header = ["ID", "ADDRESS", "SITE", "STATUS", "FREE", "CAPACITY"];
+    let mut table = Table::new(&if all { [&["CONTROL"][..], &header].concat() } else { header.to_vec() });
+    for TreeNode { node: n, control, control_name } in list {
+        let mut row = vec![
             n.id,
             n.address,
             n.site,
-            status(n.status),
+            status(n.status).to_string(),
             ByteSize(n.free_bytes).to_string(),
-            ByteSize(n.capacity_bytes).to_string()
-        );
+            ByteSize(n.capacity_bytes).to_string(),
+        ];
+        if all {
+            // A control that names itself shows its name; an older one only its id.
+            row.insert(0, if control_name.is_empty() { control } else { control_name });
+        }
+        table.row(row);
     }
-    Ok(())
+    table.print("no nodes")
 }
 
-/// `cleave control list`.
-pub fn list_controls(server: &ServerArgs) -> Result<()> {
-    print_controls(&Client::new(server)?.get::<Vec<ChildControl>>("/controls")?);
-    Ok(())
+/// `cleave control list`: one row per child control.
+pub fn list_controls(server: &ServerArgs, format: Format) -> Result<()> {
+    let list = Client::new(server)?.get::<Vec<ChildControl>>("/controls")?;
+    let header = ["ID", "NAME", "SITE", "STATUS", "API", "NODES UP", "NODES DOWN", "FREE", "CAPACITY"];
+    print_list(&list, format, &header, "no child controls", |c| {
+        let s = &c.summary;
+        vec![
+            c.id.clone(),
+            c.name.clone(),
+            c.site.clone(),
+            status(c.status).to_string(),
+            c.api.clone(),
+            s.nodes_up.to_string(),
+            s.nodes_down.to_string(),
+            ByteSize(s.free_bytes).to_string(),
+            ByteSize(s.capacity_bytes).to_string(),
+        ]
+    })
 }
 
 /// A node's or control's status, as the API spells it.
@@ -60,24 +81,5 @@ fn status(s: NodeStatus) -> &'static str {
     match s {
         NodeStatus::Up => "up",
         NodeStatus::Down => "down",
-    }
-}
-
-/// `cleave control list`: one line per child control.
-fn print_controls(list: &[ChildControl]) {
-    for c in list {
-        let s = &c.summary;
-        println!(
-            "{:<14} {:<16} {:<10} {:<5} {:<28} nodes {} up {} down, {:>10} free of {:>10}",
-            c.id,
-            c.name,
-            c.site,
-            status(c.status),
-            c.api,
-            s.nodes_up,
-            s.nodes_down,
-            ByteSize(s.free_bytes).to_string(),
-            ByteSize(s.capacity_bytes).to_string()
-        );
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 
+use super::output::note;
 use super::progress_bar;
 
 #[derive(Subcommand, Debug)]
@@ -14,6 +15,7 @@ pub enum KeyCommand {
     /// `cleave recover`. Keep it offline, apart from the targets. A sealed key needs its
     /// passphrase (CLEAVE_PASSPHRASE, or typed when asked).
     Export {
+        /// The server's data directory, which holds master.key or master.sealed.
         #[arg(long, default_value = "./cleave-data")]
         data_dir: PathBuf,
         /// Where to write it; an existing file is never overwritten.
@@ -43,15 +45,15 @@ pub fn recover(targets: &[String], key_file: &Path, volume: &str, output: &Path,
     ))?;
     bar.finish_and_clear();
     if let Some(why) = &report.stale {
-        eprintln!("warning: the image is STALE, older than the last writes: {why}");
+        note(&format!("warning: the image is STALE, older than the last writes: {why}"));
     }
-    eprintln!(
+    note(&format!(
         "recovered {volume}: {} bytes, {} chunks stored, {} zero, written to {}",
         report.size,
         report.chunks_stored,
         report.chunks_zero,
         output.display()
-    );
+    ));
     Ok(())
 }
 
@@ -59,7 +61,10 @@ pub fn key(cmd: KeyCommand) -> Result<()> {
     match cmd {
         KeyCommand::Export { data_dir, out } => {
             cleave_gateway::data_dir::export_master_key(&data_dir, &out)?;
-            eprintln!("master key written to {} (mode 0600): keep it offline, apart from the targets", out.display());
+            note(&format!(
+                "master key written to {} (mode 0600): keep it offline, apart from the targets",
+                out.display()
+            ));
             Ok(())
         }
     }

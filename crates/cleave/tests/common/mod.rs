@@ -128,6 +128,13 @@ impl Serve {
             .unwrap()
     }
 
+    /// A scrub that leaves problems exits 3 (README, "Exit status"): its `--json` report.
+    pub fn scrub_problems(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(&[&["scrub"], args, &["--json"]].concat());
+        assert_eq!(out.status.code(), Some(3), "cleave scrub {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(out.status.success(), "cleave {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -147,7 +154,7 @@ impl Serve {
     }
 
     pub fn show(&self, volume: &str) -> serde_json::Value {
-        serde_json::from_str(&self.cli_ok(&["volume", "show", volume])).unwrap()
+        serde_json::from_str(&self.cli_ok(&["volume", "show", volume, "--json"])).unwrap()
     }
 
     pub fn target_dir(&self, i: usize) -> PathBuf {
