@@ -19,7 +19,7 @@ cli volume create bench --size "$((GIB + 1))GiB" >/dev/null
 fio --ioengine=nbd --uri="$(local_uri bench)" --name=fill --rw=write --bs=1M --iodepth=8 \
   --size="${GIB}G" --refill_buffers=1 --output=/dev/null
 start=$(date +%s.%N)
-dirty=$(cli volume show bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["dirty_bytes"])')
+dirty=$(cli --json volume show bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["dirty_bytes"])')
 curl -sf -X POST -H "Authorization: Bearer $(cat "$DATA/admin.token")" \
   "http://127.0.0.1:$HTTP_PORT/api/v1/volumes/bench/destage" >/dev/null
 end=$(date +%s.%N)

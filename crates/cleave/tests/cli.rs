@@ -28,7 +28,9 @@ fn entries(page: &str) -> Vec<Entry> {
     let mut section = None;
     for line in page.lines() {
         if !line.starts_with(' ') {
-            section = line.strip_suffix(':').map(str::to_string);
+            // Free text (such as `Environment:`) is no entry.
+            section =
+                line.strip_suffix(':').filter(|s| ["Commands", "Arguments", "Options"].contains(s)).map(str::to_string);
             continue;
         }
         let Some(section) = &section else { continue };

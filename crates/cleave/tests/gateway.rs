@@ -362,7 +362,9 @@ fn task_history_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let creds = [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
     let mut s = Serve::start_env(&dir.path().join("data"), &[], &creds);
-    let task = |s: &Serve, args: &[&str]| -> serde_json::Value { serde_json::from_str(&s.cli_ok(args)).unwrap() };
+    let task = |s: &Serve, args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&s.cli_ok(&[&["--json"], args].concat())).unwrap()
+    };
     let scrub = task(&s, &["task", "start", "scrub", "demo"]);
     let id = scrub["id"].as_u64().unwrap().to_string();
     assert_eq!(task(&s, &["task", "wait", &id])["state"], "succeeded");

@@ -111,7 +111,7 @@ fn the_layout_fits_the_pool_when_none_is_given() {
     let dir = tempfile::tempdir().unwrap();
     let (s, mut nodes, _) = three_nodes(dir.path());
     let created: serde_json::Value =
-        serde_json::from_str(&s.cli_ok(&["volume", "create", "auto", "--size", "32MiB"])).unwrap();
+        serde_json::from_str(&s.cli_ok(&["--json", "volume", "create", "auto", "--size", "32MiB"])).unwrap();
     assert_eq!((created["m"].as_u64(), created["n"].as_u64()), (Some(2), Some(3)), "{created}");
     let mut targets: Vec<&str> = created["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     targets.sort();
@@ -120,7 +120,8 @@ fn the_layout_fits_the_pool_when_none_is_given() {
     qemu_io(&s.uri("auto"), &["write -P 0x3c 0 1M".to_string(), "flush".to_string()]);
     // N alone: M follows it.
     let created: serde_json::Value =
-        serde_json::from_str(&s.cli_ok(&["volume", "create", "three", "--size", "8MiB", "--n", "3"])).unwrap();
+        serde_json::from_str(&s.cli_ok(&["--json", "volume", "create", "three", "--size", "8MiB", "--n", "3"]))
+            .unwrap();
     assert_eq!((created["m"].as_u64(), created["n"].as_u64()), (Some(2), Some(3)), "{created}");
 
     // 3-of-5 asked for on three nodes: refused, naming the nodes up and a layout that fits.

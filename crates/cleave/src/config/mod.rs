@@ -27,6 +27,8 @@ use tracing::info;
 
 /// The clap id of `--config`.
 const CONFIG_ID: &str = "config";
+/// The global flag that makes the command line client print JSON.
+const CLIENT_OUTPUT_ID: &str = "json";
 
 /// `--config`, on each command that runs a server process.
 #[derive(clap::Args, Debug, Clone)]
@@ -81,6 +83,8 @@ impl Daemon {
             .filter(|a| a.get_long().is_some())
             .filter(|a| !matches!(a.get_action(), ArgAction::Help | ArgAction::HelpShort | ArgAction::HelpLong))
             .filter(|a| !matches!(a.get_action(), ArgAction::Version))
+            // How the command line client prints: nothing a server does.
+            .filter(|a| a.get_id() != CLIENT_OUTPUT_ID)
             .collect()
     }
 }
