@@ -22,7 +22,7 @@ pub struct Spec {
 }
 
 /// What a simulation measured.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Report {
     pub placed: usize,
     /// Volumes no set of N nodes had room for.

@@ -12,6 +12,8 @@ mod hierarchy;
 mod node;
 /// `cleave serve` and `cleave control`: wiring, signals.
 mod serve;
+/// `cleave sim`: simulations with the real code.
+mod sim;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -126,6 +128,9 @@ enum Command {
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Simulate a large pool with the real code, in this process.
+    #[command(subcommand)]
+    Sim(SimCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +155,12 @@ struct ControlCommand {
 enum BenchCommand {
     /// Single-thread throughput of the splitting codec.
     Split(bench::SplitArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum SimCommand {
+    /// Place many volumes on many nodes and sites, then lose a site and plan the repair.
+    Placement(sim::PlacementArgs),
 }
 
 /// Chunk-sized buffers (1 MiB by default) are allocated per request. glibc would
@@ -226,5 +237,6 @@ fn run(cli: Cli) -> Result<Outcome> {
             let report = bench::split(&args)?;
             done(bench::print(&report, format == Format::Json))
         }
+        Command::Sim(SimCommand::Placement(args)) => done(sim::placement(&args, format)),
     }
 }

@@ -242,3 +242,17 @@ fn no_escapes_without_a_terminal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("error:") && !err.contains("\x1b["), "{err:?}");
 }
+
+/// `cleave sim placement` runs the real placement over a simulated pool and reports what
+/// losing a site costs, for people and as JSON.
+#[test]
+fn the_placement_simulation_reports_balance_and_a_lost_site() {
+    let args = ["sim", "placement", "--nodes", "60", "--sites", "6", "--volumes", "400"];
+    let text = run(Command::new(CLEAVE).args(args));
+    assert!(text.contains("400 volumes 3-of-5 placed, 0 refused") && text.contains("site 0 lost"), "{text}");
+    let report: serde_json::Value = serde_json::from_str(&run(Command::new(CLEAVE).arg("--json").args(args))).unwrap();
+    assert_eq!((report["placed"].as_u64(), report["volumes_lost"].as_u64()), (Some(400), Some(0)), "{report}");
+    assert_eq!(report["max_lost"], 1, "{report}");
+    let refused = Command::new(CLEAVE).args(["sim", "placement", "--m", "6", "--n", "5"]).output().unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--m must be"));
+}
