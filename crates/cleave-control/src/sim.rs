@@ -127,7 +127,7 @@ fn lose_site_and_repair(
         }
         report.volumes_hit += 1;
         report.max_lost = report.max_lost.max(lost.len());
-        if lost.len() > usize::from(req.n - req.m) {
+        if lost.len() > usize::from(req.n.saturating_sub(req.m)) {
             report.volumes_lost += 1;
             continue;
         }

@@ -39,11 +39,11 @@ pub struct Cache {
 
 /// Which slot holds which chunk. A slot is free, holds a chunk, or is draining: its chunk was
 /// dropped, but an index on disk may still name it until the next [`Cache::persist_index`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slots {
     of_chunk: HashMap<u64, u32>,
-    /// Per slot: the chunk it holds, if any.
-    holder: Vec<Option<u64>>,
+    /// Slots in the cache file.
+    count: u32,
     free: Vec<u32>,
     draining: Vec<u32>,
 }
@@ -87,12 +87,10 @@ impl Cache {
         // A smaller cache than last time keeps the slots in use until they are evicted.
         let count = capacity.max(stored.slots()).max(1);
         file.set_len(count as u64 * chunk_size)?;
-        let mut slots = Slots { holder: vec![None; count], ..Default::default() };
-        for (slot, chunk) in stored.entries() {
-            slots.holder[slot as usize] = Some(chunk);
-            slots.of_chunk.insert(chunk, slot);
-        }
-        slots.free = (0..count as u32).rev().filter(|s| slots.holder[*s as usize].is_none()).collect();
+        let of_chunk: HashMap<u64, u32> = stored.entries().map(|(slot, chunk)| (chunk, slot)).collect();
+        let held: std::collections::HashSet<u32> = of_chunk.values().copied().collect();
+        let free = (0..count as u32).rev().filter(|s| !held.contains(s)).collect();
+        let slots = Slots { of_chunk, count: count as u32, free, draining: Vec::new() };
         let present: Vec<u64> = slots.of_chunk.keys().copied().collect();
         let clean = clean_path.exists();
         if clean {
@@ -143,13 +141,12 @@ impl Cache {
             Some(slot) => slot,
             None if !s.draining.is_empty() => return Ok(false),
             None => {
-                let slot = s.holder.len() as u32;
+                let slot = s.count;
                 self.file.set_len((slot as u64 + 1) * self.chunk_size)?;
-                s.holder.push(None);
+                s.count += 1;
                 slot
             }
         };
-        s.holder[slot as usize] = Some(c);
         s.of_chunk.insert(c, slot);
         Ok(true)
     }
@@ -158,7 +155,6 @@ impl Cache {
     pub fn drop_chunk(&self, c: u64) {
         let mut s = self.slots.lock().expect("not poisoned");
         if let Some(slot) = s.of_chunk.remove(&c) {
-            s.holder[slot as usize] = None;
             s.draining.push(slot);
         }
     }
@@ -242,7 +238,7 @@ impl Cache {
         let (index, draining) = {
             let mut s = self.slots.lock().expect("not poisoned");
             let entries = present.iter().filter_map(|c| s.of_chunk.get(c).map(|slot| (*slot, *c))).collect();
-            (SlotIndex::new(s.holder.len(), entries), std::mem::take(&mut s.draining))
+            (SlotIndex::new(s.count as usize, entries), std::mem::take(&mut s.draining))
         };
         let (path, dir, chunk_size) = (self.index_path.clone(), self.dir.clone(), self.chunk_size);
         tokio::task::spawn_blocking(move || index.write(&path, chunk_size).and_then(|_| sync_dir(&dir)))
