@@ -65,6 +65,8 @@ pub struct IoStats {
     pub cache_hits: AtomicU64,
     /// Chunk pieces of reads that had to come from the targets.
     pub cache_misses: AtomicU64,
+    /// Chunks read ahead into the cache for sequential readers.
+    pub prefetched: AtomicU64,
     pub read_latency: LatencyHistogram,
     pub write_latency: LatencyHistogram,
 }
@@ -85,6 +87,10 @@ impl IoStats {
     pub(crate) fn cache(&self, hit: bool) {
         let c = if hit { &self.cache_hits } else { &self.cache_misses };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn prefetched(&self) {
+        self.prefetched.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A counter's value now.

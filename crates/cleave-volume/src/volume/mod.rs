@@ -1,13 +1,17 @@
 //! A volume: reads and writes against the cache, destage to the targets in the
 //! background, FLUSH/FUA as the durability mode says.
 //!
-//! - [`residency`]: which chunks the local cache holds, filling and eviction.
+//! - [`residency`]: which chunks the local cache holds, eviction, the stripe locks.
+//! - [`fill`]: bringing chunks in from the targets, one shared fetch per chunk, no lock held.
+//! - [`readahead`]: sequential streams and the chunks fetched ahead of them.
 //! - [`destage`]: storing dirty chunks, journal commits, deleting old generations.
 //! - [`health`]: status, labels and ownership as the volume lives, re-replication.
 
 mod destage;
+mod fill;
 mod health;
 mod open;
+mod readahead;
 mod residency;
 
 pub use health::{Health, RereplicateReport, VolumeStatus};
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use cleave_split::{ChunkId, Codec, Keyring};
 use cleave_target::DynTarget;
+use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Notify, RwLock};
 
 use crate::cache::Cache;
@@ -42,6 +47,12 @@ pub struct VolumeOptions {
     pub destage_parallel: usize,
     /// Chunks committed per journal record.
     pub destage_batch: usize,
+    /// Bytes a sequential stream of reads fetches ahead of itself (0: none); at most a
+    /// quarter of the cache is used (see `volume/readahead.rs`).
+    pub readahead_bytes: u64,
+    /// Chunks fetched from the targets at once by one read over several chunks, and by
+    /// read-ahead (per volume).
+    pub read_parallel: usize,
     /// Ask one more target when a read has waited this long.
     pub hedge_after: Duration,
     /// A dispersed FLUSH that cannot complete in this time fails with EIO (data stays dirty).
@@ -66,6 +77,8 @@ impl VolumeOptions {
             cache_bytes: 1 << 30,
             destage_parallel: 4,
             destage_batch: 32,
+            readahead_bytes: 16 << 20,
+            read_parallel: 8,
             hedge_after: Duration::from_millis(100),
             flush_timeout: Duration::from_secs(120),
             put_timeout: Duration::from_secs(30),
@@ -110,6 +123,10 @@ struct State {
     last_destage_error: Option<String>,
     /// The cache index on disk may lack chunks added since.
     index_stale: bool,
+    /// Chunks being fetched from the targets (see `fill.rs`).
+    fills: HashMap<u64, Arc<fill::Fill>>,
+    /// Chunks being written into the cache by a fill: they count against its bound.
+    installing: usize,
 }
 
 struct Inner {
@@ -140,6 +157,10 @@ struct Inner {
     claim: Claim,
     /// What the I/O paths count (atomics only).
     io: IoStats,
+    /// Sequential read streams, for read-ahead.
+    streams: Mutex<readahead::Streams>,
+    /// Turns for chunks being read ahead (`read_parallel`).
+    prefetch: Arc<tokio::sync::Semaphore>,
     /// Set once a newer owner took over: nothing more is read, written or committed.
     fenced: Mutex<Option<String>>,
 }
@@ -202,26 +223,20 @@ impl Volume {
         self.check_range(offset, len as u64)?;
         self.inner.check_fenced()?;
         let inner = &self.inner;
+        let pieces = self.pieces(offset, len as u64);
+        self.read_ahead(&pieces);
+        if let [(chunk, pos, n)] = pieces[..] {
+            return inner.read_piece(chunk, pos, n as usize).await;
+        }
+        // Chunks missing from the cache are fetched together, a few at a time.
+        let parts: Vec<Bytes> = futures::stream::iter(pieces)
+            .map(|(chunk, pos, n)| inner.read_piece(chunk, pos, n as usize))
+            .buffered(inner.opts.read_parallel.max(1))
+            .try_collect()
+            .await?;
         let mut out = Vec::with_capacity(len as usize);
-        for (chunk, pos, n) in self.pieces(offset, len as u64) {
-            let missed = !inner.is_present(chunk);
-            if missed && inner.has_room() {
-                // Bring it in while there is room: later reads and writes are local.
-                drop(inner.ensure_present(chunk).await?);
-            }
-            let guard = inner.stripe(chunk).read().await;
-            let (start, _) = inner.cache.chunk_range(chunk);
-            if inner.touch(chunk) {
-                out.extend_from_slice(&inner.cache.read(chunk, pos - start, n as usize).await?);
-                drop(guard);
-                inner.io.cache(!missed);
-                continue;
-            }
-            drop(guard);
-            inner.io.cache(false);
-            let data = inner.fetch_chunk(chunk).await?;
-            let from = (pos - start) as usize;
-            out.extend_from_slice(&data[from..from + n as usize]);
+        for part in parts {
+            out.extend_from_slice(&part);
         }
         Ok(Bytes::from(out))
     }

@@ -103,6 +103,8 @@ impl Volume {
             urgent: std::sync::atomic::AtomicUsize::new(0),
             claim,
             io: IoStats::default(),
+            streams: Mutex::new(Default::default()),
+            prefetch: Arc::new(tokio::sync::Semaphore::new(opts.read_parallel.max(1))),
             fenced: Mutex::new(None),
             config,
             opts,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::RwLock;
 
-use super::{ChunkState, Inner, Urgent};
+use super::{Inner, Urgent};
 use crate::VolumeError;
 
 impl Inner {
@@ -73,7 +73,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Returns with the chunk cached and its stripe held shared.
+    /// Returns with the chunk cached and its stripe held shared. The fetch from the targets
+    /// holds no lock (see `fill.rs`).
     pub(super) async fn ensure_present(&self, chunk: u64) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, VolumeError> {
         loop {
             let guard = self.stripe(chunk).read().await;
@@ -82,42 +83,47 @@ impl Inner {
             }
             drop(guard);
             self.wait_for_room().await?;
-            let guard = self.stripe(chunk).write().await;
-            if !self.is_present(chunk) {
-                self.fill(chunk).await?;
+            let Some(fill) = self.join_fill(chunk) else { continue };
+            if let Some(data) = self.fetched(chunk, &fill).await? {
+                self.install(chunk, &fill, data, false).await?;
             }
-            drop(guard);
         }
-    }
-
-    /// Loads a chunk into the cache from the targets (or as zeros). Stripe held exclusive.
-    pub(super) async fn fill(&self, chunk: u64) -> Result<(), VolumeError> {
-        let mapped = self.state.lock().expect("not poisoned").map.get(&chunk).copied();
-        let data = match mapped {
-            Some(_) => Some(self.fetch_chunk(chunk).await?),
-            None => None,
-        };
-        self.take_slot(chunk).await?;
-        match data {
-            Some(data) => self.cache.write(chunk, 0, Bytes::from(data)).await?,
-            // A slot may hold another chunk's bytes from before: this one must read as zeros.
-            None => self.cache.zero(chunk).await?,
-        }
-        let mut st = self.state.lock().expect("not poisoned");
-        st.tick += 1;
-        let tick = st.tick;
-        st.chunks.insert(chunk, ChunkState { last_use: tick, ..Default::default() });
-        st.index_stale = true;
-        Ok(())
     }
 
     /// Gives `chunk` a slot in the cache file, persisting the index first if the only free
     /// slots are ones an index on disk may still name.
-    async fn take_slot(&self, chunk: u64) -> Result<(), VolumeError> {
+    pub(super) async fn take_slot(&self, chunk: u64) -> Result<(), VolumeError> {
         while !self.cache.assign(chunk)? {
             self.sync_local().await?;
         }
         Ok(())
+    }
+
+    /// The clean chunks to evict to make room, least recently used first; None while the
+    /// cache has room (empty: only dirty chunks are left).
+    fn clean_victims(&self) -> Option<Vec<u64>> {
+        let st = self.state.lock().expect("not poisoned");
+        if st.chunks.len() + st.installing < self.capacity_chunks {
+            return None;
+        }
+        let mut clean: Vec<(u64, u64)> =
+            st.chunks.iter().filter(|(_, c)| !c.dirty && !c.destaging).map(|(k, c)| (c.last_use, *k)).collect();
+        clean.sort_unstable();
+        let batch = (self.capacity_chunks / 16).max(1);
+        Some(clean.into_iter().take(batch).map(|(_, k)| k).collect())
+    }
+
+    /// Room for one more chunk without waiting for the destager: evicts clean chunks only.
+    /// False if the cache holds nothing it may evict (read-ahead then does without).
+    pub(super) async fn room_without_waiting(&self) -> Result<bool, VolumeError> {
+        match self.clean_victims() {
+            None => Ok(true),
+            Some(victims) if victims.is_empty() => Ok(false),
+            Some(victims) => {
+                self.evict(victims).await?;
+                Ok(self.clean_victims().is_none())
+            }
+        }
     }
 
     /// Makes room for one more chunk: evicts clean chunks (least recently used first),
@@ -125,17 +131,7 @@ impl Inner {
     pub(super) async fn wait_for_room(&self) -> Result<(), VolumeError> {
         let mut waited = Duration::ZERO;
         loop {
-            let victims: Vec<u64> = {
-                let st = self.state.lock().expect("not poisoned");
-                if st.chunks.len() < self.capacity_chunks {
-                    return Ok(());
-                }
-                let mut clean: Vec<(u64, u64)> =
-                    st.chunks.iter().filter(|(_, c)| !c.dirty && !c.destaging).map(|(k, c)| (c.last_use, *k)).collect();
-                clean.sort_unstable();
-                let batch = (self.capacity_chunks / 16).max(1);
-                clean.into_iter().take(batch).map(|(_, k)| k).collect()
-            };
+            let Some(victims) = self.clean_victims() else { return Ok(()) };
             if victims.is_empty() {
                 let _urgent = Urgent::new(&self.urgent);
                 self.wake_destager.notify_one();
@@ -167,6 +163,10 @@ impl Inner {
             let mut st = self.state.lock().expect("not poisoned");
             if st.chunks.get(&c).is_some_and(|s| !s.dirty && !s.destaging) {
                 st.chunks.remove(&c);
+                // A fetch that began before the chunk was cached may be older than its targets now.
+                if let Some(fill) = st.fills.remove(&c) {
+                    fill.mark_stale();
+                }
                 self.cache.drop_chunk(c);
                 gone.push(c);
                 guards.push(g);
