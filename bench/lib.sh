@@ -3,7 +3,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-$ROOT/bench/out}
 mkdir -p "$OUT"
-CLEAVE=$ROOT/target/release/cleave
+CLEAVE=${CARGO_TARGET_DIR:-$ROOT/target}/release/cleave
 
 build() { (cd "$ROOT" && cargo build --release --quiet -p cleave); }
 

@@ -193,6 +193,14 @@ impl Cache {
         self.file.write_all_at(&data, at)
     }
 
+    /// Writes a whole chunk fetched from the targets, in the blocking pool: first pages of a
+    /// cache file cost about 1 ms per MiB to allocate, too long to hold up a runtime worker.
+    pub async fn write_chunk(&self, c: u64, data: bytes::Bytes) -> std::io::Result<()> {
+        let at = self.locate(c, 0, data.len() as u64)?;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.write_all_at(&data, at)).await.map_err(std::io::Error::other)?
+    }
+
     /// Makes cached chunk `c` read as zeros, taking no space.
     pub async fn zero(&self, c: u64) -> std::io::Result<()> {
         let at = self.locate(c, 0, self.chunk_size)?;

@@ -16,7 +16,7 @@ mod residency;
 
 pub use health::{Health, RereplicateReport, VolumeStatus};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,8 +47,8 @@ pub struct VolumeOptions {
     pub destage_parallel: usize,
     /// Chunks committed per journal record.
     pub destage_batch: usize,
-    /// Bytes a sequential stream of reads fetches ahead of itself (0: none); at most a
-    /// quarter of the cache is used (see `volume/readahead.rs`).
+    /// Bytes a sequential stream of reads fetches ahead of itself (0: none), held in memory
+    /// until read (see `volume/readahead.rs`).
     pub readahead_bytes: u64,
     /// Chunks fetched from the targets at once by one read over several chunks, and by
     /// read-ahead (per volume).
@@ -127,6 +127,8 @@ struct State {
     fills: HashMap<u64, Arc<fill::Fill>>,
     /// Chunks being written into the cache by a fill: they count against its bound.
     installing: usize,
+    /// Fills of sequential reads, kept in memory instead of the cache (oldest first).
+    parked: VecDeque<(u64, Arc<fill::Fill>)>,
 }
 
 struct Inner {
@@ -161,6 +163,10 @@ struct Inner {
     streams: Mutex<readahead::Streams>,
     /// Turns for chunks being read ahead (`read_parallel`).
     prefetch: Arc<tokio::sync::Semaphore>,
+    /// Turns for fetched chunks being put into the cache after their reader has them.
+    installs: Arc<tokio::sync::Semaphore>,
+    /// This volume, for the background tasks it starts.
+    me: std::sync::Weak<Inner>,
     /// Set once a newer owner took over: nothing more is read, written or committed.
     fenced: Mutex<Option<String>>,
 }
@@ -224,13 +230,13 @@ impl Volume {
         self.inner.check_fenced()?;
         let inner = &self.inner;
         let pieces = self.pieces(offset, len as u64);
-        self.read_ahead(&pieces);
+        let sequential = self.read_ahead(&pieces);
         if let [(chunk, pos, n)] = pieces[..] {
-            return inner.read_piece(chunk, pos, n as usize).await;
+            return inner.read_piece(chunk, pos, n as usize, sequential).await;
         }
         // Chunks missing from the cache are fetched together, a few at a time.
         let parts: Vec<Bytes> = futures::stream::iter(pieces)
-            .map(|(chunk, pos, n)| inner.read_piece(chunk, pos, n as usize))
+            .map(|(chunk, pos, n)| inner.read_piece(chunk, pos, n as usize, sequential))
             .buffered(inner.opts.read_parallel.max(1))
             .try_collect()
             .await?;

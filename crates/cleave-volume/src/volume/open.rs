@@ -84,7 +84,8 @@ impl Volume {
             info!(volume = %config.name, chunks = present.len(), "unclean shutdown: destaging every cached chunk again");
         }
         let state = initial_state(replayed, &present, clean, claim.epoch);
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             uuid,
             volume,
             codec,
@@ -105,6 +106,7 @@ impl Volume {
             io: IoStats::default(),
             streams: Mutex::new(Default::default()),
             prefetch: Arc::new(tokio::sync::Semaphore::new(opts.read_parallel.max(1))),
+            installs: Arc::new(tokio::sync::Semaphore::new(opts.read_parallel.max(1))),
             fenced: Mutex::new(None),
             config,
             opts,

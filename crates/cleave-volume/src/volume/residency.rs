@@ -100,7 +100,7 @@ impl Inner {
     }
 
     /// The clean chunks to evict to make room, least recently used first; None while the
-    /// cache has room (empty: only dirty chunks are left).
+    /// cache has room (empty: only dirty chunks are left). Fills being installed count.
     fn clean_victims(&self) -> Option<Vec<u64>> {
         let st = self.state.lock().expect("not poisoned");
         if st.chunks.len() + st.installing < self.capacity_chunks {
@@ -111,19 +111,6 @@ impl Inner {
         clean.sort_unstable();
         let batch = (self.capacity_chunks / 16).max(1);
         Some(clean.into_iter().take(batch).map(|(_, k)| k).collect())
-    }
-
-    /// Room for one more chunk without waiting for the destager: evicts clean chunks only.
-    /// False if the cache holds nothing it may evict (read-ahead then does without).
-    pub(super) async fn room_without_waiting(&self) -> Result<bool, VolumeError> {
-        match self.clean_victims() {
-            None => Ok(true),
-            Some(victims) if victims.is_empty() => Ok(false),
-            Some(victims) => {
-                self.evict(victims).await?;
-                Ok(self.clean_victims().is_none())
-            }
-        }
     }
 
     /// Makes room for one more chunk: evicts clean chunks (least recently used first),
