@@ -36,7 +36,6 @@ cli volume create bench --size "${GIB}GiB" >/dev/null
 CLEAVE_URI=$(local_uri bench)
 nbdcopy "$REF" "$CLEAVE_URI"
 stop_cleave
-UUID=$(ls "$DATA/targets/t0" | grep -E '^[0-9a-f]{32}$' | head -1)
 
 # cold_start: Cleave started again with its cache emptied.
 cold_start() {
@@ -78,10 +77,10 @@ eval "qemu-io --image-opts driver=nbd,path=$DATA/nbd.sock,export=bench $(tr '\n'
 metrics=$(curl -sf -H "Authorization: Bearer $(cat "$DATA/admin.token")" "http://127.0.0.1:$HTTP_PORT/metrics")
 stop_cleave
 drop_page_cache
-python3 - "$DATA/targets" "$UUID" "$READS" "$OUT/cold/qemu-io.out" "$metrics" <<'PY'
+python3 - "$DATA/targets" "$READS" "$OUT/cold/qemu-io.out" "$metrics" <<'PY'
 import os, random, re, sys, time
 from concurrent.futures import ThreadPoolExecutor
-targets, uuid, reads, out, metrics = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+targets, reads, out, metrics = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 # Cleave: qemu-io prints each read's rate; one op per read, so latency = 1 / ops per second.
 ops = [float(x) for x in re.findall(r"and ([0-9.]+) ops/sec", open(out).read())]
 cleave = sum(1 / o for o in ops) / len(ops)
@@ -90,7 +89,11 @@ def counter(name):
     return float(m.group(1)) if m else float("nan")
 hits, misses = counter("cleave_volume_cache_hits"), counter("cleave_volume_cache_misses")
 # The targets: M = 3 share files of a chunk read in parallel, straight from the directories.
-names = os.listdir(os.path.join(targets, "t0", uuid, "d"))
+# The bench volume is the one with the most chunk objects (`demo` holds next to none).
+t0 = os.path.join(targets, "t0")
+uuid = max((d for d in os.listdir(t0) if os.path.isdir(os.path.join(t0, d, "d"))),
+           key=lambda d: len(os.listdir(os.path.join(t0, d, "d"))))
+names = os.listdir(os.path.join(t0, uuid, "d"))
 pool = ThreadPoolExecutor(3)
 def get(path):
     with open(path, "rb") as f:
