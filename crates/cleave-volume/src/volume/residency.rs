@@ -92,8 +92,7 @@ impl Inner {
 
     /// Loads a chunk into the cache from the targets (or as zeros). Stripe held exclusive.
     pub(super) async fn fill(&self, chunk: u64) -> Result<(), VolumeError> {
-        let mapped = self.state.lock().expect("not poisoned").map.get(&chunk).copied();
-        let data = match mapped {
+        let data = match self.lookup(chunk).await? {
             Some(_) => Some(self.fetch_chunk(chunk).await?),
             None => None,
         };
@@ -199,7 +198,7 @@ impl Inner {
     pub(super) async fn fetch_chunk(&self, chunk: u64) -> Result<Vec<u8>, VolumeError> {
         let (start, end) = self.cache.chunk_range(chunk);
         let len = (end - start) as usize;
-        let Some(mapping) = self.state.lock().expect("not poisoned").map.get(&chunk).copied() else {
+        let Some(mapping) = self.lookup(chunk).await? else {
             return Ok(vec![0u8; len]);
         };
         let (key, id) = self.locate(chunk, mapping.generation);
