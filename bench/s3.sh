@@ -3,12 +3,13 @@
 # the same client library (object_store, built as Cleave builds it) doing plain puts and
 # gets of the same share bytes with the same parallelism, in one run.
 #   bench/s3.sh [MIB]        (default 256: bounded for CI)
-# Needs s3s-fs (.ci/run installs it under .ci/s3s-fs; or on PATH), fio and python3.
+# PERF=1 records the gateway with `perf record -g` while it destages and reads cold
+# (bench/out/s3/*.perf). Needs s3s-fs (.ci/run installs it under .ci/s3s-fs; or on PATH), fio and python3.
 source "$(dirname "$0")/lib.sh"
 MIB=${1:-256}
 # The destager stores this many chunks at once (VolumeOptions::destage_parallel), each as N
 # parallel puts; the cold read below keeps this many 1 MiB reads in flight, each M gets.
-PUT_PARALLEL=${PUT_PARALLEL:-4}
+PUT_PARALLEL=${PUT_PARALLEL:-8}
 READ_DEPTH=${READ_DEPTH:-8}
 S3S=$(command -v s3s-fs || echo "$ROOT/.ci/s3s-fs/bin/s3s-fs")
 [[ -x $S3S ]] || { echo "s3s-fs not found: cargo install s3s-fs --version 0.14.1 --locked --root .ci/s3s-fs"; exit 1; }
@@ -40,17 +41,23 @@ cli volume create bench --size "$((MIB * 2))MiB" --m 3 "${targets[@]}" >/dev/nul
 fio --ioengine=nbd --uri="$(local_uri bench)" --name=fill --rw=write --bs=1M --iodepth=8 \
   --size="${MIB}M" --refill_buffers=1 --output=/dev/null
 dirty=$(cli --json volume show bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["dirty_bytes"])')
+profile() { [[ -z ${PERF:-} ]] || { perf record -g -o "$OUT/s3/$1.perf" -p "$CLEAVE_PID" 2>/dev/null & PERF_PID=$!; }; }
+unprofile() { [[ -z ${PERF:-} ]] || { kill -INT "$PERF_PID"; wait "$PERF_PID" || true; }; }
+profile destage
 start=$(date +%s.%N)
 curl -sf -X POST -H "Authorization: Bearer $(cat "$DATA/admin.token")" \
   "http://127.0.0.1:$HTTP_PORT/api/v1/volumes/bench/destage" >/dev/null
 end=$(date +%s.%N)
+unprofile
 destage=$(python3 -c "print($dirty / 1e6 / ($end - $start))")
 
 # Cold: the cache emptied (its files removed while stopped, as the gateway tests do).
 stop_cleave
 find "$DATA/cache" -type f -delete
 start_cleave "$DATA" --cache-size "$((MIB * 2))MiB"
+profile cold-read
 read -r cold _ < <(fio_nbd "$(local_uri bench)" --rw=read --bs=1M --iodepth="$READ_DEPTH" --size="${MIB}M")
+unprofile
 stop_cleave
 
 # The shares Cleave stored (keys are opaque: the most common size, chunks outnumber the
