@@ -9,7 +9,7 @@ source "$(dirname "$0")/lib.sh"
 MIB=${1:-256}
 # The destager stores this many chunks at once (VolumeOptions::destage_parallel), each as N
 # parallel puts; the cold read below keeps this many 1 MiB reads in flight, each M gets.
-PUT_PARALLEL=${PUT_PARALLEL:-8}
+PUT_PARALLEL=${PUT_PARALLEL:-4}
 READ_DEPTH=${READ_DEPTH:-8}
 S3S=$(command -v s3s-fs || echo "$ROOT/.ci/s3s-fs/bin/s3s-fs")
 [[ -x $S3S ]] || { echo "s3s-fs not found: cargo install s3s-fs --version 0.14.1 --locked --root .ci/s3s-fs"; exit 1; }

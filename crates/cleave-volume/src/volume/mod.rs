@@ -38,8 +38,7 @@ pub struct VolumeOptions {
     pub cache_dir: PathBuf,
     /// Bytes of chunks the cache may hold (dirty and clean together).
     pub cache_bytes: u64,
-    /// Chunks encoded and written at once by the destager (N puts each). 8 rather than 4:
-    /// on S3 (`bench/s3.sh`) it hides each round's commit behind more puts in flight.
+    /// Chunks encoded and written at once by the destager.
     pub destage_parallel: usize,
     /// Chunks committed per journal record.
     pub destage_batch: usize,
@@ -65,7 +64,7 @@ impl VolumeOptions {
         VolumeOptions {
             cache_dir,
             cache_bytes: 1 << 30,
-            destage_parallel: 8,
+            destage_parallel: 4,
             destage_batch: 32,
             hedge_after: Duration::from_millis(100),
             flush_timeout: Duration::from_secs(120),
