@@ -30,7 +30,7 @@ served_after() {
 
 stored() {
   curl -sf -H "Authorization: Bearer $(cat "$DATA/admin.token")" "http://127.0.0.1:$HTTP_PORT/metrics" |
-    awk -v kind="$1" '$1 ~ /^cleave_volume_stored_bytes_total/ && $1 ~ "kind=\""kind"\"" {print $2}'
+    awk -v kind="$1" '$1 == "cleave_volume_stored_bytes_total{volume=\"meta\",kind=\""kind"\"}" {print $2}'
 }
 
 drop_data() {

@@ -33,7 +33,7 @@ impl Inner {
         loop {
             let (page, version) = {
                 let mut st = self.state.lock().expect("not poisoned");
-                if let Some((page, version, data)) = loaded.take() {
+                if let Some((page, version, Some(data))) = loaded.take() {
                     st.map.insert_page(page, version, data);
                 }
                 match st.map.get(chunk) {
@@ -41,8 +41,23 @@ impl Inner {
                     Lookup::Load { page, version } => (page, version),
                 }
             };
-            loaded = Some((page, version, self.journal().read_page(page, version).await?));
+            loaded = Some((page, version, self.read_named_page(page, version).await?));
         }
+    }
+
+    /// Reads a page version from the targets. `Ok(None)` if it failed because a checkpoint
+    /// meanwhile named another version (and deleted this one): the caller looks again.
+    async fn read_named_page(&self, page: u64, version: u64) -> Result<Option<Arc<Page>>, VolumeError> {
+        match self.journal().read_page(page, version).await {
+            Ok(data) => Ok(Some(data)),
+            Err(_) if !self.names(page, version) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the last checkpoint names this version of `page`.
+    fn names(&self, page: u64, version: u64) -> bool {
+        self.state.lock().expect("not poisoned").map.stored(page).is_some_and(|r| r.version == version)
     }
 
     /// The stored content of `page` at `version`, from the cache or the targets.
@@ -56,15 +71,23 @@ impl Inner {
 
     /// The mapped chunks of `page` as of now.
     pub(super) async fn mapped_in_page(&self, page: u64) -> Result<Page, VolumeError> {
-        let (stored, changes) = {
-            let st = self.state.lock().expect("not poisoned");
-            (st.map.stored(page), st.map.changes_in(page))
-        };
-        let base = match stored {
-            Some(r) => Some(self.stored_page(page, r.version).await?),
-            None => None,
-        };
-        Ok(apply_changes(base.as_deref(), &changes))
+        loop {
+            let (stored, changes) = {
+                let st = self.state.lock().expect("not poisoned");
+                (st.map.stored(page), st.map.changes_in(page))
+            };
+            let cached = stored.and_then(|r| self.state.lock().expect("not poisoned").map.cached(page, r.version));
+            let base = match (stored, cached) {
+                (_, Some(cached)) => Some(cached),
+                (Some(r), None) => match self.read_named_page(page, r.version).await? {
+                    Some(data) => Some(data),
+                    // A checkpoint replaced the page meanwhile: look again.
+                    None => continue,
+                },
+                (None, None) => None,
+            };
+            return Ok(apply_changes(base.as_deref(), &changes));
+        }
     }
 
     /// Replay's changes since the checkpoint, entered into the map at open: the stored
