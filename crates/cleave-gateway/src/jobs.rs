@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use cleave_control::access::{Grant, Mode, LOCAL_GROUP};
-use cleave_control::pool::NodeStatus;
+use cleave_control::placement;
 use cleave_target::TargetUri;
 use cleave_volume::meta::names;
 use cleave_volume::Volume;
@@ -98,8 +98,9 @@ impl Gateway {
         Ok(serde_json::to_value(&report)?)
     }
 
-    /// Which share moves, and where to: `to`, or the up node with the most room that the
-    /// volume does not use yet, on a site it does not use yet if there is one.
+    /// Which share moves, and where to: `to`, or the least full up node (counting space
+    /// promised to volumes) that the volume does not use yet, on a site it does not use
+    /// yet if there is one: `placement::replacement`, as repair planning uses it.
     pub(crate) fn plan_move(&self, v: &Volume, from: &str, to: Option<String>) -> Result<(usize, String)> {
         let config = v.status().config;
         let nodes = self.pool.nodes();
@@ -117,31 +118,23 @@ impl Gateway {
             return Ok((index, to));
         }
         let per_share = config.size.div_ceil(config.m.max(1) as u64);
-        let used_sites: Vec<&str> = nodes
+        // The nodes of the volume's other shares.
+        let others: Vec<String> = nodes
             .iter()
-            .filter(|n| {
-                config
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .any(|(j, u)| j != index && *u == TargetUri::node(&n.address).to_string())
-            })
-            .map(|n| n.site.as_str())
+            .filter(|n| n.address != from_addr && config.targets.contains(&TargetUri::node(&n.address).to_string()))
+            .map(|n| n.address.clone())
             .collect();
-        let mut candidates: Vec<_> = nodes
-            .iter()
-            .filter(|n| n.status == NodeStatus::Up && n.free_bytes >= per_share)
-            .filter(|n| !config.targets.contains(&TargetUri::node(&n.address).to_string()))
-            .collect();
-        candidates.sort_by_key(|n| (used_sites.contains(&n.site.as_str()), std::cmp::Reverse(n.free_bytes)));
-        let best = candidates.first().with_context(|| {
-            format!(
-                "cannot move share {index} of {:?}: no other node is up with {} free",
-                config.name,
-                ByteSize(per_share)
-            )
-        })?;
-        Ok((index, TargetUri::node(&best.address).to_string()))
+        // Placement's own choice, as `cleave sim placement` plans it; never the old node.
+        let fit: Vec<_> = nodes.iter().filter(|n| n.address != from_addr).cloned().collect();
+        let best = placement::replacement(&fit, &self.promised_on_nodes(), &others, per_share)
+            .with_context(|| {
+                format!(
+                    "cannot move share {index} of {:?}: no other node is up with {} free",
+                    config.name,
+                    ByteSize(per_share)
+                )
+            })?;
+        Ok((index, TargetUri::node(&best).to_string()))
     }
 
     /// Moves share `index` of a volume to target `to`: a new superblock naming it, the volume

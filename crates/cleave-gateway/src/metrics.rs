@@ -148,6 +148,11 @@ impl Gateway {
             "Age of the oldest write not yet destaged; 0 when nothing waits.",
         );
         let health = s.family("cleave_volume_health", Gauge, "1 for the volume's health state, 0 for the others.");
+        let stored = s.family(
+            "cleave_volume_stored_bytes",
+            Counter,
+            "Bytes of shares stored on the targets since the volume opened, by kind (data, metadata).",
+        );
         let t_latency =
             s.family("cleave_target_latency_seconds", Gauge, "Request latency of a target (moving average).");
         let t_requests = s.family("cleave_target_requests", Counter, "Requests to a target.");
@@ -177,6 +182,10 @@ impl Gateway {
             s.add(cache_limit, l(), Value::Gauge(status.cache_limit_bytes as f64));
             s.add(size, l(), Value::Gauge(status.config.size as f64));
             s.add(lag, l(), Value::Gauge(v.destage_lag().as_secs_f64()));
+            let (data, metadata) = v.stored_bytes();
+            for (kind, bytes) in [("data", data), ("metadata", metadata)] {
+                s.add(stored, vec![("volume", name.clone()), ("kind", kind.to_string())], Value::Counter(bytes));
+            }
             let h = self.health(&status);
             health_rows(s, &name, HealthState::of(&h));
             let down = targets_down(&h);

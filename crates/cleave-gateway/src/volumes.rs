@@ -425,7 +425,7 @@ impl Gateway {
     }
 
     /// Bytes each node (by address) may still have to store for the volumes placed on it.
-    fn promised_on_nodes(&self) -> std::collections::HashMap<String, u64> {
+    pub(crate) fn promised_on_nodes(&self) -> std::collections::HashMap<String, u64> {
         let mut promised = std::collections::HashMap::new();
         for c in self.served_volumes().iter().map(|v| v.status().config) {
             let share = c.size.div_ceil(u64::from(c.m.max(1)));

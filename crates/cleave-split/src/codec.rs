@@ -140,7 +140,7 @@ fn header_mac(integrity: &[u8; 32], header: &[u8], mac_at: usize) -> [u8; MAC_LE
 fn data_key(vk: &VolumeKey, label: &ShareLabel, write_id: &[u8], k: &[u8; KEY_LEN]) -> LessSafeKey {
     let sub = match label.id.kind {
         ShareKind::Data => &vk.data,
-        ShareKind::Journal => &vk.metadata,
+        ShareKind::Journal | ShareKind::MapPage => &vk.metadata,
     };
     let info: [&[u8]; 9] = [
         b"cleave chunk key v1",

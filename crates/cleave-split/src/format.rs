@@ -4,7 +4,7 @@
 //! offset size field
 //!      0    4 magic "CLVS"
 //!      4    1 format version (1)
-//!      5    1 kind (0 data chunk, 1 journal record)
+//!      5    1 kind (0 data chunk, 1 journal record, 2 map page)
 //!      6    1 share index (0-based; < M is a data share, >= M a parity share)
 //!      7    1 M
 //!      8    1 N
@@ -51,6 +51,8 @@ pub const TAG_LEN: usize = 16;
 pub enum ShareKind {
     Data = 0,
     Journal = 1,
+    /// A page of a volume's chunk map (see cleave-volume's `map`).
+    MapPage = 2,
 }
 
 /// The identity a decoded chunk is bound to.
@@ -134,6 +136,7 @@ pub fn read_label(share: &[u8]) -> Result<ShareLabel, LabelError> {
     let kind = match share[5] {
         0 => ShareKind::Data,
         1 => ShareKind::Journal,
+        2 => ShareKind::MapPage,
         _ => return Err(LabelError::Invalid("unknown kind")),
     };
     let (index, m, n) = (share[6], share[7], share[8]);

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
-use object_store::{BackoffConfig, GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientConfigKey, GetOptions, GetRange, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig,
+};
 
 use crate::error::check_key;
 use crate::{S3Uri, Target, TargetError};
@@ -41,26 +43,59 @@ fn retry_config() -> RetryConfig {
     }
 }
 
+/// The HTTP client's limits, each applied unless the environment (`AWS_*`, as object_store
+/// reads it) sets it. Shares are at most a chunk over M (about 350 KiB at 1 MiB, 3-of-5).
+const CLIENT_LIMITS: [(ClientConfigKey, &str); 5] = [
+    // A connection that does not open in this time is a dead endpoint: read around it.
+    (ClientConfigKey::ConnectTimeout, "5s"),
+    // A whole request, body included; a share moves in milliseconds on a healthy link.
+    (ClientConfigKey::Timeout, "30s"),
+    // Enough idle connections for the destager and readers (a few dozen requests in
+    // flight per bucket at most), so bursts reuse connections rather than open new ones.
+    (ClientConfigKey::PoolMaxIdlePerHost, "64"),
+    // Idle connections close well before servers (S3 itself after about 20 s) drop them,
+    // so a request rarely meets a half-closed connection.
+    (ClientConfigKey::PoolIdleTimeout, "15s"),
+    // HTTP/1.1: object_store's default, measured faster than HTTP/2 for many parallel
+    // bodies (one TCP connection per request in flight).
+    (ClientConfigKey::Http1Only, "true"),
+];
+
+/// The object_store client for `uri`, as `S3Target` uses it: limits above, retries bounded,
+/// path-style requests to an explicit endpoint. Public for the plain-client reference bench.
+pub fn client(uri: &S3Uri) -> Result<AmazonS3, TargetError> {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(&uri.bucket).with_retry(retry_config());
+    for (key, value) in CLIENT_LIMITS {
+        let key = AmazonS3ConfigKey::Client(key);
+        if builder.get_config_value(&key).is_none() {
+            builder = builder.with_config(key, value);
+        }
+    }
+    if let Some(region) = &uri.region {
+        builder = builder.with_region(region);
+    }
+    if let Some(e) = &uri.endpoint {
+        builder = builder.with_endpoint(e).with_virtual_hosted_style_request(false);
+        if e.starts_with("http://") {
+            builder = builder.with_allow_http(true);
+        }
+    }
+    builder.build().map_err(|e| TargetError::InvalidUri(format!("{}: {e}", display_name(uri))))
+}
+
+/// The name leaves out the region: it does not change which objects are meant.
+fn display_name(uri: &S3Uri) -> String {
+    let mut name = format!("s3://{}/{}", uri.bucket, uri.prefix);
+    if let Some(e) = &uri.endpoint {
+        name.push_str(&format!("?endpoint={e}"));
+    }
+    name
+}
+
 impl S3Target {
     /// The bucket and prefix of `uri`; nothing is contacted until a call.
     pub fn new(uri: &S3Uri) -> Result<Self, TargetError> {
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&uri.bucket).with_retry(retry_config());
-        if let Some(region) = &uri.region {
-            builder = builder.with_region(region);
-        }
-        if let Some(e) = &uri.endpoint {
-            builder = builder.with_endpoint(e).with_virtual_hosted_style_request(false);
-            if e.starts_with("http://") {
-                builder = builder.with_allow_http(true);
-            }
-        }
-        // The name leaves out the region: it does not change which objects are meant.
-        let mut name = format!("s3://{}/{}", uri.bucket, uri.prefix);
-        if let Some(e) = &uri.endpoint {
-            name.push_str(&format!("?endpoint={e}"));
-        }
-        let store = builder.build().map_err(|e| TargetError::InvalidUri(format!("{name}: {e}")))?;
-        Ok(S3Target { store, prefix: uri.prefix.clone(), name })
+        Ok(S3Target { store: client(uri)?, prefix: uri.prefix.clone(), name: display_name(uri) })
     }
 
     /// `Path::parse`, not `Path::from`: the latter percent-encodes characters such as '%',

@@ -1,7 +1,7 @@
 //! The S3 backend against a real S3 server (moto_server, started here), through the
 //! same conformance suite as the file backend.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,48 +9,21 @@ use cleave_target::{open, TargetError};
 
 const SECRET: &str = "s3cr3tKEYdoNotLog";
 
-/// moto_server on a free port, killed when dropped (also when a test panics).
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
+mod common;
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(program: &str, pre: &[&str], port: u16) -> Option<Child> {
-    Command::new(program)
-        .args(pre)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()
-}
+/// moto_server, killed when dropped.
+struct Moto(common::Server);
 
 impl Moto {
     fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/venv/bin/moto_server");
-        let child = spawn("moto_server", &[], port)
-            .or_else(|| spawn(venv, &[], port))
-            .or_else(|| spawn("python3", &["-m", "moto.server"], port))
-            .expect("moto_server not found (pip install 'moto[server]'; .ci/run does)");
-        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        moto
+        let args: &[&str] = &["-H", "127.0.0.1", "-p", "{port}"];
+        let module: &[&str] = &["-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"];
+        Moto(common::Server::start("moto_server", &[("moto_server", args), (venv, args), ("python3", module)]))
     }
 
     fn create_bucket(&self, bucket: &str) {
-        let url = format!("{}/{bucket}", self.endpoint);
+        let url = format!("{}/{bucket}", self.0.endpoint);
         let status = Command::new("curl").args(["-sf", "-o", "/dev/null", "-X", "PUT", &url]).status();
         assert!(status.expect("curl").success(), "creating bucket {bucket}");
     }
@@ -63,14 +36,14 @@ async fn s3_target_on_moto() {
     std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
     let moto = Moto::start();
     moto.create_bucket("conf");
-    let uri = |prefix: &str| format!("s3://conf/{prefix}?endpoint={}&region=us-east-1", moto.endpoint);
+    let uri = |prefix: &str| format!("s3://conf/{prefix}?endpoint={}&region=us-east-1", moto.0.endpoint);
 
     let t = open(&uri("prefix")).unwrap();
-    assert_eq!(t.name(), format!("s3://conf/prefix?endpoint={}", moto.endpoint));
+    assert_eq!(t.name(), format!("s3://conf/prefix?endpoint={}", moto.0.endpoint));
     cleave_target::testing::conformance(t.clone()).await;
 
     // Without a prefix, the whole bucket; with another prefix, nothing of the first.
-    let root = open(&format!("s3://conf?endpoint={}&region=us-east-1", moto.endpoint)).unwrap();
+    let root = open(&format!("s3://conf?endpoint={}&region=us-east-1", moto.0.endpoint)).unwrap();
     assert_eq!(
         root.list("prefix/vol/journal/").await.unwrap(),
         ["prefix/vol/journal/1", "prefix/vol/journal/10", "prefix/vol/journal/2"]
@@ -94,9 +67,9 @@ async fn s3_target_on_moto() {
     assert!(err.is_not_found() && !format!("{err} {err:?}").contains(SECRET), "{err}");
 
     // A missing bucket and a dead endpoint are Unavailable, and quickly so.
-    let missing = open(&format!("s3://no-such-bucket/p?endpoint={}&region=us-east-1", moto.endpoint)).unwrap();
+    let missing = open(&format!("s3://no-such-bucket/p?endpoint={}&region=us-east-1", moto.0.endpoint)).unwrap();
     assert!(missing.health().await.is_err());
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead_port = common::free_port();
     let dead = open(&format!("s3://conf/p?endpoint=http://127.0.0.1:{dead_port}&region=us-east-1")).unwrap();
     let started = Instant::now();
     for err in [dead.health().await.unwrap_err(), dead.get("k").await.unwrap_err()] {

@@ -78,6 +78,8 @@ pub struct Dispersal {
     targets: std::sync::RwLock<Vec<DynTarget>>,
     stats: Vec<TargetStats>,
     put_timeout: Duration,
+    /// Bytes of shares stored, over all targets: what the volume costs them in writes.
+    stored_bytes: AtomicU64,
 }
 
 impl Dispersal {
@@ -92,7 +94,7 @@ impl Dispersal {
                 errors: AtomicU64::new(0),
             })
             .collect();
-        Dispersal { targets: std::sync::RwLock::new(targets), stats, put_timeout }
+        Dispersal { targets: std::sync::RwLock::new(targets), stats, put_timeout, stored_bytes: AtomicU64::new(0) }
     }
 
     /// The targets in share order (a snapshot).
@@ -147,6 +149,7 @@ impl Dispersal {
     /// tried once more. Either way a target that still has the object counts as failed, so
     /// a lying target costs one share, never the write.
     pub async fn put_all(&self, key: &str, shares: Vec<Bytes>, replace: bool) -> PutOutcome {
+        let lens: Vec<u64> = shares.iter().map(|s| s.len() as u64).collect();
         let mut pending: FuturesUnordered<_> =
             shares.into_iter().enumerate().map(|(i, share)| self.put_replacing(i, key, share, replace)).collect();
         let mut out = PutOutcome::default();
@@ -161,7 +164,13 @@ impl Dispersal {
         }
         out.stored.sort_unstable();
         out.failed.sort_unstable_by_key(|(i, _)| *i);
+        self.stored_bytes.fetch_add(out.stored.iter().map(|&i| lens[i]).sum(), Ordering::Relaxed);
         out
+    }
+
+    /// Bytes of shares stored on the targets since this volume opened.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
     }
 
     async fn put_one(&self, i: usize, key: &str, share: Bytes) -> Result<(), TargetError> {

@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets in `crates/cleave-volume/fuzz`: everything this crate
-//! parses from what a target returns (journal records, checkpoints, superblocks, target
-//! labels). Kept here so that the stable test `tests/fuzz_bodies.rs` runs the very same
+//! parses from what a target returns (journal records, checkpoints, map pages, superblocks,
+//! target labels). Kept here so that the stable test `tests/fuzz_bodies.rs` runs the very same
 //! code over generated inputs in CI, where cargo fuzz (nightly) does not run.
 //!
 //! Each body takes arbitrary bytes and must never panic; where a parse succeeds it also
@@ -32,7 +32,7 @@ fn replay_records(out: &mut Replayed, records: &[Record]) {
             assert!(r.entries.iter().any(|e| e.1 == u64::MAX));
             return;
         }
-        assert!(out.map.values().all(|m| m.generation != 0), "generation 0 (zeros) in the map");
+        assert!(out.delta.values().flatten().all(|m| m.generation != 0), "generation 0 (zeros) in the map");
         assert!(out.next_generation > r.entries.iter().map(|e| e.1).max().unwrap_or(0));
     }
 }
@@ -45,9 +45,9 @@ pub fn journal_record(data: &[u8]) {
     let mut out = Replayed { next_generation: 1, ..Default::default() };
     replay_records(&mut out, std::slice::from_ref(&record));
     // Twice the same record: replay is idempotent on the map.
-    let map = out.map.clone();
+    let map = out.delta.clone();
     if out.apply_record(&record).is_ok() {
-        assert_eq!(out.map, map);
+        assert_eq!(out.delta, map);
     }
 }
 
@@ -58,15 +58,31 @@ pub fn checkpoint(data: &[u8]) {
     let again: Checkpoint = serde_json::from_slice(&bytes).expect("round trip");
     assert_eq!(serde_json::to_vec(&again).unwrap(), bytes);
     let mut out = Replayed { next_generation: 1, ..Default::default() };
-    out.apply_checkpoint(&cp);
+    if out.apply_checkpoint(&cp).is_err() {
+        // Only an impossible directory is refused.
+        assert!(!cp.pages.is_empty());
+        return;
+    }
     assert!(out.next_generation >= 1);
+    assert!(out.directory.values().all(|r| r.version <= cp.seq && r.count > 0));
     assert_eq!((out.last_seq, out.last_checkpoint), (cp.seq, cp.seq));
     // The checkpoint's own entries as a record on top change nothing but the counters.
-    let map = out.map.clone();
+    let map = out.delta.clone();
     let record = Record { seq: cp.seq.wrapping_add(1), entries: cp.entries.clone(), missing: Vec::new(), epoch: 0 };
     if out.apply_record(&record).is_ok() {
-        assert_eq!(out.map, map);
+        assert_eq!(out.delta, map);
     }
+}
+
+/// A stored map page (its decrypted body, JSON), asked for as page 1 version 7: what
+/// parses is in that page's range, in order, without zeros, and survives storing again.
+pub fn map_page(data: &[u8]) {
+    use crate::map::{StoredPage, PAGE_CHUNKS};
+    let Ok(page) = StoredPage::parse(data, 1, 7) else { return };
+    assert!(page.keys().all(|c| (PAGE_CHUNKS..2 * PAGE_CHUNKS).contains(c)));
+    assert!(page.values().all(|m| m.generation != 0));
+    let again = StoredPage::new(1, 7, &page).to_bytes();
+    assert_eq!(StoredPage::parse(&again, 1, 7).expect("round trip"), page);
 }
 
 /// A stored superblock: parse and authenticate under the fixed master key; what parses

@@ -1,7 +1,7 @@
 //! The metadata journal: every destage round commits one record (chunk → generation),
 //! encrypted under the volume's metadata subkey and split M-of-N like data. Every so
-//! often a checkpoint holds the whole map, and older records are pruned once the
-//! checkpoint is on all N targets.
+//! often a checkpoint names the map's stored pages (see [`crate::map`]), and older records
+//! are pruned once the checkpoint and its pages are on all N targets.
 //!
 //! Replay never mistakes an object it cannot decode for a failed commit unless the
 //! targets prove it: see [`Journal::may_have_committed`].
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::dispersal::Dispersal;
+use crate::map::{PageRef, PAGE_CHUNKS};
 use crate::meta::names;
 use crate::VolumeError;
 
@@ -42,14 +43,20 @@ pub struct Record {
     pub epoch: u64,
 }
 
-/// The whole map as of record `seq`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// The map as of record `seq`: the directory of its stored pages.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub seq: u64,
     pub next_generation: u64,
+    /// Format 1 (before paged maps): the whole map. Read, never written: a version that
+    /// does not know `pages` then fails to parse a new checkpoint instead of misreading it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entries: Vec<(u64, u64, u32)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<(u64, Vec<u8>)>,
+    /// The directory: (page, version, mapped chunks, on all N targets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pages: Vec<(u64, u64, u64, bool)>,
 }
 
 /// Record vs checkpoint objects are told apart by the generation field of their ChunkId.
@@ -59,7 +66,12 @@ const CHECKPOINT: u64 = 1;
 /// The journal's view after replay.
 #[derive(Debug, Default)]
 pub struct Replayed {
-    pub map: BTreeMap<u64, Mapping>,
+    /// The newest checkpoint's stored pages.
+    pub directory: BTreeMap<u64, PageRef>,
+    /// Changes after it (None: zeros); with a format 1 checkpoint, its whole map too.
+    pub delta: BTreeMap<u64, Option<Mapping>>,
+    /// The checkpoint was of format 1: the next one writes the map as pages.
+    pub legacy: bool,
     pub missing: MissingShares,
     pub last_seq: u64,
     pub last_checkpoint: u64,
@@ -77,17 +89,20 @@ pub struct Replayed {
 
 impl Replayed {
     /// Replay's step for the newest readable checkpoint: the map as of `cp.seq`.
-    pub fn apply_checkpoint(&mut self, cp: &Checkpoint) {
-        apply(&mut self.map, &cp.entries);
+    pub fn apply_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), VolumeError> {
+        self.directory = directory(cp)?;
+        apply(&mut self.delta, &cp.entries);
+        self.legacy = !cp.entries.is_empty();
         apply_missing(&mut self.missing, &[], &cp.missing);
         self.last_seq = cp.seq;
         self.last_checkpoint = cp.seq;
         self.next_generation = cp.next_generation.max(1);
+        Ok(())
     }
 
     /// Replay's step for one record after the checkpoint.
     pub fn apply_record(&mut self, r: &Record) -> Result<(), VolumeError> {
-        apply(&mut self.map, &r.entries);
+        apply(&mut self.delta, &r.entries);
         apply_missing(&mut self.missing, &r.entries, &r.missing);
         let max_gen = r.entries.iter().map(|e| e.1).max().unwrap_or(0);
         let next = max_gen
@@ -130,14 +145,28 @@ pub struct Journal<'a> {
     pub ownership: &'a crate::claim::Ownership,
 }
 
-fn apply(map: &mut BTreeMap<u64, Mapping>, entries: &[(u64, u64, u32)]) {
+fn apply(delta: &mut BTreeMap<u64, Option<Mapping>>, entries: &[(u64, u64, u32)]) {
     for &(chunk, generation, key_id) in entries {
-        if generation == 0 {
-            map.remove(&chunk);
-        } else {
-            map.insert(chunk, Mapping { generation, key_id });
+        delta.insert(chunk, (generation != 0).then_some(Mapping { generation, key_id }));
+    }
+}
+
+/// A checkpoint's directory, checked: each page once, written no later than the
+/// checkpoint itself, holding between 1 and a page's worth of chunks.
+fn directory(cp: &Checkpoint) -> Result<BTreeMap<u64, PageRef>, VolumeError> {
+    let mut out = BTreeMap::new();
+    for &(page, version, count, full) in &cp.pages {
+        if version > cp.seq || count == 0 || count > PAGE_CHUNKS {
+            return Err(VolumeError::Metadata(format!(
+                "checkpoint {}: page {page} version {version} with {count} chunks is not possible",
+                cp.seq
+            )));
+        }
+        if out.insert(page, PageRef { version, count, full }).is_some() {
+            return Err(VolumeError::Metadata(format!("checkpoint {}: page {page} listed twice", cp.seq)));
         }
     }
+    Ok(out)
 }
 
 fn apply_missing(missing: &mut MissingShares, entries: &[(u64, u64, u32)], lacking: &[(u64, Vec<u8>)]) {
@@ -160,7 +189,7 @@ impl Journal<'_> {
         ChunkId { volume: self.volume, kind: ShareKind::Journal, chunk: seq, generation: kind }
     }
 
-    async fn write(&self, key: &str, id: ChunkId, body: Vec<u8>) -> Result<Stored, VolumeError> {
+    pub(crate) async fn write_object(&self, key: &str, id: ChunkId, body: Vec<u8>) -> Result<Stored, VolumeError> {
         let shares = self.codec.encode(self.keys.current(), &id, &body)?;
         // Never replace a journal object: one in the way may be another owner's commit
         // (the caller then checks whether it was fenced).
@@ -185,18 +214,21 @@ impl Journal<'_> {
     /// Commits one record. Ok means at least a quorum of targets holds it.
     pub async fn commit(&self, record: &Record) -> Result<Stored, VolumeError> {
         let body = serde_json::to_vec(record).map_err(|e| VolumeError::Metadata(e.to_string()))?;
-        self.write(&names::journal(self.uuid, record.seq), self.id(record.seq, RECORD), body).await
+        self.write_object(&names::journal(self.uuid, record.seq), self.id(record.seq, RECORD), body).await
     }
 
-    /// Writes a checkpoint of the whole map. Only a checkpoint on all N targets replaces
-    /// what it covers: then every record up to it and every older checkpoint is pruned.
-    pub async fn checkpoint(&self, cp: &Checkpoint) -> Result<Stored, VolumeError> {
+    /// Writes a checkpoint (its pages are stored already; `pages_full`: all on N targets).
+    /// Only a checkpoint that is, with its pages, on all N targets replaces what it covers:
+    /// then every record up to it and every older checkpoint is pruned.
+    pub async fn checkpoint(&self, cp: &Checkpoint, pages_full: bool) -> Result<Stored, VolumeError> {
         let body = serde_json::to_vec(cp).map_err(|e| VolumeError::Metadata(e.to_string()))?;
-        let stored = self.write(&names::checkpoint(self.uuid, cp.seq), self.id(cp.seq, CHECKPOINT), body).await?;
-        if stored == Stored::Full {
+        let stored =
+            self.write_object(&names::checkpoint(self.uuid, cp.seq), self.id(cp.seq, CHECKPOINT), body).await?;
+        if stored == Stored::Full && pages_full {
             self.prune_before(cp.seq).await;
+            return Ok(Stored::Full);
         }
-        Ok(stored)
+        Ok(Stored::Quorum)
     }
 
     /// Deletes records up to `seq` and checkpoints before it, as the targets list them.
@@ -308,7 +340,7 @@ impl Journal<'_> {
             let key = names::checkpoint(self.uuid, seq);
             match self.read::<Checkpoint>(&key, self.id(seq, CHECKPOINT)).await {
                 Ok(cp) if cp.seq == seq => {
-                    out.apply_checkpoint(&cp);
+                    out.apply_checkpoint(&cp)?;
                     out.journal_degraded |= holders < n;
                     break;
                 }
@@ -377,6 +409,9 @@ mod tests {
             cut in 0usize..40,
         ) {
             let cut = cut.min(records.len());
+            let mapped = |delta: &BTreeMap<u64, Option<Mapping>>| -> BTreeMap<u64, Mapping> {
+                delta.iter().filter_map(|(c, m)| m.map(|m| (*c, m))).collect()
+            };
             let mut full = BTreeMap::new();
             for r in &records {
                 apply(&mut full, r);
@@ -385,16 +420,16 @@ mod tests {
             for r in &records[..cut] {
                 apply(&mut at_cut, r);
             }
-            let checkpoint: Vec<(u64, u64, u32)> =
-                at_cut.iter().map(|(c, m)| (*c, m.generation, m.key_id)).collect();
-            let mut replayed = BTreeMap::new();
-            apply(&mut replayed, &checkpoint);
+            // A format 1 checkpoint at the cut, then the records after it.
+            let entries = mapped(&at_cut).iter().map(|(c, m)| (*c, m.generation, m.key_id)).collect();
+            let mut replayed = Replayed::default();
+            replayed.apply_checkpoint(&Checkpoint { seq: cut as u64, entries, ..Default::default() }).unwrap();
             for r in &records[cut..] {
-                apply(&mut replayed, r);
+                apply(&mut replayed.delta, r);
             }
-            prop_assert_eq!(replayed, full.clone());
+            prop_assert_eq!(mapped(&replayed.delta), mapped(&full));
             // Generation 0 never appears in a map: it means "zero, nothing stored".
-            prop_assert!(full.values().all(|m| m.generation != 0));
+            prop_assert!(full.values().flatten().all(|m| m.generation != 0));
         }
 
         /// Records survive their JSON encoding exactly.

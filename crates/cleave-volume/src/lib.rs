@@ -2,6 +2,7 @@
 //!
 //! - [`meta`]: volume configuration, the superblock stored on every target, object names.
 //! - [`journal`]: the encrypted, dispersed log of chunk → generation updates, with checkpoints.
+//! - [`map`]: the chunk map in copy-on-write pages, read on demand into a bounded cache.
 //! - [`dispersal`]: writing N shares with a quorum; reading the fastest M with hedging.
 //! - [`claim`]: one gateway serves a volume at a time: claims with an epoch, fencing.
 //! - [`label`]: the authenticated label on each target: which volume, which share.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod journal;
 pub mod label;
+pub mod map;
 pub mod meta;
 pub mod naming;
 pub mod recover;

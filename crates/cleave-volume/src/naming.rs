@@ -28,16 +28,38 @@ pub fn chunk_object(keys: &Keyring, uuid: &str, volume: [u8; 16], chunk: u64, ge
     if generation < OPAQUE_FROM {
         return plain;
     }
-    // The first key version names objects for the volume's whole life, so a re-key
-    // does not rename what is already stored.
-    let Some(key) = keys.versions().min().and_then(|v| keys.get(v)) else { return plain };
-    let mut msg = [0u8; 16];
-    msg[..8].copy_from_slice(&chunk.to_le_bytes());
-    msg[8..].copy_from_slice(&generation.to_le_bytes());
-    let h = key.integrity_mac(CONTEXT, &msg);
-    let word = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+    let Some(h) = keyed_hash(keys, CONTEXT, chunk, generation) else { return plain };
     let name = format!("{}{}", opaque_prefix(uuid), hex::encode(&h[..16]));
-    (name, ChunkId { volume, kind: ShareKind::Data, chunk: word(16), generation: word(24) })
+    (name, ChunkId { volume, kind: ShareKind::Data, chunk: word(&h, 16), generation: word(&h, 24) })
+}
+
+/// Where the chunk map's pages live.
+pub fn page_prefix(uuid: &str) -> String {
+    format!("{uuid}/p/")
+}
+
+/// The object name and share identity of version `version` of map page `page`: opaque
+/// like chunk names, so a target cannot tell which part of the volume a page maps.
+pub fn page_object(keys: &Keyring, uuid: &str, volume: [u8; 16], page: u64, version: u64) -> (String, ChunkId) {
+    let h = keyed_hash(keys, PAGE_CONTEXT, page, version).unwrap_or_default();
+    let name = format!("{}{}", page_prefix(uuid), hex::encode(&h[..16]));
+    (name, ChunkId { volume, kind: ShareKind::MapPage, chunk: word(&h, 16), generation: word(&h, 24) })
+}
+
+const PAGE_CONTEXT: &str = "cleave map page names v1";
+
+/// A keyed hash of two numbers under the volume's first key version: it names objects
+/// for the volume's whole life, so a re-key does not rename what is already stored.
+fn keyed_hash(keys: &Keyring, context: &str, a: u64, b: u64) -> Option<[u8; 32]> {
+    let key = keys.versions().min().and_then(|v| keys.get(v))?;
+    let mut msg = [0u8; 16];
+    msg[..8].copy_from_slice(&a.to_le_bytes());
+    msg[8..].copy_from_slice(&b.to_le_bytes());
+    Some(key.integrity_mac(context, &msg))
+}
+
+fn word(h: &[u8; 32], i: usize) -> u64 {
+    u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]
@@ -58,5 +80,8 @@ mod tests {
         let (legacy, id) = chunk_object(&keys, "u", v, 5, 7);
         assert_eq!(legacy, names::chunk("u", 5, 7));
         assert_eq!((id.chunk, id.generation), (5, 7));
+        let (p, pid) = page_object(&keys, "u", v, 5, OPAQUE_FROM + 1);
+        assert!(p.starts_with("u/p/") && p[4..] != a[4..] && pid.kind == ShareKind::MapPage);
+        assert_ne!(p, page_object(&keys, "u", v, 5, OPAQUE_FROM + 2).0);
     }
 }

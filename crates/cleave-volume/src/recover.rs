@@ -10,8 +10,9 @@ use cleave_split::Codec;
 use cleave_target::DynTarget;
 
 use crate::dispersal::Dispersal;
-use crate::journal::Journal;
+use crate::journal::{Journal, Mapping};
 use crate::label;
+use crate::map::{ChunkMap, Lookup};
 use crate::meta::{names, Superblock};
 use crate::VolumeError;
 
@@ -51,7 +52,7 @@ pub async fn find_superblock(targets: &[DynTarget], master: &MasterKey, name: &s
 /// After a volume was opened from the targets given: fails if they hold chunk shares
 /// while the journal maps no chunk at all (the wrong targets, or a journal lost).
 pub async fn check_against_journal(volume: &crate::Volume, targets: &[DynTarget]) -> Result<(), VolumeError> {
-    if !volume.mapped().is_empty() {
+    if volume.mapped_count() > 0 {
         return Ok(());
     }
     let uuid = &volume.config().uuid;
@@ -108,7 +109,7 @@ pub async fn export(
     let ownership = crate::claim::read(&targets, &keys, &config.uuid).await;
     let dispersal = Dispersal::new(targets, Duration::from_secs(30));
     let hedge_after = Duration::from_millis(200);
-    let replayed = Journal {
+    let journal = Journal {
         dispersal: &dispersal,
         codec: &codec,
         keys: &keys,
@@ -120,9 +121,8 @@ pub async fn export(
         accept_stale,
         trusted: &trusted,
         ownership: &ownership,
-    }
-    .replay()
-    .await?;
+    };
+    let replayed = journal.replay().await?;
     // The image is plaintext: only its owner may read it.
     let file = std::os::unix::fs::OpenOptionsExt::mode(
         std::fs::OpenOptions::new().write(true).create(true).truncate(true),
@@ -133,9 +133,14 @@ pub async fn export(
     let total = config.chunks();
     let mut report =
         RecoverReport { size: config.size, chunks_total: total, stale: replayed.stale.clone(), ..Default::default() };
+    let mut map = ChunkMap::new(replayed.directory, 1 << 20);
+    for (chunk, now) in replayed.delta {
+        // Export reads each chunk once: what it held before does not matter.
+        map.set(chunk, now, None);
+    }
     for chunk in 0..total {
         progress(chunk, total);
-        let Some(mapping) = replayed.map.get(&chunk) else {
+        let Some(mapping) = lookup(&mut map, &journal, chunk).await? else {
             report.chunks_zero += 1;
             continue;
         };
@@ -150,4 +155,14 @@ pub async fn export(
     progress(total, total);
     file.sync_all()?;
     Ok(report)
+}
+
+/// A chunk's mapping, reading its page from the targets when the map asks for it.
+async fn lookup(map: &mut ChunkMap, journal: &Journal<'_>, chunk: u64) -> Result<Option<Mapping>, VolumeError> {
+    loop {
+        match map.get(chunk) {
+            Lookup::Found(m) => return Ok(m),
+            Lookup::Load { page, version } => map.insert_page(page, version, journal.read_page(page, version).await?),
+        }
+    }
 }

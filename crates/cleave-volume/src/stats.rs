@@ -69,6 +69,9 @@ pub struct IoStats {
     pub prefetched: AtomicU64,
     pub read_latency: LatencyHistogram,
     pub write_latency: LatencyHistogram,
+    /// Bytes of chunk shares stored on the targets (the rest of what the volume stores
+    /// there is metadata: journal records, checkpoints, map pages).
+    pub data_stored_bytes: AtomicU64,
 }
 
 impl IoStats {

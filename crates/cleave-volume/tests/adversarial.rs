@@ -234,7 +234,8 @@ async fn chunk_objects_without_a_journal_are_refused() {
         }
     }
     let v = r.open("c2").await.unwrap();
-    assert!(v.mapped().is_empty());
+    assert!(v.mapped().await.unwrap().is_empty());
+    assert_eq!(v.mapped_count(), 0);
     let err = recover::check_against_journal(&v, &r.targets).await.expect_err("chunk objects but no journal");
     assert!(err.to_string().contains("maps none"), "{err}");
 }

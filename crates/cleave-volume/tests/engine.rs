@@ -87,7 +87,8 @@ async fn journal_replay_and_checkpoints_rebuild_the_map() {
         let want = if c == 3 { vec![0u8; MIB as usize] } else { pattern(c, MIB as usize) };
         assert!(got[..] == want[..], "chunk {c}");
     }
-    assert_eq!(cold.mapped().len(), 9);
+    assert_eq!(cold.mapped().await.unwrap().len(), 9);
+    assert_eq!(cold.mapped_count(), 9);
 }
 
 /// A checkpoint requested (re-replication ends with one) right when one was due: the

@@ -1,11 +1,12 @@
 //! The bodies of the fuzz targets in `crates/cleave-volume/fuzz` (journal_record,
-//! checkpoint, superblock, target_label), run on stable in CI: over arbitrary bytes, and
+//! checkpoint, map_page, superblock, target_label), run on stable in CI: over arbitrary bytes, and
 //! over valid encodings with bytes flipped, cut short or spliced in, which reach further
 //! than random bytes do (past the JSON parser, past the MAC).
 
 use cleave_split::GroupKey;
 use cleave_volume::fuzzing;
 use cleave_volume::journal::{Checkpoint, Record};
+use cleave_volume::map::{StoredPage, PAGE_CHUNKS};
 use cleave_volume::{Durability, Superblock, VolumeConfig};
 use proptest::prelude::*;
 
@@ -45,10 +46,27 @@ fn record_json() -> impl Strategy<Value = Vec<u8>> {
         .prop_map(|(seq, entries, missing)| serde_json::to_vec(&Record { seq, entries, missing, epoch: 0 }).unwrap())
 }
 
+fn pages() -> impl Strategy<Value = Vec<(u64, u64, u64, bool)>> {
+    prop::collection::vec((0u64..8, prop_oneof![0u64..16, any::<u64>()], 0u64..5000, any::<bool>()), 0..6)
+}
+
 fn checkpoint_json() -> impl Strategy<Value = Vec<u8>> {
-    (any::<u64>(), any::<u64>(), entries(), missing()).prop_map(|(seq, next_generation, entries, missing)| {
-        serde_json::to_vec(&Checkpoint { seq, next_generation, entries, missing }).unwrap()
-    })
+    (any::<u64>(), any::<u64>(), entries(), missing(), pages()).prop_map(
+        |(seq, next_generation, entries, missing, pages)| {
+            serde_json::to_vec(&Checkpoint { seq, next_generation, entries, missing, pages }).unwrap()
+        },
+    )
+}
+
+/// Page 1 version 7 as the body asks for it, with entries in and out of its range.
+fn map_page_json() -> impl Strategy<Value = Vec<u8>> {
+    let chunk = prop_oneof![PAGE_CHUNKS..2 * PAGE_CHUNKS, any::<u64>()];
+    (prop_oneof![Just(1u64), any::<u64>()], prop::collection::vec((chunk, 0u64..4, any::<u32>()), 0..8)).prop_map(
+        |(page, mut entries)| {
+            entries.sort_unstable();
+            serde_json::to_vec(&StoredPage { page, version: 7, entries }).unwrap()
+        },
+    )
 }
 
 /// A real sealed superblock under the fuzz master key (config fields vary, some invalid).
@@ -133,6 +151,16 @@ proptest! {
     }
 
     #[test]
+    fn map_page_arbitrary(data in bytes()) {
+        fuzzing::map_page(&data);
+    }
+
+    #[test]
+    fn map_page_mutated(data in map_page_json().prop_flat_map(mutated)) {
+        fuzzing::map_page(&data);
+    }
+
+    #[test]
     fn superblock_arbitrary(data in bytes()) {
         fuzzing::superblock(&data);
     }
@@ -163,8 +191,17 @@ proptest! {
 fn valid_inputs_reach_the_checks() {
     let r = Record { seq: 7, entries: vec![(1, 3, 1), (2, 0, 1), (1, 4, 1)], missing: vec![(1, vec![4])], epoch: 0 };
     fuzzing::journal_record(&serde_json::to_vec(&r).unwrap());
-    let cp = Checkpoint { seq: 9, next_generation: 12, entries: vec![(1, 4, 1)], missing: Vec::new() };
+    let cp = Checkpoint { seq: 9, next_generation: 12, entries: vec![(1, 4, 1)], ..Default::default() };
     fuzzing::checkpoint(&serde_json::to_vec(&cp).unwrap());
+    let cp = Checkpoint {
+        seq: 9,
+        next_generation: 12,
+        pages: vec![(0, 9, 3, true), (4, 2, 1, false)],
+        ..Default::default()
+    };
+    fuzzing::checkpoint(&serde_json::to_vec(&cp).unwrap());
+    let page = StoredPage { page: 1, version: 7, entries: vec![(PAGE_CHUNKS, 3, 1), (PAGE_CHUNKS + 9, 4, 1)] };
+    fuzzing::map_page(&page.to_bytes());
     let sealed = sealed_superblock(3, 5, 16 << 20, 1 << 20);
     assert!(Superblock::open(&sealed, &fuzzing::master()).is_ok());
     fuzzing::superblock(&sealed);

@@ -119,6 +119,7 @@ fn metrics_count_nbd_io_and_parse_as_prometheus_text() {
         ("cleave_volume_size_bytes", "gauge"),
         ("cleave_volume_destage_lag_seconds", "gauge"),
         ("cleave_volume_health", "gauge"),
+        ("cleave_volume_stored_bytes", "counter"),
         ("cleave_target_latency_seconds", "gauge"),
         ("cleave_target_requests", "counter"),
         ("cleave_target_errors", "counter"),
@@ -170,6 +171,17 @@ fn metrics_count_nbd_io_and_parse_as_prometheus_text() {
     let m = parse(&scrape(&s, Some(token)).2);
     assert_eq!(sample(&m, "cleave_volume_dirty_bytes", "cleave_volume_dirty_bytes", &v), 0.0);
     assert_eq!(sample(&m, "cleave_volume_destage_lag_seconds", "cleave_volume_destage_lag_seconds", &v), 0.0);
+    // Three 1 MiB chunks at 2-of-3 store at least 3 x 1.5 MiB of shares, and a record.
+    let stored = |kind| {
+        sample(
+            &m,
+            "cleave_volume_stored_bytes",
+            "cleave_volume_stored_bytes_total",
+            &[("volume", "mx"), ("kind", kind)],
+        )
+    };
+    assert!(stored("data") >= 3.0 * 1.5 * 1048576.0, "{}", stored("data"));
+    assert!(stored("metadata") > 0.0 && stored("metadata") < stored("data") / 100.0, "{}", stored("metadata"));
     // What Prometheus asks for: OpenMetrics, which its strict parser accepts, with the same
     // families and types.
     let (code, ctype, text) = scrape_as(&s, Some(token), "application/openmetrics-text;version=1.0.0,text/plain;q=0.5");

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::{io_err, ChunkState, Inner, Urgent};
 use crate::claim;
-use crate::journal::{self, Checkpoint, Journal, Mapping, Record};
+use crate::journal::{self, Journal, Mapping, Record};
 use crate::VolumeError;
 
 impl Inner {
@@ -68,7 +68,10 @@ impl Inner {
             tokio::task::spawn_blocking(move || codec.encode(keys.current(), &id, &data)).await.map_err(io_err)??;
         // Generations carry this owner's epoch (see `epoch_base`): a share in the way is a
         // leftover of our own, never another owner's, so it may be replaced.
-        let outcome = self.dispersal.put_all(&key, shares.into_iter().map(Bytes::from).collect(), true).await;
+        let shares: Vec<Bytes> = shares.into_iter().map(Bytes::from).collect();
+        let len: u64 = shares.iter().map(|s| s.len() as u64).sum::<u64>() / shares.len().max(1) as u64;
+        let outcome = self.dispersal.put_all(&key, shares, true).await;
+        self.io.data_stored_bytes.fetch_add(len * outcome.stored.len() as u64, Ordering::Relaxed);
         if outcome.stored.len() < self.config.write_quorum() {
             self.dispersal.delete_all(&key).await;
             return Err(VolumeError::Quorum(format!(
@@ -90,10 +93,8 @@ impl Inner {
         done: Vec<(u64, Mapping, Vec<u8>)>,
     ) -> Result<Vec<(u64, u64)>, VolumeError> {
         let old = self.commit_record(done).await?;
-        let due = self.state.lock().expect("not poisoned").records_since_checkpoint >= self.opts.checkpoint_every;
-        if due {
-            let cp = self.snapshot_checkpoint();
-            if let Err(e) = self.write_checkpoint(&cp).await {
+        if self.checkpoint_due() {
+            if let Err(e) = self.write_checkpoint().await {
                 warn!(error = %e, "checkpoint failed; the journal keeps growing until one succeeds");
             }
         }
@@ -109,6 +110,9 @@ impl Inner {
     ) -> Result<Vec<(u64, u64)>, VolumeError> {
         let seq = self.state.lock().expect("not poisoned").next_seq;
         self.check_claim().await?;
+        // What each chunk maps to now (commits hold `commit`: nothing changes it meanwhile).
+        let chunks: Vec<u64> = done.iter().map(|(chunk, _, _)| *chunk).collect();
+        let current = futures::future::try_join_all(chunks.into_iter().map(|chunk| self.lookup(chunk))).await?;
         let record = Record {
             epoch: self.claim.epoch,
             seq,
@@ -130,9 +134,8 @@ impl Inner {
                 seq.checked_add(1).ok_or_else(|| VolumeError::Metadata("journal sequence space exhausted".into()))?;
             st.records_since_checkpoint += 1;
             st.journal_degraded |= stored != journal::Stored::Full;
-            for (chunk, mapping, missing) in done {
-                let previous =
-                    if mapping.generation == 0 { st.map.remove(&chunk) } else { st.map.insert(chunk, mapping) };
+            for ((chunk, mapping, missing), previous) in done.into_iter().zip(current) {
+                st.map.set(chunk, (mapping.generation != 0).then_some(mapping), previous);
                 let replaced = previous.filter(|p| p.generation != mapping.generation).map(|p| p.generation);
                 if missing.is_empty() && stored == journal::Stored::Full {
                     old.extend(replaced.map(|g| (chunk, g)));
@@ -149,38 +152,6 @@ impl Inner {
             st.last_destage = Some(SystemTime::now());
         }
         Ok(old)
-    }
-
-    /// The whole map as of the last committed record.
-    pub(super) fn snapshot_checkpoint(&self) -> Checkpoint {
-        let st = self.state.lock().expect("not poisoned");
-        Checkpoint {
-            seq: st.next_seq - 1,
-            next_generation: st.next_generation,
-            entries: st.map.iter().map(|(c, m)| (*c, m.generation, m.key_id)).collect(),
-            missing: st.missing.iter().map(|(c, v)| (*c, v.clone())).collect(),
-        }
-    }
-
-    /// Writes a checkpoint; one on all N targets also clears the journal's debt and lets
-    /// superseded generations of fully stored chunks go. Caller holds `commit`.
-    pub(super) async fn write_checkpoint(&self, cp: &Checkpoint) -> Result<journal::Stored, VolumeError> {
-        let stored = self.journal().checkpoint(cp).await?;
-        let old: Vec<(u64, u64)> = {
-            let mut st = self.state.lock().expect("not poisoned");
-            st.last_checkpoint = cp.seq;
-            st.records_since_checkpoint = 0;
-            if stored != journal::Stored::Full {
-                return Ok(stored);
-            }
-            st.journal_degraded = false;
-            let full: Vec<u64> = st.superseded.keys().filter(|c| !st.missing.contains_key(c)).copied().collect();
-            full.into_iter()
-                .flat_map(|c| st.superseded.remove(&c).unwrap_or_default().into_iter().map(move |g| (c, g)))
-                .collect()
-        };
-        self.delete_old(old).await;
-        Ok(stored)
     }
 
     pub(super) async fn delete_old(&self, old: Vec<(u64, u64)>) {
@@ -302,15 +273,7 @@ impl Inner {
             .buffer_unordered(self.opts.destage_parallel)
             .collect()
             .await;
-        let mut done = Vec::new();
-        let mut first_error = None;
-        for r in stored {
-            match r {
-                Ok(x) => done.push(x),
-                Err(e) => first_error = first_error.or(Some(e)),
-            }
-        }
-        (done, first_error)
+        successes(stored)
     }
 
     /// Commits the stored chunks in one record; the generations it replaced, to delete. If
@@ -328,6 +291,19 @@ impl Inner {
             }
         }
     }
+}
+
+/// What succeeded, and the first error of what did not.
+pub(super) fn successes<T>(results: Vec<Result<T, VolumeError>>) -> (Vec<T>, Option<VolumeError>) {
+    let mut done = Vec::new();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(x) => done.push(x),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    (done, first_error)
 }
 
 /// A chunk written in a destage round.

@@ -81,7 +81,7 @@ impl Volume {
             progress(done as u64, total);
             // Which generation the data comes from: `rewrite` stores it only if that is
             // still the current one once it holds the commit lock.
-            let generation = self.current_generation(chunk);
+            let generation = self.current_generation(chunk).await?;
             let data = inner.fetch_chunk(chunk).await?;
             if self.rewrite(chunk, generation, data).await? {
                 report.chunks_rewritten += 1;
@@ -126,7 +126,7 @@ impl Volume {
             dirty_bytes: st.chunks.values().filter(|c| c.dirty).count() as u64 * cs,
             cache_bytes: st.chunks.len() as u64 * cs,
             cache_limit_bytes: inner.capacity_chunks as u64 * cs,
-            mapped_chunks: st.map.len(),
+            mapped_chunks: st.map.mapped() as usize,
             last_destage: st.last_destage.map(|t| {
                 let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
                 format!("{secs}")
@@ -182,10 +182,22 @@ impl Inner {
         let target = self.dispersal.targets()[i].clone();
         warn!(volume = %self.config.name, target = %target.name(), share = i, "target has no label: it was replaced; its shares will be rebuilt");
         let _commit = self.commit.lock().await;
+        // Every mapped chunk, page by page (the commit lock keeps the map as it is).
+        let mut chunks = Vec::new();
+        let pages = self.state.lock().expect("not poisoned").map.pages();
+        for page in pages {
+            match self.mapped_in_page(page).await {
+                Ok(p) => chunks.extend(p.into_keys()),
+                Err(e) => {
+                    warn!(volume = %self.config.name, error = %e, "cannot read the chunk map to journal the replaced target; it stays unlabeled until then");
+                    return;
+                }
+            }
+        }
         let (seq, lacking) = {
             let mut st = self.state.lock().expect("not poisoned");
             st.journal_degraded = true;
-            let chunks: Vec<u64> = st.map.keys().copied().collect();
+            st.map.rewrite_all();
             for c in chunks {
                 let entry = st.missing.entry(c).or_default();
                 if !entry.contains(&(i as u8)) {

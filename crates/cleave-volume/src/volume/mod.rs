@@ -6,11 +6,14 @@
 //! - [`readahead`]: sequential streams and the chunks fetched ahead of them.
 //! - [`destage`]: storing dirty chunks, journal commits, deleting old generations.
 //! - [`health`]: status, labels and ownership as the volume lives, re-replication.
+//! - [`paging`]: map lookups that read pages on demand; [`checkpoint`]: writing them.
 
+mod checkpoint;
 mod destage;
 mod fill;
 mod health;
 mod open;
+mod paging;
 mod readahead;
 mod residency;
 
@@ -31,8 +34,9 @@ use tokio::sync::{Notify, RwLock};
 use crate::cache::Cache;
 use crate::claim::{self, Claim};
 use crate::dispersal::Dispersal;
-use crate::journal::{self, Mapping};
+use crate::journal;
 use crate::label;
+use crate::map::ChunkMap;
 use crate::meta::{Durability, VolumeConfig};
 use crate::stats::IoStats;
 use crate::VolumeError;
@@ -60,6 +64,10 @@ pub struct VolumeOptions {
     pub put_timeout: Duration,
     /// Journal records between checkpoints.
     pub checkpoint_every: u64,
+    /// Changed chunks that make a checkpoint due whatever the record count.
+    pub map_delta_limit: usize,
+    /// Mapped chunks whose map pages are kept in memory (about 40 bytes each).
+    pub map_cache_entries: usize,
     /// A dirty chunk is destaged once unwritten for this long (sooner under pressure).
     pub destage_after: Duration,
     /// Above this fraction of the cache dirty, destage starts at once, oldest first.
@@ -83,6 +91,8 @@ impl VolumeOptions {
             flush_timeout: Duration::from_secs(120),
             put_timeout: Duration::from_secs(30),
             checkpoint_every: 64,
+            map_delta_limit: 1 << 16,
+            map_cache_entries: 1 << 20,
             destage_after: Duration::from_secs(3),
             dirty_high: 0.5,
             owner: "local".into(),
@@ -102,9 +112,8 @@ struct ChunkState {
     last_write: Option<Instant>,
 }
 
-#[derive(Debug, Default)]
 struct State {
-    map: BTreeMap<u64, Mapping>,
+    map: ChunkMap,
     /// Chunks held in the cache.
     chunks: HashMap<u64, ChunkState>,
     tick: u64,
@@ -354,6 +363,8 @@ impl Volume {
         let _commit = self.inner.commit.lock().await;
         label::write(&target, &self.inner.keys, &self.inner.uuid, self.inner.volume, i as u8).await?;
         self.inner.dispersal.replace(i, target);
+        // The new target holds no map page: the next checkpoint writes them all.
+        self.inner.state.lock().expect("not poisoned").map.rewrite_all();
         self.inner.target_uris.lock().expect("not poisoned")[i] = uri;
         Ok(())
     }
@@ -365,12 +376,13 @@ impl Volume {
         let _commit = inner.commit.lock().await;
         // The record alone: a checkpoint due after it is the one written here, never twice.
         inner.commit_record(Vec::new()).await?;
-        let cp = inner.snapshot_checkpoint();
-        match inner.write_checkpoint(&cp).await? {
+        match inner.write_checkpoint().await? {
             journal::Stored::Full => Ok(()),
-            journal::Stored::Quorum => {
-                Err(VolumeError::Quorum(format!("checkpoint {} did not reach all {} targets", cp.seq, inner.config.n)))
-            }
+            journal::Stored::Quorum => Err(VolumeError::Quorum(format!(
+                "checkpoint {} did not reach all {} targets",
+                inner.state.lock().expect("not poisoned").last_checkpoint,
+                inner.config.n
+            ))),
         }
     }
 
@@ -386,6 +398,12 @@ impl Volume {
     /// What this volume's reads and writes have counted since it opened.
     pub fn io_stats(&self) -> &IoStats {
         &self.inner.io
+    }
+
+    /// Bytes stored on the targets since the volume opened: (chunk data, metadata).
+    pub fn stored_bytes(&self) -> (u64, u64) {
+        let data = IoStats::get(&self.inner.io.data_stored_bytes);
+        (data, self.inner.dispersal.stored_bytes().saturating_sub(data))
     }
 
     /// How long the oldest dirty write has waited to be destaged (zero when nothing is
@@ -406,11 +424,6 @@ impl Volume {
         self.inner.dispersal.reports()
     }
 
-    /// The committed chunk map (chunk → generation), for scrub.
-    pub fn mapped(&self) -> Vec<(u64, Mapping)> {
-        self.inner.state.lock().expect("not poisoned").map.iter().map(|(c, m)| (*c, *m)).collect()
-    }
-
     pub(crate) fn dispersal(&self) -> &Dispersal {
         &self.inner.dispersal
     }
@@ -425,24 +438,20 @@ impl Volume {
         self.inner.locate(chunk, generation)
     }
 
-    /// The generation a chunk maps to now (None: zeros, nothing stored).
-    pub(crate) fn current_generation(&self, chunk: u64) -> Option<u64> {
-        self.inner.state.lock().expect("not poisoned").map.get(&chunk).map(|m| m.generation)
-    }
-
     /// Records which shares of generation `generation` of a chunk are missing or bad
     /// (empty: healthy). Ignored if the chunk has moved on to another generation since:
     /// what a scrub found about an older one says nothing about the current one.
-    pub(crate) fn set_missing(&self, chunk: u64, generation: u64, indices: Vec<u8>) {
-        let mut st = self.inner.state.lock().expect("not poisoned");
-        if st.map.get(&chunk).map(|m| m.generation) != Some(generation) {
-            return;
-        }
-        if indices.is_empty() {
-            st.missing.remove(&chunk);
-        } else {
-            st.missing.insert(chunk, indices);
-        }
+    pub(crate) async fn set_missing(&self, chunk: u64, generation: u64, indices: Vec<u8>) -> Result<(), VolumeError> {
+        self.inner
+            .with_mapping(chunk, |st, current| {
+                if current.map(|m| m.generation) == Some(generation) {
+                    match indices.is_empty() {
+                        true => st.missing.remove(&chunk),
+                        false => st.missing.insert(chunk, indices),
+                    };
+                }
+            })
+            .await
     }
 
     /// Writes `data`, read from generation `generation` of `chunk`, as a new generation
@@ -459,14 +468,11 @@ impl Volume {
     ) -> Result<bool, VolumeError> {
         let inner = &self.inner;
         let _commit = inner.commit.lock().await;
-        {
-            let st = inner.state.lock().expect("not poisoned");
-            if st.chunks.get(&chunk).is_some_and(|c| c.dirty || c.destaging) {
-                return Ok(false);
-            }
-            if st.map.get(&chunk).map(|m| m.generation) != generation {
-                return Ok(false);
-            }
+        if inner.state.lock().expect("not poisoned").chunks.get(&chunk).is_some_and(|c| c.dirty || c.destaging) {
+            return Ok(false);
+        }
+        if inner.lookup(chunk).await?.map(|m| m.generation) != generation {
+            return Ok(false);
         }
         let (mapping, missing) = inner.store_chunk(chunk, data).await?;
         let old = inner.commit_entries(vec![(chunk, mapping, missing)]).await?;
@@ -544,15 +550,15 @@ mod tests {
         v.write(0, Bytes::from(vec![0xaa; MIB]), false).await.unwrap();
         v.destage_all(Duration::from_secs(60)).await.unwrap();
         // A repair reads generation `old` (0xaa) from the targets...
-        let old = v.current_generation(0);
+        let old = v.current_generation(0).await.unwrap();
         let stale = v.inner.fetch_chunk(0).await.unwrap();
         // ...while newer data is written and destaged from the cache.
         v.write(0, Bytes::from(vec![0xbb; MIB]), false).await.unwrap();
         v.destage_all(Duration::from_secs(60)).await.unwrap();
-        assert_ne!(v.current_generation(0), old);
+        assert_ne!(v.current_generation(0).await.unwrap(), old);
         assert!(!v.rewrite(0, old, stale).await.unwrap(), "a stale rewrite was stored");
         // From the current generation, the rewrite goes ahead.
-        let current = v.current_generation(0);
+        let current = v.current_generation(0).await.unwrap();
         let data = v.inner.fetch_chunk(0).await.unwrap();
         assert!(v.rewrite(0, current, data).await.unwrap());
         v.shutdown(Duration::from_secs(60)).await.unwrap();

@@ -16,6 +16,7 @@ use crate::claim::{self, Claim, Ownership};
 use crate::dispersal::Dispersal;
 use crate::journal::{Journal, Replayed};
 use crate::label::{self, LabelState};
+use crate::map::ChunkMap;
 use crate::meta::VolumeConfig;
 use crate::stats::IoStats;
 use crate::VolumeError;
@@ -48,7 +49,7 @@ impl Volume {
         if !opts.takeover {
             ownership.free_for(&opts.owner)?;
         }
-        let replayed = Journal {
+        let mut replayed = Journal {
             dispersal: &dispersal,
             codec: &codec,
             keys: &keys,
@@ -73,7 +74,8 @@ impl Volume {
             epoch = claim.epoch,
             checkpoint = replayed.last_checkpoint,
             last_seq = replayed.last_seq,
-            mapped = replayed.map.len(),
+            pages = replayed.directory.len(),
+            changes = replayed.delta.len(),
             missing = replayed.missing.len(),
             cached = present.len(),
             clean,
@@ -83,7 +85,8 @@ impl Volume {
         if !clean && !present.is_empty() {
             info!(volume = %config.name, chunks = present.len(), "unclean shutdown: destaging every cached chunk again");
         }
-        let state = initial_state(replayed, &present, clean, claim.epoch);
+        let delta = std::mem::take(&mut replayed.delta);
+        let state = initial_state(replayed, &present, clean, claim.epoch, &opts);
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             uuid,
@@ -111,6 +114,7 @@ impl Volume {
             config,
             opts,
         });
+        inner.apply_replayed(delta).await?;
         inner.mend_labels(labels).await;
         let weak = Arc::downgrade(&inner);
         // The destager's log lines name their volume.
@@ -166,22 +170,33 @@ fn next_claim(ownership: &Ownership, replayed: &Replayed, opts: &VolumeOptions) 
     Ok(Claim { epoch, after_seq: replayed.last_seq, owner: opts.owner.clone() })
 }
 
-/// The state after replay; cached chunks are dirty unless the cache was closed cleanly.
-fn initial_state(replayed: Replayed, present: &[u64], clean: bool, epoch: u64) -> State {
+/// The state after replay (the changes since the checkpoint are entered next); cached
+/// chunks are dirty unless the cache was closed cleanly.
+fn initial_state(replayed: Replayed, present: &[u64], clean: bool, epoch: u64, opts: &VolumeOptions) -> State {
     let mut chunks = HashMap::new();
     for c in present {
         let dirty = !clean;
         chunks.insert(*c, ChunkState { dirty, seq: u64::from(dirty), ..Default::default() });
     }
+    // A map from before paging is written as pages by the first checkpoint.
+    let records_since_checkpoint =
+        if replayed.legacy { opts.checkpoint_every } else { replayed.records_since_checkpoint };
     State {
-        map: replayed.map,
+        map: ChunkMap::new(replayed.directory, opts.map_cache_entries),
         chunks,
+        tick: 0,
         next_generation: replayed.next_generation.max(epoch_base(epoch)),
         next_seq: replayed.last_seq + 1,
         last_checkpoint: replayed.last_checkpoint,
-        records_since_checkpoint: replayed.records_since_checkpoint,
+        records_since_checkpoint,
         missing: replayed.missing,
+        superseded: Default::default(),
         journal_degraded: replayed.journal_degraded,
-        ..Default::default()
+        last_destage: None,
+        last_destage_error: None,
+        index_stale: false,
+        fills: HashMap::new(),
+        installing: 0,
+        parked: Default::default(),
     }
 }

@@ -186,7 +186,7 @@ impl Inner {
     pub(super) async fn fetch_chunk(&self, chunk: u64) -> Result<Vec<u8>, VolumeError> {
         let (start, end) = self.cache.chunk_range(chunk);
         let len = (end - start) as usize;
-        let Some(mapping) = self.state.lock().expect("not poisoned").map.get(&chunk).copied() else {
+        let Some(mapping) = self.lookup(chunk).await? else {
             return Ok(vec![0u8; len]);
         };
         let (key, id) = self.locate(chunk, mapping.generation);
