@@ -126,14 +126,13 @@ impl Gateway {
             .collect();
         // Placement's own choice, as `cleave sim placement` plans it; never the old node.
         let fit: Vec<_> = nodes.iter().filter(|n| n.address != from_addr).cloned().collect();
-        let best = placement::replacement(&fit, &self.promised_on_nodes(), &others, per_share)
-            .with_context(|| {
-                format!(
-                    "cannot move share {index} of {:?}: no other node is up with {} free",
-                    config.name,
-                    ByteSize(per_share)
-                )
-            })?;
+        let best = placement::replacement(&fit, &self.promised_on_nodes(), &others, per_share).with_context(|| {
+            format!(
+                "cannot move share {index} of {:?}: no other node is up with {} free",
+                config.name,
+                ByteSize(per_share)
+            )
+        })?;
         Ok((index, TargetUri::node(&best).to_string()))
     }
 
