@@ -114,12 +114,17 @@ impl ChunkMap {
         if self.directory.get(&page).is_none_or(|r| r.version != version) {
             return;
         }
+        self.cache_page(page, version, data);
+        self.evict(page);
+    }
+
+    /// Puts a page version into the cache as the most recently used (no eviction).
+    fn cache_page(&mut self, page: u64, version: u64, data: Arc<Page>) {
         self.tick += 1;
         self.cached_entries += data.len();
         if let Some(old) = self.cache.insert(page, Cached { version, page: data, last_use: self.tick }) {
             self.cached_entries -= old.page.len();
         }
-        self.evict(page);
     }
 
     /// Drops least recently used pages (never `keep`) until the cache is within its limit.
@@ -211,14 +216,8 @@ impl ChunkMap {
         for (page, w) in written {
             let old = match w {
                 Some((r, data)) => {
-                    let old = self.directory.insert(page, r);
-                    self.tick += 1;
-                    self.cached_entries += data.len();
-                    let cached = Cached { version: r.version, page: data, last_use: self.tick };
-                    if let Some(c) = self.cache.insert(page, cached) {
-                        self.cached_entries -= c.page.len();
-                    }
-                    old
+                    self.cache_page(page, r.version, data);
+                    self.directory.insert(page, r)
                 }
                 None => {
                     if let Some(c) = self.cache.remove(&page) {
@@ -227,7 +226,8 @@ impl ChunkMap {
                     self.directory.remove(&page)
                 }
             };
-            self.obsolete.extend(old.filter(|o| w_differs(o, &self.directory, page)).map(|o| (page, o.version)));
+            self.obsolete
+                .extend(old.filter(|o| names_other_version(&self.directory, page, o)).map(|o| (page, o.version)));
         }
         self.evict(u64::MAX);
         self.delta.clear();
@@ -248,7 +248,7 @@ impl ChunkMap {
 
 /// Whether the directory now names another version of `page` than `old` (a page written
 /// again at the same version is the same object).
-fn w_differs(old: &PageRef, directory: &BTreeMap<u64, PageRef>, page: u64) -> bool {
+fn names_other_version(directory: &BTreeMap<u64, PageRef>, page: u64, old: &PageRef) -> bool {
     directory.get(&page).is_none_or(|r| r.version != old.version)
 }
 

@@ -72,11 +72,11 @@ impl Inner {
     /// The mapped chunks of `page` as of now.
     pub(super) async fn mapped_in_page(&self, page: u64) -> Result<Page, VolumeError> {
         loop {
-            let (stored, changes) = {
+            let (stored, cached, changes) = {
                 let st = self.state.lock().expect("not poisoned");
-                (st.map.stored(page), st.map.changes_in(page))
+                let stored = st.map.stored(page);
+                (stored, stored.and_then(|r| st.map.cached(page, r.version)), st.map.changes_in(page))
             };
-            let cached = stored.and_then(|r| self.state.lock().expect("not poisoned").map.cached(page, r.version));
             let base = match (stored, cached) {
                 (_, Some(cached)) => Some(cached),
                 (Some(r), None) => match self.read_named_page(page, r.version).await? {
