@@ -7,6 +7,7 @@
 //! targets prove it: see [`Journal::may_have_committed`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,16 +16,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::dispersal::Dispersal;
-use crate::map::{PageRef, PAGE_CHUNKS};
+use crate::map::{Page, PageRef, StoredPage, PAGE_CHUNKS};
 use crate::meta::names;
 use crate::VolumeError;
 
-/// Where a chunk's current generation lives. Generation 0 means all zeros: nothing stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Mapping {
-    pub generation: u64,
-    pub key_id: u32,
-}
+pub use crate::map::Mapping;
 
 /// Chunk → share indices its current generation lacks (a write that met the quorum but
 /// not all N targets). Journaled, so re-replication survives a restart.
@@ -388,6 +384,38 @@ impl Journal<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Map pages: written and read like journal objects (the metadata key, the write quorum,
+/// create-only), under opaque names (see `naming`).
+impl Journal<'_> {
+    fn page_object(&self, page: u64, version: u64) -> (String, cleave_split::ChunkId) {
+        crate::naming::page_object(self.keys, self.uuid, self.volume, page, version)
+    }
+
+    /// Reads and checks one stored page version.
+    pub async fn read_page(&self, page: u64, version: u64) -> Result<Arc<Page>, VolumeError> {
+        let (key, id) = self.page_object(page, version);
+        let (body, _) = self
+            .dispersal
+            .read_decoded(&key, self.codec, self.keys, &id, self.hedge_after)
+            .await
+            .map_err(|e| VolumeError::MetadataUnavailable(format!("map page {page} version {version}: {e}")))?;
+        Ok(Arc::new(StoredPage::parse(&body, page, version)?))
+    }
+
+    /// Stores a page version; Ok once at least the write quorum holds it.
+    pub async fn write_page(&self, page: u64, version: u64, data: &Page) -> Result<Stored, VolumeError> {
+        let (key, id) = self.page_object(page, version);
+        let body = StoredPage::new(page, version, data).to_bytes();
+        self.write_object(&key, id, body).await
+    }
+
+    /// Deletes a page version from every target (best effort: scrub finds leftovers).
+    pub async fn delete_page(&self, page: u64, version: u64) {
+        let (key, _) = self.page_object(page, version);
+        self.dispersal.delete_all(&key).await;
     }
 }
 

@@ -8,17 +8,15 @@
 //! - A checkpoint writes only the pages the delta touches, as new versions (see
 //!   `volume::checkpoint`), then a new directory.
 //!
-//! This module holds no I/O: the volume reads pages ([`page_io`]) and calls
+//! This module holds no I/O: the volume reads pages (`Journal::read_page`) and calls
 //! [`ChunkMap::insert_page`] when [`ChunkMap::get`] asks for one.
 
 pub mod page;
-pub mod page_io;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::journal::Mapping;
-pub use page::{page_of, Page, StoredPage, PAGE_CHUNKS};
+pub use page::{page_of, Mapping, Page, StoredPage, PAGE_CHUNKS};
 
 /// A stored page version, as a directory lists it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,8 +6,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::Mapping;
 use crate::VolumeError;
+
+/// Where a chunk's current generation lives. Generation 0 means all zeros: nothing stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mapping {
+    pub generation: u64,
+    pub key_id: u32,
+}
 
 /// Chunks per page: 4 GiB of volume at 1 MiB chunks, at most ~130 KB of JSON when full.
 pub const PAGE_CHUNKS: u64 = 4096;
