@@ -110,13 +110,21 @@ impl AccessControl {
     /// NBD TLS: a server certificate for `names` (issued fresh at each start), and client
     /// certificates verified against the CA when presented.
     pub fn tls_config(&self, names: &[String]) -> Result<Arc<rustls::ServerConfig>> {
+        self.server_config(names, true)
+    }
+
+    /// The mirror listener's TLS: as NBD's, but a client certificate is required.
+    pub fn mirror_tls_config(&self, names: &[String]) -> Result<Arc<rustls::ServerConfig>> {
+        self.server_config(names, false)
+    }
+
+    fn server_config(&self, names: &[String], anonymous_allowed: bool) -> Result<Arc<rustls::ServerConfig>> {
         use rustls_pki_types::pem::PemObject;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.cert_der()?.into())?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
-            .allow_unauthenticated()
-            .build()?;
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
+        let verifier = if anonymous_allowed { builder.allow_unauthenticated().build()? } else { builder.build()? };
         let issued = self.ca.issue_server(names)?;
         let chain = vec![rustls_pki_types::CertificateDer::from(ca::pem_to_der(&issued.cert_pem)?)];
         let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
@@ -178,7 +186,7 @@ impl BlockDevice for Guarded {
         self.inner.size()
     }
     fn read_only(&self) -> bool {
-        self.read_only
+        self.read_only || self.inner.read_only()
     }
     fn can_multi_conn(&self) -> bool {
         self.inner.can_multi_conn()

@@ -1,13 +1,21 @@
-//! The NBD front end's view of a volume: [`VolumeDevice`], where volume errors become NBD
-//! errors, once.
+//! The NBD front end's view of a volume: [`VolumeDevice`], where volume and mirror errors
+//! become NBD errors, once. A mirrored volume's changes go through the mirroring engine: on
+//! the primary they are sent to the mirror as its mode says; on the mirror side hosts may
+//! only read.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
+use cleave_mirror::{Engine, Op, Side};
 use cleave_nbd::{BlockDevice, BlockError};
 use cleave_volume::{Volume, VolumeError};
 use tracing::warn;
 
 /// Adapts a volume to the NBD front end.
-pub(crate) struct VolumeDevice(pub(crate) Volume);
+pub(crate) struct VolumeDevice {
+    volume: Volume,
+    mirror: Option<Arc<Engine>>,
+}
 
 fn block_error(e: VolumeError) -> BlockError {
     match e {
@@ -20,28 +28,67 @@ fn block_error(e: VolumeError) -> BlockError {
     }
 }
 
+impl VolumeDevice {
+    pub(crate) fn new(volume: Volume, mirror: Option<Arc<Engine>>) -> Self {
+        VolumeDevice { volume, mirror }
+    }
+
+    async fn local(&self, op: Op) -> Result<(), BlockError> {
+        let v = &self.volume;
+        match op {
+            Op::Write { offset, data, fua } => v.write(offset, data, fua).await,
+            Op::Zero { offset, len, fua } => v.write_zeroes(offset, len as u64, fua).await,
+            Op::Trim { offset, len } => v.trim(offset, len as u64).await,
+            Op::Flush => v.flush().await,
+        }
+        .map_err(block_error)
+    }
+
+    /// A change: local, and to the mirror when the volume has one.
+    async fn change(&self, op: Op) -> Result<(), BlockError> {
+        let Some(engine) = &self.mirror else { return self.local(op).await };
+        let name = &self.volume.config().name;
+        if engine.read_only(name) {
+            return Err(BlockError::ReadOnly);
+        }
+        match engine.side(name) {
+            Some(Side::Primary(p)) => match p.apply(op, |op| self.local(op)).await {
+                Ok(local) => local,
+                Err(e) => {
+                    warn!(volume = %name, error = %e, "the mirror did not take a change (policy: fail)");
+                    Err(BlockError::Io(e.to_string()))
+                }
+            },
+            _ => self.local(op).await,
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl BlockDevice for VolumeDevice {
     fn size(&self) -> u64 {
-        self.0.size()
+        self.volume.size()
+    }
+    fn read_only(&self) -> bool {
+        self.mirror.as_ref().is_some_and(|e| e.read_only(&self.volume.config().name))
     }
     fn can_multi_conn(&self) -> bool {
         // Every connection goes through the same cache, and FLUSH covers the whole volume.
         true
     }
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
-        self.0.read(offset, len).await.map_err(block_error)
+        self.volume.read(offset, len).await.map_err(block_error)
     }
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {
-        self.0.write(offset, data, fua).await.map_err(block_error)
+        self.change(Op::Write { offset, data, fua }).await
     }
     async fn flush(&self) -> Result<(), BlockError> {
-        self.0.flush().await.map_err(block_error)
+        self.change(Op::Flush).await
     }
     async fn trim(&self, offset: u64, len: u32) -> Result<(), BlockError> {
-        self.0.trim(offset, len as u64).await.map_err(block_error)
+        self.change(Op::Trim { offset, len }).await
     }
     async fn write_zeroes(&self, offset: u64, len: u32, fua: bool) -> Result<(), BlockError> {
-        self.0.write_zeroes(offset, len as u64, fua).await.map_err(block_error)
+        self.change(Op::Zero { offset, len, fua }).await
     }
 }

@@ -108,6 +108,8 @@ pub struct Gateway {
     /// Serializes create, delete and key-slot changes.
     pub(crate) admin: tokio::sync::Mutex<()>,
     targets: cleave_target::Credentials,
+    /// The mirroring engine, once `--mirror-listen` started it.
+    pub(crate) mirror: std::sync::OnceLock<Arc<cleave_mirror::Engine>>,
 }
 
 /// A stored volume that could not be opened, and why. Listed as unavailable, retried every
@@ -137,6 +139,7 @@ impl Gateway {
             task_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             admin: tokio::sync::Mutex::new(()),
             targets: c.targets,
+            mirror: std::sync::OnceLock::new(),
         }
     }
 
@@ -287,7 +290,7 @@ impl ExportProvider for Gateway {
         self.volumes.read().expect("not poisoned").keys().cloned().collect()
     }
     fn open(&self, name: &str) -> Option<Arc<dyn BlockDevice>> {
-        Some(Arc::new(VolumeDevice(self.get(name)?)))
+        Some(Arc::new(VolumeDevice::new(self.get(name)?, self.mirror.get().cloned())))
     }
     fn list_for(&self, peer: &Peer) -> Vec<String> {
         let Ok(who) = self.access.identify(peer) else { return Vec::new() };

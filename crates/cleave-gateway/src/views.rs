@@ -38,6 +38,9 @@ pub struct VolumeView {
     pub groups: Vec<String>,
     /// Why the volume could not be opened (it is then `unavailable` and retried).
     pub open_error: Option<String>,
+    /// Its mirror to or from a peer gateway, if it has one.
+    #[serde(default)]
+    pub mirror: Option<cleave_mirror::MirrorView>,
 }
 
 impl Gateway {
@@ -71,6 +74,7 @@ impl Gateway {
             journal_seq: s.journal_seq,
             groups: self.access.snapshot().groups_of_volume(&name),
             open_error: None,
+            mirror: self.mirror_of(&name),
         }
     }
 
@@ -99,6 +103,7 @@ impl Gateway {
             journal_seq: 0,
             groups: self.access.snapshot().groups_of_volume(name),
             open_error: Some(u.reason.clone()),
+            mirror: None,
         }
     }
 

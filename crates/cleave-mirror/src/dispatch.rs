@@ -1,0 +1,402 @@
+//! The dispatcher of one volume's mirror: one task that sends the queue in order, replays the
+//! journal, starts region copies, and journals what the peer did not take.
+//!
+//! Rules that keep the mirror's image right:
+//! - two changes to overlapping bytes are never in flight at once: the later waits;
+//! - a flush (a barrier) goes alone, after everything before it, and nothing after it goes
+//!   before it is answered: the mirror is crash-consistent between barriers;
+//! - a change the peer did not answer is journaled again before any later one;
+//! - while the journal is replayed, new changes go to its end, so nothing old lands on
+//!   anything newer.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use tracing::{info, warn};
+
+use crate::backlog::REGION;
+use crate::error::{MirrorError, Result};
+use crate::primary::{Channel, Entry, Item, Phase, Primary, Source};
+use crate::replica::EventKind;
+use crate::state::MirrorState;
+use crate::wire::Op;
+
+type Sent = BoxFuture<'static, (u64, Entry, Result<()>)>;
+
+/// The dispatcher's own state.
+#[derive(Default)]
+struct Flight {
+    futures: FuturesUnordered<Sent>,
+    /// Tag, bytes, whether a barrier.
+    ranges: Vec<(u64, Range<u64>, bool)>,
+    next_tag: u64,
+    /// Changes the peer did not take, to journal before anything queued.
+    failed: Vec<Entry>,
+    /// Journal records read ahead for replay.
+    replay: VecDeque<Op>,
+    consistent_queued: bool,
+    last_flush: Option<Instant>,
+    last_compaction: Option<Instant>,
+    written_since_flush: bool,
+}
+
+pub(crate) async fn run(weak: Weak<Primary>) {
+    let mut f = Flight::default();
+    loop {
+        let Some(p) = weak.upgrade() else { return };
+        let wake = p.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        if let Err(e) = step(&p, &mut f).await {
+            warn!(error = %e, "mirror dispatcher");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::select! {
+            Some((tag, entry, result)) = f.futures.next(), if !f.futures.is_empty() => complete(&p, &mut f, tag, entry, result).await,
+            _ = &mut wake => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => tick(&p, &mut f),
+        }
+    }
+}
+
+/// One round: journal, replay, send or copy, as the phase says.
+async fn step(p: &Arc<Primary>, f: &mut Flight) -> Result<()> {
+    let (phase, channel) = {
+        let mut q = p.q.lock().expect("not poisoned");
+        if q.channel.is_none() && q.phase != Phase::Behind {
+            q.phase = Phase::Behind;
+            f.replay.clear();
+            f.consistent_queued = false;
+        }
+        (q.phase, q.channel.clone())
+    };
+    match (phase, channel) {
+        (Phase::Behind, _) | (_, None) => {
+            if f.futures.is_empty() {
+                journal_queued(p, f).await?;
+            }
+            Ok(())
+        }
+        (Phase::Replaying { next }, Some(ch)) => {
+            journal_queued(p, f).await?;
+            replay(p, f, next, &ch).await
+        }
+        (Phase::Copying | Phase::Live, Some(ch)) => {
+            send_queued(p, f, &ch);
+            copy_or_finish(p, f);
+            Ok(())
+        }
+    }
+}
+
+fn can_send(f: &Flight, window: usize, range: &Range<u64>, barrier: bool) -> bool {
+    if f.ranges.iter().any(|(_, _, b)| *b) {
+        return false;
+    }
+    if barrier {
+        return f.ranges.is_empty();
+    }
+    f.ranges.len() < window && !f.ranges.iter().any(|(_, r, _)| r.start < range.end && range.start < r.end)
+}
+
+fn launch(f: &mut Flight, ch: &Arc<dyn Channel>, entry: Entry) {
+    let tag = f.next_tag;
+    f.next_tag += 1;
+    f.ranges.push((tag, entry.range(), entry.is_barrier()));
+    let ch = ch.clone();
+    f.futures.push(
+        async move {
+            let r = match &entry.item {
+                Item::Op(op) => ch.send(op.clone()).await,
+                Item::Consistent => match ch.send(Op::Flush).await {
+                    Ok(()) => ch.mark_consistent(true).await,
+                    Err(e) => Err(e),
+                },
+                Item::Inconsistent => ch.mark_consistent(false).await,
+            };
+            (tag, entry, r)
+        }
+        .boxed(),
+    );
+}
+
+/// Sends queued changes in order while the rules allow.
+fn send_queued(p: &Arc<Primary>, f: &mut Flight, ch: &Arc<dyn Channel>) {
+    let mut q = p.q.lock().expect("not poisoned");
+    let mut sent_any = false;
+    while let Some(head) = q.pending.front() {
+        if !can_send(f, p.settings.window, &head.range(), head.is_barrier()) {
+            break;
+        }
+        let entry = q.pending.pop_front().expect("has a head");
+        q.pending_bytes -= entry.bytes();
+        q.inflight_bytes += entry.bytes();
+        q.inflight_count += 1;
+        if matches!(entry.item, Item::Op(Op::Flush)) {
+            f.last_flush = Some(Instant::now());
+            f.written_since_flush = false;
+        } else if entry.bytes() > 0 {
+            f.written_since_flush = true;
+        }
+        launch(f, ch, entry);
+        sent_any = true;
+    }
+    drop(q);
+    if sent_any {
+        p.room.notify_waiters();
+    }
+}
+
+/// Copying: starts region copies; when none is left, queues the end of the resync.
+fn copy_or_finish(p: &Arc<Primary>, f: &mut Flight) {
+    let mut q = p.q.lock().expect("not poisoned");
+    if q.phase == Phase::Live && !q.copy.is_empty() {
+        q.phase = Phase::Copying;
+        f.consistent_queued = false;
+        drop(q);
+        p.enqueue(Item::Inconsistent, Source::Copy, false);
+        return;
+    }
+    if q.phase != Phase::Copying {
+        return;
+    }
+    while q.copiers < p.settings.copy_parallel && q.pending_bytes < p.settings.max_lag_bytes / 2 {
+        let Some(region) = q.copy.pop() else { break };
+        q.copiers += 1;
+        tokio::spawn(copy_region(p.clone(), region));
+    }
+    if q.copy.is_empty() && q.copiers == 0 && !f.consistent_queued {
+        f.consistent_queued = true;
+        drop(q);
+        p.enqueue(Item::Consistent, Source::Copy, false);
+    }
+}
+
+/// Reads one region locally, under its range lock, and queues it.
+async fn copy_region(p: Arc<Primary>, region: u64) {
+    let size = p.local.size();
+    let start = region * REGION;
+    let end = (start + REGION).min(size);
+    if start < end {
+        let _lock = p.ranges.lock(start..end).await;
+        let len = (end - start) as u32;
+        match p.local.read(start, len).await {
+            Ok(data) if data.iter().all(|&b| b == 0) => {
+                p.enqueue(Item::Op(Op::Zero { offset: start, len, fua: false }), Source::Copy, false);
+            }
+            Ok(data) => {
+                p.enqueue(Item::Op(Op::Write { offset: start, data, fua: false }), Source::Copy, false);
+            }
+            Err(e) => {
+                {
+                    let mut q = p.q.lock().expect("not poisoned");
+                    q.copy.add_region(region);
+                    q.detail = format!("reading region {region} to copy it: {e}");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    let mut q = p.q.lock().expect("not poisoned");
+    q.copiers -= 1;
+    q.copy_done += 1;
+    let sweep = (q.copy_done % 256 == 0).then(|| q.copy.sweep_position());
+    drop(q);
+    if let Some(sweep) = sweep {
+        let _ = p.update_record(|r| r.sweep = sweep);
+    }
+    p.wake.notify_one();
+}
+
+/// Replaying: sends journal records in order from byte `next`.
+async fn replay(p: &Arc<Primary>, f: &mut Flight, next: u64, ch: &Arc<dyn Channel>) -> Result<()> {
+    if f.replay.is_empty() {
+        let j = p.journal.clone();
+        let (ops, after) = tokio::task::spawn_blocking(move || j.lock().expect("not poisoned").read_from(next, 64))
+            .await
+            .map_err(|e| MirrorError::Local(e.to_string()))??;
+        if ops.is_empty() {
+            if f.futures.is_empty() {
+                finish_replay(p, f).await?;
+            }
+            return Ok(());
+        }
+        f.replay.extend(ops);
+        let mut q = p.q.lock().expect("not poisoned");
+        if let Phase::Replaying { .. } = q.phase {
+            q.phase = Phase::Replaying { next: after };
+        }
+    }
+    while let Some(op) = f.replay.front() {
+        let barrier = matches!(op, Op::Flush);
+        if !can_send(f, p.settings.window, &op.range(), barrier) {
+            break;
+        }
+        let op = f.replay.pop_front().expect("has a head");
+        launch(f, ch, Entry { seq: 0, item: Item::Op(op), source: Source::Replay, waiter: None });
+    }
+    Ok(())
+}
+
+async fn finish_replay(p: &Arc<Primary>, f: &mut Flight) -> Result<()> {
+    let j = p.journal.clone();
+    tokio::task::spawn_blocking(move || j.lock().expect("not poisoned").clear())
+        .await
+        .map_err(|e| MirrorError::Local(e.to_string()))??;
+    let mut q = p.q.lock().expect("not poisoned");
+    q.phase = Phase::Copying;
+    f.consistent_queued = false;
+    if !q.copy.is_empty() {
+        drop(q);
+        p.enqueue(Item::Inconsistent, Source::Copy, false);
+    }
+    info!(volume = %p.volume(), "journal replayed");
+    Ok(())
+}
+
+/// Detached (or replaying): moves the queue to the journal, failed changes first.
+async fn journal_queued(p: &Arc<Primary>, f: &mut Flight) -> Result<()> {
+    let mut entries = std::mem::take(&mut f.failed);
+    entries.sort_by_key(|e| e.seq);
+    {
+        let mut q = p.q.lock().expect("not poisoned");
+        q.pending_bytes = 0;
+        entries.extend(q.pending.drain(..));
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    p.room.notify_waiters();
+    let limit = p.settings.journal_bytes;
+    let j = p.journal.clone();
+    let overflowed = p.q.lock().expect("not poisoned").overflowed;
+    let ops: Vec<Op> = entries.iter().filter_map(|e| if let Item::Op(op) = &e.item { Some(op.clone()) } else { None }).collect();
+    let outcome = tokio::task::spawn_blocking(move || journal_ops(&j, ops, overflowed, limit))
+        .await
+        .map_err(|e| MirrorError::Local(e.to_string()))?;
+    let (to_copy, newly_overflowed) = outcome?;
+    {
+        let mut q = p.q.lock().expect("not poisoned");
+        for r in to_copy {
+            q.copy.add_region(r);
+        }
+        q.overflowed |= newly_overflowed;
+    }
+    if newly_overflowed {
+        let why = format!("the journal passed {} MiB; the regions it touched will be copied instead", limit >> 20);
+        p.events.event(&p.volume(), EventKind::JournalOverflow, why);
+    }
+    for e in entries {
+        if let Some(w) = e.waiter {
+            let _ = w.send(Err(MirrorError::LinkDown("journaled for the mirror".into())));
+        }
+    }
+    Ok(())
+}
+
+/// Appends ops to the journal, or, past its bound, drops it: the regions to copy instead.
+fn journal_ops(j: &crate::backlog::SharedJournal, ops: Vec<Op>, overflowed: bool, limit: u64) -> Result<(Vec<u64>, bool)> {
+    let mut j = j.lock().expect("not poisoned");
+    let mut to_copy = Vec::new();
+    if overflowed {
+        for op in &ops {
+            to_copy.extend(crate::backlog::regions(op.range()));
+        }
+        return Ok((to_copy, false));
+    }
+    let mut flush = false;
+    for op in &ops {
+        j.append(op)?;
+        flush |= matches!(op, Op::Flush);
+    }
+    if j.bytes() > limit {
+        to_copy.extend(j.touched());
+        j.clear()?;
+        return Ok((to_copy, true));
+    }
+    if flush {
+        j.sync()?;
+    }
+    Ok((to_copy, false))
+}
+
+async fn complete(p: &Arc<Primary>, f: &mut Flight, tag: u64, entry: Entry, result: Result<()>) {
+    f.ranges.retain(|(t, _, _)| *t != tag);
+    {
+        let mut q = p.q.lock().expect("not poisoned");
+        if entry.source != Source::Replay {
+            q.inflight_bytes -= entry.bytes();
+            q.inflight_count -= 1;
+        }
+    }
+    match result {
+        Ok(()) => succeeded(p, f, entry).await,
+        Err(e) => {
+            p.detach(&e.to_string(), MirrorState::Disconnected);
+            f.replay.clear();
+            if entry.source != Source::Replay {
+                f.failed.push(entry);
+            }
+        }
+    }
+}
+
+async fn succeeded(p: &Arc<Primary>, f: &mut Flight, entry: Entry) {
+    if let Some(w) = entry.waiter {
+        let _ = w.send(Ok(()));
+    }
+    match entry.item {
+        Item::Consistent => {
+            let became_live = {
+                let mut q = p.q.lock().expect("not poisoned");
+                let live = q.phase == Phase::Copying && q.copy.is_empty() && q.copiers == 0;
+                if live {
+                    q.phase = Phase::Live;
+                    q.detail.clear();
+                }
+                live
+            };
+            f.consistent_queued = false;
+            if became_live {
+                let _ = p.update_record(|r| r.sweep = None);
+                p.events.event(&p.volume(), EventKind::InSync, "the mirror has every change".into());
+            }
+        }
+        Item::Op(Op::Flush) if entry.source == Source::Host => clean_point(p, f, entry.seq).await,
+        _ => {}
+    }
+}
+
+/// A flush answered while in sync: extents with no change since it are dropped from the log.
+async fn clean_point(p: &Arc<Primary>, f: &mut Flight, seq: u64) {
+    if f.last_compaction.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+        return;
+    }
+    let _gate = p.mark_gate.write().await;
+    let keep: std::collections::HashSet<u64> = {
+        let mut q = p.q.lock().expect("not poisoned");
+        if q.phase != Phase::Live || !q.copy.is_empty() || !p.journal.lock().expect("not poisoned").is_empty() {
+            return;
+        }
+        q.extent_seq.retain(|_, s| *s > seq);
+        q.extent_seq.keys().copied().collect()
+    };
+    f.last_compaction = Some(Instant::now());
+    if let Err(e) = p.extents.retain(|e| keep.contains(&e)).await {
+        warn!(error = %e, "could not shrink the extents log");
+    }
+}
+
+/// Every second: a flush to the mirror after writes, so that clean points come.
+fn tick(p: &Arc<Primary>, f: &mut Flight) {
+    let live = p.q.lock().expect("not poisoned").phase == Phase::Live;
+    if live && f.written_since_flush && f.last_flush.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+        f.written_since_flush = false;
+        p.enqueue(Item::Op(Op::Flush), Source::Host, false);
+    }
+}
