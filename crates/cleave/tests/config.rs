@@ -37,7 +37,15 @@ fn start(data: &Path, http_port: u16, args: &[String], env: &[(&str, &str)], log
         .spawn()
         .expect("spawn cleave serve");
     wait_started(&mut child);
-    Serve { child: Some(child), data: data.to_path_buf(), nbd_port: 0, http_port, extra: Vec::new(), env: Vec::new() }
+    Serve {
+        child: Some(child),
+        data: data.to_path_buf(),
+        nbd_port: 0,
+        http_port,
+        extra: Vec::new(),
+        env: Vec::new(),
+        netns: None,
+    }
 }
 
 /// The settings the log shows, as (setting, value, from).

@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod netns;
+pub mod proxy;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A `cleave serve` process.
+/// A `cleave serve` process, in the root network namespace unless `netns` names one.
 pub struct Serve {
     pub child: Option<Child>,
     pub data: PathBuf,
@@ -23,6 +26,9 @@ pub struct Serve {
     pub http_port: u16,
     pub extra: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The network namespace it runs in (see `netns::Lab`); its HTTP and NBD listeners on
+    /// 127.0.0.1 are then only reachable from inside, so `cli` and `api` run there too.
+    pub netns: Option<String>,
 }
 
 impl Serve {
@@ -31,6 +37,15 @@ impl Serve {
     }
 
     pub fn start_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
+        Self::launch(None, data, extra, env)
+    }
+
+    /// Starts it inside network namespace `ns` (`ip netns exec NS cleave serve ...`).
+    pub fn start_in(ns: &str, data: &Path, extra: &[&str]) -> Serve {
+        Self::launch(Some(ns), data, extra, &[])
+    }
+
+    fn launch(netns: Option<&str>, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let mut s = Serve {
             child: None,
             data: data.to_path_buf(),
@@ -38,13 +53,16 @@ impl Serve {
             http_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            netns: netns.map(str::to_string),
         };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(CLEAVE)
+        // `ip netns exec` execs cleave: the child's pid is cleave's, so signals reach it.
+        let mut child = self
+            .command(CLEAVE)
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data)
@@ -80,17 +98,28 @@ impl Serve {
         vec!["--autoconfig".into(), format!("127.0.0.1:{port}")]
     }
 
+    /// A command for `program` in this server's network namespace (plain `Command::new` when
+    /// it has none): for clients of its TCP listeners, e.g. `tcp_uri`.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => netns::exec_in(ns, program),
+            None => Command::new(program),
+        }
+    }
+
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
         self.spawn();
     }
 
-    /// The local administrator's URI: the Unix socket in the data directory.
+    /// The local administrator's URI: the Unix socket in the data directory, which clients
+    /// reach from any network namespace.
     pub fn uri(&self, volume: &str) -> String {
         format!("nbd+unix:///{volume}?socket={}", self.socket().display())
     }
 
-    /// Plain NBD over TCP, which needs TLS and a client certificate.
+    /// Plain NBD over TCP, which needs TLS and a client certificate. With `netns` set, only
+    /// clients run through `command` reach it.
     pub fn tcp_uri(&self, volume: &str) -> String {
         format!("nbd://127.0.0.1:{}/{volume}", self.nbd_port)
     }
@@ -115,9 +144,9 @@ impl Serve {
         }
     }
 
-    /// Runs a `cleave` CLI command against this server.
+    /// Runs a `cleave` CLI command against this server (in its namespace, if it has one).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(CLEAVE)
+        self.command(CLEAVE)
             .args(args)
             .arg("--server")
             .arg(format!("http://127.0.0.1:{}", self.http_port))
@@ -144,7 +173,7 @@ impl Serve {
     /// GET on the admin API with the admin token; the call must succeed.
     pub fn api(&self, path: &str) -> serde_json::Value {
         let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
-        let out = run(Command::new("curl").args([
+        let out = run(self.command("curl").args([
             "-sf",
             "-H",
             &format!("Authorization: Bearer {}", token.trim()),
