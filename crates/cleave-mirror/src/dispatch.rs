@@ -205,7 +205,7 @@ async fn copy_region(p: Arc<Primary>, region: u64) {
     let mut q = p.q.lock().expect("not poisoned");
     q.copiers -= 1;
     q.copy_done += 1;
-    let sweep = (q.copy_done % 256 == 0).then(|| q.copy.sweep_position());
+    let sweep = q.copy_done.is_multiple_of(256).then(|| q.copy.sweep_position());
     drop(q);
     if let Some(sweep) = sweep {
         let _ = p.update_record(|r| r.sweep = sweep);

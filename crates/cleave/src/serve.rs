@@ -38,7 +38,63 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub control: ControlFlags,
     #[command(flatten)]
+    pub mirror: MirrorFlags,
+    #[command(flatten)]
     pub config: crate::config::ConfigFlag,
+}
+
+/// Mirroring to and from peer gateways (docs/mirroring.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct MirrorFlags {
+    /// Mirror traffic: TLS data connections (TCP) and heartbeats (UDP) on this address.
+    /// Without it this gateway neither mirrors nor is a mirror.
+    #[arg(long)]
+    pub mirror_listen: Option<SocketAddr>,
+    /// How peers reach the mirror listener (`HOST:PORT`), when it listens on every address.
+    #[arg(long)]
+    pub mirror_advertise: Option<String>,
+    /// TCP connections to each peer, one worker each.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub mirror_connections: u16,
+    /// Seconds between heartbeats.
+    #[arg(long, value_parser = crate::config::seconds, default_value_t = 1.5)]
+    pub mirror_heartbeat_secs: f64,
+    /// A peer silent this long is down: its changes are journaled.
+    #[arg(long, value_parser = crate::config::seconds, default_value_t = 4.0)]
+    pub mirror_down_secs: f64,
+    /// Heartbeats must come back without a gap this long before reconnecting (0: at once).
+    #[arg(long, value_parser = crate::config::seconds, default_value_t = 10.0)]
+    pub mirror_probation_secs: f64,
+    /// Past this the journal of a disconnected mirror gives way to the dirty-region bitmap.
+    #[arg(long, default_value = "1GiB")]
+    pub mirror_journal_size: ByteSize,
+    /// Async mirrors: hosts wait when the mirror lags by this much.
+    #[arg(long, default_value = "64MiB")]
+    pub mirror_max_lag: ByteSize,
+}
+
+impl MirrorFlags {
+    fn config(&self) -> Option<cleave_gateway::mirror::MirrorConfig> {
+        let listen = self.mirror_listen?;
+        let secs = std::time::Duration::from_secs_f64;
+        let timing = cleave_mirror::Timing {
+            interval: secs(self.mirror_heartbeat_secs),
+            down_after: secs(self.mirror_down_secs),
+            probation: (self.mirror_probation_secs > 0.0).then(|| secs(self.mirror_probation_secs)),
+        };
+        let settings = cleave_mirror::Settings {
+            journal_bytes: self.mirror_journal_size.0,
+            max_lag_bytes: self.mirror_max_lag.0,
+            ..cleave_mirror::Settings::default()
+        };
+        Some(cleave_gateway::mirror::MirrorConfig {
+            listen,
+            advertise: self.mirror_advertise.clone(),
+            connections: self.mirror_connections as usize,
+            timing,
+            settings,
+        })
+    }
 }
 
 /// The environment of `cleave serve` and `cleave control`, for their --help.
@@ -104,11 +160,12 @@ impl HttpTls {
 
 /// `cleave control`: the API and the node pool, without an NBD front end.
 pub async fn control(args: ControlArgs) -> Result<()> {
-    run(args.data_dir, None, args.http, ByteSize(1 << 30), args.control, Vec::new()).await
+    run(args.data_dir, None, args.http, ByteSize(1 << 30), args.control, Vec::new(), None).await
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    run(args.data_dir, Some(args.nbd), args.http, args.cache_size, args.control, args.tls_names).await
+    let mirror = args.mirror.config();
+    run(args.data_dir, Some(args.nbd), args.http, args.cache_size, args.control, args.tls_names, mirror).await
 }
 
 /// Binds `DIR/nbd.sock` (mode 0600), the local administrators' way in: reaching it proves the
@@ -240,6 +297,7 @@ async fn run(
     cache_size: ByteSize,
     control: ControlFlags,
     tls_names_extra: Vec<String>,
+    mirror: Option<cleave_gateway::mirror::MirrorConfig>,
 ) -> Result<()> {
     let stores = Stores::open(data_dir)?;
     let data = &stores.data;
@@ -268,6 +326,10 @@ async fn run(
     }));
     gw.start(nbd.is_some()).await?;
     let names = tls_names(nbd_addr, tls_names_extra);
+    if let Some(m) = mirror {
+        let engine = gw.start_mirror(m, &names).await?;
+        println!("Mirror listener: {}", engine.listen());
+    }
     let nbd_task = spawn_nbd(&gw, nbd, &names)?;
     let https = control.http_tls.enabled(http_addr);
     let http_task = spawn_http(&gw, http_listener, https, names)?;
