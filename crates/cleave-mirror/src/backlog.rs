@@ -301,7 +301,8 @@ impl Journal {
     }
 }
 
-fn encode_record(op: &Op) -> Bytes {
+/// One journal record as stored.
+pub fn encode_record(op: &Op) -> Bytes {
     let mut b = BytesMut::new();
     b.put_u32(0);
     let (kind, offset, fua) = match op {
@@ -326,7 +327,7 @@ fn encode_record(op: &Op) -> Bytes {
 }
 
 /// One record and the bytes it used, or None at the end or at a damaged record.
-fn decode_record(b: &[u8]) -> Option<(Op, usize)> {
+pub fn decode_record(b: &[u8]) -> Option<(Op, usize)> {
     let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
     let rec = b.get(4..4 + len)?;
     if len < 18 {

@@ -111,7 +111,7 @@ pub enum Drop {
 }
 
 /// The sender and time of a well-formed packet, not yet authenticated.
-fn parse(p: &[u8]) -> Option<(PeerId, u64)> {
+pub fn parse(p: &[u8]) -> Option<(PeerId, u64)> {
     if p.len() != PACKET || &p[..4] != MAGIC || p[4] != VERSION {
         return None;
     }
