@@ -238,9 +238,10 @@ fn split_brain_is_refused_reported_and_resolved_by_discarding_one_side() {
 fn a_sync_mirror_has_every_acknowledged_write_when_the_primary_is_killed() {
     let mut p = Pair::start(FAST, FAST);
     p.mirror(Side::A, "v", "sync");
+    let scratch = p.scratch();
     let fio = |s: &Serve, verify_only: bool| {
         let mut c = Command::new("fio");
-        c.current_dir(p.scratch())
+        c.current_dir(&scratch)
             .args(["--name=mirror", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=8M"])
             .args(["--verify=crc32c", "--verify_fatal=1", "--randrepeat=1", "--randseed=7"])
             .arg(format!("--uri={}", s.uri("v")));
@@ -269,15 +270,25 @@ fn a_sync_mirror_has_every_acknowledged_write_when_the_primary_is_killed() {
          \x20   print('ack', off, b, flush=True)\n",
         uri = p.a.uri("v")
     );
-    let mut writer = Command::new("nbdsh").arg("-c").arg(&script).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    // nbdsh runs `env python3`; the libnbd module is installed for the system Python.
+    let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let mut writer = Command::new("nbdsh")
+        .arg("-c")
+        .arg(&script)
+        .env("PATH", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let out = writer.stdout.take().unwrap();
     let reader = std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect::<Vec<String>>());
-    std::thread::sleep(Duration::from_millis(1500 + fastrand::u64(0..2000)));
+    std::thread::sleep(Duration::from_millis(1500 + (std::process::id() as u64 * 7919) % 2000));
     p.a.kill9();
     let _ = writer.wait();
     let log = reader.join().unwrap();
     let acked = log.iter().filter(|l| l.starts_with("ack")).count();
     assert!(acked > 10, "the writer got {acked} acknowledgements before the kill");
+    eprintln!("{acked} writes acknowledged before the kill");
 
     p.b.cli_ok(&["mirror", "promote", "v", "--force"]);
     fio(&p.b, true);
@@ -319,7 +330,10 @@ fn bad_input_at_the_mirror_port_is_dropped_and_counted() {
         std::io::Write::write_all(&mut t, b"GET / HTTP/1.0\r\n\r\n").unwrap();
     });
     std::thread::sleep(Duration::from_secs(2));
-    let metrics = p.a.command("curl").args(["-sf", &format!("http://127.0.0.1:{}/metrics", p.a.http_port)]).output().unwrap();
+    let token = std::fs::read_to_string(p.a.data.join("admin.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let url = format!("http://127.0.0.1:{}/metrics", p.a.http_port);
+    let metrics = p.a.command("curl").args(["-sf", "-H", &auth, &url]).output().unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
     let count = |needle: &str| -> f64 {
         metrics.lines().find(|l| l.starts_with(needle)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
