@@ -16,6 +16,8 @@ mod hierarchy;
 pub mod https;
 /// `GET /metrics`, for Prometheus.
 mod metrics;
+/// Mirrors of volumes to and from a peer gateway.
+mod mirrors;
 /// Request and response bodies, shared with clients.
 pub mod model;
 /// The OpenAPI document, generated from the routes and the types.

@@ -10,10 +10,16 @@ pub use cleave_control::access::{Grant, Group};
 pub use cleave_control::hierarchy::{ChildControl, TreeNode};
 pub use cleave_control::pool::{Event, NodeInfo, NodeStatus, PoolSummary};
 pub use cleave_gateway::groups::{ClientView, Credentials, GroupView};
+pub use cleave_gateway::mirror::CreateMirror;
 pub use cleave_gateway::tasks::{NewTask, TaskKind, TaskState, TaskView};
 pub use cleave_gateway::users::{TokenView, UserView};
 pub use cleave_gateway::views::VolumeView;
 pub use cleave_gateway::volumes::CreateVolume;
+/// A mirror's mode (`sync` or `async`); `Mode` is a grant's.
+pub use cleave_mirror::Mode as MirrorMode;
+/// Which side of a mirror a gateway is (`primary` or `secondary`); `Role` is a user's.
+pub use cleave_mirror::Role as MirrorRole;
+pub use cleave_mirror::{MirrorState, MirrorView, OnFailure, PeerCredentials};
 pub use cleave_volume::scrub::ScrubReport;
 pub use cleave_volume::scrub::ShareProblem;
 pub use cleave_volume::{Durability, Health};
@@ -177,4 +183,58 @@ pub struct NodesQuery {
     /// How many levels of child controls to descend (with `all`).
     #[param(minimum = 0)]
     pub depth: Option<u32>,
+}
+
+/// Body of `POST /api/v1/mirrors/{volume}/promote`.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+pub struct Promote {
+    /// Take over without the primary: a new generation, even when the primary cannot be
+    /// reached or this side is still copying. Without it, a planned switchover: the primary
+    /// sends what it has and becomes the mirror.
+    #[serde(default)]
+    #[schema(default = false)]
+    pub force: bool,
+}
+
+/// Body of `POST /api/v1/mirrors/{volume}/resolve`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct Resolve {
+    /// Whose changes since the split are discarded.
+    pub discard: Discard,
+}
+
+/// The side of a split brain whose changes are discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    /// This gateway's, the one the call is made on: it becomes the mirror, and the peer copies
+    /// over every region either side changed since the split.
+    Local,
+}
+
+/// Answer of `POST /api/v1/mirror-credentials`: what a peer gateway needs to reach this one's
+/// mirror listener (the `credentials` of `POST /api/v1/mirrors` on that peer). The key is in
+/// this answer only.
+#[derive(Deserialize, Serialize, ToSchema)]
+pub struct MirrorCredentials {
+    /// The peer's name here: a client in the group `mirror-peers`.
+    pub name: String,
+    /// This gateway's CA certificate, which the peer trusts for the listener.
+    pub ca_pem: String,
+    /// The peer's client certificate.
+    pub cert_pem: String,
+    /// The peer's private key.
+    pub key_pem: String,
+}
+
+impl MirrorCredentials {
+    pub fn new(name: String, c: PeerCredentials) -> Self {
+        MirrorCredentials { name, ca_pem: c.ca_pem, cert_pem: c.cert_pem, key_pem: c.key_pem }
+    }
+}
+
+impl std::fmt::Debug for MirrorCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorCredentials").field("name", &self.name).field("key_pem", &"<redacted>").finish()
+    }
 }

@@ -92,6 +92,19 @@ fn enums_and_name_rules_are_in_the_schemas() {
     assert_eq!(create["size_bytes"]["multipleOf"], 512);
     assert_eq!(create["m"]["maximum"], 64);
     assert_eq!(s["NewName"]["properties"]["name"]["pattern"], cleave_api::model::NAME);
+    // The mirror's mode and role are not a grant's or a user's (their types share the names).
+    assert_eq!(strings(&s["Mode"]["enum"]), ["read-write", "read-only"]);
+    assert_eq!(strings(&s["MirrorMode"]["enum"]), ["sync", "async"]);
+    assert_eq!(strings(&s["MirrorRole"]["enum"]), ["primary", "secondary"]);
+    assert_eq!(s["MirrorView"]["properties"]["role"]["$ref"], "#/components/schemas/MirrorRole");
+    assert_eq!(s["MirrorView"]["properties"]["mode"]["$ref"], "#/components/schemas/MirrorMode");
+    assert_eq!(s["CreateMirror"]["properties"]["mode"]["$ref"], "#/components/schemas/MirrorMode");
+    let grant_mode = s["GrantBody"]["properties"]["mode"].to_string();
+    assert!(grant_mode.contains("\"#/components/schemas/Mode\""), "{grant_mode}");
+    assert_eq!(s["NewUser"]["properties"]["role"]["$ref"], "#/components/schemas/Role");
+    let states = ["in-sync", "resyncing", "disconnected", "probation", "split-brain", "paused"];
+    assert_eq!(strings(&s["MirrorState"]["enum"]), states);
+    assert_eq!(strings(&s["Discard"]["enum"]), ["local"]);
     let health = serde_json::to_string(&s["Health"]).unwrap();
     for state in ["clean", "degraded", "unavailable"] {
         assert!(health.contains(&format!("\"{state}\"")), "{health}");

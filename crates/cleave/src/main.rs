@@ -82,6 +82,10 @@ enum Command {
     /// Manage volumes on a running server.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Mirror volumes to a peer gateway, synchronously or asynchronously; switch over, take
+    /// over, and resolve a split brain.
+    #[command(subcommand)]
+    Mirror(cli::mirror::MirrorCommand),
     /// Hosts that attach disks over NBD with a client certificate.
     #[command(subcommand)]
     Client(cli::access::ClientCommand),
@@ -226,6 +230,7 @@ fn run(cli: Cli) -> Result<Outcome> {
             done(cli::nodes::list_nodes(all, &server, format))
         }
         Command::Volume(cmd) => done(cli::volume::run(cmd, format)),
+        Command::Mirror(cmd) => done(cli::mirror::run(cmd, format)),
         Command::Client(cmd) => done(cli::access::client_command(cmd, format)),
         Command::Group(cmd) => done(cli::access::group_command(cmd, format)),
         Command::User(cmd) => done(cli::access::user_command(cmd, format)),

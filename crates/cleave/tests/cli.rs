@@ -171,6 +171,55 @@ fn output_is_for_people_unless_json_is_asked() {
     assert!(scrub.starts_with("scrub: ") && scrub.contains("0 damaged, 0 repaired"), "{scrub}");
 }
 
+/// `cleave mirror`: credentials written private (or printed) as the JSON `mirror create
+/// --credentials` reads back; refusals of a gateway without a mirror listener; flags that take
+/// only their documented values.
+#[test]
+fn mirror_credentials_go_to_a_private_file_that_create_reads() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Serve::start(&dir.path().join("data"), &[]);
+    let file = dir.path().join("gw-b.json");
+    let out = s.cli(&["mirror", "credentials", "gw-b", "--out", file.to_str().unwrap()]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mirror create --credentials"), "{out:?}");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(written["name"], "gw-b");
+    assert!(written["key_pem"].as_str().unwrap().contains("PRIVATE KEY"), "{written}");
+    // Without --out, the same JSON on stdout.
+    let printed: serde_json::Value = serde_json::from_str(&s.cli_ok(&["mirror", "credentials", "gw-c"])).unwrap();
+    assert_eq!(printed["name"], "gw-c");
+    assert!(printed["cert_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE"), "{printed}");
+
+    // The file is read (a file that is not credentials is refused before any call); this
+    // gateway has no mirror listener, which the refusal says.
+    let create = ["mirror", "create", "demo", "--peer", "127.0.0.1:1", "--mode", "sync", "--credentials"];
+    let out = s.cli(&[&create[..], &[file.to_str().unwrap()]].concat());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("400") && err.contains("no mirror listener"), "{err}");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{}").unwrap();
+    let out = s.cli(&[&create[..], &[bad.to_str().unwrap()]].concat());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the credentials"), "{out:?}");
+    for args in [&["mirror", "list"][..], &["mirror", "show", "demo"], &["mirror", "promote", "demo", "--force"]] {
+        let out = s.cli(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no mirror listener"), "{args:?}: {out:?}");
+    }
+    // Only the values the API takes: clap refuses the others (exit 2) before any call.
+    for args in [
+        &["mirror", "resolve", "demo", "--discard", "remote"][..],
+        &["mirror", "resolve", "demo"],
+        &["mirror", "create", "demo", "--peer", "127.0.0.1:1", "--mode", "eventually"],
+        &["mirror", "create", "demo", "--peer", "127.0.0.1:1", "--mode", "async", "--on-mirror-failure", "ignore"],
+    ] {
+        assert_eq!(s.cli(args).status.code(), Some(2), "{args:?}");
+    }
+}
+
 /// A reader that goes away early (`| head -0`) ends the output quietly: no panic, no
 /// "Broken pipe" message, and the command's own exit status.
 #[test]

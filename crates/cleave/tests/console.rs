@@ -110,6 +110,19 @@ fn console_logs_in_shows_nodes_creates_a_volume_runs_a_scrub_and_logs_out() {
     assert_eq!(targets, want);
     let row = b.text("tr[data-volume=web]");
     assert!(row.contains("2-of-3") && row.contains("64 MiB"), "{row}");
+    // A volume without a mirror says nothing of one; a mirrored one says its side, its state
+    // (with a resync's progress) and its lag.
+    assert!(b.text("#volumes-table thead").contains("Mirror"));
+    assert_eq!(b.text("tr[data-volume=web] td.mirror"), "");
+    let cell = |m: &str| {
+        b.eval(&format!("const c = mirrorCell({m}); return [c.textContent, c.querySelector('.badge').className];"))
+    };
+    let resyncing = "{ role: 'secondary', state: 'resyncing', resync_done: 37, resync_total: 128, lag_bytes: 3145728, \
+        lag_changes: 12, mode: 'async', peer: 'gw2:7000', detail: '' }";
+    assert_eq!(cell(resyncing), json!(["mirror resyncing 28%lag 3.0 MiB, 12 changes", "badge resyncing"]));
+    let split = "{ role: 'primary', state: 'split-brain', resync_done: 0, resync_total: 0, lag_bytes: 0, \
+        lag_changes: 0, mode: 'sync', peer: 'gw2:7000', detail: 'both sides wrote' }";
+    assert_eq!(cell(split), json!(["primary split-brainlag 0 B, 0 changes", "badge split-brain"]));
     b.screenshot("04-volumes");
 
     // Some data on it, destaged to the nodes, so the scrub has chunks to check.

@@ -94,6 +94,17 @@ function ago(ms) {
 }
 const badge = (s) => h("span", { class: `badge ${s}` }, s);
 const healthOf = (v) => (v.health && v.health.state) || "unknown";
+// A volume's mirror in a few words: this side's role, the state (with a resync's progress) and
+// the lag; nothing for a volume without one.
+function mirrorCell(m) {
+  if (!m) return "";
+  const role = m.role === "primary" ? "primary" : "mirror";
+  const pct = m.resync_total ? Math.floor((100 * Math.min(m.resync_done, m.resync_total)) / m.resync_total) : 0;
+  const state = m.state === "resyncing" && m.resync_total ? `resyncing ${pct}%` : m.state;
+  return h("span", { title: `${m.mode} mirror, peer ${m.peer}${m.detail ? `: ${m.detail}` : ""}` },
+    `${role} `, h("span", { class: `badge ${m.state}` }, state),
+    h("div", { class: "muted" }, `lag ${bytes(m.lag_bytes)}, ${m.lag_changes} changes`));
+}
 function table(id, headers, rows) {
   return h("table", { id },
     h("thead", {}, h("tr", {}, headers.map((x) => h("th", { class: x.endsWith(" ") ? "num" : null }, x.trim())))),
@@ -363,6 +374,7 @@ async function volumesPage() {
     h("td", { class: "num" }, bytes(v.size_bytes)),
     h("td", {}, `${v.m}-of-${v.n}`),
     h("td", {}, badge(healthOf(v))),
+    h("td", { class: "mirror" }, mirrorCell(v.mirror)),
     h("td", { class: "num" }, bytes(v.dirty_bytes)),
     h("td", {}, v.targets.map((t) => h("div", {}, h("code", {}, t)))),
     h("td", {}, v.groups.join(", "), h("div", { class: "muted" }, clientsOf(v).join(", "))),
@@ -377,7 +389,7 @@ async function volumesPage() {
   show(
     h("h1", {}, "Volumes"),
     can("operator") ? form : null,
-    table("volumes-table", ["Name", "Size ", "Layout", "Health", "Dirty ", "Placement", "Groups / clients", ""], rows));
+    table("volumes-table", ["Name", "Size ", "Layout", "Health", "Mirror", "Dirty ", "Placement", "Groups / clients", ""], rows));
   refreshIn(5000);
 }
 

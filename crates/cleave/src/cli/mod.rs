@@ -5,6 +5,8 @@
 pub mod access;
 /// The admin API, as the CLI calls it.
 pub mod client;
+/// Mirrors of volumes to and from a peer gateway.
+pub mod mirror;
 /// Storage nodes and child controls.
 pub mod nodes;
 /// `recover` and `key export`: no server needed.
