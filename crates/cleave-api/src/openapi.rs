@@ -12,7 +12,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, ContentBuilder, ObjectBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder, Type};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::auth::{operations, COOKIE};
 use crate::model::ErrorBody;
@@ -107,7 +107,6 @@ pub(crate) fn finish(mut public: Document, private: Document) -> Document {
         }
     }
     public.merge(private);
-    separate_mirror_schemas(&mut public);
     for item in public.paths.paths.values_mut() {
         for op in operations(item) {
             let params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
@@ -123,52 +122,6 @@ pub(crate) fn finish(mut public: Document, private: Document) -> Document {
         }
     }
     public
-}
-
-/// The mirror's `Mode` and `Role` (cleave-mirror) derive the schema names of a grant's `Mode`
-/// and a user's `Role` (cleave-control), so one of each pair would overwrite the other. While
-/// the names collide, the mirror's are published as `MirrorMode` and `MirrorRole`, the
-/// mirror's schemas point to them, and the others keep their names. (Once cleave-mirror names
-/// its types itself, with `#[schema(as = ...)]`, the names differ and this does nothing.)
-fn separate_mirror_schemas(doc: &mut Document) {
-    use crate::model::{MirrorMode, MirrorRole, Mode, Role};
-    let Some(c) = doc.components.as_mut() else { return };
-    let pairs = [
-        (MirrorMode::name(), "MirrorMode", MirrorMode::schema(), Mode::name(), Mode::schema()),
-        (MirrorRole::name(), "MirrorRole", MirrorRole::schema(), Role::name(), Role::schema()),
-    ];
-    for (name, new_name, mirror, other_name, other) in pairs {
-        if name != other_name {
-            continue;
-        }
-        let (from, to) = (format!("#/components/schemas/{name}"), format!("#/components/schemas/{new_name}"));
-        for owner in ["MirrorView", "CreateMirror"] {
-            if let Some(schema) = c.schemas.get_mut(owner) {
-                let mut v = serde_json::to_value(&*schema).expect("a schema serialises");
-                repoint(&mut v, &from, &to);
-                *schema = serde_json::from_value(v).expect("the same schema, other references");
-            }
-        }
-        c.schemas.insert(new_name.to_string(), mirror);
-        c.schemas.insert(other_name.to_string(), other);
-    }
-}
-
-/// Replaces every `$ref` to `from` in a schema by one to `to`.
-fn repoint(v: &mut serde_json::Value, from: &str, to: &str) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                if k == "$ref" && x.as_str() == Some(from) {
-                    *x = to.into();
-                } else {
-                    repoint(x, from, to);
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| repoint(x, from, to)),
-        _ => {}
-    }
 }
 
 static DOCUMENT: OnceLock<String> = OnceLock::new();

@@ -24,10 +24,10 @@ pub mod history;
 mod jobs;
 /// Start-up, retries of volumes that could not be opened, the health watcher.
 pub mod lifecycle;
-/// Mirroring to a peer gateway: the engine on this gateway's volumes, peers, operations.
-pub mod mirror;
 /// Metrics in the OpenMetrics text format (for `GET /metrics`).
 pub mod metrics;
+/// Mirroring to a peer gateway: the engine on this gateway's volumes, peers, operations.
+pub mod mirror;
 /// The node plane's credentials: node CA, enrolment, the gateway's target credentials.
 pub mod nodetls;
 /// The task queue.

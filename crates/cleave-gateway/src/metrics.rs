@@ -222,9 +222,14 @@ impl Gateway {
     fn mirror_metrics(&self, s: &mut Snapshot) {
         use std::sync::atomic::Ordering::Relaxed;
         let Some(e) = self.mirror.get() else { return };
-        let lag = s.family("cleave_mirror_lag_bytes", MetricType::Gauge, "Bytes acknowledged to hosts, not yet on the mirror.");
+        let lag = s.family(
+            "cleave_mirror_lag_bytes",
+            MetricType::Gauge,
+            "Bytes acknowledged to hosts, not yet on the mirror.",
+        );
         let in_sync = s.family("cleave_mirror_in_sync", MetricType::Gauge, "1 if the volume's mirror is in sync.");
-        let resync = s.family("cleave_mirror_resync_remaining_regions", MetricType::Gauge, "Regions (1 MiB) left to copy.");
+        let resync =
+            s.family("cleave_mirror_resync_remaining_regions", MetricType::Gauge, "Regions (1 MiB) left to copy.");
         for m in e.list() {
             let l = || vec![("volume", m.volume.clone()), ("role", format!("{:?}", m.role).to_lowercase())];
             s.add(lag, l(), Value::Gauge(m.lag_bytes as f64));
@@ -233,10 +238,16 @@ impl Gateway {
         }
         let hb = s.family("cleave_mirror_heartbeats", MetricType::Counter, "Heartbeats received, by outcome.");
         let c = &e.heartbeats.counters;
-        for (outcome, n) in [("accepted", &c.received), ("malformed", &c.malformed), ("forged", &c.forged), ("replayed", &c.replayed)] {
+        for (outcome, n) in
+            [("accepted", &c.received), ("malformed", &c.malformed), ("forged", &c.forged), ("replayed", &c.replayed)]
+        {
             s.add(hb, vec![("outcome", outcome.to_string())], Value::Counter(n.load(Relaxed)));
         }
-        let refused = s.family("cleave_mirror_refused", MetricType::Counter, "Mirror connections and requests refused, by reason.");
+        let refused = s.family(
+            "cleave_mirror_refused",
+            MetricType::Counter,
+            "Mirror connections and requests refused, by reason.",
+        );
         let r = &e.refusals;
         for (reason, n) in [("connection", &r.connections), ("malformed", &r.malformed), ("forbidden", &r.forbidden)] {
             s.add(refused, vec![("reason", reason.to_string())], Value::Counter(n.load(Relaxed)));

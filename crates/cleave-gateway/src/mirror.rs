@@ -11,7 +11,10 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use cleave_control::access::Client;
 use cleave_control::ca;
-use cleave_mirror::{Engine, EngineConfig, EventKind, Events, Host, MirrorError, MirrorView, Mode, OnFailure, Op, PeerCredentials, Replica};
+use cleave_mirror::{
+    Engine, EngineConfig, EventKind, Events, Host, MirrorError, MirrorView, Mode, OnFailure, Op, PeerCredentials,
+    Replica,
+};
 use cleave_volume::Volume;
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -37,6 +40,7 @@ pub struct MirrorConfig {
 /// Body of `POST /api/v1/mirrors`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateMirror {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
     pub volume: String,
     /// The peer gateway's mirror listener, `HOST:PORT`.
     pub peer: String,
@@ -85,7 +89,9 @@ impl Gateway {
     }
 
     pub(crate) fn mirror_engine(&self) -> Result<&Arc<Engine>> {
-        self.mirror.get().ok_or_else(|| GatewayError::Invalid("this gateway has no mirror listener (--mirror-listen)".into()))
+        self.mirror
+            .get()
+            .ok_or_else(|| GatewayError::Invalid("this gateway has no mirror listener (--mirror-listen)".into()))
     }
 
     /// A volume's mirror, if it has one.
@@ -128,15 +134,28 @@ impl Gateway {
         self.mirror_engine()?.resolve_discarding_local(volume).map_err(mirror_error)
     }
 
-    /// Issues credentials for a peer gateway to reach this one's mirror listener.
+    /// Issues credentials for a peer gateway to reach this one's mirror listener (again, for
+    /// a peer that has some: its old certificate stops working).
     pub fn mirror_credentials(&self, name: &str) -> Result<PeerCredentials> {
-        self.issue_peer(name).map_err(|e| GatewayError::Invalid(e.to_string()))
+        cleave_control::access::check_name(name).map_err(|e| GatewayError::Invalid(e.to_string()))?;
+        let registry = self.access.snapshot();
+        let is_peer = registry.groups.get(MIRROR_GROUP).is_some_and(|g| g.clients.contains(name));
+        if registry.clients.contains_key(name) && !is_peer {
+            return Err(GatewayError::Conflict(format!(
+                "{name:?} is a client of this gateway, not a mirror peer; choose another name"
+            )));
+        }
+        self.issue_peer(name).map_err(|e| GatewayError::Internal(e.to_string()))
     }
 
     fn issue_peer(&self, name: &str) -> anyhow::Result<PeerCredentials> {
         cleave_control::access::check_name(name)?;
         let issued = self.access.ca.issue_client(name)?;
-        let client = Client { name: name.to_string(), fingerprint: issued.fingerprint.clone(), created_unix_ms: cleave_control::pool::now_ms() };
+        let client = Client {
+            name: name.to_string(),
+            fingerprint: issued.fingerprint.clone(),
+            created_unix_ms: cleave_control::pool::now_ms(),
+        };
         self.access.update(|r| {
             if r.clients.contains_key(name) {
                 r.remove_client(name)?;
@@ -148,7 +167,11 @@ impl Gateway {
             Ok(r.join(MIRROR_GROUP, name)?)
         })?;
         info!(peer = name, fingerprint = %issued.fingerprint, "mirror peer certificate issued");
-        Ok(PeerCredentials { ca_pem: self.access.ca.cert_pem().to_string(), cert_pem: issued.cert_pem, key_pem: issued.key_pem.to_string() })
+        Ok(PeerCredentials {
+            ca_pem: self.access.ca.cert_pem().to_string(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem.to_string(),
+        })
     }
 }
 

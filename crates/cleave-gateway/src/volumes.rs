@@ -341,7 +341,9 @@ impl Gateway {
             return Err(GatewayError::NotFound(format!("no volume {name:?}")));
         }
         if self.mirror_of(name).is_some() {
-            return Err(GatewayError::Conflict(format!("volume {name:?} has a mirror: remove it first (cleave mirror remove)")));
+            return Err(GatewayError::Conflict(format!(
+                "volume {name:?} has a mirror: remove it first (cleave mirror remove)"
+            )));
         }
         let _admin = self.admin.lock().await;
         Ok(self.delete_locked(name).await?)

@@ -205,7 +205,8 @@ impl CopySet {
     pub fn touches_extent(&self, e: u64) -> bool {
         let per = EXTENT / REGION;
         let r = e * per..(e + 1) * per;
-        self.regions.range(r.clone()).next().is_some() || self.sweep.as_ref().is_some_and(|s| s.start < r.end && r.start < s.end)
+        self.regions.range(r.clone()).next().is_some()
+            || self.sweep.as_ref().is_some_and(|s| s.start < r.end && r.start < s.end)
     }
 
     pub fn regions(&self) -> impl Iterator<Item = u64> + '_ {
@@ -229,7 +230,13 @@ impl Journal {
     /// Opens the journal, keeping its valid records.
     pub fn open(path: &Path) -> std::io::Result<Journal> {
         let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path)?;
-        let mut j = Journal { path: path.to_path_buf(), file: file.try_clone()?, bytes: 0, records: 0, touched: BTreeSet::new() };
+        let mut j = Journal {
+            path: path.to_path_buf(),
+            file: file.try_clone()?,
+            bytes: 0,
+            records: 0,
+            touched: BTreeSet::new(),
+        };
         let mut all = Vec::new();
         file.read_to_end(&mut all)?;
         let mut at = 0usize;

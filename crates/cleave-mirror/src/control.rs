@@ -12,7 +12,14 @@ pub enum Control {
     Hello { id: String, listen: String },
     /// Make the mirror side of a new volume; `credentials` reach the asking gateway back
     /// (planned switchover, and split-brain resolution from this side).
-    Create { volume: String, size: u64, mode: Mode, on_failure: OnFailure, generation: String, credentials: PeerCredentials },
+    Create {
+        volume: String,
+        size: u64,
+        mode: Mode,
+        on_failure: OnFailure,
+        generation: String,
+        credentials: PeerCredentials,
+    },
     /// Start sending a volume's changes: the primary's generation and its history.
     Attach { volume: String, generation: String, history: Vec<String>, keeps_order: bool },
     /// The mirror's image is (or is not) crash-consistent from now on.

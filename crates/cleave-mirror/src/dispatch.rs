@@ -275,7 +275,8 @@ async fn journal_queued(p: &Arc<Primary>, f: &mut Flight) -> Result<()> {
     let limit = p.settings.journal_bytes;
     let j = p.journal.clone();
     let overflowed = p.q.lock().expect("not poisoned").overflowed;
-    let ops: Vec<Op> = entries.iter().filter_map(|e| if let Item::Op(op) = &e.item { Some(op.clone()) } else { None }).collect();
+    let ops: Vec<Op> =
+        entries.iter().filter_map(|e| if let Item::Op(op) = &e.item { Some(op.clone()) } else { None }).collect();
     let outcome = tokio::task::spawn_blocking(move || journal_ops(&j, ops, overflowed, limit))
         .await
         .map_err(|e| MirrorError::Local(e.to_string()))?;
@@ -300,7 +301,12 @@ async fn journal_queued(p: &Arc<Primary>, f: &mut Flight) -> Result<()> {
 }
 
 /// Appends ops to the journal, or, past its bound, drops it: the regions to copy instead.
-fn journal_ops(j: &crate::backlog::SharedJournal, ops: Vec<Op>, overflowed: bool, limit: u64) -> Result<(Vec<u64>, bool)> {
+fn journal_ops(
+    j: &crate::backlog::SharedJournal,
+    ops: Vec<Op>,
+    overflowed: bool,
+    limit: u64,
+) -> Result<(Vec<u64>, bool)> {
     let mut j = j.lock().expect("not poisoned");
     let mut to_copy = Vec::new();
     if overflowed {

@@ -145,11 +145,10 @@ impl Engine {
 
     fn open_side(&self, dir: &Path, record: Record, local: Arc<dyn Replica>) -> Result<Side> {
         Ok(match record.role {
-            Role::Primary => Side::Primary(Primary::open(dir, record, local, self.host.clone_events(), self.cfg.settings)?),
-            Role::Secondary => {
-                let primary = std::fs::read_to_string(dir.join("primary")).unwrap_or_default();
-                Side::Secondary(Secondary::open(dir, record, primary, local)?)
+            Role::Primary => {
+                Side::Primary(Primary::open(dir, record, local, self.host.clone_events(), self.cfg.settings)?)
             }
+            Role::Secondary => Side::Secondary(Secondary::open(dir, record, local)?),
         })
     }
 
@@ -160,7 +159,8 @@ impl Engine {
 
     /// Hosts may not write (a secondary, or a primary handing over).
     pub fn read_only(&self, volume: &str) -> bool {
-        matches!(self.side(volume), Some(Side::Secondary(_))) || self.demoting.lock().expect("not poisoned").contains(volume)
+        matches!(self.side(volume), Some(Side::Secondary(_)))
+            || self.demoting.lock().expect("not poisoned").contains(volume)
     }
 
     pub fn list(&self) -> Vec<MirrorView> {
@@ -217,7 +217,14 @@ impl Engine {
             .map_err(MirrorError::Local)?;
         let generation = Record::new_generation();
         let size = local.size();
-        let create = Control::Create { volume: volume.into(), size, mode, on_failure, generation: generation.clone(), credentials: back };
+        let create = Control::Create {
+            volume: volume.into(),
+            size,
+            mode,
+            on_failure,
+            generation: generation.clone(),
+            credentials: back,
+        };
         link.control(&create).await?;
         let record = Record {
             volume: volume.into(),
@@ -235,7 +242,11 @@ impl Engine {
         };
         let side = self.open_side(&self.volume_dir(volume), record, local)?;
         self.volumes.write().expect("not poisoned").insert(volume.into(), side.clone());
-        self.host.event(volume, EventKind::Reconnected, format!("mirror to {peer} created ({mode:?}); initial copy started"));
+        self.host.event(
+            volume,
+            EventKind::Reconnected,
+            format!("mirror to {peer} created ({mode:?}); initial copy started"),
+        );
         Ok(self.view_of(&side))
     }
 
@@ -248,7 +259,10 @@ impl Engine {
             return Err(MirrorError::Invalid(format!("volume {volume:?} is mirrored here already")));
         }
         let peer = self.peers.by_client(client).ok_or_else(|| MirrorError::Invalid("say hello first".into()))?;
-        self.peers.update(&peer.addr, |f| f.credentials = Some(credentials))?;
+        // Credentials an administrator gave for this peer stay; these are for when none were.
+        self.peers.update(&peer.addr, |f| {
+            f.credentials.get_or_insert(credentials);
+        })?;
         let local = self.host.create_replica(&volume, size).await.map_err(MirrorError::Refused)?;
         let record = Record {
             volume: volume.clone(),
@@ -264,7 +278,7 @@ impl Engine {
             discarding: None,
             sweep: None,
         };
-        let side = Side::Secondary(Secondary::open(&self.volume_dir(&volume), record, client.into(), local)?);
+        let side = Side::Secondary(Secondary::open(&self.volume_dir(&volume), record, local)?);
         self.volumes.write().expect("not poisoned").insert(volume.clone(), side);
         self.host.event(&volume, EventKind::Reconnected, format!("mirror of {} created here", peer.addr));
         Ok(())
@@ -273,7 +287,9 @@ impl Engine {
     fn primary(&self, volume: &str) -> Result<Arc<Primary>> {
         match self.side(volume) {
             Some(Side::Primary(p)) => Ok(p),
-            Some(Side::Secondary(_)) => Err(MirrorError::Invalid(format!("this side is the mirror of {volume:?}, not its primary"))),
+            Some(Side::Secondary(_)) => {
+                Err(MirrorError::Invalid(format!("this side is the mirror of {volume:?}, not its primary")))
+            }
             None => Err(MirrorError::NotFound(volume.into())),
         }
     }
@@ -329,10 +345,15 @@ impl Engine {
             }
         } else {
             if !record.consistent {
-                return Err(MirrorError::Invalid("the mirror is still copying; wait for in-sync, or use --force".into()));
+                return Err(MirrorError::Invalid(
+                    "the mirror is still copying; wait for in-sync, or use --force".into(),
+                ));
             }
             let link = crate::tend::connect(self, &record.peer).await.map_err(|e| {
-                MirrorError::Invalid(format!("the primary at {} is unreachable ({e}); use --force to take over", record.peer))
+                MirrorError::Invalid(format!(
+                    "the primary at {} is unreachable ({e}); use --force to take over",
+                    record.peer
+                ))
             })?;
             link.control(&Control::Demote { volume: volume.into() }).await?;
         }
@@ -352,7 +373,7 @@ impl Engine {
     pub(crate) async fn demote(&self, client: &str, volume: &str) -> Result<()> {
         let p = self.primary(volume)?;
         let record = p.record();
-        if self.peers.get(&record.peer).and_then(|f| f.client).as_deref() != Some(client) {
+        if !self.is_client_of(&record.peer, client) {
             return Err(MirrorError::Invalid(format!("{client} is not the mirror of {volume:?}")));
         }
         self.demoting.lock().expect("not poisoned").insert(volume.into());
@@ -365,7 +386,7 @@ impl Engine {
         r.role = Role::Secondary;
         let dir = self.volume_dir(volume);
         remove_backlog(&dir);
-        let side = Side::Secondary(Secondary::open(&dir, r, client.into(), p.local.clone())?);
+        let side = Side::Secondary(Secondary::open(&dir, r, p.local.clone())?);
         self.volumes.write().expect("not poisoned").insert(volume.into(), side);
         self.demoting.lock().expect("not poisoned").remove(volume);
         self.host.event(volume, EventKind::Demoted, "planned switchover: this side is now the mirror".into());
@@ -381,13 +402,18 @@ impl Engine {
         r.role = Role::Secondary;
         r.consistent = false;
         r.discarding = Some(changed);
-        let client = self.peers.get(&r.peer).and_then(|f| f.client).unwrap_or_default();
         let dir = self.volume_dir(volume);
         remove_backlog(&dir);
-        let side = Side::Secondary(Secondary::open(&dir, r, client, p.local.clone())?);
+        let side = Side::Secondary(Secondary::open(&dir, r, p.local.clone())?);
         self.volumes.write().expect("not poisoned").insert(volume.into(), side.clone());
         self.host.event(volume, EventKind::Resolved, "split brain resolved: this side's changes are discarded".into());
         Ok(self.view_of(&side))
+    }
+
+    /// Whether `client` is the certificate the peer at `addr` last said hello with. A peer
+    /// speaks for its volumes with whichever admitted certificate it uses now.
+    pub(crate) fn is_client_of(&self, addr: &str, client: &str) -> bool {
+        self.peers.get(addr).and_then(|f| f.client).as_deref() == Some(client)
     }
 
     /// The size of a region (the unit of copying and of the bitmap).

@@ -51,7 +51,9 @@ impl Default for Timing {
 pub enum Liveness {
     Down,
     /// Heard again, not yet for the whole probationary interval.
-    Probation { remaining: Duration },
+    Probation {
+        remaining: Duration,
+    },
     Steady,
 }
 

@@ -65,9 +65,15 @@ pub fn client_config(c: &PeerCredentials) -> Result<Arc<rustls::ClientConfig>> {
 impl Link {
     /// Opens `n` connections to `addr`, says hello on the first, and returns the link, the
     /// peer's answer, and the heartbeat key of the first session.
-    pub async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>, n: usize, hello: &Control) -> Result<(Arc<Link>, Bytes, [u8; 32])> {
+    pub async fn connect(
+        addr: &str,
+        tls: Arc<rustls::ClientConfig>,
+        n: usize,
+        hello: &Control,
+    ) -> Result<(Arc<Link>, Bytes, [u8; 32])> {
         let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_string()).map_err(|e| MirrorError::Invalid(format!("peer address {addr}: {e}")))?;
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| MirrorError::Invalid(format!("peer address {addr}: {e}")))?;
         let connector = TlsConnector::from(tls);
         let link = Arc::new(Link {
             addr: addr.to_string(),
@@ -91,7 +97,11 @@ impl Link {
                 .map_err(|_| down("TLS handshake timed out".into()))?
                 .map_err(|e| down(format!("TLS: {e}")))?;
             if i == 0 {
-                key = tls.get_ref().1.export_keying_material([0u8; 32], HEARTBEAT_LABEL, None).map_err(|e| down(e.to_string()))?;
+                key = tls
+                    .get_ref()
+                    .1
+                    .export_keying_material([0u8; 32], HEARTBEAT_LABEL, None)
+                    .map_err(|e| down(e.to_string()))?;
             }
             conns.push(spawn_connection(Arc::downgrade(&link), tls));
         }
@@ -152,7 +162,10 @@ impl Link {
     }
 }
 
-fn spawn_connection(link: std::sync::Weak<Link>, tls: tokio_rustls::client::TlsStream<TcpStream>) -> mpsc::Sender<Request> {
+fn spawn_connection(
+    link: std::sync::Weak<Link>,
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+) -> mpsc::Sender<Request> {
     let (tx, mut rx) = mpsc::channel::<Request>(256);
     let pending: Pending = Arc::default();
     let (mut read, write) = tokio::io::split(tls);

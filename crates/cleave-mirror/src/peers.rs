@@ -77,7 +77,8 @@ impl Peers {
     /// Changes (or makes) a peer's file and stores it.
     pub fn update(&self, addr: &str, f: impl FnOnce(&mut PeerFile)) -> Result<PeerFile> {
         let mut files = self.files.lock().expect("not poisoned");
-        let entry = files.entry(addr.to_string()).or_insert_with(|| PeerFile { addr: addr.to_string(), ..Default::default() });
+        let entry =
+            files.entry(addr.to_string()).or_insert_with(|| PeerFile { addr: addr.to_string(), ..Default::default() });
         f(entry);
         let b = serde_json::to_vec_pretty(entry).map_err(|e| crate::error::MirrorError::Local(e.to_string()))?;
         crate::files::write_atomic(&self.dir.join(file_name(addr)), &b)?;

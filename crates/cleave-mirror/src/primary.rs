@@ -154,7 +154,13 @@ pub struct Primary {
 impl Primary {
     /// Opens a volume's primary side from its directory: the journal and the extents log as
     /// a crash left them (every region of a listed extent is copied again).
-    pub fn open(dir: &Path, record: Record, local: Arc<dyn Replica>, events: Arc<dyn Events>, settings: Settings) -> Result<Arc<Primary>> {
+    pub fn open(
+        dir: &Path,
+        record: Record,
+        local: Arc<dyn Replica>,
+        events: Arc<dyn Events>,
+        settings: Settings,
+    ) -> Result<Arc<Primary>> {
         crate::files::private_dir(dir)?;
         record.store(&dir.join("record.json"))?;
         let (extents, listed) = Extents::open(&dir.join("extents"))?;

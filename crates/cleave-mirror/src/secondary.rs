@@ -15,8 +15,6 @@ pub struct Secondary {
     dir: PathBuf,
     record: Mutex<Record>,
     pub(crate) local: Arc<dyn Replica>,
-    /// The certificate name of the primary allowed to send changes.
-    pub(crate) primary: String,
     applied: AtomicU64,
 }
 
@@ -27,11 +25,11 @@ pub enum Verdict {
 }
 
 impl Secondary {
-    pub fn open(dir: &Path, record: Record, primary: String, local: Arc<dyn Replica>) -> Result<Arc<Secondary>> {
+    pub fn open(dir: &Path, record: Record, local: Arc<dyn Replica>) -> Result<Arc<Secondary>> {
         crate::files::private_dir(dir)?;
         record.store(&dir.join("record.json"))?;
-        std::fs::write(dir.join("primary"), &primary)?;
-        Ok(Arc::new(Secondary { dir: dir.to_path_buf(), record: Mutex::new(record), local, primary, applied: AtomicU64::new(0) }))
+        let dir = dir.to_path_buf();
+        Ok(Arc::new(Secondary { dir, record: Mutex::new(record), local, applied: AtomicU64::new(0) }))
     }
 
     pub fn record(&self) -> Record {
@@ -126,7 +124,11 @@ impl Secondary {
             journal_overflowed: false,
             generation: r.generation.clone(),
             consistent: r.consistent,
-            detail: if r.discarding.is_some() { "discarding this side's changes since the split".into() } else { String::new() },
+            detail: if r.discarding.is_some() {
+                "discarding this side's changes since the split".into()
+            } else {
+                String::new()
+            },
         }
     }
 }

@@ -48,7 +48,11 @@ async fn connection(engine: Arc<Engine>, tcp: TcpStream) -> Result<()> {
     let cert = session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
     let Some(client) = cert.and_then(|c| engine.host.admit(&c)) else {
         engine.refusals.connections.fetch_add(1, Ordering::Relaxed);
-        engine.host.event("", EventKind::Refused, "a mirror connection without an admitted certificate was refused".into());
+        engine.host.event(
+            "",
+            EventKind::Refused,
+            "a mirror connection without an admitted certificate was refused".into(),
+        );
         return Err(MirrorError::Refused("certificate not admitted".into()));
     };
     let key = session
@@ -150,7 +154,7 @@ async fn control(engine: &Arc<Engine>, client: &str, key: [u8; 32], c: Control) 
                     _ => Err(MirrorError::NotFound(volume)),
                 };
             };
-            if s.primary != client {
+            if !engine.is_client_of(&s.record().peer, client) {
                 engine.refusals.forbidden.fetch_add(1, Ordering::Relaxed);
                 return Err(MirrorError::Invalid(format!("{client} is not the primary of {volume:?}")));
             }
@@ -167,18 +171,28 @@ async fn control(engine: &Arc<Engine>, client: &str, key: [u8; 32], c: Control) 
             }
         }
         Control::Consistent { handle, consistent } => {
-            let s = engine.handles.lock().expect("not poisoned").get(&handle).filter(|(o, _)| o == client).map(|(_, s)| s.clone());
+            let s = engine
+                .handles
+                .lock()
+                .expect("not poisoned")
+                .get(&handle)
+                .filter(|(o, _)| o == client)
+                .map(|(_, s)| s.clone());
             let s = s.ok_or_else(|| MirrorError::Invalid(format!("no volume attached as {handle}")))?;
             s.set_consistent(consistent)?;
             if consistent {
-                engine.host.event(&s.record().volume, EventKind::InSync, "this mirror is consistent and in sync".into());
+                engine.host.event(
+                    &s.record().volume,
+                    EventKind::InSync,
+                    "this mirror is consistent and in sync".into(),
+                );
             }
             Ok(Bytes::new())
         }
         Control::Demote { volume } => engine.demote(client, &volume).await.map(|_| Bytes::new()),
         Control::Remove { volume } => {
             match engine.side(&volume) {
-                Some(Side::Secondary(s)) if s.primary == client => engine.forget(&volume)?,
+                Some(Side::Secondary(s)) if engine.is_client_of(&s.record().peer, client) => engine.forget(&volume)?,
                 _ => warn!(volume, client, "refused a removal from a peer that is not the primary"),
             }
             Ok(Bytes::new())

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// When the host is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = MirrorMode)]
 pub enum Mode {
     /// After the mirror has the change (and, for FLUSH and FUA, has made it durable).
     Sync,
@@ -28,6 +29,7 @@ pub enum OnFailure {
 /// Which side of the mirror this gateway is for a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = MirrorRole)]
 pub enum Role {
     /// Serves hosts and sends every change to the peer.
     Primary,

@@ -103,7 +103,8 @@ pub(crate) async fn connect(e: &Engine, peer: &str) -> Result<Arc<Link>> {
     let tls = crate::link::client_config(&creds)?;
     let hello = Control::Hello { id: hex::encode(e.me), listen: e.cfg.advertise.clone() };
     let (link, answer, key) = Link::connect(peer, tls, e.cfg.connections, &hello).await?;
-    let welcome: Welcome = serde_json::from_slice(&answer).map_err(|err| MirrorError::Refused(format!("hello: {err}")))?;
+    let welcome: Welcome =
+        serde_json::from_slice(&answer).map_err(|err| MirrorError::Refused(format!("hello: {err}")))?;
     let id = crate::peers::parse_id(&welcome.id).ok_or_else(|| MirrorError::Refused("hello: bad id".into()))?;
     e.peers.update(peer, |f| {
         f.id = Some(welcome.id.clone());
@@ -125,7 +126,8 @@ async fn attach(link: &Arc<Link>, p: &Arc<Primary>) -> Result<()> {
         keeps_order: p.resync_keeps_order(),
     };
     let answer = link.control(&req).await?;
-    let reply: AttachReply = serde_json::from_slice(&answer).map_err(|err| MirrorError::Refused(format!("attach: {err}")))?;
+    let reply: AttachReply =
+        serde_json::from_slice(&answer).map_err(|err| MirrorError::Refused(format!("attach: {err}")))?;
     match reply {
         AttachReply::SplitBrain { reason } => {
             p.split_brain(&reason);

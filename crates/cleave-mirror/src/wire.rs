@@ -217,7 +217,11 @@ mod tests {
         prop_oneof![
             (any::<u32>(), proptest::collection::vec(any::<u8>(), 1..64), any::<bool>())
                 .prop_map(|(o, d, fua)| Op::Write { offset: o as u64, data: d.into(), fua }),
-            (any::<u32>(), any::<u32>(), any::<bool>()).prop_map(|(o, len, fua)| Op::Zero { offset: o as u64, len, fua }),
+            (any::<u32>(), any::<u32>(), any::<bool>()).prop_map(|(o, len, fua)| Op::Zero {
+                offset: o as u64,
+                len,
+                fua
+            }),
             (any::<u32>(), any::<u32>()).prop_map(|(o, len)| Op::Trim { offset: o as u64, len }),
             Just(Op::Flush),
         ]

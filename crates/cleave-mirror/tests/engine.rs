@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cleave_control::ca::{fingerprint, pem_to_der, Ca};
 use cleave_mirror::{
-    Engine, EngineConfig, EventKind, Events, Host, MirrorState, Mode, OnFailure, Op, PeerCredentials, Replica, Settings, Side, Timing,
+    Engine, EngineConfig, EventKind, Events, Host, MirrorState, Mode, OnFailure, Op, PeerCredentials, Replica,
+    Settings, Side, Timing,
 };
 use rustls_pki_types::pem::PemObject;
 
@@ -27,7 +28,9 @@ impl Replica for Mem {
         let mut d = self.0.lock().unwrap();
         match op {
             Op::Write { offset, data, .. } => d[offset as usize..offset as usize + data.len()].copy_from_slice(&data),
-            Op::Zero { offset, len, .. } | Op::Trim { offset, len } => d[offset as usize..offset as usize + len as usize].fill(0),
+            Op::Zero { offset, len, .. } | Op::Trim { offset, len } => {
+                d[offset as usize..offset as usize + len as usize].fill(0)
+            }
             Op::Flush => {}
         }
         Ok(())
@@ -63,7 +66,11 @@ impl Host for Site {
     fn issue_credentials(&self, name: &str) -> Result<PeerCredentials, String> {
         let issued = self.ca.issue_client(name).map_err(|e| e.to_string())?;
         self.clients.lock().unwrap().insert(issued.fingerprint.clone(), name.into());
-        Ok(PeerCredentials { ca_pem: self.ca.cert_pem().into(), cert_pem: issued.cert_pem, key_pem: issued.key_pem.to_string() })
+        Ok(PeerCredentials {
+            ca_pem: self.ca.cert_pem().into(),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem.to_string(),
+        })
     }
 }
 
@@ -71,7 +78,8 @@ fn server_tls(ca: &Ca) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert_der().unwrap().into()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone()).build().unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone()).build().unwrap();
     let issued = ca.issue_server(&["127.0.0.1".into()]).unwrap();
     let chain = vec![rustls_pki_types::CertificateDer::from(pem_to_der(&issued.cert_pem).unwrap())];
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
@@ -85,7 +93,11 @@ fn server_tls(ca: &Ca) -> Arc<rustls::ServerConfig> {
 }
 
 fn timing() -> Timing {
-    Timing { interval: Duration::from_millis(100), down_after: Duration::from_millis(500), probation: Some(Duration::from_secs(1)) }
+    Timing {
+        interval: Duration::from_millis(100),
+        down_after: Duration::from_millis(500),
+        probation: Some(Duration::from_secs(1)),
+    }
 }
 
 struct Gw {

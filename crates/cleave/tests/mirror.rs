@@ -61,7 +61,17 @@ impl Pair {
         let creds = self.dir.path().join(format!("creds-{volume}.json"));
         m.cli_ok(&["mirror", "credentials", &format!("peer-{volume}"), "--out", creds.to_str().unwrap()]);
         let peer = self.addr(from.other());
-        p.cli_ok(&["mirror", "create", volume, "--peer", &peer, "--mode", mode, "--credentials", creds.to_str().unwrap()]);
+        p.cli_ok(&[
+            "mirror",
+            "create",
+            volume,
+            "--peer",
+            &peer,
+            "--mode",
+            mode,
+            "--credentials",
+            creds.to_str().unwrap(),
+        ]);
         wait_state(p, volume, "in-sync", 60);
     }
 
@@ -99,7 +109,8 @@ fn assert_same(a: &[u8], b: &[u8], what: &str) {
 
 /// Scattered writes of `len` bytes with `byte`, through the primary's NBD.
 fn scatter(s: &Serve, volume: &str, w: &mut Writes, byte: u8, count: u64, len: u64) {
-    let writes: Vec<(u64, u64, u8)> = (0..count).map(|i| ((i * 7_340_033 + byte as u64 * 4096) % (SIZE - len) / 4096 * 4096, len, byte)).collect();
+    let writes: Vec<(u64, u64, u8)> =
+        (0..count).map(|i| ((i * 7_340_033 + byte as u64 * 4096) % (SIZE - len) / 4096 * 4096, len, byte)).collect();
     let mut cmds = w.commands(&writes);
     cmds.push("flush".into());
     qemu_io(&s.uri(volume), &cmds);
@@ -308,7 +319,10 @@ fn a_sync_mirror_has_every_acknowledged_write_when_the_primary_is_killed() {
     for (off, (last, later)) in allowed {
         let got = img[off];
         assert!(img[off..off + 4096].iter().all(|&x| x == got), "block {off} is torn");
-        assert!(got == last || later.contains(&got), "block {off}: {got} on the mirror, acknowledged {last}, sent later {later:?}");
+        assert!(
+            got == last || later.contains(&got),
+            "block {off}: {got} on the mirror, acknowledged {last}, sent later {later:?}"
+        );
     }
 }
 
@@ -336,7 +350,12 @@ fn bad_input_at_the_mirror_port_is_dropped_and_counted() {
     let metrics = p.a.command("curl").args(["-sf", "-H", &auth, &url]).output().unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
     let count = |needle: &str| -> f64 {
-        metrics.lines().find(|l| l.starts_with(needle)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        metrics
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     };
     assert!(count("cleave_mirror_heartbeats_total{outcome=\"malformed\"}") >= 1.0, "{metrics}");
     assert!(count("cleave_mirror_heartbeats_total{outcome=\"forged\"}") >= 1.0, "{metrics}");
