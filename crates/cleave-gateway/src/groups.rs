@@ -36,7 +36,7 @@ impl Gateway {
         Ok(self.issue_client(name)?)
     }
 
-    fn issue_client(&self, name: &str) -> anyhow::Result<Credentials> {
+    pub(crate) fn issue_client(&self, name: &str) -> anyhow::Result<Credentials> {
         cleave_control::access::check_name(name)?;
         let issued = self.access.ca.issue_client(name)?;
         let client = Client {

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use cleave_control::access::Client;
 use cleave_control::ca;
 use cleave_mirror::{
     Engine, EngineConfig, EventKind, Events, Host, MirrorError, MirrorView, Mode, OnFailure, Op, PeerCredentials,
@@ -149,29 +148,18 @@ impl Gateway {
     }
 
     fn issue_peer(&self, name: &str) -> anyhow::Result<PeerCredentials> {
-        cleave_control::access::check_name(name)?;
-        let issued = self.access.ca.issue_client(name)?;
-        let client = Client {
-            name: name.to_string(),
-            fingerprint: issued.fingerprint.clone(),
-            created_unix_ms: cleave_control::pool::now_ms(),
-        };
+        if self.access.snapshot().clients.contains_key(name) {
+            self.access.update(|r| Ok(r.remove_client(name).map(|_| ())?))?;
+        }
+        let c = self.issue_client(name)?;
         self.access.update(|r| {
-            if r.clients.contains_key(name) {
-                r.remove_client(name)?;
-            }
-            r.add_client(client)?;
             if !r.groups.contains_key(MIRROR_GROUP) {
                 r.add_group(MIRROR_GROUP)?;
             }
             Ok(r.join(MIRROR_GROUP, name)?)
         })?;
-        info!(peer = name, fingerprint = %issued.fingerprint, "mirror peer certificate issued");
-        Ok(PeerCredentials {
-            ca_pem: self.access.ca.cert_pem().to_string(),
-            cert_pem: issued.cert_pem,
-            key_pem: issued.key_pem.to_string(),
-        })
+        info!(peer = name, "mirror peer certificate issued");
+        Ok(PeerCredentials { ca_pem: c.ca_pem, cert_pem: c.cert_pem, key_pem: c.key_pem })
     }
 }
 
