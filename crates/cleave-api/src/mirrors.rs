@@ -129,12 +129,13 @@ async fn resolve_mirror(
 }
 
 /// Issues credentials for a peer gateway to reach this one's mirror listener: a client
-/// certificate in the group `mirror-peers` (issuing them again for a name replaces its
-/// certificate). The key is in this answer only.
+/// certificate in the group `mirror-peers` (issuing them again for a peer replaces its
+/// certificate; the name of another client is refused). The key is in this answer only.
 #[utoipa::path(post, path = "/api/v1/mirror-credentials", tag = "mirrors", request_body = NewName,
     responses(
         (status = 201, description = "Issued.", body = MirrorCredentials),
-        (status = 400, description = "A bad name; the certificate could not be issued.", body = ErrorBody),
+        (status = 400, description = "A bad name.", body = ErrorBody),
+        (status = 409, description = "The name is a client of this gateway that is not a mirror peer.", body = ErrorBody),
     ))]
 async fn issue_mirror_credentials(State(gw): State<Shared>, Json(req): Json<NewName>) -> ApiResult<Response> {
     let c = gw.mirror_credentials(&req.name)?;
