@@ -45,7 +45,12 @@ struct Flight {
     written_since_flush: bool,
 }
 
-pub(crate) async fn run(weak: Weak<Primary>) {
+/// Runs the dispatcher of `p` until it is dropped.
+pub(crate) fn start(p: &Arc<Primary>) {
+    tokio::spawn(run(Arc::downgrade(p)));
+}
+
+async fn run(weak: Weak<Primary>) {
     let mut f = Flight::default();
     loop {
         let Some(p) = weak.upgrade() else { return };

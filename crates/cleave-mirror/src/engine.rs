@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::backlog::REGION;
-use crate::control::{Control, PeerCredentials};
+use crate::control::{Control, PeerCredentials, Welcome};
 use crate::error::{MirrorError, Result};
 use crate::heartbeat::{Heartbeats, Liveness, PeerId, Timing};
+use crate::link::Link;
 use crate::peers::Peers;
 use crate::primary::{Primary, Settings};
 use crate::replica::{EventKind, Events, Replica};
@@ -78,40 +79,6 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Binds the listener (TCP and UDP), loads the mirrors kept in `cfg.dir`, and starts.
-    pub async fn start(cfg: EngineConfig, host: Arc<dyn Host>) -> Result<Arc<Engine>> {
-        crate::files::private_dir(&cfg.dir)?;
-        let me = load_id(&cfg.dir.join("id"))?;
-        let tcp = tokio::net::TcpListener::bind(cfg.listen).await?;
-        let udp = tokio::net::UdpSocket::bind(tcp.local_addr()?).await?;
-        let heartbeats = Heartbeats::new(udp, me, cfg.timing);
-        let peers = Peers::load(&cfg.dir.join("peers"))?;
-        for p in peers.all() {
-            if let (Some(id), Some(key), Ok(addr)) = (p.id(), p.key(), p.addr.parse()) {
-                heartbeats.set_peer(id, key, addr);
-            }
-        }
-        let engine = Arc::new(Engine {
-            cfg,
-            me,
-            host,
-            heartbeats: heartbeats.clone(),
-            volumes: RwLock::default(),
-            peers,
-            handles: Mutex::default(),
-            next_handle: AtomicU32::new(1),
-            demoting: Mutex::default(),
-            refusals: Refusals::default(),
-        });
-        engine.load_volumes()?;
-        tokio::spawn(heartbeats.clone().send_loop());
-        tokio::spawn(heartbeats.receive_loop());
-        tokio::spawn(crate::serve::accept_loop(Arc::downgrade(&engine), tcp));
-        tokio::spawn(crate::tend::run(Arc::downgrade(&engine)));
-        info!(listen = %engine.cfg.listen, "mirror listener up");
-        Ok(engine)
-    }
-
     pub fn listen(&self) -> SocketAddr {
         self.cfg.listen
     }
@@ -120,7 +87,7 @@ impl Engine {
         self.cfg.dir.join("volumes").join(volume)
     }
 
-    fn load_volumes(&self) -> Result<()> {
+    pub(crate) fn load_volumes(&self) -> Result<()> {
         let root = self.cfg.dir.join("volumes");
         crate::files::private_dir(&root)?;
         for e in std::fs::read_dir(&root)? {
@@ -146,7 +113,9 @@ impl Engine {
     fn open_side(&self, dir: &Path, record: Record, local: Arc<dyn Replica>) -> Result<Side> {
         Ok(match record.role {
             Role::Primary => {
-                Side::Primary(Primary::open(dir, record, local, self.host.clone_events(), self.cfg.settings)?)
+                let p = Primary::open(dir, record, local, self.host.clone_events(), self.cfg.settings)?;
+                crate::dispatch::start(&p);
+                Side::Primary(p)
             }
             Role::Secondary => Side::Secondary(Secondary::open(dir, record, local)?),
         })
@@ -209,7 +178,7 @@ impl Engine {
             crate::link::client_config(&c)?;
             self.peers.update(peer, |f| f.credentials = Some(c))?;
         }
-        let link = crate::tend::connect(self, peer).await?;
+        let link = self.connect(peer).await?;
         let peer_id = self.peers.get(peer).and_then(|p| p.id).unwrap_or_default();
         let back = self
             .host
@@ -349,7 +318,7 @@ impl Engine {
                     "the mirror is still copying; wait for in-sync, or use --force".into(),
                 ));
             }
-            let link = crate::tend::connect(self, &record.peer).await.map_err(|e| {
+            let link = self.connect(&record.peer).await.map_err(|e| {
                 MirrorError::Invalid(format!(
                     "the primary at {} is unreachable ({e}); use --force to take over",
                     record.peer
@@ -416,6 +385,31 @@ impl Engine {
         self.peers.get(addr).and_then(|f| f.client).as_deref() == Some(client)
     }
 
+    /// Opens a link to `peer` now (no probation: an administrator asked, or first contact).
+    pub(crate) async fn connect(&self, peer: &str) -> Result<Arc<Link>> {
+        if let Some(l) = self.peers.link(peer) {
+            return Ok(l);
+        }
+        let file = self.peers.get(peer).unwrap_or_default();
+        let creds =
+            file.credentials.ok_or_else(|| MirrorError::Invalid(format!("no credentials for the peer {peer}")))?;
+        let tls = crate::link::client_config(&creds)?;
+        let hello = Control::Hello { id: hex::encode(self.me), listen: self.cfg.advertise.clone() };
+        let (link, answer, key) = Link::connect(peer, tls, self.cfg.connections, &hello).await?;
+        let welcome: Welcome =
+            serde_json::from_slice(&answer).map_err(|e| MirrorError::Refused(format!("hello: {e}")))?;
+        let id = crate::peers::parse_id(&welcome.id).ok_or_else(|| MirrorError::Refused("hello: bad id".into()))?;
+        self.peers.update(peer, |f| {
+            f.id = Some(welcome.id.clone());
+            f.heartbeat_key = Some(hex::encode(key));
+        })?;
+        if let Ok(addr) = peer.parse() {
+            self.heartbeats.set_peer(id, key, addr);
+        }
+        self.peers.set_link(peer, link.clone());
+        Ok(link)
+    }
+
     /// The size of a region (the unit of copying and of the bitmap).
     pub fn region_bytes(&self) -> u64 {
         REGION
@@ -434,17 +428,6 @@ fn side_volume(s: &Side) -> String {
         Side::Primary(p) => p.record().volume,
         Side::Secondary(s) => s.record().volume,
     }
-}
-
-fn load_id(path: &Path) -> Result<PeerId> {
-    if let Ok(s) = std::fs::read_to_string(path) {
-        if let Some(id) = crate::peers::parse_id(s.trim()) {
-            return Ok(id);
-        }
-    }
-    let id: PeerId = fastrand::u128(..).to_be_bytes();
-    crate::files::write_atomic(path, hex::encode(id).as_bytes())?;
-    Ok(id)
 }
 
 /// The host as an event sink, shared.

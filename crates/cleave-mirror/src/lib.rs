@@ -34,6 +34,8 @@ pub mod replica;
 pub mod secondary;
 /// The listener's connections.
 mod serve;
+/// Starting an engine.
+mod startup;
 /// Records and views.
 pub mod state;
 /// Keeping links up and volumes attached.

@@ -153,7 +153,8 @@ pub struct Primary {
 
 impl Primary {
     /// Opens a volume's primary side from its directory: the journal and the extents log as
-    /// a crash left them (every region of a listed extent is copied again).
+    /// a crash left them (every region of a listed extent is copied again). Nothing is sent
+    /// until `crate::dispatch::start` runs its dispatcher.
     pub fn open(
         dir: &Path,
         record: Record,
@@ -205,7 +206,6 @@ impl Primary {
             wake: Notify::new(),
             room: Notify::new(),
         });
-        tokio::spawn(crate::dispatch::run(Arc::downgrade(&p)));
         Ok(p)
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::control::{AttachReply, Control, Welcome};
+use crate::control::{AttachReply, Control};
 use crate::engine::{Engine, Side};
 use crate::error::{MirrorError, Result};
 use crate::heartbeat::Liveness;
@@ -66,7 +66,7 @@ async fn tend(e: &Arc<Engine>, peer: &str, retry_split: bool) {
             }
             return;
         }
-        (None, Liveness::Steady) => match connect(e, peer).await {
+        (None, Liveness::Steady) => match e.connect(peer).await {
             Ok(l) => {
                 info!(peer, "mirror link up");
                 for p in &ours {
@@ -91,30 +91,6 @@ async fn tend(e: &Arc<Engine>, peer: &str, retry_split: bool) {
             }
         }
     }
-}
-
-/// Opens a link to `peer` now (no probation: an administrator asked, or first contact).
-pub(crate) async fn connect(e: &Engine, peer: &str) -> Result<Arc<Link>> {
-    if let Some(l) = e.peers.link(peer) {
-        return Ok(l);
-    }
-    let file = e.peers.get(peer).unwrap_or_default();
-    let creds = file.credentials.ok_or_else(|| MirrorError::Invalid(format!("no credentials for the peer {peer}")))?;
-    let tls = crate::link::client_config(&creds)?;
-    let hello = Control::Hello { id: hex::encode(e.me), listen: e.cfg.advertise.clone() };
-    let (link, answer, key) = Link::connect(peer, tls, e.cfg.connections, &hello).await?;
-    let welcome: Welcome =
-        serde_json::from_slice(&answer).map_err(|err| MirrorError::Refused(format!("hello: {err}")))?;
-    let id = crate::peers::parse_id(&welcome.id).ok_or_else(|| MirrorError::Refused("hello: bad id".into()))?;
-    e.peers.update(peer, |f| {
-        f.id = Some(welcome.id.clone());
-        f.heartbeat_key = Some(hex::encode(key));
-    })?;
-    if let Ok(addr) = peer.parse() {
-        e.heartbeats.set_peer(id, key, addr);
-    }
-    e.peers.set_link(peer, link.clone());
-    Ok(link)
 }
 
 async fn attach(link: &Arc<Link>, p: &Arc<Primary>) -> Result<()> {
