@@ -320,11 +320,14 @@ impl Primary {
         if full_copy {
             self.update_record(|r| r.sweep = Some(0))?;
         }
-        for &r in discarded {
+        // The peer's numbers: only regions of this volume count.
+        let regions = self.local.size().div_ceil(REGION);
+        let discarded: Vec<u64> = discarded.iter().copied().filter(|&r| r < regions).collect();
+        for &r in &discarded {
             self.extents.mark(r * REGION..(r * REGION + 1)).await?;
         }
         let mut q = self.q.lock().expect("not poisoned");
-        for &r in discarded {
+        for &r in &discarded {
             q.copy.add_region(r);
         }
         if full_copy {
@@ -459,4 +462,62 @@ pub(crate) fn extent_span(range: std::ops::Range<u64>) -> std::ops::Range<u64> {
         return 0..0;
     }
     range.start / EXTENT..range.end.div_ceil(EXTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Zeros;
+    #[async_trait::async_trait]
+    impl Replica for Zeros {
+        fn size(&self) -> u64 {
+            8 * REGION
+        }
+        async fn read(&self, _: u64, len: u32) -> std::result::Result<bytes::Bytes, String> {
+            Ok(vec![0; len as usize].into())
+        }
+        async fn apply(&self, _: Op) -> std::result::Result<(), String> {
+            Ok(())
+        }
+    }
+    struct Quiet;
+    impl Events for Quiet {
+        fn event(&self, _: &str, _: EventKind, _: String) {}
+    }
+    struct Nowhere;
+    #[async_trait::async_trait]
+    impl Channel for Nowhere {
+        async fn send(&self, _: Op) -> Result<()> {
+            Ok(())
+        }
+        async fn mark_consistent(&self, _: bool) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A lying peer's region numbers beyond the volume are ignored, never multiplied into an
+    /// overflow.
+    #[tokio::test]
+    async fn discarded_regions_beyond_the_volume_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = Record {
+            volume: "v".into(),
+            size: 8 * REGION,
+            role: crate::state::Role::Primary,
+            peer: "127.0.0.1:9".into(),
+            mode: Mode::Sync,
+            on_failure: OnFailure::Degrade,
+            generation: Record::new_generation(),
+            history: Vec::new(),
+            consistent: true,
+            paused: false,
+            discarding: None,
+            sweep: None,
+        };
+        let p = Primary::open(dir.path(), record, Arc::new(Zeros), Arc::new(Quiet), Settings::default()).unwrap();
+        p.attach(Arc::new(Nowhere), &[3, 8, u64::MAX / 2, u64::MAX], false).await.unwrap();
+        let regions: Vec<u64> = p.q.lock().unwrap().copy.regions().collect();
+        assert_eq!(regions, vec![3]);
+    }
 }
