@@ -31,6 +31,9 @@ uri() { local data=${1}_DATA; echo "nbd+unix:///$2?socket=$(cd "${!data}" && pwd
 state() { on A mirror show "$1" --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["state"], v["lag_bytes"])'; }
 wait_in_sync() { for _ in $(seq 6000); do [ "$(state "$1")" = "in-sync 0" ] && return 0; sleep 0.1; done; echo "$1 never in sync"; exit 1; }
 dirty() { on A volume show "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["dirty_bytes"])'; }
+# Both sides with nothing left to destage: each run starts on a quiet machine.
+all_dirty() { on "$1" volume list --json | python3 -c 'import json,sys; print(sum(v["dirty_bytes"] for v in json.load(sys.stdin)))'; }
+settle() { for s in A B; do for _ in $(seq 6000); do [ "$(all_dirty $s)" = 0 ] && break; sleep 0.1; done; done; }
 now() { date +%s.%N; }
 
 gateway A; gateway B
@@ -44,8 +47,10 @@ done
 echo "mirroring on loopback, ${MIB} MiB volumes, five directory targets at 3-of-5 on each side"
 declare -A SEQ RND
 for v in plain sync async; do
+  settle
   read -r bw _ < <(fio_nbd "$(uri A "$v")" --rw=write --bs=1M --iodepth=4 --size="${MIB}M" --end_fsync=1)
   SEQ[$v]=$bw
+  settle
   read -r _ iops < <(fio_nbd "$(uri A "$v")" --rw=randwrite --bs=4k --iodepth=32 --size="${MIB}M" \
     --time_based --runtime="$SECS" --randrepeat=0)
   RND[$v]=$iops

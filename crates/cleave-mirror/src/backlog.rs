@@ -284,7 +284,17 @@ impl Journal {
     pub fn read_from(&self, from: u64, max: usize) -> std::io::Result<(Vec<Op>, u64)> {
         let mut f = File::open(&self.path)?;
         f.seek(SeekFrom::Start(from))?;
-        let want = (self.bytes.saturating_sub(from)).min(64 << 20) as usize;
+        let left = self.bytes.saturating_sub(from);
+        // Enough for the first record whatever its size, else a bounded read-ahead.
+        let mut head = [0u8; 4];
+        let first = if left >= 4 {
+            f.read_exact(&mut head)?;
+            f.seek(SeekFrom::Start(from))?;
+            4 + u64::from(u32::from_be_bytes(head))
+        } else {
+            0
+        };
+        let want = left.min(READ_AHEAD.max(first)) as usize;
         let mut buf = vec![0u8; want];
         f.read_exact(&mut buf)?;
         let (mut out, mut at) = (Vec::new(), 0usize);
@@ -357,6 +367,9 @@ pub fn decode_record(b: &[u8]) -> Option<(Op, usize)> {
     };
     Some((op, 4 + len))
 }
+
+/// How much of the journal one replay read takes (at least one whole record).
+const READ_AHEAD: u64 = 8 << 20;
 
 /// A journal shared between the dispatcher and status readers.
 pub type SharedJournal = Arc<Mutex<Journal>>;

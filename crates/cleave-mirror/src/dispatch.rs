@@ -23,7 +23,7 @@ use crate::backlog::REGION;
 use crate::error::{MirrorError, Result};
 use crate::primary::{Channel, Entry, Item, Phase, Primary, Source};
 use crate::replica::EventKind;
-use crate::state::MirrorState;
+use crate::state::{MirrorState, Mode};
 use crate::wire::Op;
 
 type Sent = BoxFuture<'static, (u64, Entry, Result<()>)>;
@@ -43,7 +43,13 @@ struct Flight {
     last_flush: Option<Instant>,
     last_compaction: Option<Instant>,
     written_since_flush: bool,
+    /// When the last lag event was recorded.
+    lag_event: Option<Instant>,
+    /// This lag episode had no event, so its end has none either.
+    quiet_catch_up: bool,
 }
+
+const LAG_EVENT_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs the dispatcher of `p` until it is dropped.
 pub(crate) fn start(p: &Arc<Primary>) {
@@ -88,15 +94,50 @@ async fn step(p: &Arc<Primary>, f: &mut Flight) -> Result<()> {
             Ok(())
         }
         (Phase::Replaying { next }, Some(ch)) => {
-            journal_queued(p, f).await?;
+            // Changes sent before a spill go first: one that fails is journaled before these.
+            if p.q.lock().expect("not poisoned").inflight_count == 0 {
+                journal_queued(p, f).await?;
+            }
             replay(p, f, next, &ch).await
         }
         (Phase::Copying | Phase::Live, Some(ch)) => {
+            if spill_if_lagging(p, f) {
+                return Ok(());
+            }
             send_queued(p, f, &ch);
             copy_or_finish(p, f);
             Ok(())
         }
     }
+}
+
+/// Async and in sync, with more waiting than the lag bound: the waiting changes go to the
+/// journal and are replayed from there in order, so hosts do not wait for the link.
+fn spill_if_lagging(p: &Arc<Primary>, f: &mut Flight) -> bool {
+    let mode = p.record.lock().expect("not poisoned").mode;
+    let mut q = p.q.lock().expect("not poisoned");
+    let lagging = mode == Mode::Async
+        && q.phase == Phase::Live
+        && q.pending_bytes > p.settings.max_lag_bytes
+        && q.pending.iter().all(|e| matches!(e.item, Item::Op(_)));
+    if !lagging {
+        return false;
+    }
+    q.phase = Phase::Replaying { next: 0 };
+    drop(q);
+    // At most one event a minute: a link near its capacity may spill often.
+    let quiet = f.lag_event.is_some_and(|t| t.elapsed() < LAG_EVENT_EVERY);
+    f.quiet_catch_up = quiet;
+    if !quiet {
+        f.lag_event = Some(Instant::now());
+        let why = format!(
+            "the mirror lags by more than {} MiB; changes go to the journal until it catches up",
+            p.settings.max_lag_bytes >> 20
+        );
+        p.events.event(&p.volume(), EventKind::Lagging, why);
+    }
+    p.wake.notify_one();
+    true
 }
 
 fn can_send(f: &Flight, window: usize, range: &Range<u64>, barrier: bool) -> bool {
@@ -375,7 +416,10 @@ async fn succeeded(p: &Arc<Primary>, f: &mut Flight, entry: Entry) {
             f.consistent_queued = false;
             if became_live {
                 let _ = p.update_record(|r| r.sweep = None);
-                p.events.event(&p.volume(), EventKind::InSync, "the mirror has every change".into());
+                p.degraded.store(false, std::sync::atomic::Ordering::Release);
+                if !std::mem::take(&mut f.quiet_catch_up) {
+                    p.events.event(&p.volume(), EventKind::InSync, "the mirror has every change".into());
+                }
             }
         }
         Item::Op(Op::Flush) if entry.source == Source::Host => clean_point(p, f, entry.seq).await,

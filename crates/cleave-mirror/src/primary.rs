@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Notify};
@@ -24,7 +25,8 @@ use crate::wire::Op;
 /// Bounds of one volume's mirror.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Async: hosts wait when this many bytes are not yet on the mirror.
+    /// Async: past this many bytes waiting for the link, changes go to the journal (and
+    /// hosts wait at twice this, while the journal takes them).
     pub max_lag_bytes: u64,
     /// Past this the journal is dropped and its regions are copied instead.
     pub journal_bytes: u64,
@@ -149,6 +151,8 @@ pub struct Primary {
     pub(crate) q: Mutex<Queue>,
     pub(crate) wake: Notify,
     pub(crate) room: Notify,
+    /// A sync change went without the mirror since it was last in sync (one event).
+    pub(crate) degraded: AtomicBool,
 }
 
 impl Primary {
@@ -205,6 +209,7 @@ impl Primary {
             q: Mutex::new(q),
             wake: Notify::new(),
             room: Notify::new(),
+            degraded: AtomicBool::new(false),
         });
         Ok(p)
     }
@@ -254,12 +259,31 @@ impl Primary {
         let Some(waiter) = waiter else { return Ok(local) };
         match waiter.await.unwrap_or_else(|_| Err(MirrorError::LinkDown("the mirror stopped".into()))) {
             Ok(()) => Ok(local),
-            Err(e) if on_failure == OnFailure::Fail => Err(e),
-            Err(_) => Ok(local),
+            Err(e) => {
+                self.degraded(on_failure, &e);
+                match on_failure {
+                    OnFailure::Fail => Err(e),
+                    OnFailure::Degrade => Ok(local),
+                }
+            }
         }
     }
 
-    /// Async mode: waits while the mirror lags by more than the bound.
+    /// A sync change the mirror did not take: one event until the mirror is in sync again.
+    fn degraded(&self, on_failure: OnFailure, e: &MirrorError) {
+        if self.degraded.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let what = match on_failure {
+            OnFailure::Degrade => "sync writes are acknowledged without the mirror (policy degrade)",
+            OnFailure::Fail => "sync writes fail while the mirror cannot take them (policy fail)",
+        };
+        let why = format!("{what}: {e}; the changes are kept for the mirror");
+        self.events.event(&self.volume(), EventKind::Degraded, why);
+    }
+
+    /// Async mode: waits while changes not yet sent or journaled pass twice the lag bound
+    /// (past the bound itself the dispatcher moves them to the journal).
     async fn wait_for_room(&self, mode: Mode) {
         if mode != Mode::Async {
             return;
@@ -268,7 +292,7 @@ impl Primary {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.q.lock().expect("not poisoned").pending_bytes <= self.settings.max_lag_bytes {
+            if self.q.lock().expect("not poisoned").pending_bytes <= self.settings.max_lag_bytes * 2 {
                 return;
             }
             notified.await;

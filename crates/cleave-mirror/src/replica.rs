@@ -26,6 +26,8 @@ pub enum EventKind {
     InSync,
     /// A sync write was acknowledged without the mirror (policy `degrade`), or failed (`fail`).
     Degraded,
+    /// Async: the mirror lags by more than its bound; changes go to the journal meanwhile.
+    Lagging,
     /// The journal outgrew its bound; the dirty-region bitmap takes over.
     JournalOverflow,
     SplitBrain,

@@ -91,6 +91,13 @@ impl Frame {
 
     /// The frame as bytes, length prefix included.
     pub fn encode(&self) -> Bytes {
+        let mut b = self.encode_header();
+        b.put_slice(self.payload());
+        b.freeze()
+    }
+
+    /// Everything but a write's data, which follows it on the wire (sent without a copy).
+    fn encode_header(&self) -> BytesMut {
         let mut b = BytesMut::with_capacity(HEADER + 32);
         b.put_u32(0);
         match self {
@@ -107,9 +114,17 @@ impl Frame {
             }
             Frame::Data { id, handle, op } => encode_data(&mut b, *id, *handle, op),
         }
-        let len = (b.len() - 4) as u32;
+        let len = (b.len() - 4 + self.payload().len()) as u32;
         b[..4].copy_from_slice(&len.to_be_bytes());
-        b.freeze()
+        b
+    }
+
+    /// A write's data: the part of the frame after its header.
+    fn payload(&self) -> &[u8] {
+        match self {
+            Frame::Data { op: Op::Write { data, .. }, .. } => data,
+            _ => &[],
+        }
     }
 
     /// Parses one frame without its length prefix.
@@ -149,9 +164,8 @@ fn encode_data(b: &mut BytesMut, id: u64, handle: u32, op: &Op) {
     b.put_u64(offset);
     b.put_u8(flags);
     match op {
-        Op::Write { data, .. } => b.put_slice(data),
+        Op::Write { .. } | Op::Flush => {} // a write's data follows the header
         Op::Zero { len, .. } | Op::Trim { len, .. } => b.put_u32(*len),
-        Op::Flush => {}
     }
 }
 
@@ -197,14 +211,21 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     if !(HEADER - 4..=MAX_FRAME).contains(&len) {
         return Err(WireError::Malformed(format!("frame length {len}")));
     }
-    let mut buf = BytesMut::zeroed(len);
-    r.read_exact(&mut buf).await?;
+    // Not zeroed first: read_buf fills the spare capacity.
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let want = len - buf.len();
+        if r.read_buf(&mut (&mut buf).limit(want)).await? == 0 {
+            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     Frame::parse(buf.freeze()).map(Some)
 }
 
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<(), WireError> {
-    w.write_all(&f.encode()).await?;
+    w.write_all(&f.encode_header()).await?;
+    w.write_all(f.payload()).await?;
     Ok(())
 }
 

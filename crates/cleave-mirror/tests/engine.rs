@@ -151,13 +151,17 @@ async fn wait_state(g: &Gw, v: &str, want: MirrorState) {
 }
 
 async fn pair(settings: Settings, mode: Mode) -> (tempfile::TempDir, Gw, Gw) {
+    pair_with(settings, mode, OnFailure::Degrade).await
+}
+
+async fn pair_with(settings: Settings, mode: Mode, on_failure: OnFailure) -> (tempfile::TempDir, Gw, Gw) {
     let dir = tempfile::tempdir().unwrap();
     let a = gateway(&dir.path().join("a"), settings).await;
     let b = gateway(&dir.path().join("b"), settings).await;
     a.site.create_replica("v", 8 << 20).await.unwrap();
     write(&a, "v", 3 << 20, 0xaa, 4096).await; // before the mirror: the initial copy brings it
     let creds = b.site.issue_credentials("site-a").unwrap();
-    a.engine.create("v", &b.addr, mode, OnFailure::Degrade, Some(creds)).await.unwrap();
+    a.engine.create("v", &b.addr, mode, on_failure, Some(creds)).await.unwrap();
     wait_state(&a, "v", MirrorState::InSync).await;
     (dir, a, b)
 }
@@ -174,6 +178,63 @@ async fn sync_mirror_has_every_acknowledged_write() {
     let s = b.engine.show("v").unwrap();
     assert!(s.consistent);
     assert!(matches!(b.engine.side("v"), Some(Side::Secondary(_))));
+}
+
+fn events_of(g: &Gw, kind: EventKind) -> usize {
+    g.site.events.lock().unwrap().iter().filter(|e| e.1 == kind).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_write_the_mirror_misses_is_an_event_and_fails_under_policy_fail() {
+    for on_failure in [OnFailure::Degrade, OnFailure::Fail] {
+        let (_d, a, b) = pair_with(Settings::default(), Mode::Sync, on_failure).await;
+        a.engine.pause("v").unwrap(); // the mirror cannot take changes now
+        let mut failed = 0;
+        for i in 0..3u64 {
+            let op = Op::Write { offset: i << 20, data: Bytes::from(vec![7; 4096]), fua: false };
+            let local = a.site.replicas.lock().unwrap()["v"].clone();
+            let Some(Side::Primary(p)) = a.engine.side("v") else { panic!("A is the primary") };
+            let outcome = p.apply(op, |op| async move { local.apply(op).await }).await;
+            failed += usize::from(outcome.is_err());
+        }
+        let want = if on_failure == OnFailure::Fail { 3 } else { 0 };
+        assert_eq!(failed, want, "{on_failure:?}: writes reported failed to the host");
+        assert_eq!(events_of(&a, EventKind::Degraded), 1, "{on_failure:?}: one event per episode");
+        a.engine.resume("v").unwrap();
+        wait_state(&a, "v", MirrorState::InSync).await;
+        assert_eq!(image(&a, "v"), image(&b, "v"), "{on_failure:?}: the journal brought the writes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_lag_past_its_bound_goes_to_the_journal_with_an_event() {
+    let settings = Settings { max_lag_bytes: 1 << 20, ..Settings::default() };
+    let (_d, a, b) = pair(settings, Mode::Async).await;
+    let a = Arc::new(a);
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..16u64 {
+                write(&a, "v", ((t * 16 + i) % 8) << 20, (t * 16 + i) as u8, 256 << 10).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(events_of(&a, EventKind::Lagging) >= 1, "{:?}", a.site.events.lock().unwrap());
+    let start = Instant::now();
+    let s = loop {
+        let s = a.engine.show("v").unwrap();
+        if (s.state == MirrorState::InSync && s.lag_bytes == 0) || start.elapsed() > Duration::from_secs(30) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((s.state, s.journal_records, s.lag_bytes), (MirrorState::InSync, 0, 0), "{s:?}");
+    assert_eq!(image(&a, "v"), image(&b, "v"));
+    assert!(b.engine.show("v").unwrap().consistent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,7 +68,7 @@ pub struct MirrorFlags {
     /// Past this the journal of a disconnected mirror gives way to the dirty-region bitmap.
     #[arg(long, default_value = "1GiB")]
     pub mirror_journal_size: ByteSize,
-    /// Async mirrors: hosts wait when the mirror lags by this much.
+    /// Async mirrors: changes waiting for the link past this go to the journal.
     #[arg(long, default_value = "64MiB")]
     pub mirror_max_lag: ByteSize,
 }
