@@ -62,6 +62,9 @@ async fn unreachable_etcd_is_a_typed_error_within_the_timeout() {
     assert!(matches!(err, ConfigError::Etcd { .. }), "{err}");
 }
 
+/// One call to a store, for a table of calls.
+type Call<'a> = Box<dyn Fn() -> Result<(), ConfigError> + 'a>;
+
 /// etcd killed under a connected store: every call fails typed and bounded, and a watch ends
 /// with an error rather than staying silent.
 #[tokio::test]
@@ -71,7 +74,7 @@ async fn etcd_killed_mid_way_is_a_typed_error_within_the_timeout() {
     let v = store.put("k", b"1").unwrap();
     let mut watch = store.watch("").unwrap();
     etcd.kill(0);
-    let calls: [(&str, Box<dyn Fn() -> Result<(), ConfigError>>); 5] = [
+    let calls: [(&str, Call); 5] = [
         ("get", Box::new(|| store.get("k").map(drop))),
         ("put", Box::new(|| store.put("k", b"2").map(drop))),
         ("update", Box::new(|| store.put_opts("k", b"2", PutMode::Update(v)).map(drop))),

@@ -185,7 +185,7 @@ impl EtcdStore {
         u64::try_from(revision).map(Version).map_err(|_| protocol(&self.endpoints, format!("revision {revision}")))
     }
 
-    /// Runs a transaction of `op` on `key` if `when` holds; its revision, or `lost` if not.
+    /// Runs `op` in a transaction if `when` holds: the new revision, or `lost` if not.
     fn txn(
         &self,
         what: &'static str,
