@@ -5,7 +5,8 @@
 //! - [`autoconfig`]: the UDP protocol by which nodes (and child controls) register, report and leave.
 //! - [`access`]: clients, groups and grants; the rights of an identity on a volume.
 //! - [`ca`]: control's certificate authority for NBD over TLS.
-//! - [`config`]: the configuration database, an embedded store (redb).
+//! - [`config`]: the configuration database behind the `ConfigStore` trait: embedded (redb) or
+//!   shared by several gateways (etcd); its conformance suite (feature `testing`).
 //! - [`placement`]: which nodes hold a new volume's shares (pure), counting promised space.
 //! - [`sim`]: a large pool simulated with the real placement: balance, and losing a site.
 //! - [`pool`]: nodes with their status, capacity, site and last-seen time; child controls; events.

@@ -5,7 +5,7 @@
 //! DIR/master.key        key file (mode 0600), or
 //! DIR/master.sealed     the master key sealed under CLEAVE_PASSPHRASE (Argon2id)
 //! DIR/admin.token       bearer token for the admin API (mode 0600)
-//! DIR/config.redb       the configuration database (mode 0600): clients, groups and grants,
+//! DIR/config.redb       the configuration database (mode 0600; or etcd): clients, groups and grants,
 //!                       users, group keys wrapped by the master key, and the sealed
 //!                       superblock of each volume (also stored on its targets), and
 //!                       the last tasks (`history.rs`)
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use anyhow::{bail, Context, Result};
-use cleave_control::config::ConfigDb;
+use cleave_control::config::{ConfigStore, RedbStore};
 use cleave_split::keys::{GroupKey, KdfParams, MasterKey, SealedMasterKey, WrappedKey};
 use cleave_target::TargetUri;
 use cleave_volume::Superblock;
@@ -39,7 +39,8 @@ use zeroize::Zeroizing;
 
 pub struct DataDir {
     pub root: PathBuf,
-    pub config: Arc<ConfigDb>,
+    /// The configuration database: `DIR/config.redb` by default.
+    pub config: Arc<dyn ConfigStore>,
 }
 
 /// Files of data directories from before the configuration database, and their keys in it.
@@ -100,6 +101,12 @@ pub fn read_secret(path: &Path) -> Result<[u8; 32]> {
     Ok(secret)
 }
 
+/// Creates the directory and its cache, and closes it to others.
+fn prepare(root: &Path) -> Result<()> {
+    fs::create_dir_all(root.join("cache")).with_context(|| format!("creating {}", root.display()))?;
+    make_private(root)
+}
+
 /// Closes a data directory made by an older version or by hand: the directory 0700, and its
 /// own files (keys, tokens, caches, certificates) 0600, subdirectories 0700. The directory's
 /// mode alone keeps other users out of everything below it, so the many, encrypted target
@@ -142,14 +149,14 @@ pub fn random_hex(bytes: usize) -> Result<String> {
 /// changed by storing a changed copy first and making it current only once it is stored.
 pub struct Stored<T> {
     value: RwLock<T>,
-    db: Arc<ConfigDb>,
+    db: Arc<dyn ConfigStore>,
     key: &'static str,
 }
 
 impl<T: Clone + Serialize + DeserializeOwned> Stored<T> {
     /// Loads the record `key`; on first run, stores what `first` makes.
     pub fn load(data: &DataDir, key: &'static str, first: impl FnOnce() -> Result<T>) -> Result<Self> {
-        let value = match data.config.get(key)? {
+        let value = match data.config.get_value(key)? {
             Some(b) => {
                 serde_json::from_slice(&b).with_context(|| format!("reading {key} from the configuration database"))?
             }
@@ -182,10 +189,21 @@ impl<T: Clone + Serialize + DeserializeOwned> Stored<T> {
 }
 
 impl DataDir {
+    /// Opens the data directory `root` with its own configuration database (redb).
     pub fn new(root: PathBuf) -> Result<Self> {
-        fs::create_dir_all(root.join("cache")).with_context(|| format!("creating {}", root.display()))?;
-        make_private(&root)?;
-        let config = Arc::new(ConfigDb::open(&root.join("config.redb"))?);
+        prepare(&root)?;
+        let config = Arc::new(RedbStore::open(&root.join("config.redb"))?);
+        Self::open(root, config)
+    }
+
+    /// Opens the data directory `root` with the configuration database `config` (etcd, when
+    /// several gateways share it).
+    pub fn with_config(root: PathBuf, config: Arc<dyn ConfigStore>) -> Result<Self> {
+        prepare(&root)?;
+        Self::open(root, config)
+    }
+
+    fn open(root: PathBuf, config: Arc<dyn ConfigStore>) -> Result<Self> {
         let data = DataDir { root, config };
         data.import_legacy_files()?;
         Ok(data)
@@ -279,7 +297,7 @@ impl DataDir {
     }
 
     fn group_keys(&self) -> Result<BTreeMap<String, WrappedKey>> {
-        match self.config.get(GROUP_KEYS)? {
+        match self.config.get_value(GROUP_KEYS)? {
             Some(b) => serde_json::from_slice(&b).context("reading the group keys"),
             None => Ok(BTreeMap::new()),
         }
@@ -319,7 +337,8 @@ impl DataDir {
     }
 
     pub fn save_volume(&self, sealed: &[u8], name: &str) -> Result<()> {
-        Ok(self.config.put(&volume_key(name), sealed)?)
+        self.config.put(&volume_key(name), sealed)?;
+        Ok(())
     }
 
     /// Removes a volume's record if there is one (undoing a create).
@@ -340,9 +359,10 @@ impl DataDir {
     pub fn stored_volumes(&self, master: &MasterKey) -> Result<Vec<(String, Result<Superblock>)>> {
         let prefix = volume_key("");
         let mut out = Vec::new();
-        for (key, bytes) in self.config.scan(&prefix)? {
-            let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
-            let sb = Superblock::open(&bytes, master).with_context(|| format!("reading the superblock of {name:?}"));
+        for entry in self.config.scan(&prefix)? {
+            let name = entry.key.strip_prefix(&prefix).unwrap_or(&entry.key).to_string();
+            let sb =
+                Superblock::open(&entry.value, master).with_context(|| format!("reading the superblock of {name:?}"));
             out.push((name, sb));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -363,7 +383,7 @@ impl DataDir {
 
     /// The stored superblock of `name`, if there is one.
     pub fn load_volume(&self, master: &MasterKey, name: &str) -> Result<Option<Superblock>> {
-        match self.config.get(&volume_key(name))? {
+        match self.config.get_value(&volume_key(name))? {
             Some(bytes) => Ok(Some(Superblock::open(&bytes, master)?)),
             None => Ok(None),
         }
@@ -479,9 +499,9 @@ mod tests {
         fs::write(root.join("volumes").join("demo.json"), b"sealed").unwrap();
         {
             let data = DataDir::new(root.clone()).unwrap();
-            assert_eq!(data.config.get("access").unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
-            assert_eq!(data.config.get("users").unwrap().as_deref(), Some(&b"{\"u\":2}"[..]));
-            assert_eq!(data.config.get("volume/demo").unwrap().as_deref(), Some(&b"sealed"[..]));
+            assert_eq!(data.config.get_value("access").unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
+            assert_eq!(data.config.get_value("users").unwrap().as_deref(), Some(&b"{\"u\":2}"[..]));
+            assert_eq!(data.config.get_value("volume/demo").unwrap().as_deref(), Some(&b"sealed"[..]));
             assert!(data.group_keys().unwrap().is_empty());
         }
         for gone in ["access.json", "users.json", "groups.json", "volumes"] {

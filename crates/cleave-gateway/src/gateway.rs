@@ -62,8 +62,13 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The stores of the data directory `root`, its configuration database included (redb).
     pub fn open(root: PathBuf) -> Result<Self> {
-        let data = DataDir::new(root)?;
+        Self::load(DataDir::new(root)?)
+    }
+
+    /// The stores of an opened data directory, whatever its configuration database.
+    pub fn load(data: DataDir) -> Result<Self> {
         let master = data.master_key()?;
         data.group_key(&master, LOCAL_GROUP)?;
         let access = Arc::new(AccessControl::load(&data)?);

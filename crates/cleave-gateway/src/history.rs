@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use cleave_control::config::ConfigDb;
+use cleave_control::config::ConfigStore;
 use tracing::warn;
 
 use crate::tasks::{TaskKind, TaskState, TaskView};
@@ -24,15 +24,16 @@ fn key(id: u64) -> String {
 
 pub(crate) struct TaskHistory {
     tasks: Mutex<BTreeMap<u64, TaskView>>,
-    db: Arc<ConfigDb>,
+    db: Arc<dyn ConfigStore>,
 }
 
 impl TaskHistory {
     /// Loads the stored tasks; those the last process left queued or running are interrupted.
-    pub(crate) fn load(db: Arc<ConfigDb>) -> anyhow::Result<Self> {
+    pub(crate) fn load(db: Arc<dyn ConfigStore>) -> anyhow::Result<Self> {
         let mut tasks = BTreeMap::new();
-        for (k, v) in db.scan(PREFIX)? {
-            let mut t: TaskView = serde_json::from_slice(&v).with_context(|| format!("reading {k}"))?;
+        for entry in db.scan(PREFIX)? {
+            let k = entry.key;
+            let mut t: TaskView = serde_json::from_slice(&entry.value).with_context(|| format!("reading {k}"))?;
             if matches!(t.state, TaskState::Queued | TaskState::Running) {
                 t.error = Some(format!("interrupted: the service stopped while the task was {}", t.state.as_str()));
                 t.state = TaskState::Interrupted;
@@ -106,8 +107,9 @@ impl TaskHistory {
         let mut tasks = self.tasks.lock().expect("not poisoned");
         let Some(t) = tasks.get_mut(&id) else { return };
         if f(t) {
-            let stored =
-                serde_json::to_vec(t).map_err(anyhow::Error::from).and_then(|b| Ok(self.db.put(&key(id), &b)?));
+            let stored = serde_json::to_vec(t)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(self.db.put(&key(id), &b).map(drop)?));
             if let Err(e) = stored {
                 warn!(task = id, error = %format!("{e:#}"), "cannot store the task's record");
             }
@@ -139,9 +141,10 @@ impl TaskHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cleave_control::config::RedbStore;
 
     fn open(dir: &std::path::Path) -> TaskHistory {
-        TaskHistory::load(Arc::new(ConfigDb::open(&dir.join("config.redb")).unwrap())).unwrap()
+        TaskHistory::load(Arc::new(RedbStore::open(&dir.join("config.redb")).unwrap())).unwrap()
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cleave_control::config::{EtcdOptions, EtcdStore};
 use cleave_control::pool::Pool;
 use cleave_gateway::data_dir::DataDir;
 use cleave_gateway::gateway::unix_uri;
@@ -35,6 +36,13 @@ pub struct ServeArgs {
     /// addresses, the host name and the NBD address are always in it).
     #[arg(long = "tls-name")]
     pub tls_names: Vec<String>,
+    /// Keep the configuration database in etcd (client URLs, comma-separated) instead of
+    /// DATA_DIR/config.redb; keys, caches and targets stay in the data directory.
+    #[arg(long)]
+    pub etcd: Option<String>,
+    /// The prefix of this appliance's keys in etcd.
+    #[arg(long, default_value = "cleave/")]
+    pub etcd_namespace: String,
     #[command(flatten)]
     pub control: ControlFlags,
     #[command(flatten)]
@@ -160,12 +168,23 @@ impl HttpTls {
 
 /// `cleave control`: the API and the node pool, without an NBD front end.
 pub async fn control(args: ControlArgs) -> Result<()> {
-    run(args.data_dir, None, args.http, ByteSize(1 << 30), args.control, Vec::new(), None).await
+    let stores = Stores::open(args.data_dir)?;
+    run(stores, None, args.http, ByteSize(1 << 30), args.control, Vec::new(), None).await
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let mirror = args.mirror.config();
-    run(args.data_dir, Some(args.nbd), args.http, args.cache_size, args.control, args.tls_names, mirror).await
+    let stores = match &args.etcd {
+        None => Stores::open(args.data_dir)?,
+        Some(urls) => {
+            let mut opts = EtcdOptions::new(urls);
+            opts.namespace = args.etcd_namespace.clone();
+            let etcd = EtcdStore::connect(opts)?;
+            info!(etcd = %urls, namespace = %args.etcd_namespace, "configuration database in etcd");
+            Stores::load(DataDir::with_config(args.data_dir, Arc::new(etcd))?)?
+        }
+    };
+    run(stores, Some(args.nbd), args.http, args.cache_size, args.control, args.tls_names, mirror).await
 }
 
 /// Binds `DIR/nbd.sock` (mode 0600), the local administrators' way in: reaching it proves the
@@ -291,7 +310,7 @@ fn print_addresses(gw: &Gateway, autoconfig: SocketAddr, http: SocketAddr, https
 }
 
 async fn run(
-    data_dir: PathBuf,
+    stores: Stores,
     nbd: Option<SocketAddr>,
     http: SocketAddr,
     cache_size: ByteSize,
@@ -299,7 +318,6 @@ async fn run(
     tls_names_extra: Vec<String>,
     mirror: Option<cleave_gateway::mirror::MirrorConfig>,
 ) -> Result<()> {
-    let stores = Stores::open(data_dir)?;
     let data = &stores.data;
     let secret = data.cluster_secret()?;
     let pool = Pool::started_now();

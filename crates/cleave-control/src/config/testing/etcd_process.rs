@@ -1,0 +1,151 @@
+//! Real etcd processes for tests: one member or a cluster, on free loopback ports, with their
+//! data in a temporary directory; killed when dropped. A machine without etcd fails the test
+//! with what to install: no test is skipped.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{EtcdOptions, EtcdStore};
+
+/// How long a new cluster may take to elect a leader.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+struct Member {
+    child: Option<Child>,
+    client_url: String,
+    log: PathBuf,
+}
+
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    // Dropped last: the members are killed first.
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members as one cluster and waits until it answers. Panics (naming the fix)
+    /// when etcd is not installed.
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ports = free_ports(2 * n);
+        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let initial: Vec<String> = (0..n).map(|i| format!("m{i}={}", peer_url(i))).collect();
+        let token = format!("cleave-test-{}", ports[0]);
+        let members = (0..n)
+            .map(|i| {
+                let client_url = format!("http://127.0.0.1:{}", ports[2 * i]);
+                let log = dir.path().join(format!("m{i}.log"));
+                let child = spawn(
+                    &[
+                        format!("--name=m{i}"),
+                        format!("--data-dir={}", dir.path().join(format!("m{i}")).display()),
+                        format!("--listen-client-urls={client_url}"),
+                        format!("--advertise-client-urls={client_url}"),
+                        format!("--listen-peer-urls={}", peer_url(i)),
+                        format!("--initial-advertise-peer-urls={}", peer_url(i)),
+                        format!("--initial-cluster={}", initial.join(",")),
+                        format!("--initial-cluster-token={token}"),
+                        "--initial-cluster-state=new".into(),
+                        // Quick elections: a killed leader is replaced within about a second.
+                        "--heartbeat-interval=50".into(),
+                        "--election-timeout=500".into(),
+                        "--logger=zap".into(),
+                        "--log-outputs=stderr".into(),
+                    ],
+                    &log,
+                );
+                Member { child: Some(child), client_url, log }
+            })
+            .collect();
+        let mut cluster = EtcdCluster { members, _dir: dir };
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// The client URLs of the members still running, comma-separated.
+    pub fn endpoints(&self) -> String {
+        let live = self.members.iter().filter(|m| m.child.is_some());
+        live.map(|m| m.client_url.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The client URLs of every member, killed or not.
+    pub fn all_endpoints(&self) -> String {
+        self.members.iter().map(|m| m.client_url.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// A store on this cluster under `namespace`, with `timeout` calls.
+    pub fn store(&self, namespace: &str, timeout: Duration) -> EtcdStore {
+        let mut opts = EtcdOptions::new(&self.all_endpoints());
+        opts.namespace = namespace.to_string();
+        opts.timeout = timeout;
+        EtcdStore::connect(opts).unwrap_or_else(|e| panic!("connecting to etcd: {e}\n{}", self.logs()))
+    }
+
+    /// Kills member `i` (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            for (i, m) in self.members.iter_mut().enumerate() {
+                if let Some(Ok(Some(status))) = m.child.as_mut().map(Child::try_wait) {
+                    m.child = None;
+                    panic!("etcd member {i} exited at start ({status}):\n{}", self.logs());
+                }
+            }
+            let mut opts = EtcdOptions::new(&self.endpoints());
+            opts.timeout = Duration::from_secs(1);
+            match EtcdStore::connect(opts) {
+                Ok(_) => return,
+                Err(e) if Instant::now() > deadline => panic!("etcd did not answer: {e}\n{}", self.logs()),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// The members' logs, last lines, for a failure's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out += &format!("--- {} ---\n{}\n", m.log.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        out
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `etcd` from $PATH (Debian: /usr/bin/etcd), output to `log`.
+fn spawn(args: &[String], log: &std::path::Path) -> Child {
+    let log = std::fs::File::create(log).expect("creating the etcd log");
+    let out = log.try_clone().expect("cloning the log's handle");
+    match Command::new("etcd").args(args).stdin(Stdio::null()).stdout(out).stderr(log).spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "etcd is not installed: these tests run real etcd processes. Install it with \
+             `apt-get install etcd-server` (Debian; .ci/run does), or put an `etcd` binary on $PATH"
+        ),
+        Err(e) => panic!("starting etcd: {e}"),
+    }
+}
+
+/// `n` distinct free loopback ports (held together while chosen, so none repeats).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
+}
