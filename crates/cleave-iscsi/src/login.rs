@@ -1,0 +1,388 @@
+//! The login phase (RFC 7143 §6.3): security stage (CHAP), operational stage (negotiation), then
+//! full feature phase. One [`Login`] per connection consumes Login Requests and answers each.
+
+use crate::access::{Access, Identity, Opened};
+use crate::chap::{self, Challenge};
+use crate::negotiate::{self, Limits, Params};
+use crate::pdu::{Opcode, Pdu};
+use crate::text;
+
+/// Why a login ended; each maps to a Status-Class and Status-Detail (RFC 7143 §11.13.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    #[error("initiator error")]
+    Initiator,
+    #[error("authentication failed")]
+    Authentication,
+    #[error("target not found")]
+    NotFound,
+    #[error("missing parameter")]
+    MissingParameter,
+    #[error("unsupported version")]
+    Version,
+    #[error("session type not supported")]
+    SessionType,
+    #[error("session does not exist")]
+    NoSession,
+    #[error("invalid request during login")]
+    Invalid,
+}
+
+impl LoginError {
+    pub fn status(self) -> (u8, u8) {
+        match self {
+            LoginError::Initiator => (2, 0x00),
+            LoginError::Authentication => (2, 0x01),
+            LoginError::NotFound => (2, 0x03),
+            LoginError::MissingParameter => (2, 0x07),
+            LoginError::Version => (2, 0x05),
+            LoginError::SessionType => (2, 0x09),
+            LoginError::NoSession => (2, 0x0a),
+            LoginError::Invalid => (2, 0x0b),
+        }
+    }
+}
+
+/// Login stages as CSG/NSG encode them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Security,
+    Operational,
+    FullFeature,
+}
+
+impl Stage {
+    fn from_bits(b: u8) -> Option<Stage> {
+        match b & 3 {
+            0 => Some(Stage::Security),
+            1 => Some(Stage::Operational),
+            3 => Some(Stage::FullFeature),
+            _ => None,
+        }
+    }
+    fn bits(self) -> u8 {
+        match self {
+            Stage::Security => 0,
+            Stage::Operational => 1,
+            Stage::FullFeature => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionType {
+    Discovery,
+    Normal,
+}
+
+/// Where authentication stands.
+#[derive(Debug, Clone)]
+enum Auth {
+    /// No AuthMethod chosen yet.
+    Open,
+    /// CHAP chosen; waiting for CHAP_A.
+    ChapChosen,
+    Challenged(Challenge),
+    Done,
+}
+
+/// Target-wide settings login needs.
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    /// Target names are `<iqn_base>:cleave:<volume>`.
+    pub iqn_base: String,
+    pub limits: Limits,
+    /// Commands the initiator may have outstanding (MaxCmdSN - ExpCmdSN + 1).
+    pub window: u32,
+}
+
+/// What a successful login hands to the session.
+pub struct LoggedIn {
+    pub kind: SessionType,
+    pub identity: Identity,
+    pub volume: Option<(String, Opened)>,
+    pub params: Params,
+    pub isid: [u8; 6],
+    pub tsih: u16,
+    pub stat_sn: u32,
+    pub exp_cmd_sn: u32,
+}
+
+/// What one Login Request led to.
+pub enum Step {
+    /// Send the response and wait for the next request.
+    Continue(Pdu),
+    /// Send the response; the session is in full feature phase.
+    Done(Pdu, Box<LoggedIn>),
+    /// Send the response and close.
+    Fail(Pdu, LoginError),
+}
+
+pub struct Login<'a> {
+    access: &'a dyn Access,
+    cfg: &'a LoginConfig,
+    stage: Stage,
+    kind: Option<SessionType>,
+    identity: Option<Identity>,
+    volume_name: Option<String>,
+    volume: Option<(String, Opened)>,
+    auth: Auth,
+    params: Params,
+    declared: bool,
+    /// Text of a request sent in parts (C bit).
+    partial: Vec<u8>,
+    isid: [u8; 6],
+    tsih: u16,
+    stat_sn: u32,
+    exp_cmd_sn: u32,
+    started: bool,
+}
+
+type Answer = Result<text::Pairs, LoginError>;
+
+impl<'a> Login<'a> {
+    pub fn new(access: &'a dyn Access, cfg: &'a LoginConfig, addr: Option<std::net::SocketAddr>, tsih: u16) -> Self {
+        let identity = Some(Identity { initiator: String::new(), chap_name: None, addr });
+        Login {
+            access,
+            cfg,
+            stage: Stage::Security,
+            kind: None,
+            identity,
+            volume_name: None,
+            volume: None,
+            auth: Auth::Open,
+            params: Params::default(),
+            declared: false,
+            partial: Vec::new(),
+            isid: [0; 6],
+            tsih,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            started: false,
+        }
+    }
+
+    /// Handles one PDU received during login.
+    pub fn step(&mut self, req: &Pdu) -> Step {
+        if req.opcode() != Some(Opcode::LoginRequest) {
+            return self.fail(req, LoginError::Invalid);
+        }
+        let (transit, cont) = (req.flags() & 0x80 != 0, req.flags() & 0x40 != 0);
+        let Some(csg) = Stage::from_bits(req.flags() >> 2) else { return self.fail(req, LoginError::Initiator) };
+        let nsg = Stage::from_bits(req.flags());
+        if !self.started {
+            self.started = true;
+            self.isid.copy_from_slice(&req.bhs[8..14]);
+            self.stat_sn = req.sn28();
+            self.exp_cmd_sn = req.sn24();
+            if req.bhs[3] > 0 {
+                return self.fail(req, LoginError::Version);
+            }
+            if u16::from_be_bytes([req.bhs[14], req.bhs[15]]) != 0 {
+                // One connection per session: nothing to add a connection to.
+                return self.fail(req, LoginError::NoSession);
+            }
+        } else if csg != self.stage || req.bhs[8..14] != self.isid {
+            return self.fail(req, LoginError::Initiator);
+        }
+        self.stage = csg;
+        self.partial.extend_from_slice(&req.data);
+        if cont {
+            return Step::Continue(self.response(req, false, csg, csg, Vec::new()));
+        }
+        let data = std::mem::take(&mut self.partial);
+        let answer = text::parse(&data).map_err(|_| LoginError::Initiator).and_then(|pairs| self.handle(csg, &pairs));
+        let mut pairs = match answer {
+            Ok(p) => p,
+            Err(e) => return self.fail(req, e),
+        };
+        let next = match (transit, nsg) {
+            (true, Some(n)) if n > csg => n,
+            (true, _) => return self.fail(req, LoginError::Initiator),
+            (false, _) => csg,
+        };
+        // Leaving security needs finished authentication; we answer T=0 until then.
+        let ready = csg != Stage::Security || matches!(self.auth, Auth::Done);
+        if next != csg && ready {
+            if let Err(e) = self.leave(csg) {
+                return self.fail(req, e);
+            }
+            if !self.declared {
+                self.declared = true;
+                pairs.push(("MaxRecvDataSegmentLength".into(), self.cfg.limits.max_recv_data.to_string()));
+            }
+        }
+        let moved = next != csg && ready;
+        let nsg = if moved { next } else { csg };
+        if moved {
+            self.stage = next;
+        }
+        let resp = self.response(req, moved, csg, nsg, pairs);
+        if nsg == Stage::FullFeature {
+            return self.finish(resp);
+        }
+        Step::Continue(resp)
+    }
+
+    fn finish(&mut self, resp: Pdu) -> Step {
+        let Some(identity) = self.identity.take() else { return Step::Fail(resp, LoginError::Initiator) };
+        let logged = LoggedIn {
+            kind: self.kind.unwrap_or(SessionType::Normal),
+            identity,
+            volume: self.volume.take(),
+            params: self.params.clone(),
+            isid: self.isid,
+            tsih: self.tsih,
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+        };
+        Step::Done(resp, Box::new(logged))
+    }
+
+    /// Keys of one complete request.
+    fn handle(&mut self, csg: Stage, pairs: &[(String, String)]) -> Answer {
+        let mut out = Vec::new();
+        if self.kind.is_none() {
+            out.extend(self.first(pairs)?);
+        }
+        if csg == Stage::Security {
+            out.extend(self.security(pairs)?);
+        } else if self.access.chap_required(&self.initiator()) && !matches!(self.auth, Auth::Done) {
+            // Skipping the security stage is only for initiators that need no CHAP.
+            return Err(LoginError::Authentication);
+        } else {
+            self.auth = Auth::Done;
+        }
+        let ops: Vec<_> = pairs.iter().filter(|(k, _)| !k.starts_with("CHAP_")).cloned().collect();
+        out.extend(negotiate::answer_all(&ops, &mut self.params, &self.cfg.limits));
+        Ok(out)
+    }
+
+    fn initiator(&self) -> String {
+        self.identity.as_ref().map(|i| i.initiator.clone()).unwrap_or_default()
+    }
+
+    /// The first request names the initiator, the session type and the target.
+    fn first(&mut self, pairs: &[(String, String)]) -> Answer {
+        let get = |k: &str| pairs.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+        let initiator = get("InitiatorName").ok_or(LoginError::MissingParameter)?.to_ascii_lowercase();
+        let kind = match get("SessionType") {
+            None | Some("Normal") => SessionType::Normal,
+            Some("Discovery") => SessionType::Discovery,
+            Some(_) => return Err(LoginError::SessionType),
+        };
+        if kind == SessionType::Normal {
+            let target = get("TargetName").ok_or(LoginError::MissingParameter)?.to_ascii_lowercase();
+            let prefix = format!("{}:cleave:", self.cfg.iqn_base.to_ascii_lowercase());
+            let volume = target.strip_prefix(&prefix).ok_or(LoginError::NotFound)?;
+            self.volume_name = Some(volume.to_owned());
+        }
+        if let Some(id) = self.identity.as_mut() {
+            id.initiator = initiator;
+        }
+        self.kind = Some(kind);
+        Ok(vec![("TargetPortalGroupTag".into(), "1".into())])
+    }
+
+    fn security(&mut self, pairs: &[(String, String)]) -> Answer {
+        let get = |k: &str| pairs.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str());
+        let initiator = self.initiator();
+        let required = self.access.chap_required(&initiator);
+        let mut out = Vec::new();
+        if let Some(methods) = get("AuthMethod") {
+            let chap = methods.split(',').any(|m| m == "CHAP");
+            let none = methods.split(',').any(|m| m == "None");
+            let choice = match (required, chap, none) {
+                (true, true, _) | (false, true, false) => "CHAP",
+                (false, _, true) => "None",
+                _ => return Err(LoginError::Authentication),
+            };
+            self.auth = if choice == "CHAP" { Auth::ChapChosen } else { Auth::Done };
+            out.push(("AuthMethod".into(), choice.into()));
+        }
+        match (&self.auth, get("CHAP_A"), get("CHAP_R")) {
+            (Auth::ChapChosen, Some(a), _) => {
+                let (c, pairs) = Challenge::issue(a).map_err(|_| LoginError::Authentication)?;
+                self.auth = Auth::Challenged(c);
+                out.extend(pairs);
+            }
+            (Auth::Challenged(c), _, Some(r)) => {
+                let c = c.clone();
+                out.extend(self.check_chap(&c, &initiator, r, get("CHAP_N"), get("CHAP_I"), get("CHAP_C"))?);
+            }
+            (Auth::Open, _, _) if !required => self.auth = Auth::Done,
+            (Auth::Open | Auth::ChapChosen | Auth::Challenged(_), _, _) => {
+                if get("CHAP_A").is_some() || get("CHAP_R").is_some() {
+                    return Err(LoginError::Authentication);
+                }
+            }
+            (Auth::Done, _, _) => {}
+        }
+        Ok(out)
+    }
+
+    fn check_chap(
+        &mut self,
+        c: &Challenge,
+        initiator: &str,
+        r: &str,
+        name: Option<&str>,
+        mutual_i: Option<&str>,
+        mutual_c: Option<&str>,
+    ) -> Answer {
+        let name = name.ok_or(LoginError::Authentication)?;
+        let secret = self.access.chap_secret(initiator, name).ok_or(LoginError::Authentication)?;
+        c.verify(&secret, r).map_err(|_| LoginError::Authentication)?;
+        let out = match (mutual_i, mutual_c) {
+            (Some(i), Some(mc)) => {
+                let (tname, tsecret) = self.access.target_secret(initiator).ok_or(LoginError::Authentication)?;
+                c.mutual(i, mc, &tname, &tsecret).map_err(|_: chap::ChapError| LoginError::Authentication)?
+            }
+            (None, None) => Vec::new(),
+            _ => return Err(LoginError::Authentication),
+        };
+        if let Some(id) = self.identity.as_mut() {
+            id.chap_name = Some(name.to_owned());
+        }
+        self.auth = Auth::Done;
+        Ok(out)
+    }
+
+    /// Checks run when leaving a stage: after security, the initiator must be allowed the target.
+    fn leave(&mut self, csg: Stage) -> Result<(), LoginError> {
+        if self.volume.is_some() || self.kind != Some(SessionType::Normal) || csg == Stage::FullFeature {
+            return Ok(());
+        }
+        let identity = self.identity.as_ref().ok_or(LoginError::Initiator)?;
+        let name = self.volume_name.clone().ok_or(LoginError::NotFound)?;
+        if !self.access.volumes(identity).contains(&name) {
+            return Err(LoginError::NotFound);
+        }
+        let opened = self.access.open(&name, identity).ok_or(LoginError::NotFound)?;
+        self.volume = Some((name, opened));
+        Ok(())
+    }
+
+    fn response(&mut self, req: &Pdu, transit: bool, csg: Stage, nsg: Stage, pairs: text::Pairs) -> Pdu {
+        let mut p = Pdu::new(Opcode::LoginResponse);
+        p.set_flags(if transit { 0x80 } else { 0 } | csg.bits() << 2 | if transit { nsg.bits() } else { 0 });
+        p.bhs[8..14].copy_from_slice(&self.isid);
+        if transit && nsg == Stage::FullFeature {
+            p.bhs[14..16].copy_from_slice(&self.tsih.to_be_bytes());
+        }
+        p.set_itt(req.itt());
+        p.set_u32(24, self.stat_sn);
+        p.set_u32(28, self.exp_cmd_sn);
+        p.set_u32(32, self.exp_cmd_sn.wrapping_add(self.cfg.window - 1));
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        p.data = text::encode(&pairs).into();
+        p
+    }
+
+    fn fail(&mut self, req: &Pdu, e: LoginError) -> Step {
+        let mut p = self.response(req, false, self.stage, self.stage, Vec::new());
+        (p.bhs[36], p.bhs[37]) = e.status();
+        Step::Fail(p, e)
+    }
+}
