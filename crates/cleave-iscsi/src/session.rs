@@ -223,21 +223,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn task_management(&mut self, p: Pdu) -> Flow {
         let function = p.flags() & 0x7f;
         let response = match function {
-            // ABORT TASK: a task still waiting for data is dropped; one that already finished
-            // was received, so the function is complete (RFC 7143 §11.5.1).
+            // ABORT TASK: a task still waiting for data or for its turn is dropped; one that
+            // already finished is reported as not existing, which tells the initiator so.
             1 => {
-                let (referenced, ref_sn) = (p.field20(), p.u32_at(32));
-                let found = self.writes.remove(&referenced).is_some();
+                let referenced = p.field20();
                 let before = self.queued.len();
                 self.queued.retain(|_, q| q.itt() != referenced);
-                if found
-                    || self.queued.len() != before
-                    || !sn_after(ref_sn, self.exp_cmd_sn) && ref_sn != self.exp_cmd_sn
-                {
-                    0
-                } else {
-                    1
-                }
+                u8::from(self.writes.remove(&referenced).is_none() && self.queued.len() == before)
             }
             // ABORT TASK SET, CLEAR TASK SET, LUN RESET, TARGET WARM/COLD RESET.
             2 | 4 | 5 | 6 | 7 => {

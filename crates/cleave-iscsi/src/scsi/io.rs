@@ -119,10 +119,10 @@ impl Lu {
         check_range(lba, len, self.blocks)?;
         let bytes = bytes_of(len)?;
         self.check_writable()?;
-        if data.len() != bytes as usize {
-            return Err(Sense::INVALID_FIELD_IN_IU);
-        }
-        if len > 0 {
+        // An iSCSI expected length that differs from the CDB's: write only what both cover
+        // (FCP-4 §9.4.2 a); the transport reports the residual.
+        let data = data.slice(..data.len().min(bytes as usize));
+        if !data.is_empty() {
             let _shared = self.atomic.read().await;
             self.device
                 .write(lba * BLOCK as u64, data, self.durable(cdb))
@@ -261,7 +261,8 @@ impl Lu {
         self.check_writable()?;
         let half = (n * BLOCK as u64) as usize;
         if data.len() != 2 * half {
-            return Err(Sense::INVALID_FIELD_IN_IU);
+            // NUMBER OF LOGICAL BLOCKS zero with data: the CDB is what is wrong.
+            return Err(if n == 0 { Sense::INVALID_FIELD_IN_CDB.at_cdb(13) } else { Sense::INVALID_FIELD_IN_IU });
         }
         if n == 0 {
             return Ok(Outcome::good(Bytes::new()));

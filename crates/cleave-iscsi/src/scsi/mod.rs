@@ -19,9 +19,9 @@ pub use sense::{Key, Sense, Status};
 /// Logical block size presented to initiators.
 pub const BLOCK: u32 = 512;
 /// Largest read or write one command may move (advertised in the Block Limits VPD page).
-pub const MAX_TRANSFER: u32 = 8 << 20;
+pub const MAX_TRANSFER: u32 = 32 << 20;
 /// Largest WRITE SAME or UNMAP range, in blocks (one device call is at most 4 GiB - 1).
-pub const MAX_UNMAP_BLOCKS: u32 = 1 << 22;
+pub const MAX_UNMAP_BLOCKS: u32 = 1 << 20;
 /// Block descriptors one UNMAP may carry.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 
