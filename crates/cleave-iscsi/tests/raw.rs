@@ -1,0 +1,95 @@
+//! The wire protocol by hand: rights, malformed PDUs, and a server that keeps serving.
+
+mod common;
+
+use cleave_iscsi::pdu::{Opcode, Pdu};
+use common::*;
+
+const TUR: [u8; 6] = [0; 6];
+
+#[test]
+fn a_read_only_initiator_gets_data_protect() {
+    let ro = "iqn.2025-01.invalid.test:reader";
+    let mut a = access(&["disk"], 1 << 20);
+    a.read_only.push(ro.into());
+    let addr = start(a);
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.login(ro, "disk"), (0, 0));
+    let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let r = c.scsi(&write10, &[7; 512], 0);
+    assert_eq!(r.status, 2, "CHECK CONDITION");
+    assert_eq!(r.sense_code(), Some((0x7, 0x27, 0x00)), "DATA PROTECT, WRITE PROTECTED");
+    let r = c.scsi(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 512);
+    assert_eq!((r.status, r.data.len()), (0, 512), "reads still work");
+    // MODE SENSE reports the write protection.
+    let r = c.scsi(&[0x1a, 0x08, 0x3f, 0, 255, 0], &[], 255);
+    assert_eq!(r.data[2] & 0x80, 0x80);
+    // A writer on the same volume may write.
+    let mut w = Raw::connect(addr);
+    assert_eq!(w.login("iqn.2025-01.invalid.test:writer", "disk"), (0, 0));
+    assert_eq!(w.scsi(&write10, &[7; 512], 0).status, 0);
+}
+
+#[test]
+fn unknown_targets_and_bad_logins_are_refused() {
+    let addr = start(access(&["disk"], 1 << 20));
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.login(TEST_INITIATOR, "nope"), (2, 3), "target not found");
+    let mut c = Raw::connect(addr);
+    let mut p = Pdu::new(Opcode::LoginRequest);
+    p.set_flags(0x80 | 1 << 2 | 3);
+    p.data = b"TargetName=x\0".to_vec().into();
+    c.send(&p);
+    let r = c.recv().unwrap();
+    assert_eq!((r.bhs[36], r.bhs[37]), (2, 7), "missing InitiatorName");
+}
+
+#[test]
+fn malformed_pdus_get_a_reject_and_the_server_keeps_serving() {
+    let addr = start(access(&["disk"], 1 << 20));
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.login(TEST_INITIATOR, "disk"), (0, 0));
+    // An opcode RFC 7143 does not define: rejected, and the connection goes on.
+    let mut bad = Pdu::new(Opcode::NopOut);
+    bad.bhs[0] = 0x1c;
+    bad.set_itt(99);
+    c.send(&bad);
+    let r = c.recv().unwrap();
+    assert_eq!((r.opcode(), r.bhs[2]), (Some(Opcode::Reject), 0x05));
+    assert_eq!(&r.data[..], &bad.bhs[..], "the reject carries the offending header");
+    assert_eq!(c.scsi(&TUR, &[], 0).status, 0);
+    // A target opcode sent by an initiator: a protocol error, rejected too.
+    c.send(&Pdu::new(Opcode::R2t));
+    assert_eq!(c.recv().unwrap().bhs[2], 0x04);
+    // A data segment over our limit: rejected, then the connection is closed.
+    let mut big = Pdu::new(Opcode::NopOut);
+    big.data = vec![0u8; 300_000].into();
+    c.send(&big);
+    assert_eq!(c.recv().map(|r| r.opcode()), Some(Some(Opcode::Reject)));
+    assert!(c.recv().is_none(), "closed");
+    // Garbage instead of a login: closed, and others are served all along.
+    let mut g = Raw::connect(addr);
+    use std::io::Write;
+    g.s.write_all(&[0xff; 48]).unwrap();
+    let mut d = Raw::connect(addr);
+    assert_eq!(d.login(TEST_INITIATOR, "disk"), (0, 0));
+    assert_eq!(d.scsi(&TUR, &[], 0).status, 0);
+}
+
+#[test]
+fn commands_outside_the_cmdsn_window_are_ignored() {
+    let addr = start(access(&["disk"], 1 << 20));
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.login(TEST_INITIATOR, "disk"), (0, 0));
+    c.cmd_sn += 1000;
+    let mut p = Pdu::new(Opcode::NopOut);
+    p.set_flags(0x80);
+    p.set_itt(5);
+    p.set_u32(20, 0xffff_ffff);
+    p.set_u32(24, c.cmd_sn);
+    c.send(&p);
+    c.cmd_sn -= 1000;
+    // The next in-window command is answered, and is the first thing that is.
+    let r = c.scsi(&TUR, &[], 0);
+    assert_eq!(r.status, 0);
+}
