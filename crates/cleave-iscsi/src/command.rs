@@ -10,6 +10,11 @@ use crate::scsi::{self, Outcome, Sense, Status};
 use crate::session::{Flow, RejectReason, Session, NO_TAG};
 use crate::ConnError;
 
+/// TASK SET FULL: the initiator retries later.
+fn busy() -> Outcome {
+    Outcome { status: Status::TaskSetFull, data: Bytes::new(), sense: None }
+}
+
 /// The part of a command the target still expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -45,10 +50,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.execute(p.itt(), p.lun(), &cdb, edtl, Bytes::new()).await;
             return Ok(Flow::Continue);
         }
+        // Larger than any command takes, or too many writes waiting: refused before any data
+        // is held. Data-Out that follows for the ITT finds no task and is dropped.
+        if edtl > scsi::MAX_TRANSFER || self.writes.len() >= self.window as usize {
+            let status = if edtl > scsi::MAX_TRANSFER { Outcome::check(Sense::INVALID_FIELD_IN_CDB) } else { busy() };
+            self.respond(p.itt(), p.lun(), edtl, status, Some(edtl as u64));
+            return Ok(Flow::Continue);
+        }
         let immediate = p.data.slice(..p.data.len().min(edtl as usize));
         let first_burst = self.params.first_burst.min(edtl);
         let unsolicited = !self.params.initial_r2t && !p.final_bit();
-        let mut buf = BytesMut::with_capacity(edtl as usize);
+        // Grows as data arrives: a command alone reserves nothing.
+        let mut buf = BytesMut::new();
         buf.extend_from_slice(&immediate);
         let received = immediate.len() as u32;
         let mut task = WriteTask {
@@ -94,7 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         r.set_u32(40, task.received);
         r.set_u32(44, len);
         self.send(r);
-        task.r2t_sn += 1;
+        task.r2t_sn = task.r2t_sn.wrapping_add(1);
         task.data_sn = 0;
         task.phase = Phase::Solicited { ttt, until: task.received + len };
     }
@@ -115,7 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         task.buf.extend_from_slice(&p.data);
         task.received += len;
-        task.data_sn += 1;
+        task.data_sn = task.data_sn.wrapping_add(1);
         if p.final_bit() && task.received < until {
             // The initiator ended the sequence early: it will never send the rest.
             self.reject(RejectReason::Protocol, &p.bhs);

@@ -138,6 +138,9 @@ pub struct Login<'a> {
     started: bool,
 }
 
+/// Longest login text accepted, over all the PDUs of one request.
+const MAX_LOGIN_TEXT: usize = 64 << 10;
+
 type Answer = Result<text::Pairs, LoginError>;
 
 impl<'a> Login<'a> {
@@ -187,6 +190,10 @@ impl<'a> Login<'a> {
             return self.fail(req, LoginError::Initiator);
         }
         self.stage = csg;
+        // Text split over PDUs (C bit) is bounded, or login could hold any amount of memory.
+        if self.partial.len() + req.data.len() > MAX_LOGIN_TEXT {
+            return self.fail(req, LoginError::Initiator);
+        }
         self.partial.extend_from_slice(&req.data);
         if cont {
             return Step::Continue(self.response(req, false, csg, csg, Vec::new()));

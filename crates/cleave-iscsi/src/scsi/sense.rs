@@ -8,6 +8,7 @@ pub enum Status {
     Good,
     CheckCondition,
     ReservationConflict,
+    TaskSetFull,
     TaskAborted,
 }
 
@@ -17,6 +18,7 @@ impl Status {
             Status::Good => 0x00,
             Status::CheckCondition => 0x02,
             Status::ReservationConflict => 0x18,
+            Status::TaskSetFull => 0x28,
             Status::TaskAborted => 0x40,
         }
     }
