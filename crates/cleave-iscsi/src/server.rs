@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn, Instrument};
@@ -14,9 +14,9 @@ use tracing::{debug, info, warn, Instrument};
 use crate::access::Access;
 use crate::login::{LoggedIn, Login, LoginConfig, Step};
 use crate::negotiate::Limits;
-use crate::pdu::{self, Digests, BHS_LEN};
+use crate::pdu::Digests;
 use crate::scsi::{Lu, Names, Nexus};
-use crate::session::Session;
+use crate::session::{read_pdu, Session};
 use crate::ConnError;
 
 /// Login has this long to finish, so half-open connections do not pile up.
@@ -136,17 +136,7 @@ impl Server {
     {
         let mut login = Login::new(self.access.as_ref(), &self.login, peer, tsih);
         loop {
-            let mut bhs = [0u8; BHS_LEN];
-            match stream.read_exact(&mut bhs).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-            let len = pdu::lengths(&bhs, LOGIN_MAX_DATA).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))?;
-            let mut rest = vec![0u8; len.rest(Digests::default())];
-            stream.read_exact(&mut rest).await?;
-            let req =
-                pdu::parse_rest(bhs, len, &rest, Digests::default()).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))?;
+            let Some(req) = read_pdu(stream, Digests::default(), LOGIN_MAX_DATA).await? else { return Ok(None) };
             let (resp, result) = match login.step(&req) {
                 Step::Continue(r) => (r, None),
                 Step::Done(r, logged) => (r, Some(Ok(logged))),

@@ -46,6 +46,21 @@ pub fn sn_after(a: u32, b: u32) -> bool {
     a != b && a.wrapping_sub(b) < 1 << 31
 }
 
+/// Reads one PDU; None at a clean EOF before its first byte. A malformed PDU's error carries
+/// its header, for the Reject that answers it.
+pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R, d: Digests, max_data: usize) -> Result<Option<Pdu>, ConnError> {
+    let mut bhs = [0u8; BHS_LEN];
+    match r.read_exact(&mut bhs).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = pdu::lengths(&bhs, max_data).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))?;
+    let mut rest = vec![0u8; len.rest(d)];
+    r.read_exact(&mut rest).await?;
+    pdu::parse_rest(bhs, len, &rest, d).map(Some).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))
+}
+
 /// A session in full feature phase (one connection per session).
 pub struct Session<S> {
     pub(crate) stream: S,
@@ -99,16 +114,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn read_pdu(&mut self) -> Result<Option<Pdu>, ConnError> {
-        let mut bhs = [0u8; BHS_LEN];
-        match self.stream.read_exact(&mut bhs).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-        let len = pdu::lengths(&bhs, self.max_recv).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))?;
-        let mut rest = vec![0u8; len.rest(self.digests)];
-        self.stream.read_exact(&mut rest).await?;
-        pdu::parse_rest(bhs, len, &rest, self.digests).map(Some).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))
+        read_pdu(&mut self.stream, self.digests, self.max_recv).await
     }
 
     pub(crate) fn send(&mut self, p: Pdu) {
