@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -15,7 +15,7 @@ use crate::access::Access;
 use crate::login::{LoggedIn, Login, LoginConfig, Step};
 use crate::negotiate::Limits;
 use crate::pdu::Digests;
-use crate::scsi::{Lu, Names, Nexus};
+use crate::scsi::{Lu, Names, Nexus, Shared};
 use crate::session::{read_pdu, Session};
 use crate::ConnError;
 
@@ -53,6 +53,8 @@ pub struct Server {
     connections: Arc<Semaphore>,
     max_connections: usize,
     next_tsih: AtomicU16,
+    /// Per-volume state shared by its sessions; entries die with their last session.
+    units: Mutex<HashMap<String, Weak<Shared>>>,
 }
 
 impl Server {
@@ -65,6 +67,7 @@ impl Server {
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             next_tsih: AtomicU16::new(1),
+            units: Mutex::default(),
         }
     }
 
@@ -152,10 +155,21 @@ impl Server {
         }
     }
 
+    fn shared(&self, volume: &str) -> Arc<Shared> {
+        let mut units = self.units.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = units.get(volume).and_then(Weak::upgrade) {
+            return s;
+        }
+        units.retain(|_, w| w.strong_count() > 0);
+        let s = Arc::new(Shared::default());
+        units.insert(volume.to_owned(), Arc::downgrade(&s));
+        s
+    }
+
     fn session<S>(&self, stream: S, logged: LoggedIn, portal: Option<SocketAddr>) -> Session<S> {
         let lu = logged.volume.as_ref().map(|(name, opened)| {
             let names = Names { volume: name.clone(), serial: opened.serial.clone(), target: self.target_name(name) };
-            Arc::new(Lu::new(opened.device.clone(), opened.rights, names, self.access.clone()))
+            Arc::new(Lu::new(opened.device.clone(), opened.rights, names, self.access.clone(), self.shared(name)))
         });
         Session {
             stream,

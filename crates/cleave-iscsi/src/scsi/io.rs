@@ -110,7 +110,7 @@ impl Lu {
 
     /// A write is forced to stable storage when FUA is set or the write cache is off.
     fn durable(&self, cdb: &Cdb<'_>) -> bool {
-        fua(cdb) || !self.write_cache.load(Ordering::Relaxed)
+        fua(cdb) || !self.shared.write_cache.load(Ordering::Relaxed)
     }
 
     async fn write(&self, cdb: &Cdb<'_>, data: Bytes) -> Result<Outcome> {
@@ -123,7 +123,7 @@ impl Lu {
         // (FCP-4 §9.4.2 a); the transport reports the residual.
         let data = data.slice(..data.len().min(bytes as usize));
         if !data.is_empty() {
-            let _shared = self.atomic.read().await;
+            let _shared = self.shared.atomic.read().await;
             self.device
                 .write(lba * BLOCK as u64, data, self.durable(cdb))
                 .await
@@ -175,7 +175,7 @@ impl Lu {
             (false, true) => data,
             _ => return Err(Sense::INVALID_FIELD_IN_IU),
         };
-        let _shared = self.atomic.read().await;
+        let _shared = self.shared.atomic.read().await;
         let fua = self.durable(cdb);
         let (start, total) = (lba * BLOCK as u64, len * BLOCK as u64);
         if block.iter().all(|&b| b == 0) {
@@ -234,7 +234,7 @@ impl Lu {
             }
         }
         self.check_writable()?;
-        let _shared = self.atomic.read().await;
+        let _shared = self.shared.atomic.read().await;
         for (lba, n) in ranges {
             self.chunked(lba * BLOCK as u64, n * BLOCK as u64, |o, l| self.device.trim(o, l)).await?;
         }
@@ -267,7 +267,7 @@ impl Lu {
         if n == 0 {
             return Ok(Outcome::good(Bytes::new()));
         }
-        let _exclusive = self.atomic.write().await;
+        let _exclusive = self.shared.atomic.write().await;
         let on_disk = self.read_blocks(lba, n).await?;
         if let Some(at) = first_difference(&on_disk, &data[..half]) {
             return Ok(Outcome {

@@ -64,10 +64,22 @@ pub struct Lu {
     blocks: u64,
     /// Physical block exponent: preferred block size as a power of two of logical blocks.
     physical_exp: u8,
-    write_cache: AtomicBool,
     access: Arc<dyn Access>,
+    shared: Arc<Shared>,
+}
+
+/// State of a volume that every session on it shares (on this gateway).
+pub struct Shared {
+    /// WCE of the caching mode page.
+    write_cache: AtomicBool,
     /// COMPARE AND WRITE takes it exclusively, other writes shared: it is atomic against them.
     atomic: tokio::sync::RwLock<()>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared { write_cache: AtomicBool::new(true), atomic: tokio::sync::RwLock::new(()) }
+    }
 }
 
 /// Per-session (I_T nexus) state the command set needs.
@@ -78,21 +90,19 @@ pub struct Nexus {
 }
 
 impl Lu {
-    pub fn new(device: Arc<dyn BlockDevice>, rights: Rights, names: Names, access: Arc<dyn Access>) -> Lu {
+    /// `shared` must be the same for every session on the volume (see [`Shared`]).
+    pub fn new(
+        device: Arc<dyn BlockDevice>,
+        rights: Rights,
+        names: Names,
+        access: Arc<dyn Access>,
+        shared: Arc<Shared>,
+    ) -> Lu {
         let blocks = device.size() / BLOCK as u64;
         let pref = device.preferred_block_size().clamp(BLOCK, 1 << 20);
         let physical_exp = (pref / BLOCK).checked_ilog2().unwrap_or(0) as u8;
         let read_only = rights == Rights::ReadOnly || device.read_only();
-        Lu {
-            device,
-            read_only,
-            names,
-            blocks,
-            physical_exp,
-            write_cache: AtomicBool::new(true),
-            access,
-            atomic: tokio::sync::RwLock::new(()),
-        }
+        Lu { device, read_only, names, blocks, physical_exp, access, shared }
     }
 
     pub fn blocks(&self) -> u64 {

@@ -20,7 +20,7 @@ impl Lu {
         p[0] = CACHING;
         p[1] = 0x12;
         p[2] = match pc {
-            PageControl::Current => u8::from(self.write_cache.load(Ordering::Relaxed)) << 2,
+            PageControl::Current => u8::from(self.shared.write_cache.load(Ordering::Relaxed)) << 2,
             PageControl::Changeable | PageControl::Default => 0x04,
         };
         p
@@ -105,7 +105,7 @@ impl Lu {
             pages = &pages[plen + 2..];
         }
         if let Some(w) = wce {
-            self.write_cache.store(w, Ordering::Relaxed);
+            self.shared.write_cache.store(w, Ordering::Relaxed);
         }
         Ok(Outcome::good(bytes::Bytes::new()))
     }

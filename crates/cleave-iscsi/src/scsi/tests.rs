@@ -10,7 +10,7 @@ use crate::access::StaticAccess;
 
 fn lu(rights: Rights) -> Lu {
     let names = Names { volume: "disk".into(), serial: "disk".into(), target: "iqn.x:cleave:disk".into() };
-    Lu::new(Arc::new(MemDevice::new(1 << 20)), rights, names, Arc::new(StaticAccess::default()))
+    Lu::new(Arc::new(MemDevice::new(1 << 20)), rights, names, Arc::new(StaticAccess::default()), Arc::default())
 }
 
 async fn run(lu: &Lu, cdb: &[u8], data: &[u8]) -> Outcome {
