@@ -76,3 +76,14 @@ fn mutual_chap() {
     let o = run("iscsi-inq", &["-i", initiator, &u("notthesecret")]);
     assert!(!o.status.success(), "the initiator accepted a wrong target secret: {}", text(&o));
 }
+
+#[test]
+fn qemu_io_with_header_digests() {
+    let addr = start(access(&["disk"], 8 << 20));
+    let opts = format!(
+        "driver=iscsi,transport=tcp,portal={addr},target={},lun=0,header-digest=crc32c,initiator-name={TEST_INITIATOR}",
+        target("disk")
+    );
+    let o = run("qemu-io", &["--image-opts", &opts, "-c", "write -P 0x11 0 256k", "-c", "read -P 0x11 0 256k"]);
+    assert!(o.status.success() && !text(&o).contains("Pattern verification failed"), "{}", text(&o));
+}

@@ -93,3 +93,31 @@ fn commands_outside_the_cmdsn_window_are_ignored() {
     let r = c.scsi(&TUR, &[], 0);
     assert_eq!(r.status, 0);
 }
+
+#[test]
+fn digests_are_checked_when_negotiated() {
+    let addr = start(access(&["disk"], 1 << 20));
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.login_with(TEST_INITIATOR, "disk", "HeaderDigest=CRC32C,None\0DataDigest=CRC32C\0"), (0, 0));
+    assert!(c.digests.header && c.digests.data);
+    let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    assert_eq!(c.scsi(&write10, &[9; 512], 0).status, 0);
+    assert_eq!(c.scsi(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 512).data, vec![9; 512]);
+    // A NOP-Out whose data digest is wrong: rejected, and the connection goes on.
+    let mut nop = Pdu::new(Opcode::NopOut);
+    nop.set_immediate(true);
+    nop.set_flags(0x80);
+    nop.set_itt(77);
+    nop.set_u32(20, 0xffff_ffff);
+    nop.data = b"ping".to_vec().into();
+    let mut wire = nop.encode(c.digests).to_vec();
+    let last = wire.len() - 1;
+    wire[last] ^= 1;
+    use std::io::Write;
+    c.s.write_all(&wire).unwrap();
+    let r = c.recv().unwrap();
+    assert_eq!((r.opcode(), r.bhs[2]), (Some(Opcode::Reject), 0x02));
+    c.send(&nop);
+    let r = c.recv().unwrap();
+    assert_eq!((r.opcode(), r.itt(), &r.data[..]), (Some(Opcode::NopIn), 77, &b"ping"[..]));
+}

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use cleave_iscsi::pdu::{self, Digests, Opcode, Pdu};
-use cleave_iscsi::{Server, ServerConfig, StaticAccess};
+use cleave_iscsi::{Access, Server, ServerConfig, StaticAccess};
 use cleave_nbd::{BlockDevice, MemDevice};
 
 pub const BASE: &str = "iqn.2025-01.invalid.cleave";
@@ -36,13 +36,18 @@ pub fn with_devices(volumes: Vec<(&str, Arc<MemDevice>)>) -> StaticAccess {
 
 /// Starts a target on its own runtime thread (external tools block); returns its address.
 pub fn start(access: StaticAccess) -> SocketAddr {
+    start_with(Arc::new(access))
+}
+
+/// The same with any [`Access`].
+pub fn start_with(access: Arc<dyn Access>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            let server = Arc::new(Server::new(Arc::new(access), ServerConfig::default()));
+            let server = Arc::new(Server::new(access, ServerConfig::default()));
             let _ = server.serve(listener).await;
         });
     });
@@ -72,6 +77,8 @@ pub struct Raw {
     pub itt: u32,
     pub cmd_sn: u32,
     pub exp_stat_sn: u32,
+    /// In force after login.
+    pub digests: Digests,
 }
 
 /// What a SCSI command came back with.
@@ -93,12 +100,12 @@ impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
         let s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-        Raw { s, itt: 1, cmd_sn: 1, exp_stat_sn: 0 }
+        Raw { s, itt: 1, cmd_sn: 1, exp_stat_sn: 0, digests: Digests::default() }
     }
 
     pub fn send(&mut self, p: &Pdu) {
         use std::io::Write;
-        self.s.write_all(&p.encode(Digests::default())).unwrap();
+        self.s.write_all(&p.encode(self.digests)).unwrap();
     }
 
     /// The next PDU, or None when the target closed the connection.
@@ -107,9 +114,9 @@ impl Raw {
         let mut bhs = [0u8; pdu::BHS_LEN];
         self.s.read_exact(&mut bhs).ok()?;
         let len = pdu::lengths(&bhs, 1 << 24).unwrap();
-        let mut rest = vec![0u8; len.rest(Digests::default())];
+        let mut rest = vec![0u8; len.rest(self.digests)];
         self.s.read_exact(&mut rest).ok()?;
-        let p = pdu::parse_rest(bhs, len, &rest, Digests::default()).unwrap();
+        let p = pdu::parse_rest(bhs, len, &rest, self.digests).unwrap();
         self.exp_stat_sn = p.sn24().wrapping_add(1);
         Some(p)
     }
@@ -117,6 +124,11 @@ impl Raw {
     /// Logs in straight to full feature phase, skipping the security stage. Returns the
     /// final response's status class and detail.
     pub fn login(&mut self, initiator: &str, volume: &str) -> (u8, u8) {
+        self.login_with(initiator, volume, "")
+    }
+
+    /// The same with more keys (each ended by a NUL); digests the target agrees to take effect.
+    pub fn login_with(&mut self, initiator: &str, volume: &str, extra: &str) -> (u8, u8) {
         let mut p = Pdu::new(Opcode::LoginRequest);
         p.set_immediate(true);
         p.set_flags(0x80 | 1 << 2 | 3);
@@ -127,10 +139,13 @@ impl Raw {
             "InitiatorName={initiator}\0TargetName={}\0SessionType=Normal\0ImmediateData=Yes\0InitialR2T=No\0\
              MaxRecvDataSegmentLength=65536\0",
             target(volume)
-        );
+        ) + extra;
         p.data = keys.into_bytes().into();
         self.send(&p);
         let r = self.recv().expect("a login response");
+        let answer = String::from_utf8_lossy(&r.data).into_owned();
+        self.digests =
+            Digests { header: answer.contains("HeaderDigest=CRC32C"), data: answer.contains("DataDigest=CRC32C") };
         (r.bhs[36], r.bhs[37])
     }
 
