@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cleave_nbd::BlockDevice;
+
+pub use crate::scsi::{ReservationType, Reservations};
 
 /// What an initiator may do with a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +109,13 @@ pub trait Access: Send + Sync {
     fn alua(&self, _volume: &str) -> Alua {
         Alua::default()
     }
+    /// Persistent reservations as last saved, read when a volume's first session starts.
+    fn reservations(&self, _volume: &str) -> Option<Reservations> {
+        None
+    }
+    /// Called with the new state after every change, before the command completes; the host
+    /// stores it so registrations and reservations survive restarts.
+    fn save_reservations(&self, _volume: &str, _state: &Reservations) {}
 }
 
 /// A fixed table, for tests and simple embeddings.
@@ -121,6 +130,8 @@ pub struct StaticAccess {
     pub read_only: Vec<String>,
     /// When set, only these initiators see anything.
     pub allowed: Option<Vec<String>>,
+    /// Saved persistent reservations, by volume.
+    pub reservations: Mutex<HashMap<String, Reservations>>,
 }
 
 impl Access for StaticAccess {
@@ -147,5 +158,11 @@ impl Access for StaticAccess {
         }
         let rights = if self.read_only.contains(&who.initiator) { Rights::ReadOnly } else { Rights::ReadWrite };
         Some(Opened { device: self.volumes.get(volume)?.clone(), rights, serial: volume.to_owned() })
+    }
+    fn reservations(&self, volume: &str) -> Option<Reservations> {
+        self.reservations.lock().unwrap_or_else(|e| e.into_inner()).get(volume).cloned()
+    }
+    fn save_reservations(&self, volume: &str, state: &Reservations) {
+        self.reservations.lock().unwrap_or_else(|e| e.into_inner()).insert(volume.to_owned(), state.clone());
     }
 }

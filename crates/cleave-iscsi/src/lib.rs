@@ -21,7 +21,9 @@ pub mod server;
 pub mod session;
 pub mod text;
 
-pub use access::{Access, Alua, AluaState, Identity, Opened, PortGroup, Rights, StaticAccess};
+pub use access::{
+    Access, Alua, AluaState, Identity, Opened, PortGroup, ReservationType, Reservations, Rights, StaticAccess,
+};
 pub use server::{Server, ServerConfig};
 
 /// Why a connection ended abnormally.

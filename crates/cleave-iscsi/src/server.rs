@@ -161,7 +161,7 @@ impl Server {
             return s;
         }
         units.retain(|_, w| w.strong_count() > 0);
-        let s = Arc::new(Shared::default());
+        let s = Arc::new(Shared::new(self.access.reservations(volume).unwrap_or_default()));
         units.insert(volume.to_owned(), Arc::downgrade(&s));
         s
     }
@@ -184,7 +184,10 @@ impl Server {
             next_ttt: 1,
             kind: logged.kind,
             lu,
-            nexus: Nexus::default(),
+            nexus: Nexus {
+                port: format!("{},i,0x{}", logged.identity.initiator, hex::encode(logged.isid)),
+                alua_seen: None,
+            },
             target: logged.volume.map(|(n, _)| n),
             identity: logged.identity,
             access: self.access.clone(),

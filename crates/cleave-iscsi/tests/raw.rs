@@ -121,3 +121,33 @@ fn digests_are_checked_when_negotiated() {
     let r = c.recv().unwrap();
     assert_eq!((r.opcode(), r.itt(), &r.data[..]), (Some(Opcode::NopIn), 77, &b"ping"[..]));
 }
+
+#[test]
+fn reservations_survive_a_restart_through_the_host() {
+    let shared = std::sync::Arc::new(access(&["disk"], 1 << 20));
+    let register = |c: &mut Raw, key: u64| {
+        let mut params = [0u8; 24];
+        params[8..16].copy_from_slice(&key.to_be_bytes());
+        c.scsi(&[0x5f, 0, 0, 0, 0, 0, 0, 0, 24, 0], &params, 0).status
+    };
+    let read_keys = |c: &mut Raw| c.scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256).data;
+    let addr = start_with(shared.clone());
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.login(TEST_INITIATOR, "disk"), (0, 0));
+    assert_eq!(register(&mut c, 0xabcd), 0);
+    // Reserve Write Exclusive; another initiator's write then conflicts.
+    let mut params = [0u8; 24];
+    params[..8].copy_from_slice(&0xabcdu64.to_be_bytes());
+    assert_eq!(c.scsi(&[0x5f, 1, 1, 0, 0, 0, 0, 0, 24, 0], &params, 0).status, 0);
+    let mut other = Raw::connect(addr);
+    assert_eq!(other.login("iqn.2025-01.invalid.test:other", "disk"), (0, 0));
+    assert_eq!(other.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0).status, 0x18, "RESERVATION CONFLICT");
+    assert_eq!(other.scsi(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 512).status, 0, "reads are allowed");
+    // A second target over the same host state sees the key and the reservation.
+    let addr2 = start_with(shared.clone());
+    let mut d = Raw::connect(addr2);
+    assert_eq!(d.login("iqn.2025-01.invalid.test:other", "disk"), (0, 0));
+    let keys = read_keys(&mut d);
+    assert_eq!((u32::from_be_bytes(keys[4..8].try_into().unwrap()), &keys[8..16]), (8, &0xabcdu64.to_be_bytes()[..]));
+    assert_eq!(d.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0).status, 0x18);
+}

@@ -17,6 +17,11 @@ pub(super) fn is_media_access(op: u8) -> bool {
     )
 }
 
+/// Commands that change the medium (a Write Exclusive reservation refuses them).
+pub(super) fn is_write(op: u8) -> bool {
+    matches!(op, 0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x41 | 0x93 | 0x42 | 0x89)
+}
+
 /// The data-out length a command's CDB asks for (SPDTL), for the iSCSI residual count.
 pub fn data_out_len(cdb: &[u8]) -> u64 {
     let c = Cdb(cdb);
@@ -32,6 +37,7 @@ pub fn data_out_len(cdb: &[u8]) -> u64 {
         0x93 if c.byte(1) & 1 == 0 => blocks(1),
         0x89 => 2 * blocks(c.byte(13) as u64),
         0x42 | 0x55 => c.be(7, 2),
+        0x5f => c.be(5, 4),
         0x15 => c.byte(4) as u64,
         _ => 0,
     }

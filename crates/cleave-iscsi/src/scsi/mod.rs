@@ -12,8 +12,10 @@ use crate::access::{Access, Alua, AluaState, Rights};
 mod inquiry;
 pub mod io;
 mod mode;
+pub mod reserve;
 pub mod sense;
 
+pub use reserve::{ReservationType, Reservations};
 pub use sense::{Key, Sense, Status};
 
 /// Logical block size presented to initiators.
@@ -74,17 +76,31 @@ pub struct Shared {
     write_cache: AtomicBool,
     /// COMPARE AND WRITE takes it exclusively, other writes shared: it is atomic against them.
     atomic: tokio::sync::RwLock<()>,
+    reservations: std::sync::Mutex<Reservations>,
+}
+
+impl Shared {
+    /// Starting from the reservations the host kept.
+    pub fn new(reservations: Reservations) -> Shared {
+        Shared {
+            write_cache: AtomicBool::new(true),
+            atomic: tokio::sync::RwLock::new(()),
+            reservations: std::sync::Mutex::new(reservations),
+        }
+    }
 }
 
 impl Default for Shared {
     fn default() -> Self {
-        Shared { write_cache: AtomicBool::new(true), atomic: tokio::sync::RwLock::new(()) }
+        Shared::new(Reservations::default())
     }
 }
 
 /// Per-session (I_T nexus) state the command set needs.
 #[derive(Debug, Default)]
 pub struct Nexus {
+    /// The initiator port, `<initiator name>,i,0x<ISID>`: who holds registrations.
+    pub port: String,
     /// The ALUA generation this session has been told about.
     pub alua_seen: Option<u64>,
 }
@@ -123,7 +139,10 @@ impl Lu {
         if let Some(s) = self.attention(nexus, op) {
             return Outcome::check(s);
         }
-        match self.dispatch(op, cdb, data).await {
+        if self.reservation_conflict(&nexus.port, op) {
+            return Outcome { status: Status::ReservationConflict, data: Bytes::new(), sense: None };
+        }
+        match self.dispatch(nexus, op, cdb, data).await {
             Ok(o) => o,
             Err(s) => Outcome::check(s),
         }
@@ -152,7 +171,7 @@ impl Lu {
         }
     }
 
-    async fn dispatch(&self, op: u8, cdb: &[u8], data: Bytes) -> Result<Outcome> {
+    async fn dispatch(&self, nexus: &Nexus, op: u8, cdb: &[u8], data: Bytes) -> Result<Outcome> {
         let cdb = Cdb(cdb);
         match op {
             0x00 | 0x1b | 0x1e => Ok(Outcome::good(Bytes::new())),
@@ -164,6 +183,8 @@ impl Lu {
             0xa3 if cdb.byte(1) & 0x1f == 0x0a => self.report_target_port_groups(&cdb),
             0x1a | 0x5a => self.mode_sense(&cdb),
             0x15 | 0x55 => self.mode_select(&cdb, &data),
+            0x5e => self.persistent_reserve_in(&cdb),
+            0x5f => self.persistent_reserve_out(&nexus.port, &cdb, &data),
             _ => self.dispatch_io(op, &cdb, data).await,
         }
     }
