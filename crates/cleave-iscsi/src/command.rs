@@ -162,52 +162,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn respond(&mut self, itt: u32, lun: u64, edtl: u32, outcome: Outcome, spdtl_out: Option<u64>) {
         let spdtl = spdtl_out.unwrap_or(outcome.data.len() as u64);
         // Residual flags: O (overflow) 0x04, U (underflow) 0x02.
-        let (flags, residual) = match spdtl.cmp(&(edtl as u64)) {
+        let residual = match spdtl.cmp(&(edtl as u64)) {
             std::cmp::Ordering::Greater => (0x04, (spdtl - edtl as u64).min(u32::MAX as u64) as u32),
             std::cmp::Ordering::Less => (0x02, edtl - spdtl as u32),
             std::cmp::Ordering::Equal => (0, 0),
         };
         let data = outcome.data.slice(..outcome.data.len().min(edtl as usize));
-        let mut data_sn = 0u32;
-        if !data.is_empty() {
-            let max = (self.params.max_send_data as usize).max(512);
-            let burst = self.params.max_burst.max(512) as usize;
-            let mut at = 0;
-            while at < data.len() {
-                let n = max.min(data.len() - at).min(burst - at % burst);
-                let last = at + n == data.len();
-                let mut d = Pdu::new(Opcode::DataIn);
-                let end_of_burst = (at + n) % burst == 0;
-                let good = outcome.status == Status::Good;
-                let mut f = if last || end_of_burst { 0x80 } else { 0 };
-                if last && good {
-                    f |= 0x01 | flags;
-                    d.bhs[3] = Status::Good.code();
-                    d.set_u32(44, residual);
-                }
-                d.set_flags(f);
-                d.set_lun(lun);
-                d.set_itt(itt);
-                d.set_u32(20, NO_TAG);
-                self.numbers(&mut d, last && good);
-                d.set_u32(36, data_sn);
-                d.set_u32(40, at as u32);
-                d.data = data.slice(at..at + n);
-                self.send(d);
-                data_sn += 1;
-                at += n;
-            }
-            if outcome.status == Status::Good {
-                return;
-            }
+        let good = outcome.status == Status::Good;
+        let data_sn = self.data_in(itt, lun, &data, good.then_some(residual));
+        if good && !data.is_empty() {
+            return;
         }
         let mut r = Pdu::new(Opcode::ScsiResponse);
-        r.set_flags(0x80 | flags);
+        r.set_flags(0x80 | residual.0);
         r.bhs[3] = outcome.status.code();
         r.set_itt(itt);
         self.numbers(&mut r, true);
         r.set_u32(36, data_sn);
-        r.set_u32(44, residual);
+        r.set_u32(44, residual.1);
         if let Some(sense) = outcome.sense {
             let s = sense.fixed();
             let mut seg = (s.len() as u16).to_be_bytes().to_vec();
@@ -215,5 +187,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             r.data = seg.into();
         }
         self.send(r);
+    }
+
+    /// Sends `data` as Data-In PDUs within the initiator's limits, F at each burst's end; with
+    /// `status` (residual flags and count) the last one carries GOOD status. Returns the count.
+    fn data_in(&mut self, itt: u32, lun: u64, data: &Bytes, status: Option<(u8, u32)>) -> u32 {
+        let max = (self.params.max_send_data as usize).max(512);
+        let burst = self.params.max_burst.max(512) as usize;
+        let (mut at, mut data_sn) = (0, 0u32);
+        while at < data.len() {
+            let n = max.min(data.len() - at).min(burst - at % burst);
+            let last = at + n == data.len();
+            let mut d = Pdu::new(Opcode::DataIn);
+            let mut f = if last || (at + n).is_multiple_of(burst) { 0x80 } else { 0 };
+            if let Some((flags, residual)) = status.filter(|_| last) {
+                f |= 0x01 | flags;
+                d.bhs[3] = Status::Good.code();
+                d.set_u32(44, residual);
+            }
+            d.set_flags(f);
+            d.set_lun(lun);
+            d.set_itt(itt);
+            d.set_u32(20, NO_TAG);
+            self.numbers(&mut d, last && status.is_some());
+            d.set_u32(36, data_sn);
+            d.set_u32(40, at as u32);
+            d.data = data.slice(at..at + n);
+            self.send(d);
+            data_sn += 1;
+            at += n;
+        }
+        data_sn
     }
 }

@@ -29,9 +29,8 @@ pub fn access(volumes: &[&str], size: u64) -> StaticAccess {
 
 /// Access over devices the test keeps a handle on.
 pub fn with_devices(volumes: Vec<(&str, Arc<MemDevice>)>) -> StaticAccess {
-    let mut a = StaticAccess::default();
-    a.volumes = volumes.into_iter().map(|(v, d)| (v.to_string(), d as Arc<dyn BlockDevice>)).collect();
-    a
+    let volumes = volumes.into_iter().map(|(v, d)| (v.to_string(), d as Arc<dyn BlockDevice>)).collect();
+    StaticAccess { volumes, ..Default::default() }
 }
 
 /// Starts a target on its own runtime thread (external tools block); returns its address.
