@@ -393,3 +393,106 @@ impl<'a> Login<'a> {
         Step::Fail(p, e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::StaticAccess;
+    use crate::chap::response;
+
+    const INITIATOR: &str = "iqn.2025-01.invalid.test:one";
+
+    fn access(chap: bool) -> StaticAccess {
+        let mut a = StaticAccess::default();
+        let dev: std::sync::Arc<dyn cleave_nbd::BlockDevice> = std::sync::Arc::new(cleave_nbd::MemDevice::new(4096));
+        a.volumes.insert("disk".into(), dev);
+        if chap {
+            a.chap.insert(INITIATOR.into(), ("alice".into(), b"secretsecret".to_vec()));
+            a.target_chap = Some(("tgt".into(), b"targetsecret".to_vec()));
+        }
+        a
+    }
+
+    fn config() -> LoginConfig {
+        LoginConfig { iqn_base: "iqn.x".into(), limits: Limits::default(), window: 8 }
+    }
+
+    fn request(csg: u8, nsg: Option<u8>, keys: &str) -> Pdu {
+        let mut p = Pdu::new(Opcode::LoginRequest);
+        p.set_flags(csg << 2 | nsg.map_or(0, |n| 0x80 | n));
+        p.bhs[8] = 0x80;
+        p.data = keys.replace(';', "\0").into_bytes().into();
+        p
+    }
+
+    fn pairs(p: &Pdu) -> text::Pairs {
+        text::parse(&p.data).unwrap()
+    }
+
+    fn get(p: &Pdu, k: &str) -> String {
+        pairs(p).into_iter().find(|(x, _)| x == k).map(|(_, v)| v).unwrap_or_default()
+    }
+
+    #[test]
+    fn chap_one_way_and_mutual_then_operational() {
+        let (a, cfg) = (access(true), config());
+        let mut l = Login::new(&a, &cfg, None, 7);
+        let first = format!("InitiatorName={INITIATOR};TargetName=iqn.x:cleave:disk;AuthMethod=CHAP,None;");
+        let Step::Continue(r) = l.step(&request(0, Some(1), &first)) else { panic!("refused") };
+        assert_eq!((get(&r, "AuthMethod"), r.flags() & 0x80), ("CHAP".into(), 0), "no transit before CHAP");
+        let Step::Continue(r) = l.step(&request(0, Some(1), "CHAP_A=5;")) else { panic!("refused") };
+        let id: u8 = get(&r, "CHAP_I").parse().unwrap();
+        let c = text::binary(&get(&r, "CHAP_C")).unwrap();
+        let answer = text::hex(&response(id, b"secretsecret", &c));
+        let keys = format!("CHAP_N=alice;CHAP_R={answer};CHAP_I=9;CHAP_C=0x0102030405;");
+        let Step::Continue(r) = l.step(&request(0, Some(1), &keys)) else { panic!("refused") };
+        assert_eq!(r.flags() & 0x83, 0x81, "transit to operational");
+        assert_eq!(get(&r, "CHAP_R"), text::hex(&response(9, b"targetsecret", &[1, 2, 3, 4, 5])));
+        let Step::Done(r, logged) = l.step(&request(1, Some(3), "HeaderDigest=CRC32C,None;")) else { panic!() };
+        assert_eq!((get(&r, "HeaderDigest"), u16::from_be_bytes([r.bhs[14], r.bhs[15]])), ("CRC32C".into(), 7));
+        assert_eq!(
+            (logged.identity.chap_name.as_deref(), logged.volume.map(|v| v.0)),
+            (Some("alice"), Some("disk".into()))
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let (a, cfg) = (access(true), config());
+        let first = format!("InitiatorName={INITIATOR};TargetName=iqn.x:cleave:disk;");
+        // CHAP required: skipping the security stage fails.
+        let mut l = Login::new(&a, &cfg, None, 1);
+        assert!(matches!(l.step(&request(1, Some(3), &first)), Step::Fail(_, LoginError::Authentication)));
+        // A wrong response.
+        let mut l = Login::new(&a, &cfg, None, 1);
+        l.step(&request(0, Some(1), &format!("{first}AuthMethod=CHAP;")));
+        l.step(&request(0, Some(1), "CHAP_A=5;"));
+        let step = l.step(&request(0, Some(1), "CHAP_N=alice;CHAP_R=0x00112233445566778899aabbccddeeff;"));
+        assert!(matches!(step, Step::Fail(r, LoginError::Authentication) if (r.bhs[36], r.bhs[37]) == (2, 1)));
+        // No CHAP needed, unknown target: not found when leaving the stage.
+        let a = access(false);
+        let mut l = Login::new(&a, &cfg, None, 1);
+        let other = format!("InitiatorName={INITIATOR};TargetName=iqn.x:cleave:nope;");
+        assert!(matches!(l.step(&request(1, Some(3), &other)), Step::Fail(_, LoginError::NotFound)));
+        // A version we do not speak, and a TSIH for a session that does not exist.
+        let mut l = Login::new(&a, &cfg, None, 1);
+        let mut p = request(1, Some(3), &first);
+        p.bhs[3] = 1;
+        assert!(matches!(l.step(&p), Step::Fail(_, LoginError::Version)));
+        let mut l = Login::new(&a, &cfg, None, 1);
+        let mut p = request(1, Some(3), &first);
+        p.bhs[15] = 5;
+        assert!(matches!(l.step(&p), Step::Fail(_, LoginError::NoSession)));
+    }
+
+    #[test]
+    fn text_in_parts_and_discovery() {
+        let (a, cfg) = (access(false), config());
+        let mut l = Login::new(&a, &cfg, None, 1);
+        let mut part = request(1, None, &format!("InitiatorName={INITIATOR};Sess"));
+        part.set_flags(part.flags() | 0x40);
+        assert!(matches!(l.step(&part), Step::Continue(r) if r.data.is_empty()));
+        let Step::Done(_, logged) = l.step(&request(1, Some(3), "ionType=Discovery;")) else { panic!() };
+        assert_eq!((logged.kind, logged.volume.is_none()), (SessionType::Discovery, true));
+    }
+}
