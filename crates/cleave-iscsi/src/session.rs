@@ -233,14 +233,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // already finished is reported as not existing, which tells the initiator so.
             1 => {
                 let referenced = p.field20();
-                let before = self.queued.len();
-                self.queued.retain(|_, q| q.itt() != referenced);
-                u8::from(self.writes.remove(&referenced).is_none() && self.queued.len() == before)
+                let queued = self.abort_queued(|q| q.itt() == referenced);
+                u8::from(self.writes.remove(&referenced).is_none() && queued == 0)
             }
             // ABORT TASK SET, CLEAR TASK SET, LUN RESET, TARGET WARM/COLD RESET.
             2 | 4 | 5 | 6 | 7 => {
                 self.writes.clear();
-                self.queued.clear();
+                self.abort_queued(|_| true);
                 0
             }
             // CLEAR ACA: ACA is never established (NACA is not supported).
@@ -259,6 +258,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Flow::Close;
         }
         Flow::Continue
+    }
+
+    /// Aborts queued commands: each becomes a NOP-Out that needs no answer, so its CmdSN still
+    /// counts as received and the commands behind it are not held up. Returns how many.
+    fn abort_queued(&mut self, which: impl Fn(&Pdu) -> bool) -> usize {
+        let mut n = 0;
+        for q in self.queued.values_mut().filter(|q| q.opcode() == Some(Opcode::ScsiCommand) && which(q)) {
+            let mut nop = Pdu::new(Opcode::NopOut);
+            nop.set_itt(NO_TAG);
+            nop.set_u32(24, q.sn24());
+            *q = nop;
+            n += 1;
+        }
+        n
     }
 
     /// Text requests: SendTargets (RFC 7143 Appendix C); any other key is not understood.

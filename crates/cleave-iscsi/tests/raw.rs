@@ -151,3 +151,30 @@ fn reservations_survive_a_restart_through_the_host() {
     assert_eq!((u32::from_be_bytes(keys[4..8].try_into().unwrap()), &keys[8..16]), (8, &0xabcdu64.to_be_bytes()[..]));
     assert_eq!(d.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0).status, 0x18);
 }
+
+#[test]
+fn an_aborted_early_command_does_not_hold_up_the_ones_behind_it() {
+    let addr = start(access(&["disk"], 1 << 20));
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.login(TEST_INITIATOR, "disk"), (0, 0));
+    // CmdSN n+1 arrives before n: it waits. Then it is aborted, then n arrives.
+    let mut early = Pdu::new(Opcode::ScsiCommand);
+    early.set_flags(0x80);
+    early.set_itt(500);
+    early.set_u32(24, c.cmd_sn + 1);
+    c.send(&early);
+    let mut abort = Pdu::new(Opcode::TaskMgmtRequest);
+    abort.set_immediate(true);
+    abort.set_flags(0x80 | 1);
+    abort.set_itt(501);
+    abort.set_u32(20, 500);
+    abort.set_u32(24, c.cmd_sn);
+    c.send(&abort);
+    let r = c.recv().unwrap();
+    assert_eq!((r.opcode(), r.itt(), r.bhs[2]), (Some(Opcode::TaskMgmtResponse), 501, 0), "function complete");
+    assert_eq!(c.scsi(&TUR, &[], 0).status, 0);
+    // The aborted command's CmdSN counts as received: the next one runs at once.
+    c.cmd_sn += 1;
+    let r = c.scsi(&TUR, &[], 0);
+    assert_eq!(r.status, 0);
+}
