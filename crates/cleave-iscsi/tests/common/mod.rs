@@ -1,0 +1,189 @@
+//! Shared test helpers: a target on 127.0.0.1:0 over MemDevices, and external initiators.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use cleave_iscsi::pdu::{self, Digests, Opcode, Pdu};
+use cleave_iscsi::{Access, Server, ServerConfig, StaticAccess};
+use cleave_nbd::{BlockDevice, MemDevice};
+
+pub const BASE: &str = "iqn.2025-01.invalid.cleave";
+/// The initiator names libiscsi's compliance suite logs in with.
+pub const TEST_INITIATOR: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
+
+/// A volume name's target name.
+pub fn target(volume: &str) -> String {
+    format!("{BASE}:cleave:{volume}")
+}
+
+pub fn url(addr: SocketAddr, volume: &str) -> String {
+    format!("iscsi://{addr}/{}/0", target(volume))
+}
+
+/// Access with the given volumes (each a fresh MemDevice of `size` bytes).
+pub fn access(volumes: &[&str], size: u64) -> StaticAccess {
+    with_devices(volumes.iter().map(|v| (*v, Arc::new(MemDevice::new(size)))).collect())
+}
+
+/// Access over devices the test keeps a handle on.
+pub fn with_devices(volumes: Vec<(&str, Arc<MemDevice>)>) -> StaticAccess {
+    let volumes = volumes.into_iter().map(|(v, d)| (v.to_string(), d as Arc<dyn BlockDevice>)).collect();
+    StaticAccess { volumes, ..Default::default() }
+}
+
+/// Starts a target on its own runtime thread (external tools block); returns its address.
+pub fn start(access: StaticAccess) -> SocketAddr {
+    start_with(Arc::new(access))
+}
+
+/// The same with any [`Access`].
+pub fn start_with(access: Arc<dyn Access>) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let server = Arc::new(Server::new(access, ServerConfig::default()));
+            let _ = server.serve(listener).await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// Asserts that an external tool is installed: `.ci/run` installs them, and a missing tool
+/// must fail the test, never skip it.
+pub fn have(tool: &str) {
+    let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    assert!(ok, "{tool} is not installed (run .ci/run, which installs libiscsi-bin and qemu-block-extra)");
+}
+
+pub fn run(tool: &str, args: &[&str]) -> Output {
+    have(tool);
+    Command::new(tool).args(args).output().unwrap()
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A hand-written initiator for poking at the wire protocol (blocking; the target runs on
+/// its own thread).
+pub struct Raw {
+    pub s: std::net::TcpStream,
+    pub itt: u32,
+    pub cmd_sn: u32,
+    pub exp_stat_sn: u32,
+    /// In force after login.
+    pub digests: Digests,
+}
+
+/// What a SCSI command came back with.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u8,
+    pub sense: Vec<u8>,
+    pub data: Vec<u8>,
+}
+
+impl Reply {
+    /// (sense key, ASC, ASCQ) of fixed-format sense data.
+    pub fn sense_code(&self) -> Option<(u8, u8, u8)> {
+        (self.sense.len() >= 14).then(|| (self.sense[2] & 0xf, self.sense[12], self.sense[13]))
+    }
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        Raw { s, itt: 1, cmd_sn: 1, exp_stat_sn: 0, digests: Digests::default() }
+    }
+
+    pub fn send(&mut self, p: &Pdu) {
+        use std::io::Write;
+        self.s.write_all(&p.encode(self.digests)).unwrap();
+    }
+
+    /// The next PDU, or None when the target closed the connection.
+    pub fn recv(&mut self) -> Option<Pdu> {
+        use std::io::Read;
+        let mut bhs = [0u8; pdu::BHS_LEN];
+        self.s.read_exact(&mut bhs).ok()?;
+        let len = pdu::lengths(&bhs, 1 << 24).unwrap();
+        let mut rest = vec![0u8; len.rest(self.digests)];
+        self.s.read_exact(&mut rest).ok()?;
+        let p = pdu::parse_rest(bhs, len, &rest, self.digests).unwrap();
+        self.exp_stat_sn = p.sn24().wrapping_add(1);
+        Some(p)
+    }
+
+    /// Logs in straight to full feature phase, skipping the security stage. Returns the
+    /// final response's status class and detail.
+    pub fn login(&mut self, initiator: &str, volume: &str) -> (u8, u8) {
+        self.login_with(initiator, volume, "")
+    }
+
+    /// The same with more keys (each ended by a NUL); digests the target agrees to take effect.
+    pub fn login_with(&mut self, initiator: &str, volume: &str, extra: &str) -> (u8, u8) {
+        let mut p = Pdu::new(Opcode::LoginRequest);
+        p.set_immediate(true);
+        p.set_flags(0x80 | 1 << 2 | 3);
+        p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 1]);
+        p.set_itt(self.itt);
+        p.set_u32(24, self.cmd_sn);
+        let keys = format!(
+            "InitiatorName={initiator}\0TargetName={}\0SessionType=Normal\0ImmediateData=Yes\0InitialR2T=No\0\
+             MaxRecvDataSegmentLength=65536\0",
+            target(volume)
+        ) + extra;
+        p.data = keys.into_bytes().into();
+        self.send(&p);
+        let r = self.recv().expect("a login response");
+        let answer = String::from_utf8_lossy(&r.data).into_owned();
+        self.digests =
+            Digests { header: answer.contains("HeaderDigest=CRC32C"), data: answer.contains("DataDigest=CRC32C") };
+        (r.bhs[36], r.bhs[37])
+    }
+
+    /// Sends a SCSI command with its data-out as immediate data; collects Data-In and status.
+    pub fn scsi(&mut self, cdb: &[u8], out: &[u8], read: u32) -> Reply {
+        let mut p = Pdu::new(Opcode::ScsiCommand);
+        let dir = if !out.is_empty() {
+            0x20
+        } else if read > 0 {
+            0x40
+        } else {
+            0
+        };
+        p.set_flags(0x80 | dir | 1);
+        self.itt += 1;
+        p.set_itt(self.itt);
+        p.set_u32(20, if out.is_empty() { read } else { out.len() as u32 });
+        p.set_u32(24, self.cmd_sn);
+        p.set_u32(28, self.exp_stat_sn);
+        self.cmd_sn += 1;
+        p.bhs[32..32 + cdb.len()].copy_from_slice(cdb);
+        p.data = bytes::Bytes::copy_from_slice(out);
+        self.send(&p);
+        let mut data = Vec::new();
+        loop {
+            let r = self.recv().expect("a response");
+            match r.opcode() {
+                Some(Opcode::DataIn) => {
+                    data.extend_from_slice(&r.data);
+                    if r.flags() & 1 != 0 {
+                        return Reply { status: r.bhs[3], sense: Vec::new(), data };
+                    }
+                }
+                Some(Opcode::ScsiResponse) => {
+                    let sense = r.data.get(2..).map(|s| s.to_vec()).unwrap_or_default();
+                    return Reply { status: r.bhs[3], sense, data };
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
