@@ -4,6 +4,8 @@
 # unmirrored, mirrored sync to B and mirrored async to B:
 #  - sequential 1 MiB writes (QD4) and 4k random writes (QD32): throughput and the ratio to
 #    unmirrored (goals: sync 0.7x sequential and 0.6x random, async 0.9x);
+#  - the CPU each gateway spends per MiB written (until mirrored and destaged): on one machine
+#    both gateways share its cores, and B destages the same data to its own targets;
 #  - the initial sync of a volume full of data, against A's destage rate of the same data
 #    (goal: 70% of the slower side's destage rate; both sides share one disk here).
 #   bench/mirror.sh [MIB] [RANDOM_SECONDS]
@@ -35,6 +37,8 @@ dirty() { on A volume show "$1" --json | python3 -c 'import json,sys; print(json
 all_dirty() { on "$1" volume list --json | python3 -c 'import json,sys; print(sum(v["dirty_bytes"] for v in json.load(sys.stdin)))'; }
 settle() { for s in A B; do for _ in $(seq 6000); do [ "$(all_dirty $s)" = 0 ] && break; sleep 0.1; done; done; }
 now() { date +%s.%N; }
+# CPU seconds (user and system, every thread) a process has used.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 gateway A; gateway B
 on B mirror credentials site-a --out "$OUT/mirror/site-a.json" >/dev/null
@@ -48,9 +52,15 @@ echo "mirroring on loopback, ${MIB} MiB volumes, five directory targets at 3-of-
 declare -A SEQ RND
 for v in plain sync async; do
   settle
+  a0=$(cpu_secs "${PIDS[0]}"); b0=$(cpu_secs "${PIDS[1]}")
   read -r bw _ < <(fio_nbd "$(uri A "$v")" --rw=write --bs=1M --iodepth=4 --size="${MIB}M" --end_fsync=1)
   SEQ[$v]=$bw
+  [ "$v" = plain ] || wait_in_sync "$v"
   settle
+  a1=$(cpu_secs "${PIDS[0]}"); b1=$(cpu_secs "${PIDS[1]}")
+  python3 -c 'import sys; v = sys.argv[1]; m, a0, a1, b0, b1 = map(float, sys.argv[2:])
+print(f"  {v}: CPU per MiB written, until mirrored and destaged on both sides: A {(a1 - a0) / m * 1000:.1f} ms, B {(b1 - b0) / m * 1000:.1f} ms")' \
+    "$v" "$MIB" "$a0" "$a1" "$b0" "$b1"
   read -r _ iops < <(fio_nbd "$(uri A "$v")" --rw=randwrite --bs=4k --iodepth=32 --size="${MIB}M" \
     --time_based --runtime="$SECS" --randrepeat=0)
   RND[$v]=$iops

@@ -212,6 +212,26 @@ fn wait_until(s: &Serve, volume: &str, ok: impl Fn(&Value) -> bool, secs: u64) -
     }
 }
 
+/// A planned switchover between two processes, of an async mirror with writes just made:
+/// B takes over with nothing lost, A becomes the mirror, B's writes reach A; then back.
+#[test]
+fn a_planned_switchover_loses_nothing_and_can_go_back() {
+    let p = Pair::start(FAST, FAST);
+    p.mirror(Side::A, "v", "async");
+    let mut w = Writes::new(SIZE as usize);
+    for (round, (from, to)) in [(Side::A, Side::B), (Side::B, Side::A)].into_iter().enumerate() {
+        let (old, new) = (p.side(from), p.side(to));
+        scatter(old, "v", &mut w, 1 + round as u8, 32, 65536);
+        new.cli_ok(&["mirror", "promote", "v"]);
+        assert_eq!(show(new, "v")["role"], "primary", "round {round}");
+        assert_eq!(show(old, "v")["role"], "secondary", "round {round}");
+        assert_same(&image(new, "v", &p.scratch()), &w.image, "the new primary after the switchover");
+        scatter(new, "v", &mut w, 0x10 + round as u8, 16, 4096);
+        wait_until(new, "v", |v| v["state"] == "in-sync" && v["lag_bytes"] == 0, 60);
+        assert_same(&image(old, "v", &p.scratch()), &w.image, "the new mirror");
+    }
+}
+
 /// B is promoted by force while A is cut off, both write, the link returns: both refuse
 /// and report split brain; resolving on B (its changes go) makes the images identical.
 #[test]
