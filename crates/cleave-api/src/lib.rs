@@ -14,6 +14,8 @@ mod groups;
 mod hierarchy;
 /// The admin API over TLS: a listener whose handshakes run in their own tasks.
 pub mod https;
+/// How clients log in over iSCSI: CHAP secrets and initiator names.
+mod initiators;
 /// `GET /metrics`, for Prometheus.
 mod metrics;
 /// Mirrors of volumes to and from a peer gateway.

@@ -9,7 +9,8 @@ use utoipa::{IntoParams, ToSchema};
 pub use cleave_control::access::{Grant, Group};
 pub use cleave_control::hierarchy::{ChildControl, TreeNode};
 pub use cleave_control::pool::{Event, NodeInfo, NodeStatus, PoolSummary};
-pub use cleave_gateway::groups::{ClientView, Credentials, GroupView};
+pub use cleave_gateway::groups::{ChapKind, ClientView, Credentials, GroupView, InitiatorView};
+pub use cleave_gateway::iscsi::ChapSecrets;
 pub use cleave_gateway::mirror::CreateMirror;
 pub use cleave_gateway::tasks::{NewTask, TaskKind, TaskState, TaskView};
 pub use cleave_gateway::users::{TokenView, UserView};
@@ -140,6 +141,27 @@ pub struct NewPassword {
 pub struct NewName {
     #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$", min_length = 1, max_length = 64)]
     pub name: String,
+}
+
+/// Body of `POST /api/v1/clients/{client}/chap`.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+pub struct NewChap {
+    /// Also a secret for the gateway to prove back (mutual CHAP).
+    #[serde(default)]
+    pub mutual: bool,
+}
+
+/// Body of `PUT /api/v1/clients/{client}/initiators/{initiator}`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct InitiatorBody {
+    /// Whether the initiator must prove the client's CHAP secret (default). Without it, the
+    /// initiator's name, which any host can claim, is all that identifies it.
+    #[serde(default = "yes")]
+    pub chap: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Query of the calls that may crypto-erase a volume (revoke, delete a group).

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use crate::auth::Shared;
 use crate::openapi::{self, ApiDoc};
-use crate::{auth, console, groups, hierarchy, metrics, mirrors, users, volumes};
+use crate::{auth, console, groups, hierarchy, initiators, metrics, mirrors, users, volumes};
 
 /// The routes anyone may call.
 fn public() -> OpenApiRouter<Shared> {
@@ -28,6 +28,7 @@ fn private() -> OpenApiRouter<Shared> {
         .merge(volumes::routes())
         .merge(mirrors::routes())
         .merge(groups::routes())
+        .merge(initiators::routes())
         .merge(users::routes())
         .merge(metrics::routes())
 }

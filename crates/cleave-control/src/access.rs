@@ -1,11 +1,14 @@
 //! Who may reach which volume: clients (hosts identified by a certificate), groups
 //! (communities of interest) and their grants (read-write or read-only, optionally
 //! only on byte ranges). Pure logic; the gateway persists the [`Registry`] and asks
-//! it for [`Rights`] on every NBD connection, and the rights on every request.
+//! it for [`Rights`] on every NBD connection, and the rights on every request. iSCSI
+//! initiators and CHAP secrets are in [`crate::initiators`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::initiators::{Chap, Initiator, Secret};
 
 /// The group whose members are local administrators: a volume it can reach is open to
 /// unauthenticated clients on loopback.
@@ -25,6 +28,16 @@ pub enum AccessError {
     NoGroup(String),
     #[error("region {offset}+{length} is empty or overflows")]
     BadRegion { offset: u64, length: u64 },
+    #[error("initiator name {0:?} is not an iSCSI name: iqn., eui. or naa., then a-z 0-9 - . : only")]
+    BadInitiator(String),
+    #[error("initiator {initiator:?} already belongs to client {client:?}")]
+    InitiatorTaken { initiator: String, client: String },
+    #[error("client {client:?} has no initiator {initiator:?}")]
+    NoInitiator { client: String, initiator: String },
+    #[error(
+        "client {0:?} has no CHAP secret: make one first (cleave client chap), or allow the initiator without CHAP"
+    )]
+    NoChapSecret(String),
 }
 
 /// A host that attaches disks, known by the SHA-256 fingerprint of its certificate.
@@ -33,6 +46,9 @@ pub struct Client {
     pub name: String,
     pub fingerprint: String,
     pub created_unix_ms: u64,
+    /// The client's iSCSI CHAP secrets, when it has some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<Chap>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -161,6 +177,9 @@ pub enum Identity {
 pub struct Registry {
     pub clients: BTreeMap<String, Client>,
     pub groups: BTreeMap<String, Group>,
+    /// iSCSI initiator name → the client it logs in as.
+    #[serde(default)]
+    pub initiators: BTreeMap<String, Initiator>,
 }
 
 pub fn check_name(name: &str) -> Result<(), AccessError> {
@@ -191,6 +210,7 @@ impl Registry {
         for g in self.groups.values_mut() {
             g.clients.remove(name);
         }
+        self.initiators.retain(|_, i| i.client != name);
         Ok(c)
     }
 
@@ -264,7 +284,8 @@ mod tests {
     fn reg() -> Registry {
         let mut r = Registry::default();
         for c in ["a", "b", "c"] {
-            r.add_client(Client { name: c.into(), fingerprint: format!("FP-{c}"), created_unix_ms: 0 }).unwrap();
+            r.add_client(Client { name: c.into(), fingerprint: format!("FP-{c}"), created_unix_ms: 0, chap: None })
+                .unwrap();
         }
         r.add_group("rw").unwrap();
         r.add_group("ro").unwrap();

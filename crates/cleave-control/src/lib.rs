@@ -4,6 +4,7 @@
 //! - [`clock`]: wall-clock times as recorded and as packet numbers.
 //! - [`autoconfig`]: the UDP protocol by which nodes (and child controls) register, report and leave.
 //! - [`access`]: clients, groups and grants; the rights of an identity on a volume.
+//! - [`initiators`]: iSCSI initiators as clients log in from, and the clients' CHAP secrets.
 //! - [`ca`]: control's certificate authority for NBD over TLS.
 //! - [`config`]: the configuration database behind the `ConfigStore` trait: embedded (redb) or
 //!   shared by several gateways (etcd); its conformance suite (feature `testing`).
@@ -21,6 +22,7 @@ pub mod children;
 pub mod clock;
 pub mod config;
 pub mod hierarchy;
+pub mod initiators;
 pub mod model;
 pub mod placement;
 pub mod pool;

@@ -108,8 +108,16 @@ fn target_kind(e: &TargetError) -> GatewayError {
 fn access_kind(e: &AccessError) -> GatewayError {
     let m = e.to_string();
     match e {
-        AccessError::NoClient(_) | AccessError::NoGroup(_) => GatewayError::NotFound(m),
-        _ => GatewayError::Invalid(m),
+        AccessError::NoClient(_) | AccessError::NoGroup(_) | AccessError::NoInitiator { .. } => {
+            GatewayError::NotFound(m)
+        }
+        AccessError::ClientExists(_) | AccessError::GroupExists(_) | AccessError::InitiatorTaken { .. } => {
+            GatewayError::Conflict(m)
+        }
+        AccessError::BadName(_)
+        | AccessError::BadRegion { .. }
+        | AccessError::BadInitiator(_)
+        | AccessError::NoChapSecret(_) => GatewayError::Invalid(m),
     }
 }
 

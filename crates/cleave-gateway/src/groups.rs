@@ -43,6 +43,7 @@ impl Gateway {
             name: name.to_string(),
             fingerprint: issued.fingerprint.clone(),
             created_unix_ms: cleave_control::pool::now_ms(),
+            chap: None,
         };
         self.access.update(|r| Ok(r.add_client(client)?))?;
         info!(client = name, fingerprint = %issued.fingerprint, "client certificate issued");
@@ -205,6 +206,15 @@ impl Gateway {
                 fingerprint: c.fingerprint.clone(),
                 created_unix_ms: c.created_unix_ms,
                 groups: r.groups.iter().filter(|(_, g)| g.clients.contains(&c.name)).map(|(n, _)| n.clone()).collect(),
+                chap: c
+                    .chap
+                    .as_ref()
+                    .map(|chap| if chap.mutual.is_some() { ChapKind::Mutual } else { ChapKind::OneWay }),
+                initiators: r
+                    .initiators_of(&c.name)
+                    .into_iter()
+                    .map(|(name, i)| InitiatorView { name, chap: i.chap })
+                    .collect(),
             })
             .collect()
     }
@@ -222,6 +232,29 @@ pub struct ClientView {
     pub fingerprint: String,
     pub created_unix_ms: u64,
     pub groups: Vec<String>,
+    /// Whether the client has CHAP secrets for iSCSI, and which.
+    #[serde(default)]
+    pub chap: Option<ChapKind>,
+    /// The iSCSI initiators that log in as this client.
+    #[serde(default)]
+    pub initiators: Vec<InitiatorView>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChapKind {
+    /// The initiator proves the client's secret.
+    OneWay,
+    /// And the gateway proves its own back.
+    Mutual,
+}
+
+/// An iSCSI initiator of a client.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InitiatorView {
+    pub name: String,
+    /// Whether it must log in with CHAP.
+    pub chap: bool,
 }
 
 /// A group as `GET /api/v1/groups` shows it.

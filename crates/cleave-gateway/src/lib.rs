@@ -20,6 +20,8 @@ pub mod groups;
 pub mod health;
 /// The task history, kept in the configuration database.
 pub mod history;
+/// The iSCSI front end's view: initiators and CHAP as clients, volumes, reservations.
+pub mod iscsi;
 /// The work of recover, re-replicate and move tasks.
 mod jobs;
 /// Start-up, retries of volumes that could not be opened, the health watcher.

@@ -374,6 +374,7 @@ impl Gateway {
             r.forget_volume(name);
             Ok(())
         })?;
+        self.forget_reservations(name);
         info!(volume = %name, "volume deleted");
         Ok(())
     }

@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// Local cache size per volume.
     #[arg(long, default_value = "1GiB")]
     pub cache_size: ByteSize,
+    /// iSCSI listen address (docs/iscsi.md). Without it there is no iSCSI front end. iSCSI has
+    /// no TLS: listen on loopback or a storage network only.
+    #[arg(long)]
+    pub iscsi: Option<SocketAddr>,
+    /// The start of every iSCSI target name: volume V is `IQN_BASE:cleave:V`.
+    #[arg(long, default_value = "iqn.2025-01.invalid.cleave")]
+    pub iscsi_iqn_base: String,
     /// Extra DNS names or IP addresses for the NBD TLS certificate (localhost, loopback
     /// addresses, the host name and the NBD address are always in it).
     #[arg(long = "tls-name")]
@@ -169,7 +176,8 @@ impl HttpTls {
 /// `cleave control`: the API and the node pool, without an NBD front end.
 pub async fn control(args: ControlArgs) -> Result<()> {
     let stores = Stores::open(args.data_dir)?;
-    run(stores, None, args.http, ByteSize(1 << 30), args.control, Vec::new(), None).await
+    let front = FrontEnds { nbd: None, iscsi: None, http: args.http };
+    run(stores, front, ByteSize(1 << 30), args.control, Vec::new(), None).await
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
@@ -184,7 +192,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             Stores::load(DataDir::with_config(args.data_dir, Arc::new(etcd))?)?
         }
     };
-    run(stores, Some(args.nbd), args.http, args.cache_size, args.control, args.tls_names, mirror).await
+    let iscsi = args.iscsi.map(|addr| (addr, args.iscsi_iqn_base.clone()));
+    let front = FrontEnds { nbd: Some(args.nbd), iscsi, http: args.http };
+    run(stores, front, args.cache_size, args.control, args.tls_names, mirror).await
 }
 
 /// Binds `DIR/nbd.sock` (mode 0600), the local administrators' way in: reaching it proves the
@@ -309,10 +319,30 @@ fn print_addresses(gw: &Gateway, autoconfig: SocketAddr, http: SocketAddr, https
     }
 }
 
+/// Where the front ends listen: NBD, iSCSI (with its IQN base), the admin API.
+struct FrontEnds {
+    nbd: Option<SocketAddr>,
+    iscsi: Option<(SocketAddr, String)>,
+    http: SocketAddr,
+}
+
+/// Serves iSCSI until it fails; without iSCSI, never ends.
+async fn spawn_iscsi(
+    gw: &Arc<Gateway>,
+    iscsi: Option<(SocketAddr, String)>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let Some((addr, iqn_base)) = iscsi else { return Ok(tokio::spawn(std::future::pending())) };
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("iSCSI on {addr}"))?;
+    let config = cleave_iscsi::ServerConfig { iqn_base, ..Default::default() };
+    let server = Arc::new(cleave_iscsi::Server::new(gw.clone(), config));
+    let bound = listener.local_addr()?;
+    println!("iSCSI: iscsi://{bound}/{}/0", server.target_name("VOLUME"));
+    Ok(tokio::spawn(server.serve(listener)))
+}
+
 async fn run(
     stores: Stores,
-    nbd: Option<SocketAddr>,
-    http: SocketAddr,
+    front: FrontEnds,
     cache_size: ByteSize,
     control: ControlFlags,
     tls_names_extra: Vec<String>,
@@ -325,6 +355,7 @@ async fn run(
     pool.set_enroller(Arc::new(cleave_gateway::nodetls::ControlEnroller::new(data, node_ca.clone())?));
     let targets = cleave_gateway::nodetls::target_credentials(&node_ca, pool.clone())?;
     let autoconfig_addr = start_autoconfig(&control, secret, pool.clone()).await?;
+    let FrontEnds { nbd, iscsi, http } = front;
     let nbd = match nbd {
         Some(a) => Some(bind_nbd(a, data).await?),
         None => None,
@@ -349,6 +380,7 @@ async fn run(
         println!("Mirror listener: {}", engine.listen());
     }
     let nbd_task = spawn_nbd(&gw, nbd, &names)?;
+    let iscsi_task = spawn_iscsi(&gw, iscsi).await?;
     let https = control.http_tls.enabled(http_addr);
     let http_task = spawn_http(&gw, http_listener, https, names)?;
     print_addresses(&gw, autoconfig_addr, http_addr, https);
@@ -357,6 +389,7 @@ async fn run(
         _ = term.recv() => info!("SIGTERM: destaging and shutting down"),
         _ = tokio::signal::ctrl_c() => info!("interrupt: destaging and shutting down"),
         r = nbd_task => error!(result = ?r, "NBD server stopped"),
+        r = iscsi_task => error!(result = ?r, "iSCSI server stopped"),
         r = http_task => error!(result = ?r, "admin API stopped"),
     }
     gw.hierarchy().leave().await;

@@ -501,10 +501,12 @@ async function clientsPage() {
     act("client added", async () => showCredentials(await api("POST", "/clients", { name: $("#client-name").value.trim() })));
   });
   show(h("h1", {}, "Clients"),
-    h("p", { class: "muted" }, "Hosts that attach disks over NBD with TLS, known by a certificate from this control's CA."),
+    h("p", { class: "muted" }, "Hosts that attach disks over NBD with TLS, known by a certificate from this control's CA, or over iSCSI from the initiators listed, with the client's CHAP secret."),
     admin ? form : null,
-    table("clients-table", ["Client", "Certificate fingerprint (SHA-256)", "Groups", "Added", ""], clients.map((c) => h("tr", { dataset: { client: c.name } },
-      h("td", {}, c.name), h("td", {}, h("code", {}, c.fingerprint)), h("td", {}, c.groups.join(", ")), h("td", {}, ago(c.created_unix_ms)),
+    table("clients-table", ["Client", "Certificate fingerprint (SHA-256)", "Groups", "iSCSI initiators", "Added", ""], clients.map((c) => h("tr", { dataset: { client: c.name } },
+      h("td", {}, c.name), h("td", {}, h("code", {}, c.fingerprint)), h("td", {}, c.groups.join(", ")),
+      h("td", {}, (c.initiators || []).map((i) => i.chap ? i.name : `${i.name} (no CHAP)`).join(", ") + (c.chap ? ` [CHAP ${c.chap}]` : "")),
+      h("td", {}, ago(c.created_unix_ms)),
       h("td", {}, admin && h("button", { type: "button", class: "danger", onclick: async () => {
         if (await confirmDestroy(`Remove client ${c.name}? Its certificate stops opening anything at once.`, c.name)) {
           act(`client ${c.name} removed`, () => api("DELETE", `/clients/${c.name}`));

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use cleave_api::model::{
-    ChangeUser, ClientView, Credentials, Grant, GrantBody, GroupView, IssuedToken, Mode, NewName, NewToken, NewUser,
-    Region, Role, UserView,
+    ChangeUser, ChapKind, ChapSecrets, ClientView, Credentials, Grant, GrantBody, GroupView, InitiatorBody,
+    IssuedToken, Mode, NewChap, NewName, NewToken, NewUser, Region, Role, UserView,
 };
 use cleave_gateway::data_dir::{random_hex, write_private};
 use cleave_gateway::ByteSize;
@@ -27,7 +27,21 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// List clients: certificate fingerprint and groups.
+    /// Make new iSCSI CHAP secrets for a client (shown once; the old ones stop working). Its
+    /// initiators log in with CHAP name = the client's name and this secret.
+    Chap {
+        /// The client's name.
+        name: String,
+        /// Also a secret for the gateway to prove back (mutual CHAP; the gateway's name is "cleave").
+        #[arg(long)]
+        mutual: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Let an iSCSI initiator log in as a client, or stop it.
+    #[command(subcommand)]
+    Initiator(InitiatorCommand),
+    /// List clients: certificate fingerprint, groups, CHAP and iSCSI initiators.
     List {
         #[command(flatten)]
         server: ServerArgs,
@@ -36,6 +50,32 @@ pub enum ClientCommand {
     Remove {
         /// The client's name.
         name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InitiatorCommand {
+    /// Allow an initiator (by its iSCSI name) to log in as the client, with the client's CHAP
+    /// secret (make one with `cleave client chap`) or, with --no-chap, on its name alone.
+    Add {
+        /// The client's name.
+        client: String,
+        /// The initiator's name: iqn.…, eui.… or naa.…
+        initiator: String,
+        /// Without CHAP: any host that claims this name gets the client's rights.
+        #[arg(long)]
+        no_chap: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Stop an initiator logging in as the client.
+    Remove {
+        /// The client's name.
+        client: String,
+        /// The initiator's name.
+        initiator: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -136,10 +176,44 @@ pub fn client_command(cmd: ClientCommand, format: Format) -> Result<()> {
             let c: Credentials = Client::new(&server)?.post("/clients", &NewName { name: name.clone() })?;
             write_credentials(&c, &out.unwrap_or_else(|| PathBuf::from(format!("{name}-tls"))))
         }
+        ClientCommand::Chap { name, mutual, server } => {
+            let s: ChapSecrets = Client::new(&server)?.post(&format!("/clients/{name}/chap"), &NewChap { mutual })?;
+            match format {
+                Format::Json => print_json(&s),
+                Format::Human => {
+                    let mut lines = vec![format!("CHAP name:   {}", s.chap_name), format!("CHAP secret: {}", s.secret)];
+                    if let (Some(n), Some(t)) = (&s.target_name, &s.target_secret) {
+                        lines.push(format!("target name:   {n}"));
+                        lines.push(format!("target secret: {t}"));
+                    }
+                    note("shown once: keep these secret");
+                    out(&lines.join("\n"))
+                }
+            }
+        }
+        ClientCommand::Initiator(cmd) => initiator_command(cmd),
         ClientCommand::List { server } => {
             let list = Client::new(&server)?.get::<Vec<ClientView>>("/clients")?;
-            print_list(&list, format, &["NAME", "FINGERPRINT", "GROUPS", "CREATED"], "no clients", |c| {
-                vec![c.name.clone(), c.fingerprint.clone(), list_or_none(&c.groups), ago(c.created_unix_ms)]
+            let head = ["NAME", "FINGERPRINT", "GROUPS", "CHAP", "INITIATORS", "CREATED"];
+            print_list(&list, format, &head, "no clients", |c| {
+                let chap = match c.chap {
+                    None => "-",
+                    Some(ChapKind::OneWay) => "one-way",
+                    Some(ChapKind::Mutual) => "mutual",
+                };
+                let initiators: Vec<String> = c
+                    .initiators
+                    .iter()
+                    .map(|i| if i.chap { i.name.clone() } else { format!("{} (no CHAP)", i.name) })
+                    .collect();
+                vec![
+                    c.name.clone(),
+                    c.fingerprint.clone(),
+                    list_or_none(&c.groups),
+                    chap.into(),
+                    list_or_none(&initiators),
+                    ago(c.created_unix_ms),
+                ]
             })
         }
         ClientCommand::Remove { name, server } => {
@@ -148,6 +222,22 @@ pub fn client_command(cmd: ClientCommand, format: Format) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn initiator_command(cmd: InitiatorCommand) -> Result<()> {
+    match cmd {
+        InitiatorCommand::Add { client, initiator, no_chap, server } => {
+            let path = format!("/clients/{client}/initiators/{initiator}");
+            Client::new(&server)?.put_only(&path, &InitiatorBody { chap: !no_chap })?;
+            let how = if no_chap { "without CHAP" } else { "with CHAP" };
+            note(&format!("initiator {initiator} logs in as client {client}, {how}"));
+        }
+        InitiatorCommand::Remove { client, initiator, server } => {
+            Client::new(&server)?.delete(&format!("/clients/{client}/initiators/{initiator}"))?;
+            note(&format!("initiator {initiator} removed from client {client}"));
+        }
+    }
+    Ok(())
 }
 
 /// The API asks to confirm a crypto-erase with `erase=true`; on the command line that is `--erase`.

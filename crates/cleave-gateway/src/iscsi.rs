@@ -1,0 +1,202 @@
+//! The gateway as the iSCSI front end sees it ([`cleave_iscsi::Access`]): an initiator logs in
+//! as a client (its name in the registry, proved with the client's CHAP secret unless an
+//! administrator allowed it without), sees the volumes the client's groups reach, and uses
+//! them through the same [`Guarded`] device as NBD, so rights and regions are the same.
+//! Persistent reservations are kept in the configuration database.
+
+use cleave_control::access::{Chap, Identity, Secret};
+use cleave_iscsi::{Opened, ReservationType, Reservations, Rights};
+use cleave_nbd::{BlockDevice, ExportProvider};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::access::Guarded;
+use crate::error::Result;
+use crate::gateway::Gateway;
+
+/// The name the gateway answers a mutual CHAP challenge with.
+pub const TARGET_CHAP_NAME: &str = "cleave";
+
+/// A client's new CHAP secrets, shown once.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChapSecrets {
+    /// The CHAP name its initiators log in with: the client's name.
+    pub chap_name: String,
+    pub secret: String,
+    /// For mutual CHAP: the name and secret the gateway answers with.
+    pub target_name: Option<String>,
+    pub target_secret: Option<String>,
+}
+
+impl std::fmt::Debug for ChapSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapSecrets").field("chap_name", &self.chap_name).finish_non_exhaustive()
+    }
+}
+
+/// A new CHAP secret: 16 characters (the most some initiators take) of 64 kinds, 96 bits, as
+/// RFC 7143 asks of secrets used without IPsec.
+fn chap_secret() -> anyhow::Result<String> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut raw = [0u8; 12];
+    cleave_split::keys::fill_random(&mut raw)?;
+    let bits = raw.iter().fold(0u128, |acc, &b| (acc << 8) | b as u128);
+    Ok((0..16).map(|i| ALPHABET[((bits >> (6 * i)) & 63) as usize] as char).collect())
+}
+
+/// Whether a volume's name is a valid part of an iSCSI name (lowercase, digits, '-', '.');
+/// other volumes are not exported over iSCSI.
+pub fn exportable(volume: &str) -> bool {
+    volume.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+}
+
+/// The configuration database key of a volume's persistent reservations.
+fn reservations_key(volume: &str) -> String {
+    format!("iscsi-reservations/{volume}")
+}
+
+/// Reservations as stored: the nexus names, keys and the type's SPC-4 code.
+#[derive(Serialize, Deserialize, Default)]
+struct StoredReservations {
+    generation: u32,
+    registrations: Vec<(String, u64)>,
+    reservation: Option<(String, u8)>,
+}
+
+impl Gateway {
+    /// Makes new CHAP secrets for a client (and one for the gateway to prove back with, when
+    /// `mutual`). The old ones stop working at the next login.
+    pub fn set_chap(&self, client: &str, mutual: bool) -> Result<ChapSecrets> {
+        let secret = chap_secret()?;
+        let target = if mutual { Some(chap_secret()?) } else { None };
+        let chap = Chap { secret: Secret(secret.clone()), mutual: target.clone().map(Secret) };
+        self.access.update(|r| Ok(r.set_chap(client, chap)?))?;
+        info!(client, mutual, "CHAP secrets made");
+        Ok(ChapSecrets {
+            chap_name: client.to_string(),
+            secret,
+            target_name: target.as_ref().map(|_| TARGET_CHAP_NAME.to_string()),
+            target_secret: target,
+        })
+    }
+
+    /// Lets an iSCSI initiator log in as a client: with the client's CHAP secret, or, when
+    /// `chap` is false, on its name alone.
+    pub fn allow_initiator(&self, client: &str, initiator: &str, chap: bool) -> Result<()> {
+        let name = self.access.update(|r| Ok(r.allow_initiator(client, initiator, chap)?))?;
+        if chap {
+            info!(client, initiator = %name, "iSCSI initiator allowed (CHAP)");
+        } else {
+            warn!(client, initiator = %name, "iSCSI initiator allowed WITHOUT CHAP: its name alone identifies it");
+        }
+        Ok(())
+    }
+
+    pub fn remove_initiator(&self, client: &str, initiator: &str) -> Result<()> {
+        self.access.update(|r| Ok(r.remove_initiator(client, initiator)?))?;
+        info!(client, initiator, "iSCSI initiator removed");
+        Ok(())
+    }
+
+    /// The client an iSCSI login is, if any.
+    fn iscsi_identity(&self, who: &cleave_iscsi::Identity) -> Option<Identity> {
+        let registry = self.access.snapshot();
+        registry.iscsi_client(&who.initiator, who.chap_name.as_deref()).map(|c| Identity::Client(c.to_string()))
+    }
+
+    /// Forgets a deleted volume's reservations.
+    pub(crate) fn forget_reservations(&self, volume: &str) {
+        if let Err(e) = self.data.config.delete(&reservations_key(volume)) {
+            warn!(volume, error = %e, "could not remove the volume's iSCSI reservations");
+        }
+    }
+}
+
+impl cleave_iscsi::Access for Gateway {
+    fn volumes(&self, who: &cleave_iscsi::Identity) -> Vec<String> {
+        let Some(id) = self.iscsi_identity(who) else { return Vec::new() };
+        let mut list: Vec<String> = ExportProvider::list(self)
+            .into_iter()
+            .filter(|v| exportable(v) && !self.access.rights(&id, v).is_none())
+            .collect();
+        list.sort();
+        list
+    }
+
+    fn chap_required(&self, initiator: &str) -> bool {
+        self.access.snapshot().chap_required(initiator)
+    }
+
+    fn chap_secret(&self, initiator: &str, chap_name: &str) -> Option<Vec<u8>> {
+        Some(self.access.snapshot().chap_of(initiator, chap_name)?.secret.0.clone().into_bytes())
+    }
+
+    fn target_secret(&self, initiator: &str) -> Option<(String, Vec<u8>)> {
+        let registry = self.access.snapshot();
+        let client = registry.initiators.get(&initiator.to_ascii_lowercase())?.client.clone();
+        let mutual = registry.clients.get(&client)?.chap.as_ref()?.mutual.clone()?;
+        Some((TARGET_CHAP_NAME.to_string(), mutual.0.into_bytes()))
+    }
+
+    fn open(&self, volume: &str, who: &cleave_iscsi::Identity) -> Option<Opened> {
+        let id = self.iscsi_identity(who)?;
+        if !exportable(volume) || self.access.rights(&id, volume).is_none() {
+            return None;
+        }
+        let served = self.get(volume)?;
+        let serial = served.config().uuid.clone();
+        let device = ExportProvider::open(self, volume)?;
+        let guarded = Guarded::new(device, self.access.clone(), id, volume.to_string());
+        let rights = if guarded.read_only() { Rights::ReadOnly } else { Rights::ReadWrite };
+        Some(Opened { device: std::sync::Arc::new(guarded), rights, serial })
+    }
+
+    fn reservations(&self, volume: &str) -> Option<Reservations> {
+        let raw = match self.data.config.get_value(&reservations_key(volume)) {
+            Ok(raw) => raw?,
+            Err(e) => {
+                warn!(volume, error = %e, "could not read the volume's iSCSI reservations");
+                return None;
+            }
+        };
+        let stored: StoredReservations = serde_json::from_slice(&raw).ok()?;
+        let reservation = match stored.reservation {
+            Some((holder, code)) => Some((holder, ReservationType::from_code(code)?)),
+            None => None,
+        };
+        Some(Reservations { generation: stored.generation, registrations: stored.registrations, reservation })
+    }
+
+    fn save_reservations(&self, volume: &str, state: &Reservations) {
+        let stored = StoredReservations {
+            generation: state.generation,
+            registrations: state.registrations.clone(),
+            reservation: state.reservation.as_ref().map(|(h, t)| (h.clone(), t.code())),
+        };
+        let saved = serde_json::to_vec(&stored)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(self.data.config.put(&reservations_key(volume), &b)?));
+        if let Err(e) = saved {
+            warn!(volume, error = %e, "could not store the volume's iSCSI reservations");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{chap_secret, exportable};
+
+    #[test]
+    fn chap_secrets_are_16_url_safe_characters_and_differ() {
+        let (a, b) = (chap_secret().unwrap(), chap_secret().unwrap());
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn only_iscsi_safe_names_are_exported() {
+        assert!(exportable("vol-1.a"));
+        assert!(!exportable("Vol") && !exportable("v_1"));
+    }
+}
