@@ -26,10 +26,9 @@ const OPEN_AT_START: Duration = Duration::from_secs(30);
 
 impl Gateway {
     /// Opens the stored volumes (on a first run with `demo`, after creating the volume `demo`),
-    /// then starts the background work: retrying the volumes that could not be opened,
-    /// watching health, and sending events to the webhook.
+    /// then starts the background work: retrying the volumes that could not be opened, and
+    /// watching health.
     pub async fn start(self: &Arc<Self>, demo: bool) -> Result<()> {
-        tokio::spawn(self.webhook.clone().deliver());
         let stored = self.data.stored_volumes(&self.master)?;
         if stored.is_empty() && demo {
             info!("first run: creating volume demo (1 GiB, 3-of-5 on five directory targets)");

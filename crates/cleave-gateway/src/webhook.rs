@@ -33,8 +33,6 @@ pub const QUEUE_LIMIT: usize = 1000;
 /// The first retry waits this long; each next one twice as long, up to [`LAST_RETRY`].
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 pub const LAST_RETRY: Duration = Duration::from_secs(60);
-/// A receiver that takes longer than this to answer has failed the delivery.
-const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_URL: usize = 2048;
 /// Key of the setting in the configuration database, and the purpose its secret is sealed for.
 const KEY: &str = "webhook";
@@ -246,16 +244,9 @@ impl Notifier {
         }
     }
 
-    /// Sends the queued events, oldest first, each until it is delivered; runs for as long as
-    /// the gateway does.
-    pub(crate) async fn deliver(self: Arc<Self>) {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(TIMEOUT)
-            .timeout(TIMEOUT)
-            // A redirect is a failure: the body and its signature go to the URL given, only.
-            .redirects(0)
-            .user_agent(concat!("cleave-webhook/", env!("CARGO_PKG_VERSION")))
-            .build();
+    /// Sends the queued events with `poster`, oldest first, each until it is delivered; runs
+    /// for as long as the gateway does.
+    async fn deliver(self: Arc<Self>, poster: Arc<dyn Poster>) {
         let mut failures = 0u32;
         let mut changes = self.changed.subscribe();
         loop {
@@ -265,9 +256,10 @@ impl Notifier {
                 continue;
             };
             let (to, seq) = (endpoint.url.clone(), n.seq);
-            let sent = tokio::task::spawn_blocking({
-                let agent = agent.clone();
-                move || post(&agent, &endpoint, &n)
+            let poster = poster.clone();
+            let sent = tokio::task::spawn_blocking(move || {
+                let (headers, body) = request(&endpoint, &n)?;
+                poster.post(&endpoint.url, &headers, &body)
             })
             .await
             .unwrap_or_else(|e| Err(format!("the delivery task failed: {e}")));
@@ -314,28 +306,37 @@ impl EventSink for Notifier {
     }
 }
 
-/// One delivery attempt: `Ok` once the receiver answered 2xx.
-fn post(agent: &ureq::Agent, to: &Endpoint, n: &Notification) -> std::result::Result<(), String> {
+/// One delivery attempt, blocking: `Ok` once the receiver answered 2xx, else why not, in
+/// words that leave out the URL's path and query. The gateway knows no HTTP: the process
+/// that runs it gives it a poster (`cleave serve`: `crates/cleave/src/webhook.rs`), which
+/// must give up within [`TIMEOUT`] and follow no redirect.
+pub trait Poster: Send + Sync + 'static {
+    fn post(&self, url: &str, headers: &Headers, body: &[u8]) -> std::result::Result<(), String>;
+}
+
+/// A POST's headers, by name (lower case) and value.
+pub type Headers = Vec<(&'static str, String)>;
+
+/// A receiver that takes longer than this to answer has failed the delivery.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The headers and body of the POST of `n`.
+fn request(to: &Endpoint, n: &Notification) -> std::result::Result<(Headers, Vec<u8>), String> {
     let body = serde_json::to_vec(n).map_err(|e| format!("encoding the event: {e}"))?;
-    let answer = agent
-        .post(&to.url)
-        .set("Content-Type", "application/json")
-        .set(SIGNATURE_HEADER, &sign(to.secret.as_bytes(), &body))
-        .set(EVENT_HEADER, &n.kind)
-        .send_bytes(&body);
-    match answer {
-        Ok(r) if (200..300).contains(&r.status()) => Ok(()),
-        Ok(r) => Err(format!("answered {}", r.status())),
-        Err(ureq::Error::Status(code, _)) => Err(format!("answered {code}")),
-        // Not the error's own text: it starts with the whole URL.
-        Err(ureq::Error::Transport(t)) => {
-            let source = std::error::Error::source(&t).map(|s| format!(": {s}")).unwrap_or_default();
-            Err(format!("{}{}{source}", t.kind(), t.message().map(|m| format!(": {m}")).unwrap_or_default()))
-        }
-    }
+    let headers = vec![
+        ("content-type", "application/json".to_string()),
+        (SIGNATURE_HEADER, sign(to.secret.as_bytes(), &body)),
+        (EVENT_HEADER, n.kind.clone()),
+    ];
+    Ok((headers, body))
 }
 
 impl Gateway {
+    /// Starts sending the events to the webhook, with `poster`; until then they wait.
+    pub fn start_webhook(&self, poster: Arc<dyn Poster>) {
+        tokio::spawn(self.webhook.clone().deliver(poster));
+    }
+
     /// The webhook and its deliveries.
     pub fn webhook(&self) -> WebhookView {
         self.webhook.view()

@@ -14,6 +14,8 @@ mod node;
 mod serve;
 /// `cleave sim`: simulations with the real code.
 mod sim;
+/// The webhook's HTTP client.
+mod webhook;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
