@@ -30,6 +30,8 @@ mod routes;
 mod users;
 /// Volumes and tasks.
 mod volumes;
+/// The webhook that events are sent to.
+mod webhook;
 
 pub use auth::Shared;
 pub use routes::{document, router};

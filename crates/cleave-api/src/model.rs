@@ -16,6 +16,7 @@ pub use cleave_gateway::tasks::{NewTask, TaskKind, TaskState, TaskView};
 pub use cleave_gateway::users::{TokenView, UserView};
 pub use cleave_gateway::views::VolumeView;
 pub use cleave_gateway::volumes::CreateVolume;
+pub use cleave_gateway::webhook::{Notification, SetWebhook, WebhookSecret, WebhookView};
 /// A mirror's mode (`sync` or `async`); `Mode` is a grant's.
 pub use cleave_mirror::Mode as MirrorMode;
 /// Which side of a mirror a gateway is (`primary` or `secondary`); `Role` is a user's.

@@ -15,7 +15,7 @@ use utoipa::openapi::{Content, ContentBuilder, ObjectBuilder, OpenApi as Documen
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::auth::{operations, COOKIE};
-use crate::model::ErrorBody;
+use crate::model::{ErrorBody, Notification};
 
 /// The parts of the document that no route gives: its title and description, the schemes of
 /// credentials, the body of refusals.
@@ -28,12 +28,12 @@ events, clients, groups and users. Every call but the login, this document and t
 `Authorization: Bearer <token>` with DIR/admin.token (admin) or a user's API token (that user's \
 role), or the console's session cookie plus the X-Cleave-CSRF header on calls that change \
 something. Roles: viewer reads; operator also runs volumes and tasks; admin also manages users, \
-clients, groups, mirrors and child controls (each operation names its role, also as `x-cleave-role`). A \
+clients, groups, mirrors, the webhook and child controls (each operation names its role, also as `x-cleave-role`). A \
 child control server also accepts the two tokens its parent derives from the cluster secret: \
 one for GET calls only, and one with which the parent acts on it. Refusals carry \
 `{\"error\": \"...\"}`; axum's own refusals of a malformed body, query or path are plain text."
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, Notification)),
     modifiers(&Credentials),
     tags(
         (name = "volumes", description = "Volumes and their upkeep"),
@@ -42,6 +42,7 @@ one for GET calls only, and one with which the parent acts on it. Refusals carry
         (name = "access", description = "Clients (certificates), groups and grants"),
         (name = "users", description = "Login, one's own account, users and API tokens"),
         (name = "hierarchy", description = "Storage nodes, child controls, events"),
+        (name = "webhook", description = "Events sent to an administrator's URL, signed"),
         (name = "console", description = "The web console (static files)"),
         (name = "meta", description = "This document"),
     )

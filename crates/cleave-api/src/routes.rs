@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use crate::auth::Shared;
 use crate::openapi::{self, ApiDoc};
-use crate::{auth, console, groups, hierarchy, initiators, metrics, mirrors, users, volumes};
+use crate::{auth, console, groups, hierarchy, initiators, metrics, mirrors, users, volumes, webhook};
 
 /// The routes anyone may call.
 fn public() -> OpenApiRouter<Shared> {
@@ -31,6 +31,7 @@ fn private() -> OpenApiRouter<Shared> {
         .merge(initiators::routes())
         .merge(users::routes())
         .merge(metrics::routes())
+        .merge(webhook::routes())
 }
 
 /// The OpenAPI document of the API that [`router`] serves.

@@ -26,9 +26,29 @@ pub struct NodeInfo {
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
+    /// The event's number, from 1 each time this process starts: a gap means events were
+    /// dropped (the oldest of the 1000 kept here, or of a notifier's queue).
+    #[serde(default)]
+    pub seq: u64,
     pub time_unix_ms: u64,
     pub kind: String,
     pub detail: String,
+}
+
+/// Where every event goes as it is recorded, besides the list: called in order, under the
+/// pool's lock, so it must not block (the webhook notifier only queues the event).
+pub trait EventSink: Send + Sync {
+    fn recorded(&self, event: &Event);
+}
+
+/// The pool's [`EventSink`], if one is set.
+#[derive(Default)]
+pub(crate) struct Sink(Option<Arc<dyn EventSink>>);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Sink(set)" } else { "Sink(none)" })
+    }
 }
 
 /// Packets dropped by the auto-configuration listener, by reason.
@@ -62,6 +82,9 @@ pub(crate) struct Inner {
     /// Highest sequence number accepted per member (kind and id).
     pub last_seq: BTreeMap<(MemberKind, String), u64>,
     pub events: Vec<Event>,
+    /// The number of the last event recorded.
+    pub last_event: u64,
+    pub sink: Sink,
 }
 
 /// What control gives members when they register (docs/control.md, "Credentials"): its node
@@ -161,6 +184,11 @@ impl Pool {
         self.inner.lock().expect("not poisoned").events.clone()
     }
 
+    /// Sends every event recorded from now on to `sink` too.
+    pub fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
+        self.inner.lock().expect("not poisoned").sink = Sink(Some(sink));
+    }
+
     pub fn push_event(&self, kind: &str, detail: String) {
         let mut inner = self.inner.lock().expect("not poisoned");
         push(&mut inner, kind, detail);
@@ -181,7 +209,12 @@ impl Pool {
 
 pub(crate) fn push(inner: &mut Inner, kind: &str, detail: String) {
     tracing::info!(kind, %detail, "event");
-    inner.events.push(Event { time_unix_ms: now_ms(), kind: kind.to_string(), detail });
+    inner.last_event += 1;
+    let event = Event { seq: inner.last_event, time_unix_ms: now_ms(), kind: kind.to_string(), detail };
+    if let Some(sink) = &inner.sink.0 {
+        sink.recorded(&event);
+    }
+    inner.events.push(event);
     if inner.events.len() > MAX_EVENTS {
         inner.events.remove(0);
     }

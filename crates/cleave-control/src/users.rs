@@ -196,10 +196,10 @@ impl Users {
 /// The role a call needs: `method` and `path` as the HTTP request has them (path without query,
 /// still percent-encoded).
 ///
-/// - reading is for viewers, except the user list (admins);
+/// - reading is for viewers, except the user list and the webhook (admins);
 /// - one's own session, password and tokens are for every user;
 /// - volumes and tasks are changed by operators;
-/// - everything else (clients, groups, users, child controls) is changed by admins;
+/// - everything else (clients, groups, users, the webhook, child controls) is changed by admins;
 /// - a call forwarded to a child control needs what the same call needs at the child.
 ///
 /// The policy looks at the path as the handlers see it, percent-decoded. A path that could
@@ -230,7 +230,8 @@ fn role_for(read: bool, parts: &[&str]) -> Role {
         // `/controls/{id}/api/{path...}`: the child's own rule, and at least what reading the tree needs.
         ["controls", _, "api", inner @ ..] => role_for(read, inner).max(Role::Viewer),
         ["me", ..] | ["logout"] => Role::Viewer,
-        ["users", ..] => Role::Admin,
+        // The webhook's URL may carry the receiver's token: admins only, reading included.
+        ["users", ..] | ["webhook", ..] => Role::Admin,
         _ if read => Role::Viewer,
         ["volumes", ..] | ["tasks", ..] => Role::Operator,
         _ => Role::Admin,

@@ -7,8 +7,8 @@
 //! DIR/admin.token       bearer token for the admin API (mode 0600)
 //! DIR/config.redb       the configuration database (mode 0600; or etcd): clients, groups and grants,
 //!                       users, group keys wrapped by the master key, and the sealed
-//!                       superblock of each volume (also stored on its targets), and
-//!                       the last tasks (`history.rs`)
+//!                       superblock of each volume (also stored on its targets),
+//!                       the last tasks (`history.rs`), and the webhook (`webhook.rs`)
 //! DIR/admin.password    the first console user's password (mode 0600)
 //! DIR/cluster.secret    authenticates auto-configuration packets and node access (mode 0600)
 //! DIR/tls/              control's CA (ca.crt, ca.key 0600, ca.id)

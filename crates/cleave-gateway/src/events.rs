@@ -16,6 +16,10 @@ pub enum EventKind {
     VolumeMoved,
     /// A task ended.
     TaskDone(TaskKind),
+    /// Events are sent to a (new) webhook URL.
+    WebhookSet,
+    /// Events are sent to no webhook any more.
+    WebhookRemoved,
 }
 
 impl EventKind {
@@ -26,6 +30,8 @@ impl EventKind {
             EventKind::VolumeOpened => "volume_opened".into(),
             EventKind::VolumeMoved => "volume_moved".into(),
             EventKind::TaskDone(k) => format!("{}_done", k.as_str()),
+            EventKind::WebhookSet => "webhook_set".into(),
+            EventKind::WebhookRemoved => "webhook_removed".into(),
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::device::VolumeDevice;
 use crate::error::{GatewayError, Result};
 use crate::history::TaskHistory;
 use crate::users::UserStore;
+use crate::webhook::Notifier;
 
 /// Where the NBD front end listens, when there is one.
 #[derive(Clone, Debug)]
@@ -59,6 +60,7 @@ pub struct Stores {
     pub token: String,
     pub users: UserStore,
     pub(crate) tasks: TaskHistory,
+    pub(crate) webhook: Arc<Notifier>,
 }
 
 impl Stores {
@@ -75,7 +77,8 @@ impl Stores {
         let token = data.admin_token()?;
         let users = UserStore::load(&data)?;
         let tasks = TaskHistory::load(data.config.clone())?;
-        Ok(Stores { data, master, access, token, users, tasks })
+        let webhook = Notifier::load(&data, &master)?;
+        Ok(Stores { data, master, access, token, users, tasks, webhook })
     }
 }
 
@@ -115,6 +118,8 @@ pub struct Gateway {
     targets: cleave_target::Credentials,
     /// The mirroring engine, once `--mirror-listen` started it.
     pub(crate) mirror: std::sync::OnceLock<Arc<cleave_mirror::Engine>>,
+    /// Where events are sent, besides the pool's list.
+    pub(crate) webhook: Arc<Notifier>,
 }
 
 /// A stored volume that could not be opened, and why. Listed as unavailable, retried every
@@ -127,7 +132,8 @@ pub(crate) struct Unopened {
 
 impl Gateway {
     pub fn new(c: GatewayConfig) -> Self {
-        let Stores { data, master, access, token, users, tasks } = c.stores;
+        let Stores { data, master, access, token, users, tasks, webhook } = c.stores;
+        c.pool.set_event_sink(webhook.clone());
         Gateway {
             data,
             master,
@@ -145,6 +151,7 @@ impl Gateway {
             admin: tokio::sync::Mutex::new(()),
             targets: c.targets,
             mirror: std::sync::OnceLock::new(),
+            webhook,
         }
     }
 

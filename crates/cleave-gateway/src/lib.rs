@@ -44,6 +44,8 @@ pub mod users;
 pub mod views;
 /// Create, delete, publish and place volumes.
 pub mod volumes;
+/// Events POSTed to an administrator's URL, signed, queued and retried.
+pub mod webhook;
 
 pub use error::{GatewayError, Result};
 pub use gateway::{Gateway, GatewayConfig, NbdExport, Stores};

@@ -115,6 +115,7 @@ impl Gateway {
         self.node_metrics(&mut s);
         self.task_metrics(&mut s);
         self.mirror_metrics(&mut s);
+        self.webhook_metrics(&mut s);
         let counters: Vec<&'static str> =
             s.families.iter().filter(|f| matches!(f.kind, MetricType::Counter)).map(|f| f.name).collect();
         let mut registry = Registry::default();
@@ -252,6 +253,19 @@ impl Gateway {
         for (reason, n) in [("connection", &r.connections), ("malformed", &r.malformed), ("forbidden", &r.forbidden)] {
             s.add(refused, vec![("reason", reason.to_string())], Value::Counter(n.load(Relaxed)));
         }
+    }
+
+    /// The webhook's deliveries since start, and its queue.
+    fn webhook_metrics(&self, s: &mut Snapshot) {
+        let w = self.webhook();
+        let events = s.family("cleave_webhook_events", MetricType::Counter, "Events delivered or dropped, by outcome.");
+        for (outcome, n) in [("delivered", w.delivered), ("dropped", w.dropped)] {
+            s.add(events, vec![("outcome", outcome.to_string())], Value::Counter(n));
+        }
+        let failed = s.family("cleave_webhook_failures", MetricType::Counter, "Delivery attempts that failed.");
+        s.add(failed, Vec::new(), Value::Counter(w.failed));
+        let queued = s.family("cleave_webhook_queued", MetricType::Gauge, "Events waiting for delivery.");
+        s.add(queued, Vec::new(), Value::Gauge(w.queued as f64));
     }
 
     fn task_metrics(&self, s: &mut Snapshot) {

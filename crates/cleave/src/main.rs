@@ -14,6 +14,8 @@ mod node;
 mod serve;
 /// `cleave sim`: simulations with the real code.
 mod sim;
+/// The webhook's HTTP client.
+mod webhook;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -95,6 +97,9 @@ enum Command {
     /// Users of the API and the console: roles (viewer, operator, admin), passwords, API tokens.
     #[command(subcommand)]
     User(cli::access::UserCommand),
+    /// Send every event, signed, to a URL of the administrator's: set, show, remove.
+    #[command(subcommand)]
+    Webhook(cli::webhook::WebhookCommand),
     /// Verify every share of a volume; with --repair, restore full redundancy. Exits 3 when
     /// it leaves problems unrepaired.
     Scrub {
@@ -234,6 +239,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::Client(cmd) => done(cli::access::client_command(cmd, format)),
         Command::Group(cmd) => done(cli::access::group_command(cmd, format)),
         Command::User(cmd) => done(cli::access::user_command(cmd, format)),
+        Command::Webhook(cmd) => done(cli::webhook::run(cmd, format)),
         Command::Recover { targets, key_file, volume, output, accept_stale } => {
             done(cli::offline::recover(&targets, &key_file, &volume, &output, accept_stale))
         }

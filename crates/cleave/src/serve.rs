@@ -374,6 +374,7 @@ async fn run(
         nbd: export,
     }));
     gw.start(nbd.is_some()).await?;
+    gw.start_webhook(Arc::new(crate::webhook::HttpPoster::new()));
     let names = tls_names(nbd_addr, tls_names_extra);
     if let Some(m) = mirror {
         let engine = gw.start_mirror(m, &names).await?;

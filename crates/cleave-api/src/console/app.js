@@ -260,6 +260,7 @@ function healthHistory(name, events) {
 // ---- pages ----
 function loginPage() {
   $("#top").hidden = true;
+  $("#alerts").hidden = true;
   const err = h("p", { class: "error", id: "login-error" });
   const name = h("input", { id: "login-name", name: "username", autocomplete: "username", required: true });
   const pass = h("input", { id: "login-password", type: "password", autocomplete: "current-password", required: true });
@@ -557,6 +558,39 @@ function tokenForm() {
   return h("div", {}, h("h2", {}, "My API tokens"), form);
 }
 
+// ---- the banner of serious events ----
+// The kinds of event that put a banner at the top of every page until dismissed: volumes
+// degraded or unavailable, mirrors in trouble and, for highly available gateways, failover,
+// fencing and path loss (the names those events are to have). The one list of them.
+const SERIOUS = [
+  "volume_degraded", "volume_unavailable",
+  "mirror-degraded", "mirror-split-brain", "mirror-lagging",
+  "gateway_failover", "gateway_fenced", "path_lost",
+];
+// Older events are in the events list only; a dismissal is kept by this browser.
+const BANNER_HOURS = 24;
+const DISMISSED = "cleave.banner.dismissed";
+
+async function alerts() {
+  const box = $("#alerts");
+  const away = () => !state.me || location.hash.startsWith("#/login");
+  if (away()) { box.hidden = true; return; }
+  let events;
+  try { events = await api("GET", "/events"); } catch (_) { return; }
+  if (away()) return; // logged out meanwhile
+  const since = Math.max(Number(localStorage.getItem(DISMISSED)) || 0, Date.now() - BANNER_HOURS * 3600e3);
+  const serious = events.filter((e) => SERIOUS.includes(e.kind) && e.time_unix_ms > since);
+  box.hidden = serious.length === 0;
+  if (!serious.length) return;
+  const newest = serious[serious.length - 1].time_unix_ms;
+  const dismiss = () => { localStorage.setItem(DISMISSED, String(newest)); box.hidden = true; };
+  box.replaceChildren(
+    h("strong", {}, serious.length === 1 ? "1 serious event" : `${serious.length} serious events`),
+    h("ul", {}, serious.slice(-5).reverse().map((e) => h("li", { dataset: { kind: e.kind } },
+      h("code", {}, e.kind), ` ${e.detail} `, h("span", { class: "muted" }, ago(e.time_unix_ms))))),
+    h("button", { id: "alerts-dismiss", type: "button", onclick: dismiss }, "Dismiss"));
+}
+
 // ---- routing ----
 function refreshIn(ms) {
   clearTimeout(state.timer);
@@ -581,6 +615,7 @@ async function route() {
     } catch (_) { return; }
   }
   $("#top").hidden = false;
+  alerts();
   $("#whoami").textContent = `${state.me.name} (${state.me.role})`;
   for (const a of document.querySelectorAll("header nav a")) {
     a.classList.toggle("active", a.getAttribute("href") === `#/${parts[0]}`);
@@ -607,5 +642,6 @@ document.addEventListener("DOMContentLoaded", () => {
     location.hash = "#/login";
   });
   window.addEventListener("hashchange", route);
+  setInterval(alerts, 10000); // also on the pages that do not refresh themselves
   route();
 });

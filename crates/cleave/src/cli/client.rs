@@ -120,6 +120,10 @@ impl Client {
     pub fn post_only(&self, path: &str, body: &impl Serialize) -> Result<()> {
         self.call("POST", path, Self::body(body)?).map(|_| ())
     }
+    /// `PUT`, answered with a `T`.
+    pub fn put<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        Self::parse(&self.call("PUT", path, Self::body(body)?)?)
+    }
     /// `PUT`, whose answer says nothing more than its status.
     pub fn put_only(&self, path: &str, body: &impl Serialize) -> Result<()> {
         self.call("PUT", path, Self::body(body)?).map(|_| ())

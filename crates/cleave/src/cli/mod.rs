@@ -17,6 +17,8 @@ pub mod output;
 pub mod task;
 /// Volumes and scrub.
 pub mod volume;
+/// The webhook that events are sent to.
+pub mod webhook;
 
 /// A progress bar counting chunks.
 pub fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {

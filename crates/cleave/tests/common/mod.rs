@@ -189,6 +189,20 @@ impl Serve {
     pub fn target_dir(&self, i: usize) -> PathBuf {
         self.data.join("targets").join(format!("t{i}"))
     }
+
+    /// Directory target `i` fails (`break_dir`; `restore_dir` brings it back) while `volume`
+    /// is written and destaged: the volume turns degraded.
+    pub fn fail_target_under_writes(&self, i: usize, volume: &str) {
+        break_dir(&self.target_dir(i));
+        qemu_io(&self.uri(volume), &["write -P 9 0 1M".to_string()]);
+        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
+        // The destage fails on the broken target; what matters is that it was tried.
+        let _ = self
+            .command("curl")
+            .args(["-s", "-X", "POST", "-H", &format!("Authorization: Bearer {}", token.trim())])
+            .arg(format!("http://127.0.0.1:{}/api/v1/volumes/{volume}/destage", self.http_port))
+            .output();
+    }
 }
 
 /// Waits until a `cleave serve` or `cleave control` started with its stdout piped prints its
