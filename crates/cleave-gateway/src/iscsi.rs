@@ -63,6 +63,25 @@ struct StoredReservations {
     reservation: Option<(String, u8)>,
 }
 
+impl StoredReservations {
+    fn of(state: &Reservations) -> Self {
+        StoredReservations {
+            generation: state.generation,
+            registrations: state.registrations.clone(),
+            reservation: state.reservation.as_ref().map(|(h, t)| (h.clone(), t.code())),
+        }
+    }
+
+    /// None when the type's code is not one of SPC-4's.
+    fn restore(self) -> Option<Reservations> {
+        let reservation = match self.reservation {
+            Some((holder, code)) => Some((holder, ReservationType::from_code(code)?)),
+            None => None,
+        };
+        Some(Reservations { generation: self.generation, registrations: self.registrations, reservation })
+    }
+}
+
 impl Gateway {
     /// Makes new CHAP secrets for a client (and one for the gateway to prove back with, when
     /// `mutual`). The old ones stop working at the next login.
@@ -159,21 +178,17 @@ impl cleave_iscsi::Access for Gateway {
                 return None;
             }
         };
-        let stored: StoredReservations = serde_json::from_slice(&raw).ok()?;
-        let reservation = match stored.reservation {
-            Some((holder, code)) => Some((holder, ReservationType::from_code(code)?)),
-            None => None,
-        };
-        Some(Reservations { generation: stored.generation, registrations: stored.registrations, reservation })
+        match serde_json::from_slice::<StoredReservations>(&raw).ok().and_then(StoredReservations::restore) {
+            Some(r) => Some(r),
+            None => {
+                warn!(volume, "the volume's stored iSCSI reservations are unreadable: starting without");
+                None
+            }
+        }
     }
 
     fn save_reservations(&self, volume: &str, state: &Reservations) {
-        let stored = StoredReservations {
-            generation: state.generation,
-            registrations: state.registrations.clone(),
-            reservation: state.reservation.as_ref().map(|(h, t)| (h.clone(), t.code())),
-        };
-        let saved = serde_json::to_vec(&stored)
+        let saved = serde_json::to_vec(&StoredReservations::of(state))
             .map_err(anyhow::Error::from)
             .and_then(|b| Ok(self.data.config.put(&reservations_key(volume), &b)?));
         if let Err(e) = saved {
@@ -184,7 +199,23 @@ impl cleave_iscsi::Access for Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::{chap_secret, exportable};
+    use super::{chap_secret, exportable, StoredReservations};
+    use cleave_iscsi::{ReservationType, Reservations};
+
+    #[test]
+    fn reservations_round_trip_through_their_stored_form() {
+        let nexus = "iqn.x:1,i,0x23d000000001".to_string();
+        let r = Reservations {
+            generation: 7,
+            registrations: vec![(nexus.clone(), 0xabc), ("iqn.x:2,i,0x1".into(), 5)],
+            reservation: Some((nexus, ReservationType::WriteExclusiveRegistrantsOnly)),
+        };
+        let json = serde_json::to_vec(&StoredReservations::of(&r)).unwrap();
+        let back = serde_json::from_slice::<StoredReservations>(&json).unwrap().restore();
+        assert_eq!(back, Some(r));
+        let bad = StoredReservations { reservation: Some(("n".into(), 2)), ..Default::default() };
+        assert_eq!(bad.restore(), None, "type code 2 is obsolete in SPC-4");
+    }
 
     #[test]
     fn chap_secrets_are_16_url_safe_characters_and_differ() {
