@@ -363,6 +363,7 @@ fn bad_input_at_the_mirror_port_is_dropped_and_counted() {
         let mut t = TcpStream::connect(target).unwrap();
         std::io::Write::write_all(&mut t, b"GET / HTTP/1.0\r\n\r\n").unwrap();
     });
+    malformed_frame_from_a_registered_peer(&p, target);
     std::thread::sleep(Duration::from_secs(2));
     let token = std::fs::read_to_string(p.a.data.join("admin.token")).unwrap();
     let auth = format!("Authorization: Bearer {}", token.trim());
@@ -381,8 +382,39 @@ fn bad_input_at_the_mirror_port_is_dropped_and_counted() {
     assert!(count("cleave_mirror_heartbeats_total{outcome=\"forged\"}") >= 1.0, "{metrics}");
     assert!(count("cleave_mirror_refused_total{reason=\"connection\"}") >= 1.0, "{metrics}");
     assert!(count("cleave_mirror_heartbeats_total{outcome=\"accepted\"}") >= 1.0, "{metrics}");
+    assert!(count("cleave_mirror_refused_total{reason=\"malformed\"}") >= 1.0, "{metrics}");
     let mut w = Writes::new(SIZE as usize);
     scatter(&p.a, "v", &mut w, 9, 4, 4096);
     wait_until(&p.a, "v", |v| v["state"] == "in-sync" && v["lag_bytes"] == 0, 30);
     assert_same(&image(&p.b, "v", &p.scratch()), &w.image, "the mirror after bad input");
+}
+
+/// A peer with valid credentials (a registered client of A's CA) whose TLS connection carries a
+/// frame of an unknown kind: A must count it and end that connection (openssl hangs up then).
+fn malformed_frame_from_a_registered_peer(p: &Pair, target: SocketAddr) {
+    let creds = p.scratch().join("creds-rogue.json");
+    p.a.cli_ok(&["mirror", "credentials", "rogue", "--out", creds.to_str().unwrap()]);
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(&creds).unwrap()).unwrap();
+    let file = |name: &str, field: &str| {
+        let path = p.scratch().join(name);
+        std::fs::write(&path, c[field].as_str().unwrap()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (ca, cert, key) =
+        (file("rogue-ca.pem", "ca_pem"), file("rogue-cert.pem", "cert_pem"), file("rogue-key.pem", "key_pem"));
+    // len 9 (kind and id), kind 77, id 0.
+    let frame = [0, 0, 0, 9, 77, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut child = p
+        .lab
+        .command(Side::B, "timeout")
+        .args(["20", "openssl", "s_client", "-quiet", "-connect", &target.to_string()])
+        .args(["-cert", &cert, "-key", &key, "-CAfile", &ca])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &frame).unwrap();
+    let status = child.wait().unwrap();
+    assert_ne!(status.code(), Some(124), "the gateway kept a connection that sent a malformed frame");
 }
