@@ -5,8 +5,9 @@
 //! Persistent reservations are kept in the configuration database.
 
 use cleave_control::access::{Chap, Identity, Secret};
-use cleave_iscsi::{Opened, ReservationType, Reservations, Rights};
-use cleave_nbd::{BlockDevice, ExportProvider};
+use cleave_iscsi::{Alua, AluaState, Opened, PortGroup, ReservationType, Reservations, Rights};
+use cleave_mirror::HostView;
+use cleave_nbd::ExportProvider;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -53,6 +54,27 @@ pub fn exportable(volume: &str) -> bool {
 /// The configuration database key of a volume's persistent reservations.
 fn reservations_key(volume: &str) -> String {
     format!("iscsi-reservations/{volume}")
+}
+
+/// ALUA for a mirrored volume: the side that created the mirror is target port group 1 (port 1),
+/// the other group 2, on both gateways; the primary's group is active/optimized and the
+/// secondary's standby. The generation follows this side's state, so a promotion or a
+/// hand-over raises ASYMMETRIC ACCESS STATE CHANGED on this side's sessions.
+fn mirror_alua(view: HostView) -> Alua {
+    let local: u16 = if view.origin { 1 } else { 2 };
+    let state = |group: u16| {
+        if (group == local) == view.serving {
+            AluaState::ActiveOptimized
+        } else {
+            AluaState::Standby
+        }
+    };
+    Alua {
+        local_group: local,
+        local_port: local,
+        groups: [1, 2].map(|id| PortGroup { id, state: state(id), ports: vec![id] }).to_vec(),
+        generation: if view.serving { 1 } else { 2 },
+    }
 }
 
 /// Reservations as stored: the nexus names, keys and the type's SPC-4 code.
@@ -165,9 +187,16 @@ impl cleave_iscsi::Access for Gateway {
         let served = self.get(volume)?;
         let serial = served.config().uuid.clone();
         let device = ExportProvider::open(self, volume)?;
+        // The grant decides; a mirror's secondary is read-only only until it is promoted,
+        // which ALUA reports (standby), and the device refuses writes meanwhile.
+        let rights = if self.access.rights(&id, volume).read_only() { Rights::ReadOnly } else { Rights::ReadWrite };
         let guarded = Guarded::new(device, self.access.clone(), id, volume.to_string());
-        let rights = if guarded.read_only() { Rights::ReadOnly } else { Rights::ReadWrite };
         Some(Opened { device: std::sync::Arc::new(guarded), rights, serial })
+    }
+
+    fn alua(&self, volume: &str) -> Alua {
+        let view = self.mirror.get().and_then(|m| m.host_view(volume));
+        view.map_or_else(Alua::default, mirror_alua)
     }
 
     fn reservations(&self, volume: &str) -> Option<Reservations> {
@@ -199,8 +228,22 @@ impl cleave_iscsi::Access for Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::{chap_secret, exportable, StoredReservations};
-    use cleave_iscsi::{ReservationType, Reservations};
+    use super::{chap_secret, exportable, mirror_alua, StoredReservations};
+    use cleave_iscsi::{AluaState, ReservationType, Reservations};
+    use cleave_mirror::HostView;
+
+    #[test]
+    fn a_mirror_pair_is_two_port_groups_and_the_primary_is_optimized() {
+        let states = |origin, serving| {
+            let a = mirror_alua(HostView { origin, serving });
+            (a.local_group, a.groups.iter().map(|g| (g.id, g.state)).collect::<Vec<_>>(), a.generation)
+        };
+        let (o, s) = (AluaState::ActiveOptimized, AluaState::Standby);
+        assert_eq!(states(true, true), (1, vec![(1, o), (2, s)], 1), "the creator, primary");
+        assert_eq!(states(false, false), (2, vec![(1, o), (2, s)], 2), "its mirror agrees");
+        assert_eq!(states(false, true), (2, vec![(1, s), (2, o)], 1), "the mirror, promoted");
+        assert_eq!(states(true, false), (1, vec![(1, s), (2, o)], 2), "the creator, handed over");
+    }
 
     #[test]
     fn reservations_round_trip_through_their_stored_form() {

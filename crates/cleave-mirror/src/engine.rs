@@ -63,6 +63,15 @@ pub struct Refusals {
     pub forbidden: AtomicU64,
 }
 
+/// A mirrored volume as hosts should see it from this gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostView {
+    /// This side created the mirror (see `Record::origin`).
+    pub origin: bool,
+    /// Hosts may write here (the primary, not handing over).
+    pub serving: bool,
+}
+
 pub struct Engine {
     pub(crate) cfg: EngineConfig,
     pub(crate) me: PeerId,
@@ -130,6 +139,17 @@ impl Engine {
     pub fn read_only(&self, volume: &str) -> bool {
         matches!(self.side(volume), Some(Side::Secondary(_)))
             || self.demoting.lock().expect("not poisoned").contains(volume)
+    }
+
+    /// How hosts should see this side of a mirrored volume: which side it is, and whether it
+    /// takes I/O (a primary not handing over) or stands by.
+    pub fn host_view(&self, volume: &str) -> Option<HostView> {
+        let side = self.side(volume)?;
+        let origin = match &side {
+            Side::Primary(p) => p.record().origin,
+            Side::Secondary(s) => s.record().origin,
+        };
+        Some(HostView { origin, serving: !self.read_only(volume) })
     }
 
     pub fn list(&self) -> Vec<MirrorView> {
@@ -208,6 +228,7 @@ impl Engine {
             paused: false,
             discarding: None,
             sweep: Some(0),
+            origin: true,
         };
         let side = self.open_side(&self.volume_dir(volume), record, local)?;
         self.volumes.write().expect("not poisoned").insert(volume.into(), side.clone());
@@ -246,6 +267,7 @@ impl Engine {
             paused: false,
             discarding: None,
             sweep: None,
+            origin: false,
         };
         let side = Side::Secondary(Secondary::open(&self.volume_dir(&volume), record, local)?);
         self.volumes.write().expect("not poisoned").insert(volume.clone(), side);

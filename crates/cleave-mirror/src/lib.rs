@@ -44,7 +44,7 @@ mod tend;
 pub mod wire;
 
 pub use control::PeerCredentials;
-pub use engine::{Engine, EngineConfig, Host, Side};
+pub use engine::{Engine, EngineConfig, Host, HostView, Side};
 pub use error::{MirrorError, Result};
 pub use heartbeat::Timing;
 pub use primary::Settings;

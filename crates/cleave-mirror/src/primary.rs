@@ -538,6 +538,7 @@ mod tests {
             paused: false,
             discarding: None,
             sweep: None,
+            origin: true,
         };
         let p = Primary::open(dir.path(), record, Arc::new(Zeros), Arc::new(Quiet), Settings::default()).unwrap();
         p.attach(Arc::new(Nowhere), &[3, 8, u64::MAX / 2, u64::MAX], false).await.unwrap();

@@ -64,6 +64,10 @@ pub struct Record {
     /// Where the initial full copy stands, in regions (a primary's; resumed after a restart).
     #[serde(default)]
     pub sweep: Option<u64>,
+    /// This side created the mirror. It never changes, so the two sides can name themselves
+    /// apart for hosts (the iSCSI front end's target port groups 1 and 2).
+    #[serde(default)]
+    pub origin: bool,
 }
 
 impl Record {

@@ -418,3 +418,48 @@ fn malformed_frame_from_a_registered_peer(p: &Pair, target: SocketAddr) {
     let status = child.wait().unwrap();
     assert_ne!(status.code(), Some(124), "the gateway kept a connection that sent a malformed frame");
 }
+
+/// iSCSI hosts see a mirror pair as two ALUA target port groups (1 on the side that created
+/// the mirror, 2 on the other; unit-tested in the gateway): the primary's active/optimized, the
+/// mirror's standby (media access refused). A planned switchover swaps the states, and a host that kept its session to
+/// the old mirror writes through it.
+#[test]
+fn iscsi_hosts_see_the_primary_optimized_and_follow_a_switchover() {
+    let extra = [FAST, &["--iscsi", "0.0.0.0:3260"]].concat();
+    let p = Pair::start(&extra, &extra);
+    p.mirror(Side::A, "v", "sync");
+    const HOST: &str = "iqn.2026-01.invalid.test:multipath";
+    for s in [&p.a, &p.b] {
+        s.cli_ok(&["client", "add", "h", "--out", p.scratch().join("h-tls").to_str().unwrap()]);
+        s.cli_ok(&["client", "initiator", "add", "h", HOST, "--no-chap"]);
+        s.cli_ok(&["group", "add", "hosts"]);
+        s.cli_ok(&["group", "join", "hosts", "h"]);
+        s.cli_ok(&["group", "grant", "hosts", "v"]);
+    }
+    let io = |s: &Serve, cmd: &str| {
+        let opts = format!(
+            "driver=iscsi,transport=tcp,portal=127.0.0.1:3260,target=iqn.2025-01.invalid.cleave:cleave:v,lun=0,initiator-name={HOST}"
+        );
+        // Reads open read-only: a standby path must refuse the read itself, not the opening.
+        let mut c = s.command("qemu-io");
+        if cmd.starts_with("read") {
+            c.arg("-r");
+        }
+        let out = c.args(["--image-opts", &opts, "-c", cmd]).output().unwrap();
+        let t = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success() && !t.contains("failed") && !t.contains("rror"), t)
+    };
+    let (ok, t) = io(&p.a, "write -P 0x61 0 64k");
+    assert!(ok, "the primary (active/optimized) refused a write: {t}");
+    let (ok, t) = io(&p.b, "read 0 64k");
+    assert!(!ok, "the mirror (standby) served a read: {t}");
+
+    p.b.cli_ok(&["mirror", "promote", "v"]);
+    let (ok, t) = io(&p.b, "read -P 0x61 0 64k");
+    assert!(ok, "the promoted side does not serve what A wrote: {t}");
+    let (ok, t) = io(&p.b, "write -P 0x62 64k 64k");
+    assert!(ok, "the promoted side refused a write: {t}");
+    let (ok, t) = io(&p.a, "read 0 64k");
+    assert!(!ok, "the old primary (standby now) served a read: {t}");
+    wait_until(&p.b, "v", |v| v["state"] == "in-sync" && v["lag_bytes"] == 0, 60);
+}

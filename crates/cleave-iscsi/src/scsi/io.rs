@@ -108,7 +108,7 @@ impl Lu {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.read_only {
+        if self.read_only() {
             return Err(Sense::WRITE_PROTECTED);
         }
         Ok(())

@@ -61,7 +61,9 @@ pub struct Names {
 /// One logical unit (LUN 0 of its target).
 pub struct Lu {
     device: Arc<dyn BlockDevice>,
-    read_only: bool,
+    /// The initiator's rights are read-only; the device may also turn read-only and back (a
+    /// mirror's secondary, promoted), so that is asked each time.
+    rights_read_only: bool,
     names: Names,
     blocks: u64,
     /// Physical block exponent: preferred block size as a power of two of logical blocks.
@@ -117,8 +119,12 @@ impl Lu {
         let blocks = device.size() / BLOCK as u64;
         let pref = device.preferred_block_size().clamp(BLOCK, 1 << 20);
         let physical_exp = (pref / BLOCK).checked_ilog2().unwrap_or(0) as u8;
-        let read_only = rights == Rights::ReadOnly || device.read_only();
-        Lu { device, read_only, names, blocks, physical_exp, access, shared }
+        let rights_read_only = rights == Rights::ReadOnly;
+        Lu { device, rights_read_only, names, blocks, physical_exp, access, shared }
+    }
+
+    fn read_only(&self) -> bool {
+        self.rights_read_only || self.device.read_only()
     }
 
     pub fn blocks(&self) -> u64 {

@@ -64,7 +64,7 @@ impl Lu {
             blockdesc.extend_from_slice(&BLOCK.to_be_bytes());
         }
         // Device-specific parameter: WP when read-only, DPOFUA always.
-        let dsp = 0x10 | if self.read_only { 0x80 } else { 0 };
+        let dsp = 0x10 | if self.read_only() { 0x80 } else { 0 };
         let body = [blockdesc.as_slice(), &pages].concat();
         let (mut v, alloc) = if ten {
             let len = (body.len() + 6) as u16;
