@@ -17,7 +17,8 @@ TGT_PORT=$(free_port)
 TGT_CTL=$((20000 + RANDOM % 10000))
 tgtd -f -C "$TGT_CTL" --iscsi "portal=127.0.0.1:$TGT_PORT" >"$OUT/iscsi/tgtd.log" 2>&1 &
 TGT_PID=$!
-trap 'stop_cleave; kill $TGT_PID 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+# tgtd ignores SIGTERM while it has targets: ask it to stop, then make sure.
+trap 'stop_cleave; tgtadm -C "$TGT_CTL" --op delete --mode system >/dev/null 2>&1 || true; pkill -9 -f "tgtd -f -C $TGT_CTL" || true; wait 2>/dev/null || true' EXIT
 INITIATOR=iqn.2026-01.invalid.bench:qemu
 cli volume create bench --size "$((MIB * 2))MiB" >/dev/null
 cli client add bench --out "$OUT/iscsi/bench-tls" 2>/dev/null
