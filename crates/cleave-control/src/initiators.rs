@@ -95,10 +95,15 @@ impl Registry {
         self.initiators.iter().filter(|(_, i)| i.client == client).map(|(n, i)| (n.clone(), i.clone())).collect()
     }
 
+    /// An initiator's entry; names compare case-insensitively.
+    pub fn initiator(&self, name: &str) -> Option<&Initiator> {
+        self.initiators.get(&name.to_ascii_lowercase())
+    }
+
     /// The client an initiator logs in as, given the CHAP name it proved (None: no CHAP).
     /// None when the initiator is unknown, or needs CHAP and did not prove the client's name.
     pub fn iscsi_client(&self, initiator: &str, chap_name: Option<&str>) -> Option<&str> {
-        let i = self.initiators.get(&initiator.to_ascii_lowercase())?;
+        let i = self.initiator(initiator)?;
         match chap_name {
             Some(n) if n == i.client => Some(&i.client),
             None if !i.chap => Some(&i.client),
@@ -108,14 +113,21 @@ impl Registry {
 
     /// The CHAP secrets an initiator must prove under `chap_name`, if it may log in so.
     pub fn chap_of(&self, initiator: &str, chap_name: &str) -> Option<&Chap> {
-        let i = self.initiators.get(&initiator.to_ascii_lowercase())?;
-        (i.client == chap_name).then(|| self.clients.get(&i.client)?.chap.as_ref()).flatten()
+        if self.initiator(initiator)?.client != chap_name {
+            return None;
+        }
+        self.chap_of_client(initiator)
+    }
+
+    /// The CHAP secrets of the client an initiator belongs to.
+    pub fn chap_of_client(&self, initiator: &str) -> Option<&Chap> {
+        self.clients.get(&self.initiator(initiator)?.client)?.chap.as_ref()
     }
 
     /// Whether an initiator must log in with CHAP: every one except those allowed without it,
     /// so that unknown names are asked for a secret they cannot have.
     pub fn chap_required(&self, initiator: &str) -> bool {
-        self.initiators.get(&initiator.to_ascii_lowercase()).is_none_or(|i| i.chap)
+        self.initiator(initiator).is_none_or(|i| i.chap)
     }
 }
 

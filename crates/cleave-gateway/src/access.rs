@@ -65,6 +65,11 @@ impl AccessControl {
         Ok(out)
     }
 
+    /// Reads the current registry without copying it.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&Registry) -> R) -> R {
+        f(&self.registry.read())
+    }
+
     pub fn rights(&self, who: &Identity, volume: &str) -> Rights {
         self.registry.read().rights(who, volume)
     }

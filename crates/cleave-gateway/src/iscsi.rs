@@ -141,8 +141,9 @@ impl Gateway {
 
     /// The client an iSCSI login is, if any.
     fn iscsi_identity(&self, who: &cleave_iscsi::Identity) -> Option<Identity> {
-        let registry = self.access.snapshot();
-        registry.iscsi_client(&who.initiator, who.chap_name.as_deref()).map(|c| Identity::Client(c.to_string()))
+        self.access.with_registry(|r| {
+            r.iscsi_client(&who.initiator, who.chap_name.as_deref()).map(|c| Identity::Client(c.to_string()))
+        })
     }
 
     /// Forgets a deleted volume's reservations.
@@ -165,17 +166,15 @@ impl cleave_iscsi::Access for Gateway {
     }
 
     fn chap_required(&self, initiator: &str) -> bool {
-        self.access.snapshot().chap_required(initiator)
+        self.access.with_registry(|r| r.chap_required(initiator))
     }
 
     fn chap_secret(&self, initiator: &str, chap_name: &str) -> Option<Vec<u8>> {
-        Some(self.access.snapshot().chap_of(initiator, chap_name)?.secret.0.clone().into_bytes())
+        self.access.with_registry(|r| Some(r.chap_of(initiator, chap_name)?.secret.0.clone().into_bytes()))
     }
 
     fn target_secret(&self, initiator: &str) -> Option<(String, Vec<u8>)> {
-        let registry = self.access.snapshot();
-        let client = registry.initiators.get(&initiator.to_ascii_lowercase())?.client.clone();
-        let mutual = registry.clients.get(&client)?.chap.as_ref()?.mutual.clone()?;
+        let mutual = self.access.with_registry(|r| r.chap_of_client(initiator)?.mutual.clone())?;
         Some((TARGET_CHAP_NAME.to_string(), mutual.0.into_bytes()))
     }
 

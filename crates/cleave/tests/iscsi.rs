@@ -143,6 +143,19 @@ fn initiators_log_in_as_clients_and_get_their_rights() {
     gw.serve.cli_ok(&["client", "initiator", "remove", "host2", READER]);
     let gone = gw.qemu_io(READER, None, "disk", &["read 0 4k"]);
     assert!(!gone.status.success(), "a removed initiator logged in: {}", text(&gone));
+
+    // Mutual CHAP: new secrets replace the old, and the gateway proves its own.
+    let m: serde_json::Value =
+        serde_json::from_str(&gw.serve.cli_ok(&["client", "chap", "host1", "--mutual", "--json"])).unwrap();
+    let (new, target) = (m["secret"].as_str().unwrap(), m["target_secret"].as_str().unwrap());
+    assert_eq!(m["target_name"], "cleave");
+    let mutual = |tp: &str| format!("{}?target_user=cleave&target_password={tp}", gw.url(Some(("host1", new)), "disk"));
+    let ok = tool("iscsi-inq", &["-i", TEST_INITIATOR, &mutual(target)]);
+    assert!(ok.status.success(), "mutual CHAP: {}", text(&ok));
+    let wrong = tool("iscsi-inq", &["-i", TEST_INITIATOR, &mutual("not-the-target-1")]);
+    assert!(!wrong.status.success(), "the initiator accepted a wrong target secret: {}", text(&wrong));
+    let old = tool("iscsi-inq", &["-i", TEST_INITIATOR, &gw.url(login, "disk")]);
+    assert!(!old.status.success(), "the replaced secret still logs in: {}", text(&old));
 }
 
 /// (tests run, tests failed) from CUnit's run summary.
