@@ -1,9 +1,13 @@
 //! Events for the administrator (kept by the node pool, listed by `GET /api/v1/events`):
-//! the closed set of kinds the gateway records.
+//! the closed set of kinds the gateway records, and the webhook they are sent to.
 
+use std::sync::Arc;
+
+use crate::error::Result;
 use crate::gateway::Gateway;
 use crate::health::HealthState;
 use crate::tasks::TaskKind;
+use crate::webhook::{origin, Poster, WebhookSecret, WebhookView};
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,5 +44,31 @@ impl Gateway {
     /// Records an event for the administrator.
     pub(crate) fn record(&self, kind: EventKind, detail: String) {
         self.pool.push_event(&kind.name(), detail);
+    }
+}
+
+impl Gateway {
+    /// Starts sending the events to the webhook, with `poster`; until then they wait.
+    pub fn start_webhook(&self, poster: Arc<dyn Poster>) {
+        tokio::spawn(self.webhook.clone().deliver(poster));
+    }
+
+    /// The webhook and its deliveries.
+    pub fn webhook(&self) -> WebhookView {
+        self.webhook.view()
+    }
+
+    /// Sends every event to `url` from now on, signed with a new secret (returned, once).
+    pub fn set_webhook(&self, url: &str) -> Result<WebhookSecret> {
+        let secret = self.webhook.set(&self.master, url)?;
+        self.record(EventKind::WebhookSet, format!("events are sent to {}", origin(url)));
+        Ok(secret)
+    }
+
+    /// Sends events to nobody; the queue is emptied.
+    pub fn remove_webhook(&self) -> Result<()> {
+        self.webhook.remove()?;
+        self.record(EventKind::WebhookRemoved, "events are no longer sent".into());
+        Ok(())
     }
 }

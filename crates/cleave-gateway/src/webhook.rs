@@ -20,8 +20,6 @@ use zeroize::Zeroizing;
 
 use crate::data_dir::{random_hex, DataDir, Stored};
 use crate::error::{GatewayError, Result};
-use crate::events::EventKind;
-use crate::gateway::Gateway;
 
 /// The header that carries the signature: `sha256=` and the hex HMAC-SHA256 of the body,
 /// keyed with the secret as shown (its 64 characters).
@@ -246,7 +244,7 @@ impl Notifier {
 
     /// Sends the queued events with `poster`, oldest first, each until it is delivered; runs
     /// for as long as the gateway does.
-    async fn deliver(self: Arc<Self>, poster: Arc<dyn Poster>) {
+    pub(crate) async fn deliver(self: Arc<Self>, poster: Arc<dyn Poster>) {
         let mut failures = 0u32;
         let mut changes = self.changed.subscribe();
         loop {
@@ -331,43 +329,31 @@ fn request(to: &Endpoint, n: &Notification) -> std::result::Result<(Headers, Vec
     Ok((headers, body))
 }
 
-impl Gateway {
-    /// Starts sending the events to the webhook, with `poster`; until then they wait.
-    pub fn start_webhook(&self, poster: Arc<dyn Poster>) {
-        tokio::spawn(self.webhook.clone().deliver(poster));
-    }
-
-    /// The webhook and its deliveries.
-    pub fn webhook(&self) -> WebhookView {
-        self.webhook.view()
-    }
-
-    /// Sends every event to `url` from now on, signed with a new secret (returned, once).
-    pub fn set_webhook(&self, url: &str) -> Result<WebhookSecret> {
+impl Notifier {
+    /// Sends every event to `url` from now on, signed with a new secret (returned, once),
+    /// sealed under `master` where it is stored.
+    pub(crate) fn set(&self, master: &MasterKey, url: &str) -> Result<WebhookSecret> {
         check_url(url)?;
         let secret = Zeroizing::new(random_hex(32)?);
-        let sealed = self
-            .master
+        let sealed = master
             .seal_bytes(PURPOSE, secret.as_bytes())
             .map_err(|e| GatewayError::Internal(format!("sealing the webhook's secret: {e}")))?;
-        self.webhook.saved.update(|s| {
+        self.saved.update(|s| {
             *s = Some(Saved { url: url.to_string(), secret: sealed });
             Ok(())
         })?;
-        self.webhook.point_at(Some(Endpoint { url: url.to_string(), secret: secret.clone() }));
+        self.point_at(Some(Endpoint { url: url.to_string(), secret: secret.clone() }));
         info!(to = %origin(url), "webhook set");
-        self.record(EventKind::WebhookSet, format!("events are sent to {}", origin(url)));
         Ok(WebhookSecret { url: url.to_string(), secret: secret.to_string() })
     }
 
     /// Sends events to nobody; the queue is emptied.
-    pub fn remove_webhook(&self) -> Result<()> {
-        self.webhook.saved.update(|s| {
+    pub(crate) fn remove(&self) -> Result<()> {
+        self.saved.update(|s| {
             *s = None;
             Ok(())
         })?;
-        self.webhook.point_at(None);
-        self.record(EventKind::WebhookRemoved, "events are no longer sent".into());
+        self.point_at(None);
         Ok(())
     }
 }
