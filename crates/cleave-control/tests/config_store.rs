@@ -194,3 +194,39 @@ async fn etcd_authentication_with_an_explicit_user() {
     )
     .contains("secret"));
 }
+
+/// A key created under a lease stays while the lease is renewed, is refused to a second
+/// creator meanwhile, and vanishes (for every client) once renewals stop; a revoked lease
+/// takes its key at once. The redb store grants none: its single process cannot lapse.
+#[tokio::test]
+async fn etcd_leased_keys_vanish_when_renewals_stop() {
+    let etcd = EtcdCluster::start(1);
+    let (a, b) = (etcd.store("lease/", Duration::from_secs(5)), etcd.store("lease/", Duration::from_secs(5)));
+    let lease = a.grant_lease(Duration::from_secs(2)).unwrap().expect("etcd grants leases");
+    a.create_leased("owner/v", b"gateway-a", Some(lease)).unwrap();
+    assert!(matches!(b.create_leased("owner/v", b"gateway-b", None), Err(ConfigError::AlreadyExists { .. })));
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(700));
+        a.renew_lease(lease).unwrap();
+    }
+    assert_eq!(b.get_value("owner/v").unwrap().as_deref(), Some(&b"gateway-a"[..]), "renewed for 4.2 s > 2 s");
+    let stopped = Instant::now();
+    while b.get("owner/v").unwrap().is_some() {
+        assert!(stopped.elapsed() < Duration::from_secs(10), "the key outlived its lease");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(stopped.elapsed() >= Duration::from_secs(1), "gone before its TTL: {:?}", stopped.elapsed());
+    let renewed = a.renew_lease(lease);
+    assert!(matches!(renewed, Err(ConfigError::LeaseExpired(_))), "{renewed:?}");
+    let other = b.grant_lease(Duration::from_secs(2)).unwrap().unwrap();
+    b.create_leased("owner/v", b"gateway-b", Some(other)).unwrap();
+    b.revoke_lease(other).unwrap();
+    assert_eq!(a.get("owner/v").unwrap(), None, "a revoked lease takes its key at once");
+    b.revoke_lease(other).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let redb = RedbStore::open(&dir.path().join("config.redb")).unwrap();
+    assert_eq!(redb.grant_lease(Duration::from_secs(2)).unwrap(), None);
+    redb.create_leased("owner/v", b"me", None).unwrap();
+    assert!(redb.create_leased("owner/v", b"me", None).unwrap_err().is_conflict());
+}

@@ -9,13 +9,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, Txn, TxnOp, WatchClient, WatchOptions,
-    WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, LeaseClient, PutOptions, Txn, TxnOp,
+    WatchClient, WatchOptions, WatchStream,
 };
 use tokio::sync::mpsc::Sender;
 use zeroize::Zeroizing;
 
-use super::{check_key, Change, ConfigError, ConfigStore, Entry, PutMode, Version, Watch};
+use super::{check_key, Change, ConfigError, ConfigStore, Entry, Lease, PutMode, Version, Watch};
 
 /// How to reach etcd.
 #[derive(Clone)]
@@ -58,6 +58,7 @@ pub struct EtcdStore {
     _client: Client,
     kv: KvClient,
     watch: WatchClient,
+    lease: LeaseClient,
     rt: OwnRuntime,
     namespace: String,
     endpoints: String,
@@ -119,6 +120,7 @@ impl EtcdStore {
         let store = EtcdStore {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
+            lease: client.lease_client(),
             _client: client,
             rt,
             namespace: opts.namespace,
@@ -303,10 +305,7 @@ impl ConfigStore for EtcdStore {
                 })?;
                 self.version(resp.header().map_or(0, |h| h.revision()))
             }
-            PutMode::Create => {
-                let absent = Compare::create_revision(full, CompareOp::Equal, 0);
-                self.txn("create", vec![absent], put, ConfigError::AlreadyExists { key })
-            }
+            PutMode::Create => self.create_leased(&key, value, None),
             PutMode::Update(v) => {
                 let when = self.at_version(&full, v)?;
                 self.txn("update", when, put, ConfigError::Precondition { key })
@@ -359,6 +358,61 @@ impl ConfigStore for EtcdStore {
         let forward = Forward { namespace: self.namespace.clone(), endpoints: self.endpoints.clone() };
         self.runtime().spawn(forward.run(stream, tx));
         Ok(watch)
+    }
+
+    fn grant_lease(&self, ttl: Duration) -> Result<Option<Lease>, ConfigError> {
+        let secs =
+            i64::try_from(ttl.as_secs().max(1)).map_err(|_| ConfigError::Invalid(format!("lease of {ttl:?}")))?;
+        let client = self.lease.clone();
+        // A lease granted twice is only a second lease that expires unused.
+        let resp = self.run("grant a lease", Retry::Yes, move || {
+            let mut client = client.clone();
+            async move { client.grant(secs, None).await }
+        })?;
+        Ok(Some(Lease(resp.id())))
+    }
+
+    fn renew_lease(&self, lease: Lease) -> Result<(), ConfigError> {
+        let client = self.lease.clone();
+        let resp = self.run("renew a lease", Retry::Yes, move || {
+            let mut client = client.clone();
+            async move {
+                let (mut keeper, mut stream) = client.keep_alive(lease.0).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            }
+        });
+        match resp {
+            // etcd answers a TTL of 0 for a lease it no longer has (or the client says so).
+            Ok(Some(r)) if r.ttl() > 0 => Ok(()),
+            Ok(_) => Err(ConfigError::LeaseExpired(lease.0)),
+            Err(ConfigError::Etcd { source, .. }) if matches!(*source, etcd_client::Error::LeaseKeepAliveError(_)) => {
+                Err(ConfigError::LeaseExpired(lease.0))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn revoke_lease(&self, lease: Lease) -> Result<(), ConfigError> {
+        let client = self.lease.clone();
+        match self.run("revoke a lease", Retry::Yes, move || {
+            let mut client = client.clone();
+            async move { client.revoke(lease.0).await }
+        }) {
+            Ok(_) => Ok(()),
+            // Revoked before, or expired: gone either way.
+            Err(ConfigError::Etcd { source, .. }) if source.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_leased(&self, key: &str, value: &[u8], lease: Option<Lease>) -> Result<Version, ConfigError> {
+        check_key(key)?;
+        let full = self.full_key(key);
+        let opts = lease.map(|l| PutOptions::new().with_lease(l.0));
+        let put = TxnOp::put(full.clone(), value, opts);
+        let absent = Compare::create_revision(full, CompareOp::Equal, 0);
+        self.txn("create", vec![absent], put, ConfigError::AlreadyExists { key: key.to_string() })
     }
 }
 

@@ -53,7 +53,33 @@ pub trait ConfigStore: Send + Sync + std::fmt::Debug {
     fn get_value(&self, key: &str) -> Result<Option<Vec<u8>>, ConfigError> {
         Ok(self.get(key)?.map(|e| e.value))
     }
+
+    /// A lease of `ttl`: keys created under it vanish when it is not renewed in time (etcd's
+    /// leases). None when one process holds the whole store (redb): nothing can outlive it.
+    fn grant_lease(&self, _ttl: std::time::Duration) -> Result<Option<Lease>, ConfigError> {
+        Ok(None)
+    }
+
+    /// Renews `lease`; [`ConfigError::LeaseExpired`] once it has expired (its keys are gone).
+    fn renew_lease(&self, _lease: Lease) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    /// Ends `lease` now, and with it its keys.
+    fn revoke_lease(&self, _lease: Lease) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    /// Creates `key` (only if absent, as [`PutMode::Create`]), tied to `lease` when given.
+    fn create_leased(&self, key: &str, value: &[u8], lease: Option<Lease>) -> Result<Version, ConfigError> {
+        let _ = lease;
+        self.put_opts(key, value, PutMode::Create)
+    }
 }
+
+/// An etcd lease, by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease(pub i64);
 
 /// One key with its value, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +158,8 @@ pub enum ConfigError {
     AlreadyExists { key: String },
     #[error("configuration key {key:?} changed since it was read (or is gone)")]
     Precondition { key: String },
+    #[error("configuration database lease {0:x} has expired")]
+    LeaseExpired(i64),
     #[error("configuration key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("configuration database: {0}")]
