@@ -219,6 +219,30 @@ async fn a_second_gateway_is_refused_and_a_takeover_fences_the_first() {
     r.open_as("c", "gateway-c", false).await.unwrap();
 }
 
+/// A fenced gateway's cache still holds what it wrote after the takeover. When that gateway
+/// opens the volume again (here after the new owner released it), the cache is older than
+/// the other gateway's writes: it is dropped, never destaged over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_older_than_another_gateways_claim_is_dropped() {
+    let r = rig(3, 5).await;
+    let a = r.open_as("a", "gateway-a", false).await.unwrap();
+    write_chunk(&a, 0, 0x0a).await;
+    let b = r.open_as("b", "gateway-b", true).await.unwrap();
+    write_chunk(&b, 1, 0x1b).await;
+    a.write(MIB, Bytes::from(vec![0x2a; MIB as usize]), false).await.unwrap();
+    assert!(matches!(a.flush().await, Err(VolumeError::Fenced(_))));
+    drop(a);
+    b.shutdown(Duration::from_secs(30)).await.unwrap();
+    drop(b);
+    let a = r.open_as("a", "gateway-a", false).await.unwrap();
+    let read = a.read(MIB, MIB as u32).await.unwrap();
+    assert!(read.iter().all(|&x| x == 0x1b), "the stale cache is served: {:#x}", read[0]);
+    a.shutdown(Duration::from_secs(30)).await.unwrap();
+    let image = r.recover(&[0, 1, 2, 3, 4], false).await.unwrap();
+    assert!(chunk_of(&image, 0).iter().all(|&x| x == 0x0a));
+    assert!(chunk_of(&image, 1).iter().all(|&x| x == 0x1b), "a fenced gateway's stale cache reached a reader");
+}
+
 /// Item 6's loud failure at the engine: targets that hold chunk objects (in the opaque
 /// layout) while the journal maps none are refused by `check_against_journal`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,6 +112,12 @@ impl Cache {
     }
 
     /// Removes the cache files of a deleted volume.
+    /// Whether a cache of volume `uuid` is in `dir`.
+    pub fn exists(dir: &Path, uuid: &str) -> bool {
+        let (slots, index, _) = file_names(dir, uuid);
+        slots.exists() || index.exists() || legacy::files(dir, uuid).iter().any(|p| p.exists())
+    }
+
     pub fn remove(dir: &Path, uuid: &str) -> std::io::Result<()> {
         let (slots, index, clean) = file_names(dir, uuid);
         for path in [slots, index, clean].into_iter().chain(legacy::files(dir, uuid)) {

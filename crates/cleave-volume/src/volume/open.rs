@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use cleave_split::{Codec, Keyring};
 use cleave_target::DynTarget;
 use tokio::sync::{Notify, RwLock};
-use tracing::{info, Instrument};
+use tracing::{info, warn, Instrument};
 
 use super::{destage, epoch_base, ChunkState, Inner, State, Volume, VolumeOptions};
 use crate::cache::Cache;
@@ -65,6 +65,7 @@ impl Volume {
         .replay()
         .await?;
         let claim = next_claim(&ownership, &replayed, &opts)?;
+        drop_stale_cache(&ownership, &opts, &uuid, &config.name)?;
         claim::write(&dispersal.targets(), &keys, &uuid, &claim).await?;
         let capacity_chunks = (opts.cache_bytes / config.chunk_size as u64).max(4) as usize;
         let (cache, present, clean) =
@@ -164,6 +165,18 @@ async fn read_labels(
 }
 
 /// This opening's claim: an epoch above every claim and record seen.
+/// Another gateway opened the volume after this one last did: whatever this one's cache
+/// still holds (a write it took after that, while fenced) is older than the other's writes,
+/// and destaging it would put old data over new.
+fn drop_stale_cache(ownership: &Ownership, opts: &VolumeOptions, uuid: &str, name: &str) -> Result<(), VolumeError> {
+    let Some(latest) = ownership.latest().filter(|c| c.owner != opts.owner) else { return Ok(()) };
+    if Cache::exists(&opts.cache_dir, uuid) {
+        warn!(volume = %name, newer_owner = %latest.owner, epoch = latest.epoch, "dropping this gateway's cache of the volume: another gateway served it since");
+        Cache::remove(&opts.cache_dir, uuid)?;
+    }
+    Ok(())
+}
+
 fn next_claim(ownership: &Ownership, replayed: &Replayed, opts: &VolumeOptions) -> Result<Claim, VolumeError> {
     let newest = ownership.latest().map_or(0, |c| c.epoch).max(replayed.max_epoch);
     let epoch = newest.checked_add(1).ok_or_else(|| VolumeError::Metadata("claim epochs exhausted".into()))?;
