@@ -370,6 +370,12 @@ impl DataDir {
     }
 
     /// Every stored superblock that authenticates; the others are skipped with a warning.
+    /// The names of the stored volumes.
+    pub fn volume_names(&self) -> Result<Vec<String>> {
+        let prefix = volume_key("");
+        Ok(self.config.scan(&prefix)?.into_iter().map(|e| e.key[prefix.len()..].to_string()).collect())
+    }
+
     pub fn load_volumes(&self, master: &MasterKey) -> Result<Vec<Superblock>> {
         let mut out = Vec::new();
         for (name, sb) in self.stored_volumes(master)? {

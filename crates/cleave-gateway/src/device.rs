@@ -11,10 +11,13 @@ use cleave_nbd::{BlockDevice, BlockError};
 use cleave_volume::{Volume, VolumeError};
 use tracing::warn;
 
+use crate::appliance::Appliance;
+
 /// Adapts a volume to the NBD front end.
 pub(crate) struct VolumeDevice {
     volume: Volume,
     mirror: Option<Arc<Engine>>,
+    appliance: Option<Arc<Appliance>>,
 }
 
 fn block_error(e: VolumeError) -> BlockError {
@@ -29,8 +32,20 @@ fn block_error(e: VolumeError) -> BlockError {
 }
 
 impl VolumeDevice {
-    pub(crate) fn new(volume: Volume, mirror: Option<Arc<Engine>>) -> Self {
-        VolumeDevice { volume, mirror }
+    pub(crate) fn new(volume: Volume, mirror: Option<Arc<Engine>>, appliance: Option<Arc<Appliance>>) -> Self {
+        VolumeDevice { volume, mirror, appliance }
+    }
+
+    /// In an appliance, nothing is served once the lease may have lapsed: another gateway
+    /// may be serving the volume already (the lease watcher fences it soon after).
+    fn check_lease(&self) -> Result<(), BlockError> {
+        match &self.appliance {
+            Some(a) if !a.holds() => Err(BlockError::Io(format!(
+                "volume {}: this gateway lost its lease in the configuration database",
+                self.volume.config().name
+            ))),
+            _ => Ok(()),
+        }
     }
 
     async fn local(&self, op: Op) -> Result<(), BlockError> {
@@ -44,8 +59,15 @@ impl VolumeDevice {
         .map_err(block_error)
     }
 
-    /// A change: local, and to the mirror when the volume has one.
+    /// A change, acknowledged only if the lease held from before it to after it.
     async fn change(&self, op: Op) -> Result<(), BlockError> {
+        self.check_lease()?;
+        self.apply(op).await?;
+        self.check_lease()
+    }
+
+    /// A change: local, and to the mirror when the volume has one.
+    async fn apply(&self, op: Op) -> Result<(), BlockError> {
         let Some(engine) = &self.mirror else { return self.local(op).await };
         let name = &self.volume.config().name;
         if engine.read_only(name) {
@@ -77,6 +99,7 @@ impl BlockDevice for VolumeDevice {
         true
     }
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, BlockError> {
+        self.check_lease()?;
         self.volume.read(offset, len).await.map_err(block_error)
     }
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), BlockError> {

@@ -24,6 +24,10 @@ pub enum EventKind {
     WebhookSet,
     /// Events are sent to no webhook any more.
     WebhookRemoved,
+    /// This gateway took a volume over from another one of the appliance.
+    GatewayFailover,
+    /// This gateway stopped serving a volume: it could not keep its lease.
+    GatewayFenced,
 }
 
 impl EventKind {
@@ -36,6 +40,8 @@ impl EventKind {
             EventKind::TaskDone(k) => format!("{}_done", k.as_str()),
             EventKind::WebhookSet => "webhook_set".into(),
             EventKind::WebhookRemoved => "webhook_removed".into(),
+            EventKind::GatewayFailover => "gateway_failover".into(),
+            EventKind::GatewayFenced => "gateway_fenced".into(),
         }
     }
 }

@@ -18,6 +18,7 @@ use cleave_volume::{Superblock, Volume, VolumeOptions};
 use tracing::{error, info};
 
 use crate::access::{AccessControl, Guarded};
+use crate::appliance::Appliance;
 use crate::data_dir::DataDir;
 use crate::device::VolumeDevice;
 use crate::error::{GatewayError, Result};
@@ -93,6 +94,8 @@ pub struct GatewayConfig {
     /// Local cache size per volume.
     pub cache_bytes: u64,
     pub nbd: Option<NbdExport>,
+    /// Membership of an appliance of gateways on one etcd (None: every volume is served here).
+    pub appliance: Option<Arc<Appliance>>,
 }
 
 /// The running gateway: volumes by name, and everything needed to serve and manage them.
@@ -120,6 +123,7 @@ pub struct Gateway {
     pub(crate) mirror: std::sync::OnceLock<Arc<cleave_mirror::Engine>>,
     /// Where events are sent, besides the pool's list.
     pub(crate) webhook: Arc<Notifier>,
+    pub(crate) appliance: Option<Arc<Appliance>>,
 }
 
 /// A stored volume that could not be opened, and why. Listed as unavailable, retried every
@@ -128,6 +132,8 @@ pub(crate) struct Unopened {
     /// None when even the stored superblock could not be read.
     pub(crate) sb: Option<Superblock>,
     pub(crate) reason: String,
+    /// The gateway of the appliance that serves it, when that is another one.
+    pub(crate) primary: Option<String>,
 }
 
 impl Gateway {
@@ -152,6 +158,7 @@ impl Gateway {
             targets: c.targets,
             mirror: std::sync::OnceLock::new(),
             webhook,
+            appliance: c.appliance,
         }
     }
 
@@ -165,7 +172,7 @@ impl Gateway {
         let config = HierarchyConfig { id: id.clone(), name: id, site: "default".into(), ca };
         let hierarchy = Hierarchy::new(config, pool.clone());
         let targets = cleave_target::Credentials::default();
-        Ok(Gateway::new(GatewayConfig { stores, pool, hierarchy, targets, cache_bytes, nbd: None }))
+        Ok(Gateway::new(GatewayConfig { stores, pool, hierarchy, targets, cache_bytes, nbd: None, appliance: None }))
     }
 
     pub fn data(&self) -> &DataDir {
@@ -283,7 +290,13 @@ impl Gateway {
     pub async fn shutdown(&self) {
         for v in self.served_volumes() {
             match v.shutdown(Duration::from_secs(300)).await {
-                Ok(()) => info!(volume = %v.config().name, "destaged and closed"),
+                Ok(()) => {
+                    info!(volume = %v.config().name, "destaged and closed");
+                    // Handed back cleanly: another gateway of the appliance may serve it now.
+                    if let Some(a) = &self.appliance {
+                        a.release(&v.config().name);
+                    }
+                }
                 Err(e) => {
                     error!(volume = %v.config().name, error = %e, "shutdown left dirty data in the cache; it is destaged at next start")
                 }
@@ -302,7 +315,7 @@ impl ExportProvider for Gateway {
         self.volumes.read().expect("not poisoned").keys().cloned().collect()
     }
     fn open(&self, name: &str) -> Option<Arc<dyn BlockDevice>> {
-        Some(Arc::new(VolumeDevice::new(self.get(name)?, self.mirror.get().cloned())))
+        Some(Arc::new(VolumeDevice::new(self.get(name)?, self.mirror.get().cloned(), self.appliance.clone())))
     }
     fn list_for(&self, peer: &Peer) -> Vec<String> {
         let Ok(who) = self.access.identify(peer) else { return Vec::new() };

@@ -4,6 +4,8 @@
 
 /// Clients' rights at the gateway: the registry, control's CA, NBD TLS, the checked device.
 pub mod access;
+/// Several gateways on one etcd: which one serves each volume, leases, fencing, takeover.
+pub mod appliance;
 /// The data directory: keys, tokens, the configuration database, caches, default targets.
 pub mod data_dir;
 /// A volume as an NBD block device.

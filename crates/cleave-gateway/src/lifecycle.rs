@@ -1,21 +1,40 @@
 //! The gateway's life: start-up (the stored volumes opened, each on its own), the volumes
 //! that could not be opened retried in the background, and the health watcher that records
-//! every change as an event and starts re-replication once missing targets answer again.
+//! every change as an event and starts re-replication once missing targets answer again; in
+//! an appliance, the lease that lets this gateway serve.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cleave_control::access::{Grant, Mode, LOCAL_GROUP};
+use cleave_control::config::ConfigError;
 use cleave_volume::{Health, Superblock, Volume};
 use tracing::{info, warn};
 
+use crate::appliance::{Appliance, Primary};
 use crate::error::Result;
 use crate::events::EventKind;
 use crate::gateway::{Gateway, Unopened};
 use crate::health::{targets_down, HealthState};
 use crate::tasks::{NewTask, TaskKind};
 use crate::volumes::CreateVolume;
+
+/// What became of a stored volume at this gateway.
+pub(crate) enum Opened {
+    Served(Volume),
+    /// Another gateway of the appliance serves it.
+    Elsewhere(String),
+    Failed(anyhow::Error),
+}
+
+fn served_by(primary: &str) -> String {
+    if primary.is_empty() {
+        "another gateway of the appliance is taking it over".into()
+    } else {
+        format!("served by gateway {primary}")
+    }
+}
 
 /// How often volumes that could not be opened are tried again.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(3);
@@ -29,6 +48,9 @@ impl Gateway {
     /// then starts the background work: retrying the volumes that could not be opened, and
     /// watching health.
     pub async fn start(self: &Arc<Self>, demo: bool) -> Result<()> {
+        if let Some(a) = &self.appliance {
+            tokio::spawn(self.clone().keep_lease(a.clone()));
+        }
         let stored = self.data.stored_volumes(&self.master)?;
         if stored.is_empty() && demo {
             info!("first run: creating volume demo (1 GiB, 3-of-5 on five directory targets)");
@@ -54,28 +76,34 @@ impl Gateway {
         let opens = stored.into_iter().map(|(name, sb)| async move {
             match sb {
                 Ok(sb) => {
-                    let opened = match tokio::time::timeout(OPEN_AT_START, self.open_volume(&sb)).await {
+                    let opened = match tokio::time::timeout(OPEN_AT_START, self.open_here(&sb)).await {
                         Ok(opened) => opened,
-                        Err(_) => Err(anyhow::anyhow!("its targets did not answer within {OPEN_AT_START:?}")),
+                        Err(_) => {
+                            Opened::Failed(anyhow::anyhow!("its targets did not answer within {OPEN_AT_START:?}"))
+                        }
                     };
                     (name, Some(sb), opened)
                 }
-                Err(e) => (name, None, Err(e)),
+                Err(e) => (name, None, Opened::Failed(e)),
             }
         });
         for (name, sb, opened) in futures::future::join_all(opens).await {
             match opened {
-                Ok(v) => {
+                Opened::Served(v) => {
                     self.volumes.write().expect("not poisoned").insert(name, v);
                 }
-                Err(e) => {
+                Opened::Elsewhere(primary) => {
+                    let u = Unopened { sb, reason: served_by(&primary), primary: Some(primary) };
+                    self.unopened.write().expect("not poisoned").insert(name, u);
+                }
+                Opened::Failed(e) => {
                     let reason = format!("{e:#}");
                     warn!(volume = %name, error = %reason, "cannot open volume; serving the others and retrying it");
                     self.record(
                         EventKind::VolumeHealth(HealthState::Unavailable),
                         format!("{name}: cannot open: {reason}"),
                     );
-                    self.unopened.write().expect("not poisoned").insert(name, Unopened { sb, reason });
+                    self.unopened.write().expect("not poisoned").insert(name, Unopened { sb, reason, primary: None });
                 }
             }
         }
@@ -83,10 +111,16 @@ impl Gateway {
     }
 
     /// Tries the volumes that could not be opened again, every [`REOPEN_EVERY`].
+    /// In an appliance, also every second: the volumes other gateways serve, to take them over
+    /// once their primary's claim is gone, and the volumes other gateways created.
     async fn reopen_unavailable(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(REOPEN_EVERY);
+        let every = if self.appliance.is_some() { Duration::from_secs(1) } else { REOPEN_EVERY };
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
+            if self.appliance.is_some() {
+                self.discover_volumes();
+            }
             let names: Vec<String> = self.unopened.read().expect("not poisoned").keys().cloned().collect();
             for name in names {
                 self.try_reopen(&name).await;
@@ -96,31 +130,80 @@ impl Gateway {
 
     async fn try_reopen(&self, name: &str) {
         // The stored superblock is read again: a grant may have changed it since.
-        let opened = match self.data.load_volume(&self.master, name) {
-            Ok(Some(sb)) => self.open_volume(&sb).await.map(|v| (v, sb.config.uuid)),
+        let sb = match self.data.load_volume(&self.master, name) {
+            Ok(Some(sb)) => sb,
             Ok(None) => return,
-            Err(e) => Err(e),
+            Err(e) => return self.still_unopened(name, format!("{e:#}")),
         };
-        let (v, uuid) = match opened {
-            Ok(done) => done,
-            Err(e) => {
+        let v = match self.open_here(&sb).await {
+            Opened::Served(v) => v,
+            Opened::Elsewhere(primary) => {
                 if let Some(u) = self.unopened.write().expect("not poisoned").get_mut(name) {
-                    u.reason = format!("{e:#}");
+                    (u.reason, u.primary, u.sb) = (served_by(&primary), Some(primary), Some(sb));
                 }
                 return;
             }
+            Opened::Failed(e) => return self.still_unopened(name, format!("{e:#}")),
         };
+        let uuid = sb.config.uuid;
         let _admin = self.admin.lock().await;
-        if self.unopened.write().expect("not poisoned").remove(name).is_some() {
+        let was = self.unopened.write().expect("not poisoned").remove(name);
+        if let Some(u) = was {
             self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
-            info!(volume = name, "volume opened: its targets answer again");
-            self.record(EventKind::VolumeOpened, format!("{name}: opened, its targets answer again"));
+            match u.primary.filter(|p| !p.is_empty()) {
+                Some(from) => {
+                    warn!(volume = name, from = %from, "volume taken over: its primary gateway is gone");
+                    self.record(EventKind::GatewayFailover, format!("{name}: taken over from gateway {from}"));
+                }
+                None => {
+                    info!(volume = name, "volume opened: its targets answer again");
+                    self.record(EventKind::VolumeOpened, format!("{name}: opened, its targets answer again"));
+                }
+            }
         } else {
             // Deleted while it was being opened.
             v.close().await;
             if let Err(e) = cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &uuid) {
                 warn!(volume = name, error = %e, "cannot remove the cache of a deleted volume");
             }
+        }
+    }
+
+    fn still_unopened(&self, name: &str, reason: String) {
+        if let Some(u) = self.unopened.write().expect("not poisoned").get_mut(name) {
+            u.reason = reason;
+        }
+    }
+
+    /// Opens a volume if this gateway is to serve it: always alone, and in an appliance once
+    /// it has claimed the volume (then over any claim on the targets, which fences the
+    /// gateway that served it before).
+    pub(crate) async fn open_here(&self, sb: &Superblock) -> Opened {
+        let takeover = match &self.appliance {
+            None => false,
+            Some(a) => match a.claim(&sb.config.name) {
+                Ok(Primary::Me) => true,
+                Ok(Primary::Other(primary)) => return Opened::Elsewhere(primary),
+                Err(e) => return Opened::Failed(e.into()),
+            },
+        };
+        match self.open_volume_with(sb, takeover).await {
+            Ok(v) => Opened::Served(v),
+            Err(e) => Opened::Failed(e),
+        }
+    }
+
+    /// The stored volumes this gateway does not know yet (another gateway created them).
+    fn discover_volumes(&self) {
+        // A create here stores the volume before it is served: not then.
+        let Ok(_admin) = self.admin.try_lock() else { return };
+        let Ok(names) = self.data.volume_names() else { return };
+        for name in names {
+            if self.exists(&name) {
+                continue;
+            }
+            let u = Unopened { sb: None, reason: "not opened here yet".into(), primary: None };
+            self.unopened.write().expect("not poisoned").entry(name).or_insert(u);
         }
     }
 
@@ -177,6 +260,48 @@ impl Gateway {
         match self.start_task(req) {
             Ok(t) => info!(volume = %name, task = t.id, "targets are back: re-replicating what degraded writes missed"),
             Err(e) => warn!(volume = %name, error = %e, "could not start re-replication"),
+        }
+    }
+}
+
+/// The lease of an appliance member (`crate::appliance`).
+impl Gateway {
+    /// Keeps the lease, and fences every volume served here as soon as it may have lapsed.
+    pub(crate) async fn keep_lease(self: Arc<Self>, a: Arc<Appliance>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut next_renewal = Instant::now();
+        let mut renewing: Option<tokio::task::JoinHandle<std::result::Result<(), ConfigError>>> = None;
+        loop {
+            tick.tick().await;
+            if renewing.as_ref().is_some_and(|r| r.is_finished()) {
+                if let Some(Ok(Err(e))) = renewing.take().and_then(futures::FutureExt::now_or_never) {
+                    warn!(error = %e, "cannot renew this gateway's lease");
+                }
+            }
+            if renewing.is_none() && Instant::now() >= next_renewal {
+                let a2 = a.clone();
+                renewing = Some(tokio::task::spawn_blocking(move || a2.renew()));
+                next_renewal = Instant::now() + a.ttl() / 4;
+            }
+            let lapsed = a.take_lapsed();
+            if lapsed || !a.holds() {
+                self.fence_all("this gateway could not renew its lease in the configuration database in time");
+            }
+        }
+    }
+
+    /// Stops serving every volume here: another gateway may take them over now.
+    /// Every volume is fenced first; the bookkeeping after may wait on an unreachable store.
+    fn fence_all(&self, why: &str) {
+        let served = std::mem::take(&mut *self.volumes.write().expect("not poisoned"));
+        for v in served.values() {
+            v.fence(why);
+        }
+        for name in served.into_keys() {
+            warn!(volume = %name, "{why}: no longer served here");
+            self.record(EventKind::GatewayFenced, format!("{name}: {why}"));
+            let u = Unopened { sb: None, reason: why.to_string(), primary: None };
+            self.unopened.write().expect("not poisoned").insert(name, u);
         }
     }
 }

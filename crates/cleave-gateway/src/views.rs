@@ -38,6 +38,12 @@ pub struct VolumeView {
     pub groups: Vec<String>,
     /// Why the volume could not be opened (it is then `unavailable` and retried).
     pub open_error: Option<String>,
+    /// In an appliance of gateways: the one that serves the volume (this one, or where to
+    /// attach it), and the epoch of its claim on the targets (here only).
+    #[serde(default)]
+    pub primary: Option<String>,
+    #[serde(default)]
+    pub epoch: Option<u64>,
     /// Its mirror to or from a peer gateway, if it has one.
     #[serde(default)]
     pub mirror: Option<cleave_mirror::MirrorView>,
@@ -74,6 +80,8 @@ impl Gateway {
             journal_seq: s.journal_seq,
             groups: self.access.snapshot().groups_of_volume(&name),
             open_error: None,
+            primary: self.appliance.as_ref().map(|a| a.me().to_string()),
+            epoch: self.appliance.as_ref().map(|_| v.epoch()),
             mirror: self.mirror_of(&name),
         }
     }
@@ -103,6 +111,8 @@ impl Gateway {
             journal_seq: 0,
             groups: self.access.snapshot().groups_of_volume(name),
             open_error: Some(u.reason.clone()),
+            primary: u.primary.clone().filter(|p| !p.is_empty()),
+            epoch: None,
             mirror: None,
         }
     }

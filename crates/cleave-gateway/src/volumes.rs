@@ -10,6 +10,8 @@ use cleave_target::TargetUri;
 use cleave_volume::meta::names;
 use cleave_volume::{Durability, Superblock, Volume, VolumeConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::appliance::Primary;
 use tracing::{error, info, warn};
 
 use crate::error::{GatewayError, Result};
@@ -141,12 +143,27 @@ impl Gateway {
             new_client: req.client.clone().filter(|c| !registry.clients.contains_key(c)),
             new_group: req.client.as_ref().map(|_| req.name.clone()).filter(|g| !registry.groups.contains_key(g)),
         };
+        self.claim_new(&req.name)?;
         match self.create_steps(&req, config, &groups).await {
             Ok((v, credentials)) => Ok(Created { volume: self.view(&v), credentials }),
             Err(e) => {
                 self.undo_create(undo).await;
+                if let Some(a) = &self.appliance {
+                    a.release(&req.name);
+                }
                 Err(GatewayError::from(e)
                     .context(format!("volume {:?} not created (nothing of it was kept)", req.name)))
+            }
+        }
+    }
+
+    /// In an appliance, a new volume's name must be free on every gateway: this one claims it.
+    fn claim_new(&self, name: &str) -> Result<()> {
+        let Some(a) = &self.appliance else { return Ok(()) };
+        match a.claim(name).map_err(anyhow::Error::from)? {
+            Primary::Me => Ok(()),
+            Primary::Other(primary) => {
+                Err(GatewayError::Invalid(format!("volume {name:?} already exists (served by gateway {primary})")))
             }
         }
     }
@@ -345,8 +362,17 @@ impl Gateway {
                 "volume {name:?} has a mirror: remove it first (cleave mirror remove)"
             )));
         }
+        if let Some(primary) = self.unopened.read().expect("not poisoned").get(name).and_then(|u| u.primary.clone()) {
+            return Err(GatewayError::Conflict(format!(
+                "volume {name:?} is served by gateway {primary}: delete it there"
+            )));
+        }
         let _admin = self.admin.lock().await;
-        Ok(self.delete_locked(name).await?)
+        self.delete_locked(name).await?;
+        if let Some(a) = &self.appliance {
+            a.release(name);
+        }
+        Ok(())
     }
 
     /// [`Gateway::delete`] with `self.admin` already held. A volume that could not be opened

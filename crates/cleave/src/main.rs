@@ -71,7 +71,7 @@ enum Command {
     /// Run the embedded default: gateway, admin API and directory targets in one process.
     /// This is the gateway: it serves the volumes over NBD.
     #[command(after_help = serve::ENVIRONMENT)]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run control alone: the admin API and the node pool, without NBD; `cleave control list`
     /// lists the child controls registered with it.
     #[command(after_help = serve::ENVIRONMENT)]
@@ -223,7 +223,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         // The two whose exit status can say more than success or failure.
         Command::Scrub { name, repair, server } => cli::volume::scrub(&name, repair, &server, format),
         Command::Task(cmd) => cli::task::run(cmd, format),
-        Command::Serve(args) => done(tokio::runtime::Runtime::new()?.block_on(serve::serve(args))),
+        Command::Serve(args) => done(tokio::runtime::Runtime::new()?.block_on(serve::serve(*args))),
         Command::Control(ControlCommand { sub: None, run: args }) => {
             done(tokio::runtime::Runtime::new()?.block_on(serve::control(args)))
         }

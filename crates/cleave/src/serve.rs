@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use cleave_control::config::{EtcdOptions, EtcdStore};
 use cleave_control::pool::Pool;
+use cleave_gateway::appliance::Appliance;
 use cleave_gateway::data_dir::DataDir;
 use cleave_gateway::gateway::unix_uri;
 use cleave_gateway::users::FIRST_ADMIN;
@@ -50,6 +51,11 @@ pub struct ServeArgs {
     /// The prefix of this appliance's keys in etcd.
     #[arg(long, default_value = "cleave/")]
     pub etcd_namespace: String,
+    /// With --etcd: the time to live of this gateway's lease (seconds). Gateways on one etcd
+    /// namespace are one appliance (docs/appliance.md); a gateway that cannot renew its lease
+    /// stops serving within three quarters of this, and another takes its volumes over.
+    #[arg(long, default_value_t = 5)]
+    pub lease_secs: u64,
     #[command(flatten)]
     pub control: ControlFlags,
     #[command(flatten)]
@@ -177,24 +183,28 @@ impl HttpTls {
 pub async fn control(args: ControlArgs) -> Result<()> {
     let stores = Stores::open(args.data_dir)?;
     let front = FrontEnds { nbd: None, iscsi: None, http: args.http };
-    run(stores, front, ByteSize(1 << 30), args.control, Vec::new(), None).await
+    run(stores, front, ByteSize(1 << 30), args.control, Vec::new(), None, None).await
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let mirror = args.mirror.config();
-    let stores = match &args.etcd {
-        None => Stores::open(args.data_dir)?,
+    let (stores, appliance) = match &args.etcd {
+        None => (Stores::open(args.data_dir)?, None),
         Some(urls) => {
             let mut opts = EtcdOptions::new(urls);
             opts.namespace = args.etcd_namespace.clone();
             let etcd = EtcdStore::connect(opts)?;
             info!(etcd = %urls, namespace = %args.etcd_namespace, "configuration database in etcd");
-            Stores::load(DataDir::with_config(args.data_dir, Arc::new(etcd))?)?
+            let stores = Stores::load(DataDir::with_config(args.data_dir, Arc::new(etcd))?)?;
+            let (store, me) = (stores.data.config.clone(), stores.data.gateway_id()?);
+            let appliance = Appliance::join(store, me.clone(), Duration::from_secs(args.lease_secs.max(2)))?;
+            println!("gateway: {me}");
+            (stores, Some(Arc::new(appliance)))
         }
     };
     let iscsi = args.iscsi.map(|addr| (addr, args.iscsi_iqn_base.clone()));
     let front = FrontEnds { nbd: Some(args.nbd), iscsi, http: args.http };
-    run(stores, front, args.cache_size, args.control, args.tls_names, mirror).await
+    run(stores, front, args.cache_size, args.control, args.tls_names, mirror, appliance).await
 }
 
 /// Binds `DIR/nbd.sock` (mode 0600), the local administrators' way in: reaching it proves the
@@ -347,6 +357,7 @@ async fn run(
     control: ControlFlags,
     tls_names_extra: Vec<String>,
     mirror: Option<cleave_gateway::mirror::MirrorConfig>,
+    appliance: Option<Arc<Appliance>>,
 ) -> Result<()> {
     let data = &stores.data;
     let secret = data.cluster_secret()?;
@@ -372,6 +383,7 @@ async fn run(
         targets,
         cache_bytes: cache_size.0,
         nbd: export,
+        appliance,
     }));
     gw.start(nbd.is_some()).await?;
     gw.start_webhook(Arc::new(crate::webhook::HttpPoster::new()));

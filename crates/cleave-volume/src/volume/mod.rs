@@ -386,6 +386,21 @@ impl Volume {
         }
     }
 
+    /// The epoch of this gateway's claim on the volume.
+    pub fn epoch(&self) -> u64 {
+        self.inner.claim.epoch
+    }
+
+    /// Stops serving: every later read, write and flush fails with [`VolumeError::Fenced`]
+    /// and nothing more is destaged. For a gateway that lost its right to serve the volume
+    /// (its lease in the configuration database), before another gateway may take it over.
+    /// A destage round already under way may still finish its commit.
+    pub fn fence(&self, why: &str) {
+        self.inner.fenced.lock().expect("not poisoned").get_or_insert_with(|| why.to_string());
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.wake_destager.notify_one();
+    }
+
     /// Stops destaging without flushing (the volume is being deleted): once this returns,
     /// nothing more is written to the targets.
     pub async fn close(&self) {

@@ -185,6 +185,10 @@ fn show(v: &VolumeView) -> Result<()> {
     t.add("layout", format!("{}-of-{}, write quorum {}", v.m, v.n, v.write_quorum));
     t.add("durability", durability(v.durability));
     t.add("health", health_summary(&v.health));
+    if let Some(primary) = &v.primary {
+        let epoch = v.epoch.map(|e| format!(" (this gateway, epoch {e})")).unwrap_or_default();
+        t.add("primary", format!("{primary}{epoch}"));
+    }
     if let Some(why) = &v.open_error {
         t.add("open error", format!("{why} (retrying)"));
     }

@@ -1,0 +1,149 @@
+//! Several gateways on one configuration database in etcd are one appliance
+//! (docs/appliance.md). Each volume is served by one of them, its primary: the gateway named
+//! under `owner/VOLUME`, a key tied to that gateway's etcd lease.
+//!
+//! - A gateway that has not renewed its lease for three quarters of its time to live stops
+//!   serving (its volumes are fenced: every request fails), before etcd can expire the lease.
+//! - When the lease expires the keys go with it; another gateway claims each volume, takes it
+//!   over on its targets (a higher epoch, which fences the old owner there as well) and
+//!   serves it.
+//! - Without etcd (redb, one process) there is no appliance and every volume is served here.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cleave_control::config::{ConfigError, ConfigStore, Lease};
+use tracing::info;
+
+const OWNER: &str = "owner/";
+
+fn owner_key(volume: &str) -> String {
+    format!("{OWNER}{volume}")
+}
+
+/// Who serves a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Primary {
+    Me,
+    Other(String),
+}
+
+/// This gateway's membership of the appliance: its name and its lease.
+pub struct Appliance {
+    store: Arc<dyn ConfigStore>,
+    me: String,
+    ttl: Duration,
+    /// Whether the store has leases at all (etcd); without, this gateway always holds.
+    leased: bool,
+    lease: Mutex<Held>,
+}
+
+struct Held {
+    lease: Option<Lease>,
+    /// A new lease replaced one that lapsed: what was served under the old one is fenced.
+    lapsed: bool,
+    /// When the last successful renewal was sent: the lease lasts at least `ttl` from then.
+    renewed: Instant,
+}
+
+impl std::fmt::Debug for Appliance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Appliance({} ttl {:?})", self.me, self.ttl)
+    }
+}
+
+impl Appliance {
+    /// Joins with a new lease of `ttl`. Keys naming this gateway from an earlier run hang on a
+    /// lease that is about to expire: they are dropped, and claimed again under the new one.
+    pub fn join(store: Arc<dyn ConfigStore>, me: String, ttl: Duration) -> Result<Self, ConfigError> {
+        let sent = Instant::now();
+        let lease = store.grant_lease(ttl)?;
+        for e in store.scan(OWNER)? {
+            if e.value == me.as_bytes() {
+                match store.delete_if(&e.key, e.version) {
+                    Err(err) if !err.is_conflict() => return Err(err),
+                    _ => {}
+                }
+            }
+        }
+        let leased = lease.is_some();
+        Ok(Appliance { store, me, ttl, leased, lease: Mutex::new(Held { lease, lapsed: false, renewed: sent }) })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The gateway serving `volume`, if any has claimed it.
+    pub fn primary_of(&self, volume: &str) -> Result<Option<String>, ConfigError> {
+        Ok(self.store.get_value(&owner_key(volume))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Claims `volume` for this gateway unless another holds it.
+    pub fn claim(&self, volume: &str) -> Result<Primary, ConfigError> {
+        let lease = self.current_lease().ok_or(ConfigError::LeaseExpired(0))?;
+        match self.store.create_leased(&owner_key(volume), self.me.as_bytes(), lease) {
+            Ok(_) => Ok(Primary::Me),
+            Err(e) if e.is_conflict() => match self.primary_of(volume)? {
+                Some(owner) if owner == self.me => Ok(Primary::Me),
+                Some(owner) => Ok(Primary::Other(owner)),
+                // Gone between the two calls: the next round claims it.
+                None => Ok(Primary::Other(String::new())),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives `volume` up (deleted, or shut down here).
+    pub fn release(&self, volume: &str) {
+        let key = owner_key(volume);
+        if let Ok(Some(e)) = self.store.get(&key) {
+            if e.value == self.me.as_bytes() {
+                let _ = self.store.delete_if(&key, e.version);
+            }
+        }
+    }
+
+    /// Whether the lease surely still holds: renewed within three quarters of its time to
+    /// live (a store without leases always holds).
+    pub fn holds(&self) -> bool {
+        !self.leased || self.lease.lock().expect("not poisoned").renewed.elapsed() < self.ttl * 3 / 4
+    }
+
+    /// The lease to claim under: None inside when the store has none; None when it lapsed.
+    fn current_lease(&self) -> Option<Option<Lease>> {
+        let lease = self.lease.lock().expect("not poisoned").lease;
+        self.holds().then_some(lease)
+    }
+
+    /// Renews the lease, or, once it has lapsed, takes a new one (the volumes are then
+    /// claimed again one by one).
+    pub(crate) fn renew(&self) -> Result<(), ConfigError> {
+        let sent = Instant::now();
+        let lease = self.lease.lock().expect("not poisoned").lease;
+        let Some(lease) = lease else { return Ok(()) };
+        let result = if self.holds() { self.store.renew_lease(lease) } else { Err(ConfigError::LeaseExpired(lease.0)) };
+        let (lease, lapsed) = match result.map(|()| lease) {
+            Ok(l) => (l, false),
+            Err(ConfigError::LeaseExpired(_)) => {
+                let _ = self.store.revoke_lease(lease);
+                let fresh = self.store.grant_lease(self.ttl)?.ok_or(ConfigError::LeaseExpired(lease.0))?;
+                info!(gateway = %self.me, "a new lease in the configuration database");
+                (fresh, true)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut held = self.lease.lock().expect("not poisoned");
+        *held = Held { lease: Some(lease), lapsed: held.lapsed || lapsed, renewed: sent };
+        Ok(())
+    }
+
+    /// Whether a lease lapsed since the last call.
+    pub(crate) fn take_lapsed(&self) -> bool {
+        std::mem::take(&mut self.lease.lock().expect("not poisoned").lapsed)
+    }
+}
