@@ -7,7 +7,6 @@
 //! the directory's owner can reach) is a local administrator (the `admin` group); anything
 //! else is refused, TCP on loopback included: any local user can connect there.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -22,9 +21,8 @@ use crate::data_dir::{random_hex, write_private, DataDir, Stored};
 const KEY: &str = "access";
 
 pub struct AccessControl {
+    /// Its version changes with every change, so connections re-check their rights.
     registry: Stored<Registry>,
-    /// Bumped on every change, so connections re-check their rights.
-    version: AtomicU64,
     pub ca: Ca,
 }
 
@@ -51,7 +49,7 @@ impl AccessControl {
             r.add_group(LOCAL_GROUP)?;
             Ok(r)
         })?;
-        Ok(AccessControl { registry, version: AtomicU64::new(1), ca })
+        Ok(AccessControl { registry, ca })
     }
 
     pub fn snapshot(&self) -> Registry {
@@ -59,10 +57,18 @@ impl AccessControl {
     }
 
     /// Applies a change to a copy, stores it, then makes it current.
-    pub fn update<T>(&self, f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
-        let out = self.registry.update(f)?;
-        self.version.fetch_add(1, Ordering::Release);
-        Ok(out)
+    pub fn update<T>(&self, f: impl FnMut(&mut Registry) -> Result<T>) -> Result<T> {
+        self.registry.update(f)
+    }
+
+    /// Follows the changes other gateways of the appliance make.
+    pub fn follow(&self) {
+        self.registry.follow();
+    }
+
+    /// Changes with every change of the registry, here or on another gateway.
+    fn version(&self) -> u64 {
+        self.registry.version()
     }
 
     /// Reads the current registry without copying it.
@@ -163,14 +169,14 @@ pub struct Guarded {
 
 impl Guarded {
     pub fn new(inner: Arc<dyn BlockDevice>, access: Arc<AccessControl>, who: Identity, volume: String) -> Self {
-        let version = access.version.load(Ordering::Acquire);
+        let version = access.version();
         let rights = access.rights(&who, &volume);
         let read_only = rights.read_only();
         Guarded { inner, access, who, volume, cached: Mutex::new((version, rights)), read_only }
     }
 
     fn check(&self, write: bool, offset: u64, len: u64) -> Result<(), BlockError> {
-        let version = self.access.version.load(Ordering::Acquire);
+        let version = self.access.version();
         let mut cached = self.cached.lock().expect("not poisoned");
         if cached.0 != version {
             *cached = (version, self.access.rights(&self.who, &self.volume));

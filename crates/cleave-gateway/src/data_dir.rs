@@ -25,17 +25,17 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use cleave_control::config::{ConfigStore, RedbStore};
 use cleave_split::keys::{GroupKey, KdfParams, MasterKey, SealedMasterKey, WrappedKey};
 use cleave_target::TargetUri;
 use cleave_volume::Superblock;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tracing::warn;
 use zeroize::Zeroizing;
+
+pub use crate::stored::Stored;
 
 pub struct DataDir {
     pub root: PathBuf,
@@ -143,49 +143,6 @@ pub fn random_hex(bytes: usize) -> Result<String> {
     let mut raw = vec![0u8; bytes];
     cleave_split::keys::fill_random(&mut raw)?;
     Ok(hex::encode(raw))
-}
-
-/// One record of the configuration database, kept in memory: read from the current value,
-/// changed by storing a changed copy first and making it current only once it is stored.
-pub struct Stored<T> {
-    value: RwLock<T>,
-    db: Arc<dyn ConfigStore>,
-    key: &'static str,
-}
-
-impl<T: Clone + Serialize + DeserializeOwned> Stored<T> {
-    /// Loads the record `key`; on first run, stores what `first` makes.
-    pub fn load(data: &DataDir, key: &'static str, first: impl FnOnce() -> Result<T>) -> Result<Self> {
-        let value = match data.config.get_value(key)? {
-            Some(b) => {
-                serde_json::from_slice(&b).with_context(|| format!("reading {key} from the configuration database"))?
-            }
-            None => {
-                let v = first()?;
-                data.config.put(key, &serde_json::to_vec(&v)?)?;
-                v
-            }
-        };
-        Ok(Stored { value: RwLock::new(value), db: data.config.clone(), key })
-    }
-
-    pub fn read(&self) -> RwLockReadGuard<'_, T> {
-        self.value.read().expect("not poisoned")
-    }
-
-    pub fn snapshot(&self) -> T {
-        self.read().clone()
-    }
-
-    /// Applies a change to a copy, stores it, then makes it current. On error nothing changes.
-    pub fn update<R>(&self, f: impl FnOnce(&mut T) -> Result<R>) -> Result<R> {
-        let mut guard = self.value.write().expect("not poisoned");
-        let mut next = guard.clone();
-        let out = f(&mut next)?;
-        self.db.put(self.key, &serde_json::to_vec(&next)?)?;
-        *guard = next;
-        Ok(out)
-    }
 }
 
 impl DataDir {

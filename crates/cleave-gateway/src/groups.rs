@@ -45,7 +45,7 @@ impl Gateway {
             created_unix_ms: cleave_control::pool::now_ms(),
             chap: None,
         };
-        self.access.update(|r| Ok(r.add_client(client)?))?;
+        self.access.update(|r| Ok(r.add_client(client.clone())?))?;
         info!(client = name, fingerprint = %issued.fingerprint, "client certificate issued");
         Ok(Credentials {
             client: name.to_string(),
@@ -92,7 +92,7 @@ impl Gateway {
             sb.grant_group(&self.master, group, &gk)?;
             self.publish(&sb).await?;
         }
-        self.access.update(|r| Ok(r.grant(group, volume, grant)?))?;
+        self.access.update(|r| Ok(r.grant(group, volume, grant.clone())?))?;
         info!(group, volume, "access granted");
         Ok(())
     }

@@ -111,7 +111,7 @@ impl Gateway {
         let secret = chap_secret()?;
         let target = if mutual { Some(chap_secret()?) } else { None };
         let chap = Chap { secret: Secret(secret.clone()), mutual: target.clone().map(Secret) };
-        self.access.update(|r| Ok(r.set_chap(client, chap)?))?;
+        self.access.update(|r| Ok(r.set_chap(client, chap.clone())?))?;
         info!(client, mutual, "CHAP secrets made");
         Ok(ChapSecrets {
             chap_name: client.to_string(),

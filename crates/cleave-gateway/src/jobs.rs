@@ -64,7 +64,7 @@ impl Gateway {
         // it holds a slot; other groups are granted again by the administrator.
         if sb.has_group(LOCAL_GROUP) {
             let full = Grant { mode: Mode::ReadWrite, regions: Vec::new() };
-            self.access.update(|r| Ok(r.grant(LOCAL_GROUP, name, full)?))?;
+            self.access.update(|r| Ok(r.grant(LOCAL_GROUP, name, full.clone())?))?;
         }
         let status = v.status();
         self.volumes.write().expect("not poisoned").insert(name.to_string(), v);

@@ -38,6 +38,8 @@ pub mod nodetls;
 mod queue;
 /// Byte sizes, parsed and shown (`1MiB`, `64 GiB`).
 pub mod size;
+/// A record of the configuration database kept in memory, shared by the gateways of an appliance.
+pub mod stored;
 /// Tasks: kinds, states, views, requests.
 pub mod tasks;
 /// Users, sessions, API tokens, and who a caller is.

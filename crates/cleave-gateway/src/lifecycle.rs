@@ -50,6 +50,9 @@ impl Gateway {
     pub async fn start(self: &Arc<Self>, demo: bool) -> Result<()> {
         if let Some(a) = &self.appliance {
             tokio::spawn(self.clone().keep_lease(a.clone()));
+            // Administering any gateway is administering them all.
+            self.access.follow();
+            self.users.follow();
         }
         let stored = self.data.stored_volumes(&self.master)?;
         if stored.is_empty() && demo {
@@ -70,7 +73,7 @@ impl Gateway {
             let name = &sb.config.name;
             if sb.has_group(LOCAL_GROUP) && self.access.snapshot().groups_of_volume(name).is_empty() {
                 let full = Grant { mode: Mode::ReadWrite, regions: Vec::new() };
-                self.access.update(|r| Ok(r.grant(LOCAL_GROUP, name, full)?))?;
+                self.access.update(|r| Ok(r.grant(LOCAL_GROUP, name, full.clone())?))?;
             }
         }
         let opens = stored.into_iter().map(|(name, sb)| async move {

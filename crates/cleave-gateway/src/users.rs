@@ -96,8 +96,13 @@ impl UserStore {
         self.users.snapshot()
     }
 
+    /// Follows the changes other gateways of the appliance make.
+    pub fn follow(&self) {
+        self.users.follow();
+    }
+
     /// Applies a change to the users; sessions of removed users end.
-    fn update<T>(&self, f: impl FnOnce(&mut Users) -> Result<T>) -> Result<T> {
+    fn update<T>(&self, f: impl FnMut(&mut Users) -> Result<T>) -> Result<T> {
         let out = self.users.update(f)?;
         // Sessions of removed users end now.
         let users = self.users.read();
@@ -201,7 +206,7 @@ impl UserStore {
 
     pub fn add(&self, name: &str, role: Role, password: &str) -> Result<UserView, GatewayError> {
         let hash = new_hash(password)?;
-        self.update(|u| Ok(u.add(name, role, hash)?))?;
+        self.update(|u| Ok(u.add(name, role, hash.clone())?))?;
         info!(user = %name, role = %role, "user added");
         self.show(name)
     }
@@ -214,8 +219,8 @@ impl UserStore {
             if let Some(role) = role {
                 u.set_role(name, role)?;
             }
-            if let Some(h) = hash {
-                u.set_password_hash(name, h)?;
+            if let Some(h) = &hash {
+                u.set_password_hash(name, h.clone())?;
             }
             u.get(name)?;
             Ok(())
@@ -241,7 +246,7 @@ impl UserStore {
             return Err(GatewayError::Forbidden("the current password is wrong".into()));
         }
         let hash = new_hash(password)?;
-        self.update(|u| Ok(u.set_password_hash(name, hash)?))?;
+        self.update(|u| Ok(u.set_password_hash(name, hash.clone())?))?;
         info!(user = %name, "password changed");
         Ok(())
     }

@@ -339,7 +339,7 @@ impl Notifier {
             .seal_bytes(PURPOSE, secret.as_bytes())
             .map_err(|e| GatewayError::Internal(format!("sealing the webhook's secret: {e}")))?;
         self.saved.update(|s| {
-            *s = Some(Saved { url: url.to_string(), secret: sealed });
+            *s = Some(Saved { url: url.to_string(), secret: sealed.clone() });
             Ok(())
         })?;
         self.point_at(Some(Endpoint { url: url.to_string(), secret: secret.clone() }));

@@ -1,7 +1,8 @@
 //! Gateways on one etcd are one appliance (docs/appliance.md): each volume is served by one
 //! gateway, its primary, which holds it under an etcd lease. Two real `cleave serve`
 //! processes and a real etcd:
-//! - the second gateway knows the first one's volume and names its primary;
+//! - the second gateway knows the first one's volume and names its primary, and a client or a
+//!   user added through either gateway is seen by the other within a second;
 //! - the primary is killed: the other takes the volume over within its lease and serves
 //!   every flushed write;
 //! - the new primary is paused (SIGSTOP) past its lease: the first gateway, restarted, takes
@@ -89,6 +90,14 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     assert!(served_here(&a, "v"), "{}", a.show("v"));
     let seen_from_b = b.show("v");
     assert_eq!(seen_from_b["primary"], id_a.as_str(), "{seen_from_b}");
+    // A change made through one gateway is seen by the other within a second.
+    let creds = dir.path().join("host1.json");
+    a.cli_ok(&["client", "add", "host1", "--out", creds.to_str().unwrap()]);
+    let seen =
+        wait_for("b to see a's new client", Duration::from_secs(5), || b.cli_ok(&["client", "list"]).contains("host1"));
+    assert!(seen < Duration::from_secs(1), "seen after {seen:?}");
+    b.cli_ok(&["user", "add", "ops", "--role", "viewer"]);
+    wait_for("a to see b's new user", Duration::from_secs(5), || a.cli_ok(&["user", "list"]).contains("ops"));
     let refused = b.cli(&["volume", "delete", "v"]);
     assert!(!refused.status.success(), "a volume is deleted on its primary only");
     write_flush(&a, 0x0a, 0);
