@@ -214,9 +214,10 @@ impl Session {
         }
     }
 
-    /// Whether a CmdSN is one the initiator may send now: ExpCmdSN to MaxCmdSN.
+    /// Whether a CmdSN is one the initiator may send now: ExpCmdSN to MaxCmdSN (none when
+    /// MaxCmdSN is ExpCmdSN - 1, a full window).
     pub(crate) fn in_window(&self, sn: u32) -> bool {
-        sn == self.exp_cmd_sn || (sn_after(sn, self.exp_cmd_sn) && !sn_after(sn, self.max_cmd_sn))
+        (sn == self.exp_cmd_sn || sn_after(sn, self.exp_cmd_sn)) && !sn_after(sn, self.max_cmd_sn)
     }
 
     pub(crate) fn reject(&mut self, reason: RejectReason, header: &[u8; BHS_LEN]) {
@@ -264,12 +265,12 @@ impl Session {
             self.command(p, false)
         } else {
             let sn = p.sn24();
+            if !self.in_window(sn) {
+                debug!(cmd_sn = sn, exp_cmd_sn = self.exp_cmd_sn, "PDU outside the CmdSN window dropped");
+                return Flow::Continue;
+            }
             if sn != self.exp_cmd_sn {
-                if self.in_window(sn) && self.queued.len() < self.window as usize {
-                    self.queued.insert(sn, p);
-                } else {
-                    debug!(cmd_sn = sn, exp_cmd_sn = self.exp_cmd_sn, "PDU outside the CmdSN window dropped");
-                }
+                self.queued.insert(sn, p);
                 return Flow::Continue;
             }
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);

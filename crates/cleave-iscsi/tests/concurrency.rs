@@ -244,6 +244,25 @@ fn a_command_beyond_max_cmd_sn_is_dropped_while_others_run() {
 }
 
 #[test]
+fn a_full_window_takes_nothing_more_until_a_command_ends() {
+    let (mut c, dev) = session();
+    let reads: Vec<u32> = (0..WINDOW).map(|_| c.command(&read10(true), &[], 512, 1)).collect();
+    dev.wait_for(WINDOW as usize);
+    // MaxCmdSN is ExpCmdSN - 1 now: even the next CmdSN in line is refused.
+    let refused = c.command(&TUR, &[], 0, 1);
+    assert!(c.quiet(300));
+    dev.open(WINDOW as usize);
+    let mut done: Vec<u32> = (0..WINDOW).map(|_| c.reply().0.itt()).collect();
+    done.sort();
+    assert_eq!(done, reads);
+    assert!(c.quiet(300), "the command sent into a full window was dropped");
+    c.cmd_sn -= 1;
+    let tur = c.command(&TUR, &[], 0, 1);
+    assert_ne!(tur, refused);
+    assert_eq!(c.reply().0.itt(), tur, "its CmdSN is taken once the window opens");
+}
+
+#[test]
 fn a_write_gets_its_r2t_while_another_command_runs() {
     let (mut c, dev, slow) = busy_session();
     // 64 blocks, no immediate data, no unsolicited data: all of it through R2T.
