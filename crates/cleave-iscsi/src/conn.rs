@@ -5,12 +5,11 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::pdu::{Digests, Pdu, PduError};
-use crate::session::read_pdu;
+use crate::pdu::{self, Digests, Pdu, PduError, BHS_LEN};
 use crate::ConnError;
 
 /// A batch of PDUs to send, with the budget their data holds until it is written.
@@ -19,6 +18,8 @@ pub struct Out {
     pub budget: Vec<OwnedSemaphorePermit>,
 }
 
+/// Bytes read ahead at least: several PDU headers per read.
+const READ_AHEAD: usize = 64 << 10;
 /// Bytes gathered into one write at most, so a long backlog does not pile up in one batch.
 const BATCH: usize = 4 << 20;
 
@@ -28,8 +29,9 @@ pub async fn read_in<R>(mut rd: R, d: Digests, max_data: usize, tx: mpsc::Sender
 where
     R: AsyncRead + Unpin,
 {
+    let mut buf = BytesMut::new();
     loop {
-        let (item, go_on) = match read_pdu(&mut rd, d, max_data).await {
+        let (item, go_on) = match next_pdu(&mut rd, &mut buf, d, max_data).await {
             Ok(Some(p)) => (Ok(p), true),
             Ok(None) => return,
             Err(e @ ConnError::Pdu(PduError::DataDigest, _)) => (Err(e), true),
@@ -39,6 +41,44 @@ where
             return;
         }
     }
+}
+
+/// The next PDU through `buf`: each PDU is split off it whole, so its data segment is read from
+/// the socket once and never copied. None at a clean EOF before its first byte.
+async fn next_pdu<R>(rd: &mut R, buf: &mut BytesMut, d: Digests, max_data: usize) -> Result<Option<Pdu>, ConnError>
+where
+    R: AsyncRead + Unpin,
+{
+    if !fill(rd, buf, BHS_LEN).await? {
+        return Ok(None);
+    }
+    let mut bhs = [0u8; BHS_LEN];
+    bhs.copy_from_slice(&buf[..BHS_LEN]);
+    let len = pdu::lengths(&bhs, max_data).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))?;
+    let total = BHS_LEN + len.rest(d);
+    if !fill(rd, buf, total).await? {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    let rest = buf.split_to(total).freeze().slice(BHS_LEN..);
+    pdu::parse_owned(bhs, len, rest, d).map(Some).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))
+}
+
+/// Reads until `buf` holds `n` bytes, a little ahead; false at EOF with nothing buffered, an
+/// error at EOF within a PDU.
+async fn fill<R>(rd: &mut R, buf: &mut BytesMut, n: usize) -> std::io::Result<bool>
+where
+    R: AsyncRead + Unpin,
+{
+    while buf.len() < n {
+        buf.reserve((n - buf.len()).max(READ_AHEAD));
+        if rd.read_buf(buf).await? == 0 {
+            if buf.is_empty() {
+                return Ok(false);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(true)
 }
 
 /// Writes batches in the order they come until the session drops its sender, then shuts the

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::{JoinError, JoinSet};
 use tracing::debug;
@@ -72,8 +72,6 @@ pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R, d: Digests, max_data: usi
 const INCOMING: usize = 16;
 /// Batches waiting for the writer at most; the dispatcher waits beyond that.
 const OUTGOING: usize = 64;
-/// The reader's buffer: several PDU headers per read.
-const READ_BUFFER: usize = 256 << 10;
 
 /// A session in full feature phase (one connection per session).
 pub struct Session {
@@ -128,7 +126,6 @@ impl Session {
         let (rd, wr) = tokio::io::split(stream);
         let (in_tx, mut incoming) = mpsc::channel(INCOMING);
         let (out_tx, out_rx) = mpsc::channel(OUTGOING);
-        let rd = BufReader::with_capacity(READ_BUFFER, rd);
         let reader = tokio::spawn(conn::read_in(rd, self.digests, self.max_recv, in_tx));
         let writer = tokio::spawn(conn::write_out(wr, self.digests, out_rx));
         self.writer = Some(out_tx);
