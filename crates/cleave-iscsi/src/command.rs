@@ -1,18 +1,29 @@
-//! SCSI Command PDUs and their data (RFC 7143 §11.3-11.8): immediate and unsolicited data,
-//! R2T for the rest, Data-In with the status in the last PDU, residual counts.
+//! SCSI Command PDUs and their data (RFC 7143 §11.3-11.8): admission into the task set,
+//! immediate and unsolicited data, R2T for the rest, tasks started as their attributes allow,
+//! Data-In with the status in the last PDU, residual counts.
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinError;
 
 use crate::login::SessionType;
 use crate::pdu::{Opcode, Pdu};
 use crate::scsi::{self, Outcome, Sense, Status};
 use crate::session::{Flow, RejectReason, Session, NO_TAG};
-use crate::ConnError;
+use crate::task::{Attr, Stage, Task};
+
+/// What a task's run ends with: its outcome, and whether it had data-out.
+pub type Done = (Outcome, bool);
 
 /// TASK SET FULL: the initiator retries later.
 fn busy() -> Outcome {
     Outcome { status: Status::TaskSetFull, data: Bytes::new(), sense: None }
+}
+
+/// The data-out length the CDB asks for, for the residual count; None when neither it nor
+/// the initiator had any.
+fn spdtl(cdb: &[u8], had_data: bool) -> Option<u64> {
+    let wanted = scsi::io::data_out_len(cdb);
+    (had_data || wanted != 0).then_some(wanted)
 }
 
 /// The part of a command the target still expects.
@@ -26,10 +37,8 @@ enum Phase {
 
 /// A write waiting for its data.
 pub struct WriteTask {
-    lun: u64,
-    cdb: [u8; 16],
-    edtl: u32,
-    buf: BytesMut,
+    /// Data as it came: joined once, when complete.
+    parts: Vec<Bytes>,
     /// Bytes received so far; data arrives in order (DataPDUInOrder=Yes).
     received: u32,
     phase: Phase,
@@ -37,124 +46,207 @@ pub struct WriteTask {
     r2t_sn: u32,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub(crate) async fn scsi_command(&mut self, p: Pdu) -> Result<Flow, ConnError> {
-        if self.kind == SessionType::Discovery {
-            self.reject(RejectReason::Protocol, &p.bhs);
-            return Ok(Flow::Continue);
+impl WriteTask {
+    fn until(&self) -> u32 {
+        match self.phase {
+            Phase::Unsolicited { until } | Phase::Solicited { until, .. } => until,
         }
-        let (write, edtl) = (p.flags() & 0x20 != 0, p.field20());
-        let mut cdb = [0u8; 16];
-        cdb.copy_from_slice(p.cdb());
-        if !write || edtl == 0 {
-            self.execute(p.itt(), p.lun(), &cdb, edtl, Bytes::new()).await;
-            return Ok(Flow::Continue);
-        }
-        // Larger than any command takes, or too many writes waiting: refused before any data
-        // is held. Data-Out that follows for the ITT finds no task and is dropped.
-        if edtl > scsi::MAX_TRANSFER || self.writes.len() >= self.window as usize {
-            let status = if edtl > scsi::MAX_TRANSFER { Outcome::check(Sense::INVALID_FIELD_IN_CDB) } else { busy() };
-            self.respond(p.itt(), p.lun(), edtl, status, Some(edtl as u64));
-            return Ok(Flow::Continue);
-        }
-        let immediate = p.data.slice(..p.data.len().min(edtl as usize));
-        let first_burst = self.params.first_burst.min(edtl);
-        let unsolicited = !self.params.initial_r2t && !p.final_bit();
-        // Grows as data arrives: a command alone reserves nothing.
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&immediate);
-        let received = immediate.len() as u32;
-        let mut task = WriteTask {
-            lun: p.lun(),
-            cdb,
-            edtl,
-            buf,
-            received,
-            phase: Phase::Unsolicited { until: if unsolicited { first_burst.max(received) } else { received } },
-            data_sn: 0,
-            r2t_sn: 0,
-        };
-        self.advance(p.itt(), &mut task).await;
-        if task.received < task.edtl || matches!(task.phase, Phase::Unsolicited { until } if until > task.received) {
-            self.writes.insert(p.itt(), task);
-        }
-        Ok(Flow::Continue)
     }
 
-    /// After data arrived at a sequence boundary: runs the command or asks for more.
-    async fn advance(&mut self, itt: u32, task: &mut WriteTask) {
-        let waiting = match task.phase {
-            Phase::Unsolicited { until } | Phase::Solicited { until, .. } => until > task.received,
+    fn take_data(&mut self) -> Bytes {
+        match self.parts.len() {
+            0 => Bytes::new(),
+            1 => self.parts.remove(0),
+            _ => {
+                let mut buf = BytesMut::with_capacity(self.received as usize);
+                self.parts.drain(..).for_each(|p| buf.extend_from_slice(&p));
+                buf.freeze()
+            }
+        }
+    }
+
+    /// Takes a Data-Out: whether it ended a sequence, or an error when it does not fit.
+    fn accept(&mut self, p: &Pdu) -> Result<bool, ()> {
+        let ttt = match self.phase {
+            Phase::Unsolicited { .. } => NO_TAG,
+            Phase::Solicited { ttt, .. } => ttt,
         };
-        if waiting {
+        let (until, offset, len) = (self.until(), p.u32_at(40), p.data.len() as u32);
+        let fits = offset == self.received && offset.checked_add(len).is_some_and(|e| e <= until);
+        if p.field20() != ttt || p.u32_at(36) != self.data_sn || !fits {
+            return Err(());
+        }
+        self.parts.push(p.data.clone());
+        self.received += len;
+        self.data_sn = self.data_sn.wrapping_add(1);
+        if p.final_bit() && self.received < until {
+            // The initiator ended the sequence early: it will never send the rest.
+            return Err(());
+        }
+        let ended = p.final_bit() || self.received == until;
+        if ended && matches!(self.phase, Phase::Unsolicited { .. }) {
+            self.phase = Phase::Unsolicited { until: self.received };
+        }
+        Ok(ended)
+    }
+}
+
+impl Session {
+    /// A SCSI Command in its turn (or immediate; then `slot` is false): answered at once when
+    /// it cannot be taken, else into the task set.
+    pub(crate) fn scsi_command(&mut self, p: Pdu, slot: bool) {
+        if self.kind == SessionType::Discovery {
+            self.release(slot);
+            self.reject(RejectReason::Protocol, &p.bhs);
             return;
         }
-        if task.received >= task.edtl {
-            let data = std::mem::take(&mut task.buf).freeze();
-            self.execute(itt, task.lun, &task.cdb, task.edtl, data).await;
+        let (write, edtl, itt, lun) = (p.flags() & 0x20 != 0, p.field20(), p.itt(), p.lun());
+        let mut cdb = [0u8; 16];
+        cdb.copy_from_slice(p.cdb());
+        let immediate = if write { p.data.slice(..p.data.len().min(edtl as usize)) } else { Bytes::new() };
+        if let Some((outcome, spdtl)) = self.refusal(&p, &cdb, write, slot, !immediate.is_empty()) {
+            self.release(slot);
+            self.respond(itt, lun, edtl, outcome, spdtl);
+            return;
+        }
+        let stage = if write && edtl > 0 {
+            let unsolicited = !self.params.initial_r2t && !p.final_bit();
+            let received = immediate.len() as u32;
+            let until = if unsolicited { self.params.first_burst.min(edtl).max(received) } else { received };
+            let parts = if immediate.is_empty() { Vec::new() } else { vec![immediate] };
+            Stage::Data(WriteTask { parts, received, phase: Phase::Unsolicited { until }, data_sn: 0, r2t_sn: 0 })
+        } else {
+            Stage::Ready(Bytes::new())
+        };
+        // The bytes its data takes while it has it (no command moves more than MAX_TRANSFER).
+        let size = (edtl as u64).max(scsi::io::data_in_len(&cdb)).min(scsi::MAX_TRANSFER as u64);
+        let need = size.min(self.tasks.capacity() as u64) as u32;
+        let attr = Attr::from_flags(p.flags());
+        let seq = self.tasks.insert(Task { itt, lun, cdb, edtl, attr, slot, need, budget: None, stage });
+        self.advance(seq);
+    }
+
+    /// Why a command cannot be taken, with its outcome and data-out length for the residual.
+    fn refusal(
+        &mut self,
+        p: &Pdu,
+        cdb: &[u8; 16],
+        write: bool,
+        slot: bool,
+        had_data: bool,
+    ) -> Option<(Outcome, Option<u64>)> {
+        let edtl = p.field20();
+        if self.tasks.has_itt(p.itt()) {
+            return Some((Outcome::check(Sense::OVERLAPPED_COMMANDS), Some(edtl as u64)));
+        }
+        // Larger than any command takes: refused before any data is held.
+        if write && edtl > scsi::MAX_TRANSFER {
+            return Some((Outcome::check(Sense::INVALID_FIELD_IN_CDB), Some(edtl as u64)));
+        }
+        // Immediate commands take no CmdSN slot; this bounds them.
+        if !slot && self.tasks.len() >= self.window as usize {
+            return Some((busy(), Some(edtl as u64)));
+        }
+        // A unit attention goes to the first command in CmdSN order that may report it.
+        let refused = match &self.lu {
+            // REPORT LUNS answers for any LUN; everything else needs LUN 0.
+            Some(lu) if p.lun() == 0 || cdb[0] == 0xa0 => lu.attention(&mut self.nexus, cdb[0]).map(Outcome::check),
+            _ => Some(Outcome::check(Sense::LUN_NOT_SUPPORTED)),
+        };
+        refused.map(|o| (o, spdtl(cdb, had_data)))
+    }
+
+    /// Hands out budget that came free (to writes: their next R2T), then starts every task
+    /// whose turn it is.
+    pub(crate) fn progress(&mut self) {
+        for seq in self.tasks.pump() {
+            self.advance(seq);
+        }
+        for seq in self.tasks.startable() {
+            let Some(task) = self.tasks.get_mut(seq) else { continue };
+            let Stage::Ready(data) = std::mem::replace(&mut task.stage, Stage::Running) else { continue };
+            let (cdb, lu, port) = (task.cdb, self.lu.clone(), self.nexus.port.clone());
+            let handle = self.running.spawn(async move {
+                let had_data = !data.is_empty();
+                let outcome = match lu {
+                    Some(lu) => lu.run(&port, &cdb, data).await,
+                    None => Outcome::check(Sense::LUN_NOT_SUPPORTED),
+                };
+                (outcome, had_data)
+            });
+            self.by_id.insert(handle.id(), seq);
+        }
+    }
+
+    /// A write at a sequence boundary, or given its budget: ready once all its data is in,
+    /// else an R2T for the next burst when it has budget.
+    pub(crate) fn advance(&mut self, seq: u64) {
+        let Some(task) = self.tasks.get_mut(seq) else { return };
+        let granted = task.granted();
+        let Stage::Data(w) = &mut task.stage else { return };
+        if w.until() > w.received {
+            return;
+        }
+        if w.received >= task.edtl {
+            task.stage = Stage::Ready(w.take_data());
+            return;
+        }
+        if !granted {
             return;
         }
         let ttt = self.next_ttt;
         self.next_ttt = self.next_ttt.wrapping_add(1) % NO_TAG;
-        let len = self.params.max_burst.min(task.edtl - task.received);
+        let len = self.params.max_burst.min(task.edtl - w.received);
         let mut r = Pdu::new(Opcode::R2t);
         r.set_flags(0x80);
         r.set_lun(task.lun);
-        r.set_itt(itt);
+        r.set_itt(task.itt);
         r.set_u32(20, ttt);
-        self.numbers(&mut r, false);
-        r.set_u32(36, task.r2t_sn);
-        r.set_u32(40, task.received);
+        r.set_u32(36, w.r2t_sn);
+        r.set_u32(40, w.received);
         r.set_u32(44, len);
+        w.r2t_sn = w.r2t_sn.wrapping_add(1);
+        w.data_sn = 0;
+        w.phase = Phase::Solicited { ttt, until: w.received + len };
+        self.numbers(&mut r, false);
         self.send(r);
-        task.r2t_sn = task.r2t_sn.wrapping_add(1);
-        task.data_sn = 0;
-        task.phase = Phase::Solicited { ttt, until: task.received + len };
     }
 
-    pub(crate) async fn data_out(&mut self, p: Pdu) -> Result<Flow, ConnError> {
+    pub(crate) fn data_out(&mut self, p: Pdu) {
         // Data for a task we no longer have (aborted, or failed) is dropped (RFC 7143 §4.2.3.3).
-        let Some(mut task) = self.writes.remove(&p.itt()) else { return Ok(Flow::Continue) };
-        let (ttt, until) = match task.phase {
-            Phase::Unsolicited { until } => (NO_TAG, until),
-            Phase::Solicited { ttt, until } => (ttt, until),
-        };
-        let (offset, len) = (p.u32_at(40), p.data.len() as u32);
-        let fits = offset == task.received && offset.checked_add(len).is_some_and(|e| e <= until);
-        if p.field20() != ttt || p.u32_at(36) != task.data_sn || !fits {
-            // At error recovery level 0 a sequence error fails the task; the Reject ends it.
-            self.reject(RejectReason::Protocol, &p.bhs);
-            return Ok(Flow::Continue);
-        }
-        task.buf.extend_from_slice(&p.data);
-        task.received += len;
-        task.data_sn = task.data_sn.wrapping_add(1);
-        if p.final_bit() && task.received < until {
-            // The initiator ended the sequence early: it will never send the rest.
-            self.reject(RejectReason::Protocol, &p.bhs);
-            return Ok(Flow::Continue);
-        }
-        if p.final_bit() || task.received == until {
-            if let Phase::Unsolicited { .. } = task.phase {
-                task.phase = Phase::Unsolicited { until: task.received };
+        let Some(seq) = self.tasks.seq_of(p.itt()) else { return };
+        let Some(task) = self.tasks.get_mut(seq) else { return };
+        let Stage::Data(w) = &mut task.stage else { return };
+        match w.accept(&p) {
+            Ok(true) => self.advance(seq),
+            Ok(false) => {}
+            Err(()) => {
+                // At error recovery level 0 a sequence error fails the task; the Reject ends it.
+                let slot = self.tasks.remove(seq).is_some_and(|t| t.slot);
+                self.release(slot);
+                self.reject(RejectReason::Protocol, &p.bhs);
             }
-            self.advance(p.itt(), &mut task).await;
         }
-        if task.received < task.edtl || !task.buf.is_empty() {
-            self.writes.insert(p.itt(), task);
-        }
-        Ok(Flow::Continue)
     }
 
-    /// Runs a command with all its data and sends its data and status.
-    async fn execute(&mut self, itt: u32, lun: u64, cdb: &[u8; 16], edtl: u32, data: Bytes) {
-        let outcome = match &self.lu {
-            // REPORT LUNS answers for any LUN; everything else needs LUN 0.
-            Some(lu) if lun == 0 || cdb[0] == 0xa0 => lu.clone().execute(&mut self.nexus, cdb, data.clone()).await,
-            _ => Outcome::check(Sense::LUN_NOT_SUPPORTED),
+    /// A task's run ended: its response goes out, unless it was aborted meanwhile.
+    pub(crate) fn finished(&mut self, ended: Result<(tokio::task::Id, Done), JoinError>) -> Flow {
+        let (id, done) = match ended {
+            Ok((id, done)) => (id, Some(done)),
+            Err(e) => (e.id(), None),
         };
-        let wanted = scsi::io::data_out_len(cdb);
-        self.respond(itt, lun, edtl, outcome, if data.is_empty() && wanted == 0 { None } else { Some(wanted) });
+        let Some(seq) = self.by_id.remove(&id) else { return Flow::Continue };
+        let Some(task) = self.tasks.remove(seq) else { return Flow::Continue };
+        self.release(task.slot);
+        if let Stage::Aborted = task.stage {
+            return self.fenced(Some(seq));
+        }
+        // A panic in a device call fails the command, not the session.
+        let (outcome, had_data) = done.unwrap_or((Outcome::check(Sense::INTERNAL_TARGET_FAILURE), false));
+        // Its data stays in the budget until written.
+        self.out_budget.extend(task.budget);
+        self.respond(task.itt, task.lun, task.edtl, outcome, spdtl(&task.cdb, had_data));
+        Flow::Continue
     }
 
     /// Data-In PDUs then status: in the last Data-In when the command succeeded with data,

@@ -4,7 +4,8 @@
 //!
 //! - [`pdu`]: the wire format: BHS, AHS, padding, CRC32C digests (pure, fuzzed).
 //! - [`text`], [`negotiate`], [`chap`], [`login`]: the login phase.
-//! - [`session`], `command`: full feature phase on one connection.
+//! - [`session`], `command`, `task`, `tmf`, `conn`: full feature phase on one connection, its
+//!   commands running concurrently.
 //! - [`scsi`]: the disk command set over a [`cleave_nbd::BlockDevice`].
 //! - [`access`]: the host-facing traits and types; [`server`]: the listener.
 //! - [`fuzzing`]: the fuzz targets' bodies, also run by a stable test.
@@ -12,6 +13,7 @@
 pub mod access;
 pub mod chap;
 mod command;
+mod conn;
 pub mod fuzzing;
 pub mod login;
 pub mod negotiate;
@@ -19,7 +21,9 @@ pub mod pdu;
 pub mod scsi;
 pub mod server;
 pub mod session;
+mod task;
 pub mod text;
+mod tmf;
 
 pub use access::{
     Access, Alua, AluaState, Identity, Opened, PortGroup, ReservationType, Reservations, Rights, StaticAccess,

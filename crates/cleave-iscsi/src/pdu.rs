@@ -103,6 +103,15 @@ pub struct Pdu {
     pub data: Bytes,
 }
 
+/// A PDU on the wire: header (BHS, AHS, header digest), data segment, then padding and data
+/// digest.
+#[derive(Debug, Clone)]
+pub struct Framed {
+    pub head: Bytes,
+    pub data: Bytes,
+    pub tail: Bytes,
+}
+
 /// What the BHS says follows it; computed before reading the rest from a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lengths {
@@ -130,23 +139,27 @@ pub fn lengths(bhs: &[u8; BHS_LEN], max_data: usize) -> Result<Lengths, PduError
 
 /// Parses the bytes that follow a BHS (as sized by [`lengths`]), checking digests.
 pub fn parse_rest(bhs: [u8; BHS_LEN], len: Lengths, rest: &[u8], d: Digests) -> Result<Pdu, PduError> {
+    parse_owned(bhs, len, Bytes::copy_from_slice(rest), d)
+}
+
+/// The same over bytes it may keep: the AHS and data segment share them, uncopied.
+pub fn parse_owned(bhs: [u8; BHS_LEN], len: Lengths, rest: Bytes, d: Digests) -> Result<Pdu, PduError> {
     let need = len.rest(d);
     if rest.len() < need {
         return Err(PduError::Truncated { need: need + BHS_LEN, have: rest.len() + BHS_LEN });
     }
-    let (ahs, mut at) = (&rest[..len.ahs], len.ahs);
+    let (ahs, mut at) = (rest.slice(..len.ahs), len.ahs);
     if d.header {
-        if rest[at..at + DIGEST_LEN] != crc(&[&bhs, ahs]) {
+        if rest[at..at + DIGEST_LEN] != crc(&[&bhs, &ahs]) {
             return Err(PduError::HeaderDigest);
         }
         at += DIGEST_LEN;
     }
     let padded = &rest[at..at + len.data + pad(len.data)];
-    at += padded.len();
-    if d.data && len.data > 0 && rest[at..at + DIGEST_LEN] != crc(&[padded]) {
+    if d.data && len.data > 0 && rest[at + padded.len()..at + padded.len() + DIGEST_LEN] != crc(&[padded]) {
         return Err(PduError::DataDigest);
     }
-    Ok(Pdu { bhs, ahs: Bytes::copy_from_slice(ahs), data: Bytes::copy_from_slice(&padded[..len.data]) })
+    Ok(Pdu { bhs, ahs, data: rest.slice(at..at + len.data) })
 }
 
 /// Parses one whole PDU from the start of `buf`; returns it and the bytes it used.
@@ -170,27 +183,37 @@ impl Pdu {
 
     /// The wire bytes; the AHS is padded to whole words and the BHS lengths are filled in.
     pub fn encode(&self, d: Digests) -> Bytes {
+        let f = self.framed(d);
+        let mut out = BytesMut::with_capacity(f.head.len() + f.data.len() + f.tail.len());
+        out.put_slice(&f.head);
+        out.put_slice(&f.data);
+        out.put_slice(&f.tail);
+        out.freeze()
+    }
+
+    /// The wire bytes in three pieces, the data segment shared rather than copied.
+    pub fn framed(&self, d: Digests) -> Framed {
         let ahs_len = self.ahs.len() + pad(self.ahs.len());
         let mut bhs = self.bhs;
         bhs[4] = (ahs_len / 4).min(255) as u8;
         let dl = (self.data.len() as u32).min(0xff_ffff).to_be_bytes();
         bhs[5..8].copy_from_slice(&dl[1..]);
-        let data = &self.data[..self.data.len().min(0xff_ffff)];
-        let mut out = BytesMut::with_capacity(BHS_LEN + ahs_len + data.len() + 12);
-        out.put_slice(&bhs);
-        out.put_slice(&self.ahs[..self.ahs.len().min(255 * 4)]);
-        out.put_bytes(0, (bhs[4] as usize * 4).saturating_sub(self.ahs.len()));
+        let data = self.data.slice(..self.data.len().min(0xff_ffff));
+        let mut head = BytesMut::with_capacity(BHS_LEN + ahs_len + DIGEST_LEN);
+        head.put_slice(&bhs);
+        head.put_slice(&self.ahs[..self.ahs.len().min(255 * 4)]);
+        head.put_bytes(0, (bhs[4] as usize * 4).saturating_sub(self.ahs.len()));
         if d.header {
-            out.put_slice(&crc(&[&out]));
+            head.put_slice(&crc(&[&head]));
         }
-        let start = out.len();
-        out.put_slice(data);
-        out.put_bytes(0, pad(data.len()));
+        let padding = [0u8; 3];
+        let padding = &padding[..pad(data.len())];
+        let mut tail = BytesMut::with_capacity(padding.len() + DIGEST_LEN);
+        tail.put_slice(padding);
         if d.data && !data.is_empty() {
-            let c = crc(&[&out[start..]]);
-            out.put_slice(&c);
+            tail.put_slice(&crc(&[&data, padding]));
         }
-        out.freeze()
+        Framed { head: head.freeze(), data, tail: tail.freeze() }
     }
 
     /// None for opcodes RFC 7143 does not define.

@@ -9,14 +9,16 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::Access;
 use crate::login::{LoggedIn, Login, LoginConfig, Step};
 use crate::negotiate::Limits;
 use crate::pdu::Digests;
-use crate::scsi::{Lu, Names, Nexus, Shared};
+use crate::scsi::{Lu, Names, Nexus, Shared, MAX_TRANSFER};
 use crate::session::{read_pdu, Session};
+use crate::task::TaskSet;
 use crate::ConnError;
 
 /// Login has this long to finish, so half-open connections do not pile up.
@@ -117,7 +119,7 @@ impl Server {
         local: Option<SocketAddr>,
     ) -> Result<(), ConnError>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let tsih = self.next_tsih.fetch_add(1, Ordering::Relaxed).max(1);
         let logged = tokio::time::timeout(LOGIN_TIMEOUT, self.login(&mut stream, peer, tsih))
@@ -125,7 +127,7 @@ impl Server {
             .map_err(|_| ConnError::LoginTimeout)??;
         let Some(logged) = logged else { return Ok(()) };
         debug!(initiator = %logged.identity.initiator, kind = ?logged.kind, "iSCSI login complete");
-        self.session(stream, *logged, local).run().await
+        self.session(*logged, local).run(stream).await
     }
 
     async fn login<S>(
@@ -166,21 +168,29 @@ impl Server {
         s
     }
 
-    fn session<S>(&self, stream: S, logged: LoggedIn, portal: Option<SocketAddr>) -> Session<S> {
+    fn session(&self, logged: LoggedIn, portal: Option<SocketAddr>) -> Session {
         let lu = logged.volume.as_ref().map(|(name, opened)| {
             let names = Names { volume: name.clone(), serial: opened.serial.clone(), target: self.target_name(name) };
             Arc::new(Lu::new(opened.device.clone(), opened.rights, names, self.access.clone(), self.shared(name)))
         });
+        let window = self.login.window;
+        // Data the session's commands may hold at once: a full window of bursts, and at least
+        // one command of the largest size.
+        let budget = (window as usize).saturating_mul(logged.params.max_burst as usize).max(MAX_TRANSFER as usize);
         Session {
-            stream,
             digests: Digests { header: logged.params.header_digest, data: logged.params.data_digest },
             max_recv: self.login.limits.max_recv_data as usize,
             params: logged.params,
             stat_sn: logged.stat_sn,
             exp_cmd_sn: logged.exp_cmd_sn,
-            window: self.login.window,
+            max_cmd_sn: logged.exp_cmd_sn.wrapping_add(window - 1),
+            window,
             queued: BTreeMap::new(),
-            writes: HashMap::new(),
+            tasks: TaskSet::new(budget),
+            running: JoinSet::new(),
+            by_id: HashMap::new(),
+            fences: Vec::new(),
+            logging_out: false,
             next_ttt: 1,
             kind: logged.kind,
             lu,
@@ -194,6 +204,8 @@ impl Server {
             iqn_base: self.login.iqn_base.clone(),
             portal,
             out: Vec::new(),
+            out_budget: Vec::new(),
+            writer: None,
         }
     }
 }

@@ -1,24 +1,31 @@
 //! Full feature phase on one connection (RFC 7143 §4): command ordering by CmdSN, StatSN,
-//! NOP, task management, text (SendTargets) and logout. SCSI commands and their data are in
-//! [`crate::command`].
+//! NOP, text (SendTargets); task management and logout are in [`crate::tmf`], SCSI commands
+//! and their data in [`crate::command`].
 //!
-//! Commands run one at a time in CmdSN order; a write waiting for Data-Out does not block
-//! the commands behind it.
+//! One task dispatches: it takes PDUs from the connection's reader, admits commands in CmdSN
+//! order into the task set, routes Data-Out, and numbers every response before handing it to
+//! the connection's writer, so StatSN follows the order responses are sent in. SCSI commands
+//! run concurrently, each on its own tokio task, as their task attributes allow.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::{JoinError, JoinSet};
 use tracing::debug;
 
 use crate::access::{Access, Identity};
-use crate::command::WriteTask;
+use crate::command::Done;
+use crate::conn::{self, Out};
 use crate::login::SessionType;
 use crate::negotiate::Params;
 use crate::pdu::{self, Digests, Opcode, Pdu, PduError, BHS_LEN};
 use crate::scsi::{Lu, Nexus};
+use crate::task::{self, TaskSet};
 use crate::text;
+use crate::tmf::Fence;
 use crate::ConnError;
 
 /// The "no tag" value of ITT and TTT fields.
@@ -58,23 +65,35 @@ pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R, d: Digests, max_data: usi
     let len = pdu::lengths(&bhs, max_data).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))?;
     let mut rest = vec![0u8; len.rest(d)];
     r.read_exact(&mut rest).await?;
-    pdu::parse_rest(bhs, len, &rest, d).map(Some).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))
+    pdu::parse_owned(bhs, len, rest.into(), d).map(Some).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))
 }
 
+/// PDUs read ahead of the dispatcher at most.
+const INCOMING: usize = 16;
+/// Batches waiting for the writer at most; the dispatcher waits beyond that.
+const OUTGOING: usize = 64;
+
 /// A session in full feature phase (one connection per session).
-pub struct Session<S> {
-    pub(crate) stream: S,
+pub struct Session {
     pub(crate) digests: Digests,
     pub(crate) params: Params,
     /// Our declared MaxRecvDataSegmentLength.
     pub(crate) max_recv: usize,
     pub(crate) stat_sn: u32,
     pub(crate) exp_cmd_sn: u32,
+    /// Moves on as commands end, so at most `window` are outstanding (RFC 7143 §4.2.2.1).
+    pub(crate) max_cmd_sn: u32,
     pub(crate) window: u32,
     /// Commands that arrived ahead of ExpCmdSN, by CmdSN.
     pub(crate) queued: BTreeMap<u32, Pdu>,
-    /// Writes waiting for Data-Out, by ITT.
-    pub(crate) writes: HashMap<u32, WriteTask>,
+    pub(crate) tasks: TaskSet,
+    /// SCSI commands executing, each on its own tokio task.
+    pub(crate) running: JoinSet<Done>,
+    pub(crate) by_id: HashMap<tokio::task::Id, u64>,
+    /// Task management and logout responses waiting for aborted tasks to end.
+    pub(crate) fences: Vec<Fence>,
+    /// A logout was accepted: nothing more is taken.
+    pub(crate) logging_out: bool,
     pub(crate) next_ttt: u32,
     pub(crate) kind: SessionType,
     pub(crate) lu: Option<Arc<Lu>>,
@@ -84,28 +103,72 @@ pub struct Session<S> {
     pub(crate) target: Option<String>,
     pub(crate) iqn_base: String,
     pub(crate) portal: Option<SocketAddr>,
-    /// Encoded responses waiting for the next flush.
-    pub(crate) out: Vec<u8>,
+    /// Numbered PDUs waiting for the next flush, and the budget their data holds.
+    pub(crate) out: Vec<Pdu>,
+    pub(crate) out_budget: Vec<OwnedSemaphorePermit>,
+    pub(crate) writer: Option<mpsc::Sender<Out>>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    /// Serves until logout, EOF or a fatal error.
-    pub async fn run(mut self) -> Result<(), ConnError> {
+/// What the dispatcher waits for.
+enum Event {
+    Ended(Result<(tokio::task::Id, Done), JoinError>),
+    Granted(Option<OwnedSemaphorePermit>),
+    Pdu(Option<Result<Pdu, ConnError>>),
+}
+
+impl Session {
+    /// Serves until logout, EOF or a fatal error. Commands still running then end first, so
+    /// none of them touches the volume after the session is gone.
+    pub async fn run<S>(mut self, stream: S) -> Result<(), ConnError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        let (in_tx, mut incoming) = mpsc::channel(INCOMING);
+        let (out_tx, out_rx) = mpsc::channel(OUTGOING);
+        let reader = tokio::spawn(conn::read_in(rd, self.digests, self.max_recv, in_tx));
+        let writer = tokio::spawn(conn::write_out(wr, self.digests, out_rx));
+        self.writer = Some(out_tx);
+        let served = self.serve(&mut incoming).await;
+        while self.running.join_next().await.is_some() {}
+        self.writer = None;
+        let written = writer.await.map_err(std::io::Error::other).and_then(|r| r);
+        reader.abort();
+        let _ = reader.await;
+        // A dead connection shows first as the writer's error.
+        written.map_err(ConnError::from).and(served)
+    }
+
+    async fn serve(&mut self, incoming: &mut mpsc::Receiver<Result<Pdu, ConnError>>) -> Result<(), ConnError> {
         loop {
-            let flow = match self.read_pdu().await {
-                Ok(Some(p)) => self.on_pdu(p).await?,
-                Ok(None) => return Ok(()),
-                Err(ConnError::Pdu(PduError::DataDigest, bhs)) => {
+            let event = tokio::select! {
+                biased;
+                Some(ended) = self.running.join_next_with_id() => Event::Ended(ended),
+                permit = task::granted(&mut self.tasks.grant) => Event::Granted(permit),
+                pdu = incoming.recv() => Event::Pdu(pdu),
+            };
+            let flow = match event {
+                Event::Ended(ended) => self.finished(ended),
+                Event::Granted(permit) => {
+                    if let Some(seq) = permit.and_then(|p| self.tasks.granted(p)) {
+                        self.advance(seq);
+                    }
+                    Flow::Continue
+                }
+                Event::Pdu(None) => return Ok(()),
+                Event::Pdu(Some(Ok(p))) => self.on_pdu(p),
+                Event::Pdu(Some(Err(ConnError::Pdu(PduError::DataDigest, bhs)))) => {
                     self.reject(RejectReason::DataDigest, &bhs);
                     Flow::Continue
                 }
-                Err(ConnError::Pdu(e @ PduError::DataTooLong { .. }, bhs)) => {
+                Event::Pdu(Some(Err(ConnError::Pdu(e @ PduError::DataTooLong { .. }, bhs)))) => {
                     self.reject(RejectReason::Protocol, &bhs);
                     self.flush().await?;
                     return Err(ConnError::Pdu(e, bhs));
                 }
-                Err(e) => return Err(e),
+                Event::Pdu(Some(Err(e))) => return Err(e),
             };
+            self.progress();
             self.flush().await?;
             if flow == Flow::Close {
                 return Ok(());
@@ -113,21 +176,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    async fn read_pdu(&mut self) -> Result<Option<Pdu>, ConnError> {
-        read_pdu(&mut self.stream, self.digests, self.max_recv).await
-    }
-
     pub(crate) fn send(&mut self, p: Pdu) {
-        self.out.extend_from_slice(&p.encode(self.digests));
+        self.out.push(p);
     }
 
+    /// Hands what is waiting to the writer; an error when the connection is gone.
     async fn flush(&mut self) -> Result<(), ConnError> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let out = Out { pdus: std::mem::take(&mut self.out), budget: std::mem::take(&mut self.out_budget) };
+        match &self.writer {
+            Some(w) if w.send(out).await.is_ok() => Ok(()),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe).into()),
+        }
     }
 
     /// Fills StatSN (advancing it when `status`), ExpCmdSN and MaxCmdSN.
@@ -139,7 +201,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             p.set_u32(24, self.stat_sn);
         }
         p.set_u32(28, self.exp_cmd_sn);
-        p.set_u32(32, self.exp_cmd_sn.wrapping_add(self.window - 1));
+        p.set_u32(32, self.max_cmd_sn);
+    }
+
+    /// A command that held a CmdSN slot ended: one more may come.
+    pub(crate) fn release(&mut self, slot: bool) {
+        if slot {
+            self.max_cmd_sn = self.max_cmd_sn.wrapping_add(1);
+        }
+    }
+
+    /// Whether a CmdSN is one the initiator may send now: ExpCmdSN to MaxCmdSN (none when
+    /// MaxCmdSN is ExpCmdSN - 1, a full window).
+    pub(crate) fn in_window(&self, sn: u32) -> bool {
+        (sn == self.exp_cmd_sn || sn_after(sn, self.exp_cmd_sn)) && !sn_after(sn, self.max_cmd_sn)
     }
 
     pub(crate) fn reject(&mut self, reason: RejectReason, header: &[u8; BHS_LEN]) {
@@ -152,61 +227,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.send(p);
     }
 
-    async fn on_pdu(&mut self, p: Pdu) -> Result<Flow, ConnError> {
+    fn on_pdu(&mut self, p: Pdu) -> Flow {
+        if self.logging_out {
+            // The initiator sends nothing after a logout (RFC 7143 §11.14).
+            return Flow::Continue;
+        }
         match p.opcode() {
-            Some(Opcode::DataOut) => self.data_out(p).await,
+            Some(Opcode::DataOut) => {
+                self.data_out(p);
+                Flow::Continue
+            }
             Some(Opcode::ScsiCommand | Opcode::NopOut | Opcode::TaskMgmtRequest | Opcode::TextRequest)
-            | Some(Opcode::LogoutRequest) => self.ordered(p).await,
+            | Some(Opcode::LogoutRequest) => self.ordered(p),
             Some(Opcode::SnackRequest) => {
                 // Error recovery level 0 has no SNACK.
                 self.reject(RejectReason::Snack, &p.bhs);
-                Ok(Flow::Continue)
+                Flow::Continue
             }
             Some(_) => {
                 self.reject(RejectReason::Protocol, &p.bhs);
-                Ok(Flow::Continue)
+                Flow::Continue
             }
             None => {
                 self.reject(RejectReason::NotSupported, &p.bhs);
-                Ok(Flow::Continue)
+                Flow::Continue
             }
         }
     }
 
-    /// CmdSN ordering (RFC 7143 §4.2.2.1): immediate PDUs run now; others run in CmdSN order,
-    /// are queued when early, and are dropped silently outside the window.
-    async fn ordered(&mut self, p: Pdu) -> Result<Flow, ConnError> {
-        if p.immediate() {
-            return self.command(p).await;
-        }
-        let sn = p.sn24();
-        if sn != self.exp_cmd_sn {
-            let in_window =
-                sn_after(sn, self.exp_cmd_sn) && !sn_after(sn, self.exp_cmd_sn.wrapping_add(self.window - 1));
-            if in_window && self.queued.len() < self.window as usize {
-                self.queued.insert(sn, p);
-            } else {
+    /// CmdSN ordering (RFC 7143 §4.2.2.1): immediate PDUs are taken now; others in CmdSN
+    /// order, queued when early, dropped silently outside the window.
+    fn ordered(&mut self, p: Pdu) -> Flow {
+        let mut flow = if p.immediate() {
+            self.command(p, false)
+        } else {
+            let sn = p.sn24();
+            if !self.in_window(sn) {
                 debug!(cmd_sn = sn, exp_cmd_sn = self.exp_cmd_sn, "PDU outside the CmdSN window dropped");
+                return Flow::Continue;
             }
-            return Ok(Flow::Continue);
-        }
-        self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-        let mut flow = self.command(p).await?;
+            if sn != self.exp_cmd_sn {
+                self.queued.insert(sn, p);
+                return Flow::Continue;
+            }
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            self.command(p, true)
+        };
+        // An immediate ABORT TASK may have filled the gap in front of the queue.
         while flow == Flow::Continue {
             let Some(next) = self.queued.remove(&self.exp_cmd_sn) else { break };
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            flow = self.command(next).await?;
+            flow = self.command(next, true);
         }
-        Ok(flow)
+        flow
     }
 
-    async fn command(&mut self, p: Pdu) -> Result<Flow, ConnError> {
+    /// Takes one PDU in its turn; `slot` when it came in CmdSN order. Only SCSI commands keep
+    /// their slot past this.
+    fn command(&mut self, p: Pdu, slot: bool) -> Flow {
+        if p.opcode() == Some(Opcode::ScsiCommand) {
+            self.scsi_command(p, slot);
+            return Flow::Continue;
+        }
+        self.release(slot);
         match p.opcode() {
-            Some(Opcode::ScsiCommand) => self.scsi_command(p).await,
-            Some(Opcode::NopOut) => Ok(self.nop_out(p)),
-            Some(Opcode::TaskMgmtRequest) => Ok(self.task_management(p)),
-            Some(Opcode::TextRequest) => Ok(self.text(p)),
-            _ => Ok(self.logout(p)),
+            Some(Opcode::NopOut) => self.nop_out(p),
+            Some(Opcode::TaskMgmtRequest) => self.task_management(p),
+            Some(Opcode::TextRequest) => self.text(p),
+            _ => self.logout(p),
         }
     }
 
@@ -224,54 +312,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         r.data = p.data.slice(..p.data.len().min(self.params.max_send_data as usize));
         self.send(r);
         Flow::Continue
-    }
-
-    fn task_management(&mut self, p: Pdu) -> Flow {
-        let function = p.flags() & 0x7f;
-        let response = match function {
-            // ABORT TASK: a task still waiting for data or for its turn is dropped; one that
-            // already finished is reported as not existing, which tells the initiator so.
-            1 => {
-                let referenced = p.field20();
-                let queued = self.abort_queued(|q| q.itt() == referenced);
-                u8::from(self.writes.remove(&referenced).is_none() && queued == 0)
-            }
-            // ABORT TASK SET, CLEAR TASK SET, LUN RESET, TARGET WARM/COLD RESET.
-            2 | 4 | 5 | 6 | 7 => {
-                self.writes.clear();
-                self.abort_queued(|_| true);
-                0
-            }
-            // CLEAR ACA: ACA is never established (NACA is not supported).
-            3 => 0,
-            // TASK REASSIGN needs error recovery level 2.
-            8 => 4,
-            _ => 5,
-        };
-        let mut r = Pdu::new(Opcode::TaskMgmtResponse);
-        r.set_flags(0x80);
-        r.bhs[2] = response;
-        r.set_itt(p.itt());
-        self.numbers(&mut r, true);
-        self.send(r);
-        if function == 7 {
-            return Flow::Close;
-        }
-        Flow::Continue
-    }
-
-    /// Aborts queued commands: each becomes a NOP-Out that needs no answer, so its CmdSN still
-    /// counts as received and the commands behind it are not held up. Returns how many.
-    fn abort_queued(&mut self, which: impl Fn(&Pdu) -> bool) -> usize {
-        let mut n = 0;
-        for q in self.queued.values_mut().filter(|q| q.opcode() == Some(Opcode::ScsiCommand) && which(q)) {
-            let mut nop = Pdu::new(Opcode::NopOut);
-            nop.set_itt(NO_TAG);
-            nop.set_u32(24, q.sn24());
-            *q = nop;
-            n += 1;
-        }
-        n
     }
 
     /// Text requests: SendTargets (RFC 7143 Appendix C); any other key is not understood.
@@ -324,16 +364,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         out
-    }
-
-    fn logout(&mut self, p: Pdu) -> Flow {
-        let mut r = Pdu::new(Opcode::LogoutResponse);
-        r.set_flags(0x80);
-        // Removing a connection for recovery needs error recovery level 2.
-        r.bhs[2] = if p.flags() & 0x7f == 2 { 2 } else { 0 };
-        r.set_itt(p.itt());
-        self.numbers(&mut r, true);
-        self.send(r);
-        Flow::Close
     }
 }

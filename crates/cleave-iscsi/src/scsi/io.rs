@@ -43,6 +43,15 @@ pub fn data_out_len(cdb: &[u8]) -> u64 {
     }
 }
 
+/// The data-in length a READ's CDB asks for (what the device is read for).
+pub fn data_in_len(cdb: &[u8]) -> u64 {
+    let c = Cdb(cdb);
+    match c.byte(0) {
+        0x08 | 0x28 | 0xa8 | 0x88 => lba_len(&c).1 * BLOCK as u64,
+        _ => 0,
+    }
+}
+
 /// LBA and block count as the CDB's size lays them out (SBC-3 §5: 6, 10, 12 and 16 bytes).
 fn lba_len(cdb: &Cdb<'_>) -> (u64, u64) {
     match cdb.byte(0) >> 5 {

@@ -141,21 +141,27 @@ impl Lu {
 
     /// Runs one command. `data` is the data-out buffer the initiator sent.
     pub async fn execute(&self, nexus: &mut Nexus, cdb: &[u8], data: Bytes) -> Outcome {
-        let op = cdb.first().copied().unwrap_or(0xff);
-        if let Some(s) = self.attention(nexus, op) {
+        if let Some(s) = self.attention(nexus, cdb.first().copied().unwrap_or(0xff)) {
             return Outcome::check(s);
         }
-        if self.reservation_conflict(&nexus.port, op) {
+        self.run(&nexus.port, cdb, data).await
+    }
+
+    /// Runs one command past [`Lu::attention`], for the initiator port `port`. Commands of a
+    /// session may run at once; a session asks for attention in CmdSN order first.
+    pub async fn run(&self, port: &str, cdb: &[u8], data: Bytes) -> Outcome {
+        let op = cdb.first().copied().unwrap_or(0xff);
+        if self.reservation_conflict(port, op) {
             return Outcome { status: Status::ReservationConflict, data: Bytes::new(), sense: None };
         }
-        match self.dispatch(nexus, op, cdb, data).await {
+        match self.dispatch(port, op, cdb, data).await {
             Ok(o) => o,
             Err(s) => Outcome::check(s),
         }
     }
 
     /// A pending unit attention, or an ALUA state that refuses media access.
-    fn attention(&self, nexus: &mut Nexus, op: u8) -> Option<Sense> {
+    pub fn attention(&self, nexus: &mut Nexus, op: u8) -> Option<Sense> {
         let alua = self.alua();
         // INQUIRY, REPORT LUNS and REQUEST SENSE never report a unit attention (SAM-5 §5.14).
         let exempt = matches!(op, 0x12 | 0xa0 | 0x03);
@@ -177,7 +183,7 @@ impl Lu {
         }
     }
 
-    async fn dispatch(&self, nexus: &Nexus, op: u8, cdb: &[u8], data: Bytes) -> Result<Outcome> {
+    async fn dispatch(&self, port: &str, op: u8, cdb: &[u8], data: Bytes) -> Result<Outcome> {
         let cdb = Cdb(cdb);
         match op {
             0x00 | 0x1b | 0x1e => Ok(Outcome::good(Bytes::new())),
@@ -190,7 +196,7 @@ impl Lu {
             0x1a | 0x5a => self.mode_sense(&cdb),
             0x15 | 0x55 => self.mode_select(&cdb, &data),
             0x5e => self.persistent_reserve_in(&cdb),
-            0x5f => self.persistent_reserve_out(&nexus.port, &cdb, &data),
+            0x5f => self.persistent_reserve_out(port, &cdb, &data),
             _ => self.dispatch_io(op, &cdb, data).await,
         }
     }

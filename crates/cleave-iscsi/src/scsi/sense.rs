@@ -71,6 +71,8 @@ impl Sense {
     pub const ALUA_TRANSITIONING: Sense = Sense::new(Key::NotReady, 0x04, 0x0a);
     pub const ALUA_STANDBY: Sense = Sense::new(Key::NotReady, 0x04, 0x0b);
     pub const ALUA_UNAVAILABLE: Sense = Sense::new(Key::NotReady, 0x04, 0x0c);
+    pub const OVERLAPPED_COMMANDS: Sense = Sense::new(Key::AbortedCommand, 0x4e, 0x00);
+    pub const INTERNAL_TARGET_FAILURE: Sense = Sense::new(Key::HardwareError, 0x44, 0x00);
     pub const DATA_PHASE_ERROR: Sense = Sense::new(Key::AbortedCommand, 0x4b, 0x00);
     pub const NO_SENSE: Sense = Sense::new(Key::NoSense, 0, 0);
 

@@ -150,6 +150,13 @@ impl Raw {
 
     /// Sends a SCSI command with its data-out as immediate data; collects Data-In and status.
     pub fn scsi(&mut self, cdb: &[u8], out: &[u8], read: u32) -> Reply {
+        self.command(cdb, out, read, 1);
+        self.reply().1
+    }
+
+    /// Sends a SCSI command with its data-out as immediate data, and waits for nothing. `attr`
+    /// is the task attribute: 1 SIMPLE, 2 ORDERED, 3 HEAD OF QUEUE. Returns its ITT.
+    pub fn command(&mut self, cdb: &[u8], out: &[u8], read: u32, attr: u8) -> u32 {
         let mut p = Pdu::new(Opcode::ScsiCommand);
         let dir = if !out.is_empty() {
             0x20
@@ -158,7 +165,7 @@ impl Raw {
         } else {
             0
         };
-        p.set_flags(0x80 | dir | 1);
+        p.set_flags(0x80 | dir | attr);
         self.itt += 1;
         p.set_itt(self.itt);
         p.set_u32(20, if out.is_empty() { read } else { out.len() as u32 });
@@ -168,6 +175,12 @@ impl Raw {
         p.bhs[32..32 + cdb.len()].copy_from_slice(cdb);
         p.data = bytes::Bytes::copy_from_slice(out);
         self.send(&p);
+        self.itt
+    }
+
+    /// The next command to end: the PDU with its status (SCSI Response, or the last Data-In)
+    /// and what it came back with.
+    pub fn reply(&mut self) -> (Pdu, Reply) {
         let mut data = Vec::new();
         loop {
             let r = self.recv().expect("a response");
@@ -175,15 +188,25 @@ impl Raw {
                 Some(Opcode::DataIn) => {
                     data.extend_from_slice(&r.data);
                     if r.flags() & 1 != 0 {
-                        return Reply { status: r.bhs[3], sense: Vec::new(), data };
+                        let status = r.bhs[3];
+                        return (r, Reply { status, sense: Vec::new(), data });
                     }
                 }
                 Some(Opcode::ScsiResponse) => {
                     let sense = r.data.get(2..).map(|s| s.to_vec()).unwrap_or_default();
-                    return Reply { status: r.bhs[3], sense, data };
+                    let status = r.bhs[3];
+                    return (r, Reply { status, sense, data });
                 }
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    /// Whether nothing arrives for `ms` milliseconds (nothing is consumed).
+    pub fn quiet(&mut self, ms: u64) -> bool {
+        self.s.set_read_timeout(Some(std::time::Duration::from_millis(ms))).unwrap();
+        let got = self.s.peek(&mut [0u8; 1]);
+        self.s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        got.is_err()
     }
 }
