@@ -113,10 +113,8 @@ impl Registry {
 
     /// The CHAP secrets an initiator must prove under `chap_name`, if it may log in so.
     pub fn chap_of(&self, initiator: &str, chap_name: &str) -> Option<&Chap> {
-        if self.initiator(initiator)?.client != chap_name {
-            return None;
-        }
-        self.chap_of_client(initiator)
+        let client = &self.initiator(initiator)?.client;
+        (client == chap_name).then(|| self.clients.get(client)?.chap.as_ref()).flatten()
     }
 
     /// The CHAP secrets of the client an initiator belongs to.

@@ -33,12 +33,11 @@ pub struct Appliance {
     store: Arc<dyn ConfigStore>,
     me: String,
     ttl: Duration,
-    /// Whether the store has leases at all (etcd); without, this gateway always holds.
-    leased: bool,
     lease: Mutex<Held>,
 }
 
 struct Held {
+    /// None when the store has no leases (redb): this gateway then always holds.
     lease: Option<Lease>,
     /// A new lease replaced one that lapsed: what was served under the old one is fenced.
     lapsed: bool,
@@ -66,8 +65,7 @@ impl Appliance {
                 }
             }
         }
-        let leased = lease.is_some();
-        Ok(Appliance { store, me, ttl, leased, lease: Mutex::new(Held { lease, lapsed: false, renewed: sent }) })
+        Ok(Appliance { store, me, ttl, lease: Mutex::new(Held { lease, lapsed: false, renewed: sent }) })
     }
 
     pub fn ttl(&self) -> Duration {
@@ -111,7 +109,8 @@ impl Appliance {
     /// Whether the lease surely still holds: renewed within three quarters of its time to
     /// live (a store without leases always holds).
     pub fn holds(&self) -> bool {
-        !self.leased || self.lease.lock().expect("not poisoned").renewed.elapsed() < self.ttl * 3 / 4
+        let held = self.lease.lock().expect("not poisoned");
+        held.lease.is_none() || held.renewed.elapsed() < self.ttl * 3 / 4
     }
 
     /// The lease to claim under: None inside when the store has none; None when it lapsed.

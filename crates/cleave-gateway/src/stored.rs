@@ -34,6 +34,13 @@ fn parse<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).with_context(|| format!("reading {key} from the configuration database"))
 }
 
+/// Makes the stored `bytes` at `version` the value held, under its write lock.
+fn install<T: DeserializeOwned>(held: &mut T, at: &AtomicU64, key: &str, bytes: &[u8], version: Version) -> Result<()> {
+    *held = parse(key, bytes)?;
+    at.store(version.0, Ordering::Release);
+    Ok(())
+}
+
 impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Stored<T> {
     /// Loads the record `key`; on first run, stores what `first` makes.
     pub fn load(data: &DataDir, key: &'static str, first: impl FnOnce() -> Result<T>) -> Result<Self> {
@@ -87,8 +94,7 @@ impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Stored<T> 
                 }
                 Err(e) if e.is_conflict() => {
                     let e = self.db.get(self.key)?.with_context(|| format!("{} vanished", self.key))?;
-                    *guard = parse(self.key, &e.value)?;
-                    self.version.store(e.version.0, Ordering::Release);
+                    install(&mut *guard, &self.version, self.key, &e.value, e.version)?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -136,12 +142,8 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
         if version.0 <= self.version.load(Ordering::Acquire) {
             return;
         }
-        match parse(self.key, bytes) {
-            Ok(v) => {
-                *guard = v;
-                self.version.store(version.0, Ordering::Release);
-            }
-            Err(e) => warn!(key = self.key, error = %format!("{e:#}"), "ignoring a stored value that does not parse"),
+        if let Err(e) = install(&mut *guard, &self.version, self.key, bytes, version) {
+            warn!(key = self.key, error = %format!("{e:#}"), "ignoring a stored value that does not parse");
         }
     }
 }

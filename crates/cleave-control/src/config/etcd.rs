@@ -401,7 +401,9 @@ impl ConfigStore for EtcdStore {
         }) {
             Ok(_) => Ok(()),
             // Revoked before, or expired: gone either way.
-            Err(ConfigError::Etcd { source, .. }) if source.to_string().contains("not found") => Ok(()),
+            Err(ConfigError::Etcd { source, .. }) if matches!(&*source, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::NotFound) => {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

@@ -397,6 +397,10 @@ impl Volume {
     /// A destage round already under way may still finish its commit.
     pub fn fence(&self, why: &str) {
         self.inner.fenced.lock().expect("not poisoned").get_or_insert_with(|| why.to_string());
+        self.stop_destaging();
+    }
+
+    fn stop_destaging(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.wake_destager.notify_one();
     }
@@ -404,8 +408,7 @@ impl Volume {
     /// Stops destaging without flushing (the volume is being deleted): once this returns,
     /// nothing more is written to the targets.
     pub async fn close(&self) {
-        self.inner.stopping.store(true, Ordering::SeqCst);
-        self.inner.wake_destager.notify_one();
+        self.stop_destaging();
         // A round in progress holds the commit lock; later rounds see `stopping`.
         let _commit = self.inner.commit.lock().await;
     }
