@@ -241,6 +241,9 @@ impl Gateway {
         let mut o = VolumeOptions::new(self.data.cache_dir());
         o.cache_bytes = self.cache_bytes;
         o.owner = self.data.gateway_id()?;
+        // Until the cache is mirrored to another gateway, a failover serves what the targets
+        // hold: a FLUSH acknowledged from this cache alone would be lost (docs/appliance.md).
+        o.flush_to_targets = self.appliance.is_some();
         Ok(o)
     }
 

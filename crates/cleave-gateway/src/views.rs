@@ -17,6 +17,10 @@ pub struct VolumeView {
     pub n: u8,
     pub chunk_size: u32,
     pub durability: Durability,
+    /// Whether a FLUSH waits for the targets: in `dispersed` mode, and in an appliance
+    /// whatever the mode (another gateway serves the volume next from what they hold).
+    #[serde(default)]
+    pub flush_reaches_targets: bool,
     /// Shares a write needs before it is acknowledged; below N the volume may run with
     /// reduced redundancy until re-replication catches up.
     pub write_quorum: usize,
@@ -68,6 +72,7 @@ impl Gateway {
             n: c.n,
             chunk_size: c.chunk_size,
             durability: c.durability,
+            flush_reaches_targets: v.flushes_to_targets(),
             write_quorum,
             targets: c.targets,
             health,
@@ -99,6 +104,7 @@ impl Gateway {
             n: c.map_or(0, |c| c.n),
             chunk_size: c.map_or(0, |c| c.chunk_size),
             durability: c.map(|c| c.durability).unwrap_or_default(),
+            flush_reaches_targets: self.appliance.is_some() || c.is_some_and(|c| c.durability == Durability::Dispersed),
             write_quorum: c.map_or(0, |c| c.write_quorum()),
             targets: c.map(|c| c.targets.clone()).unwrap_or_default(),
             health: Health::Unavailable { targets_down: Vec::new() },

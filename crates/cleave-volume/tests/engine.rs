@@ -207,3 +207,29 @@ async fn out_of_range_io_is_refused() {
     assert!(v.trim(16 * MIB, 1).await.is_err());
     assert!(v.read(16 * MIB - 512, 512).await.is_ok());
 }
+
+/// A `local` volume whose FLUSH must reach the targets (another gateway may serve the volume
+/// next, from what the targets hold): a flushed write is readable from the targets alone,
+/// without waiting for the destage delay, while an unflushed one may still be only cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_volume_flushing_to_targets_makes_a_flush_durable_there() {
+    let r = rig(Durability::Local);
+    let v = r
+        .open("c1", |o| {
+            o.destage_after = Duration::from_secs(3600);
+            o.flush_to_targets = true;
+        })
+        .await;
+    assert!(v.flushes_to_targets());
+    write_chunks(&v, &[2]).await;
+    assert_eq!(v.status().dirty_bytes, 0, "a flush left dirty data in the cache");
+    v.fence("another gateway takes over");
+    // Another gateway's view: a fresh cache, a takeover, the targets only.
+    let other = r
+        .open("c2", |o| {
+            o.takeover = true;
+            o.owner = "other".into();
+        })
+        .await;
+    assert!(other.read(2 * MIB, MIB as u32).await.unwrap()[..] == pattern(2, MIB as usize)[..]);
+}

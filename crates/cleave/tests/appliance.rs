@@ -3,8 +3,8 @@
 //! processes and a real etcd:
 //! - the second gateway knows the first one's volume and names its primary, and a client or a
 //!   user added through either gateway is seen by the other within a second;
-//! - the primary is killed: the other takes the volume over within its lease and serves
-//!   every flushed write;
+//! - the primary is killed right after a flush: the other takes the volumes over within its
+//!   lease and serves every flushed write, of a `local` volume too;
 //! - the new primary is paused (SIGSTOP) past its lease: the first gateway, restarted, takes
 //!   its volumes over and writes; once resumed, the paused one acknowledges nothing more (not
 //!   even a flush of a volume in `local` durability, which needs no target) and nothing it is
@@ -84,6 +84,7 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = member(dir.path(), "a", &etcd, None);
     a.cli_ok(&["volume", "create", "v", "--size", "16MiB", "--durability", "dispersed"]);
+    a.cli_ok(&["volume", "create", "loc", "--size", "4MiB"]);
     let mut b = member(dir.path(), "b", &etcd, Some(&dir.path().join("a")));
     let (id_a, id_b) = (gateway_id(&a), gateway_id(&b));
     assert_ne!(id_a, id_b);
@@ -101,6 +102,10 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     let refused = b.cli(&["volume", "delete", "v"]);
     assert!(!refused.status.success(), "a volume is deleted on its primary only");
     write_flush(&a, 0x0a, 0);
+    // A `local` volume's FLUSH must survive the failover too: in an appliance it reaches
+    // the targets, since another gateway serves what they hold.
+    let shown = a.show("loc");
+    qemu_io(&a.uri("loc"), &[format!("write -P 12 0 {MIB}"), "flush".into()]);
 
     // The primary dies: B takes the volume over once A's lease has expired.
     a.kill9();
@@ -108,6 +113,11 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     eprintln!("failover after the kill: {took:?}");
     let image = nbdcopy_image(&b.uri("v"), dir.path());
     assert!(chunk_is(&image, 0, 0x0a), "a flushed write was lost in the failover");
+    wait_for("gateway b to take loc over", Duration::from_secs(30), || served_here(&b, "loc"));
+    let image = nbdcopy_image(&b.uri("loc"), dir.path());
+    assert!(chunk_is(&image, 0, 12), "a flushed write to a local volume was lost in the failover");
+    assert_eq!(shown["durability"], "local", "{shown}");
+    assert_eq!(shown["flush_reaches_targets"], true, "{shown}");
     let events = b.api("/events");
     assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "gateway_failover"), "{events}");
     write_flush(&b, 0x1b, MIB);

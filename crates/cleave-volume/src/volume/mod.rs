@@ -76,6 +76,9 @@ pub struct VolumeOptions {
     pub owner: String,
     /// Serve the volume even if another gateway claims it: that one is then fenced.
     pub takeover: bool,
+    /// A FLUSH (or FUA) waits for the targets whatever the durability mode: set when
+    /// another gateway may serve the volume next, from what the targets hold.
+    pub flush_to_targets: bool,
 }
 
 impl VolumeOptions {
@@ -97,6 +100,7 @@ impl VolumeOptions {
             dirty_high: 0.5,
             owner: "local".into(),
             takeover: false,
+            flush_to_targets: false,
         }
     }
 }
@@ -162,7 +166,7 @@ struct Inner {
     wake_destager: Arc<Notify>,
     progress: Notify,
     stopping: AtomicBool,
-    /// Waiters that need dirty data destaged now (FLUSH in dispersed mode, a full cache, shutdown).
+    /// Waiters that need dirty data destaged now (a FLUSH that reaches the targets, a full cache, shutdown).
     urgent: std::sync::atomic::AtomicUsize,
     /// This gateway's claim on the volume.
     claim: Claim,
@@ -319,10 +323,15 @@ impl Volume {
         let inner = &self.inner;
         inner.check_fenced()?;
         inner.sync_local().await?;
-        if inner.config.durability == Durability::Dispersed {
+        if self.flushes_to_targets() {
             inner.wait_destaged(chunks).await?;
         }
         Ok(())
+    }
+
+    /// Whether a FLUSH waits for the targets (`dispersed`, or [`VolumeOptions::flush_to_targets`]).
+    pub fn flushes_to_targets(&self) -> bool {
+        self.inner.config.durability == Durability::Dispersed || self.inner.opts.flush_to_targets
     }
 
     /// Destages everything and waits, up to `timeout`. Used by shutdown and tests.

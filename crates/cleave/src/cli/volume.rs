@@ -183,7 +183,11 @@ fn show(v: &VolumeView) -> Result<()> {
         ),
     );
     t.add("layout", format!("{}-of-{}, write quorum {}", v.m, v.n, v.write_quorum));
-    t.add("durability", durability(v.durability));
+    let flush = match (v.durability, v.flush_reaches_targets) {
+        (Durability::Local, true) => " (a FLUSH reaches the targets: another gateway may serve it next)",
+        _ => "",
+    };
+    t.add("durability", format!("{}{flush}", durability(v.durability)));
     t.add("health", health_summary(&v.health));
     if let Some(primary) = &v.primary {
         let epoch = v.epoch.map(|e| format!(" (this gateway, epoch {e})")).unwrap_or_default();
