@@ -11,6 +11,7 @@ pub use cleave_control::hierarchy::{ChildControl, TreeNode};
 pub use cleave_control::pool::{Event, NodeInfo, NodeStatus, PoolSummary};
 pub use cleave_gateway::groups::{ChapKind, ClientView, Credentials, GroupView, InitiatorView};
 pub use cleave_gateway::iscsi::ChapSecrets;
+pub use cleave_gateway::lifecycle::VolumeOrder;
 pub use cleave_gateway::mirror::CreateMirror;
 pub use cleave_gateway::tasks::{NewTask, TaskKind, TaskState, TaskView};
 pub use cleave_gateway::users::{TokenView, UserView};

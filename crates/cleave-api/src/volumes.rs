@@ -13,7 +13,9 @@ use utoipa_axum::routes;
 use crate::auth::{role, Shared};
 use crate::error::ApiResult;
 #[allow(unused_imports)] // The documentation of the routes names these.
-use crate::model::{CreateVolume, CreatedVolume, ErrorBody, NewTask, ScrubQuery, ScrubReport, TaskView, VolumeView};
+use crate::model::{
+    CreateVolume, CreatedVolume, ErrorBody, NewTask, ScrubQuery, ScrubReport, TaskView, VolumeOrder, VolumeView,
+};
 
 /// Every volume, served or not, by name.
 #[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes",
@@ -102,6 +104,24 @@ async fn destage(State(gw): State<Shared>, Path(name): Path<String>) -> ApiResul
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// In an appliance: puts gateways first in the order that takes a volume over when its
+/// primary goes (its secondaries); the primary stays until then.
+#[utoipa::path(put, path = "/api/v1/volumes/{name}/order", tag = "volumes", request_body = VolumeOrder,
+    params(("name" = String, Path, description = "The volume.")),
+    responses(
+        (status = 200, description = "The volume, with its secondaries in their new order.", body = VolumeView),
+        (status = 400, description = "Not an appliance, or not a gateway name.", body = ErrorBody),
+        (status = 404, description = "No such volume.", body = ErrorBody),
+        (status = 500, description = "A fault of the gateway.", body = ErrorBody),
+    ))]
+async fn set_order(
+    State(gw): State<Shared>,
+    Path(name): Path<String>,
+    Json(order): Json<VolumeOrder>,
+) -> ApiResult<Json<VolumeView>> {
+    Ok(Json(gw.set_order(&name, &order)?))
+}
+
 /// Starts a task; it runs in the background.
 #[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", request_body = NewTask,
     responses(
@@ -151,6 +171,7 @@ pub(crate) fn routes() -> OpenApiRouter<Shared> {
         .routes(role(Role::Operator, routes!(delete)))
         .routes(role(Role::Operator, routes!(scrub)))
         .routes(role(Role::Operator, routes!(destage)))
+        .routes(role(Role::Admin, routes!(set_order)))
         .routes(role(Role::Viewer, routes!(list_tasks)))
         .routes(role(Role::Operator, routes!(start_task)))
         .routes(role(Role::Viewer, routes!(show_task)))

@@ -1,6 +1,7 @@
 //! Placement: which nodes hold a new volume's N shares. Pure: node descriptions and the
 //! space already promised to other volumes in, addresses out; and, when a request names no
-//! layout, which M-of-N the pool can hold ([`choose_layout`]).
+//! layout, which M-of-N the pool can hold ([`choose_layout`]); and in which order the gateways
+//! of an appliance serve a volume ([`gateway_order`]).
 //!
 //! A node's room is what it reports free, but never more than its capacity minus what
 //! volumes placed on it may still write: a volume that has not written yet takes no disk
@@ -177,6 +178,28 @@ pub fn replacement(
     best.map(|x| x.address.clone())
 }
 
+/// The order in which the gateways of an appliance serve a volume: first its primary, then
+/// its secondaries. The gateways an administrator named come first, in that order, then the
+/// others in an order of their own for each volume (rendezvous hashing), so volumes spread
+/// over the gateways and every gateway computes the same order. Only `live` gateways count.
+pub fn gateway_order(volume: &str, live: &[String], preferred: &[String]) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    for g in preferred {
+        if live.contains(g) && !order.contains(g) {
+            order.push(g.clone());
+        }
+    }
+    let mut rest: Vec<(blake3::Hash, &String)> = live
+        .iter()
+        .filter(|g| !order.contains(g))
+        .map(|g| (blake3::hash(format!("{volume}\0{g}").as_bytes()), g))
+        .collect();
+    rest.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(b.1)));
+    rest.dedup_by(|a, b| a.1 == b.1);
+    order.extend(rest.into_iter().map(|(_, g)| g.clone()));
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +271,30 @@ mod tests {
         let err = choose(&nodes, &HashMap::new(), Request { m: 3, n: 5, size_bytes: 1 << 20 }).unwrap_err();
         assert_eq!((err.up, err.fit, err.fits), (3, 3, Some((2, 3))));
         assert!(err.to_string().ends_with("3 nodes are up, 3 with 349526 bytes of room for a share (need 5); 2-of-3 would fit: pass --m 2 --n 3 (or add nodes)"), "{err}");
+    }
+
+    #[test]
+    fn gateways_are_ordered_alike_everywhere_and_named_ones_first() {
+        let live: Vec<String> = ["g1", "g2", "g3", "g4"].map(String::from).to_vec();
+        let mut shuffled = live.clone();
+        shuffled.reverse();
+        let order = gateway_order("db", &live, &[]);
+        assert_eq!(order, gateway_order("db", &shuffled, &[]), "the order depends on who asks");
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, live);
+        // Volumes spread: not every volume has the same first gateway.
+        let firsts: std::collections::HashSet<String> =
+            (0..32).map(|i| gateway_order(&format!("v{i}"), &live, &[])[0].clone()).collect();
+        assert!(firsts.len() > 1, "{firsts:?}");
+        // Named gateways lead, in their order; a named gateway that is not live is skipped.
+        let preferred: Vec<String> = ["g3", "gone", "g1"].map(String::from).to_vec();
+        let order = gateway_order("db", &live, &preferred);
+        assert_eq!(&order[..2], ["g3", "g1"]);
+        assert_eq!(order.len(), 4);
+        // A gateway that leaves takes its place only: the others keep their relative order.
+        let without: Vec<String> = live.iter().filter(|g| *g != "g2").cloned().collect();
+        let kept: Vec<String> = gateway_order("db", &live, &[]).into_iter().filter(|g| g != "g2").collect();
+        assert_eq!(gateway_order("db", &without, &[]), kept);
     }
 }

@@ -7,15 +7,30 @@
 //! - When the lease expires the keys go with it; another gateway claims each volume, takes it
 //!   over on its targets (a higher epoch, which fences the old owner there as well) and
 //!   serves it.
+//! - Each gateway is listed under `members/GATEWAY` while its lease holds. A volume's order
+//!   (primary first, then its secondaries) is [`placement::gateway_order`] of the members,
+//!   led by the gateways an administrator named under `order/VOLUME`. When a volume has no
+//!   primary, the first gateway of its order claims it at once and each next one a turn later:
+//!   one that cannot open it (it reaches too few targets) releases it, passing it on.
 //! - Without etcd (redb, one process) there is no appliance and every volume is served here.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cleave_control::config::{ConfigError, ConfigStore, Lease};
+use cleave_control::placement;
 use tracing::info;
 
 const OWNER: &str = "owner/";
+const MEMBERS: &str = "members/";
+const ORDER: &str = "order/";
+
+/// How long each gateway further down a volume's order waits, after the one before it, to
+/// claim a volume that has no primary.
+const TURN: Duration = Duration::from_secs(2);
+/// A gateway that passed a volume on leaves it to the others this long.
+const PASSED_FOR: Duration = Duration::from_secs(10);
 
 fn owner_key(volume: &str) -> String {
     format!("{OWNER}{volume}")
@@ -34,6 +49,14 @@ pub struct Appliance {
     me: String,
     ttl: Duration,
     lease: Mutex<Held>,
+    turns: Mutex<Turns>,
+}
+
+/// Per volume without a primary: since when it has none, and when this gateway passed it on.
+#[derive(Default)]
+struct Turns {
+    unclaimed_since: HashMap<String, Instant>,
+    passed: HashMap<String, Instant>,
 }
 
 struct Held {
@@ -65,7 +88,9 @@ impl Appliance {
                 }
             }
         }
-        Ok(Appliance { store, me, ttl, lease: Mutex::new(Held { lease, lapsed: false, renewed: sent }) })
+        register(store.as_ref(), &me, lease)?;
+        let held = Mutex::new(Held { lease, lapsed: false, renewed: sent });
+        Ok(Appliance { store, me, ttl, lease: held, turns: Mutex::default() })
     }
 
     pub fn ttl(&self) -> Duration {
@@ -81,9 +106,78 @@ impl Appliance {
         Ok(self.store.get_value(&owner_key(volume))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Claims `volume` for this gateway unless another holds it.
+    /// The gateways whose lease holds.
+    pub fn members(&self) -> Result<Vec<String>, ConfigError> {
+        Ok(self.store.scan(MEMBERS)?.into_iter().map(|e| String::from_utf8_lossy(&e.value).into_owned()).collect())
+    }
+
+    /// The gateways an administrator put first for `volume`.
+    pub fn preferred(&self, volume: &str) -> Result<Vec<String>, ConfigError> {
+        let Some(raw) = self.store.get_value(&format!("{ORDER}{volume}"))? else { return Ok(Vec::new()) };
+        serde_json::from_slice(&raw).map_err(|e| ConfigError::Invalid(format!("{ORDER}{volume}: {e}")))
+    }
+
+    /// Puts `gateways` first, in this order, for `volume` (empty: placement alone decides).
+    pub fn set_preferred(&self, volume: &str, gateways: &[String]) -> Result<(), ConfigError> {
+        let key = format!("{ORDER}{volume}");
+        if gateways.is_empty() {
+            self.store.delete(&key)?;
+        } else {
+            let raw = serde_json::to_vec(gateways).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            self.store.put(&key, &raw)?;
+        }
+        Ok(())
+    }
+
+    /// The live gateways in the order they serve `volume`.
+    pub fn order_of(&self, volume: &str) -> Result<Vec<String>, ConfigError> {
+        Ok(placement::gateway_order(volume, &self.members()?, &self.preferred(volume)?))
+    }
+
+    /// Whether this gateway may claim `volume`, which has no primary: the first of its order
+    /// at once, each next one [`TURN`] after the one before it (that one passed).
+    fn my_turn(&self, volume: &str) -> Result<bool, ConfigError> {
+        let order = self.order_of(volume)?;
+        let rank = order.iter().position(|g| *g == self.me).unwrap_or(order.len());
+        let others = order.iter().any(|g| *g != self.me);
+        let mut turns = self.turns.lock().expect("not poisoned");
+        if others && turns.passed.get(volume).is_some_and(|t| t.elapsed() < PASSED_FOR) {
+            return Ok(false);
+        }
+        let since = *turns.unclaimed_since.entry(volume.to_string()).or_insert_with(Instant::now);
+        Ok(since.elapsed() >= TURN * rank as u32)
+    }
+
+    /// Gives up a volume this gateway claimed but cannot serve, so the next one may.
+    pub fn pass(&self, volume: &str) {
+        self.turns.lock().expect("not poisoned").passed.insert(volume.to_string(), Instant::now());
+        self.release(volume);
+    }
+
+    /// Claims `volume` for this gateway unless another holds it or it is not yet this
+    /// gateway's turn (then `Other("")`).
     pub fn claim(&self, volume: &str) -> Result<Primary, ConfigError> {
         let lease = self.current_lease().ok_or(ConfigError::LeaseExpired(0))?;
+        match self.primary_of(volume)? {
+            Some(owner) => {
+                self.turns.lock().expect("not poisoned").unclaimed_since.remove(volume);
+                if owner != self.me {
+                    return Ok(Primary::Other(owner));
+                }
+            }
+            None if !self.my_turn(volume)? => return Ok(Primary::Other(String::new())),
+            None => {}
+        }
+        self.claim_under(volume, lease)
+    }
+
+    /// Claims a volume this gateway creates.
+    pub fn claim_new(&self, volume: &str) -> Result<Primary, ConfigError> {
+        let lease = self.current_lease().ok_or(ConfigError::LeaseExpired(0))?;
+        self.claim_under(volume, lease)
+    }
+
+    fn claim_under(&self, volume: &str, lease: Option<Lease>) -> Result<Primary, ConfigError> {
         match self.store.create_leased(&owner_key(volume), self.me.as_bytes(), lease) {
             Ok(_) => Ok(Primary::Me),
             Err(e) if e.is_conflict() => match self.primary_of(volume)? {
@@ -131,6 +225,7 @@ impl Appliance {
             Err(ConfigError::LeaseExpired(_)) => {
                 let _ = self.store.revoke_lease(lease);
                 let fresh = self.store.grant_lease(self.ttl)?.ok_or(ConfigError::LeaseExpired(lease.0))?;
+                register(self.store.as_ref(), &self.me, Some(fresh))?;
                 info!(gateway = %self.me, "a new lease in the configuration database");
                 (fresh, true)
             }
@@ -145,4 +240,12 @@ impl Appliance {
     pub(crate) fn take_lapsed(&self) -> bool {
         std::mem::take(&mut self.lease.lock().expect("not poisoned").lapsed)
     }
+}
+
+/// Lists `me` among the members under `lease` (replacing its entry from an earlier lease).
+fn register(store: &dyn ConfigStore, me: &str, lease: Option<Lease>) -> Result<(), ConfigError> {
+    let key = format!("{MEMBERS}{me}");
+    store.delete(&key)?;
+    store.create_leased(&key, me.as_bytes(), lease)?;
+    Ok(())
 }

@@ -13,7 +13,7 @@ use cleave_volume::{Health, Superblock, Volume};
 use tracing::{info, warn};
 
 use crate::appliance::{Appliance, Primary};
-use crate::error::Result;
+use crate::error::{GatewayError, Result};
 use crate::events::EventKind;
 use crate::gateway::{Gateway, Unopened};
 use crate::health::{targets_down, HealthState};
@@ -192,7 +192,14 @@ impl Gateway {
         };
         match self.open_volume_with(sb, takeover).await {
             Ok(v) => Opened::Served(v),
-            Err(e) => Opened::Failed(e),
+            Err(e) => {
+                // It reaches too few targets, say: the next gateway in the order may do better.
+                if let Some(a) = self.appliance.as_ref().filter(|_| takeover) {
+                    warn!(volume = %sb.config.name, error = %format!("{e:#}"), "cannot open a claimed volume; passing it on");
+                    a.pass(&sb.config.name);
+                }
+                Opened::Failed(e)
+            }
         }
     }
 
@@ -267,8 +274,33 @@ impl Gateway {
     }
 }
 
-/// The lease of an appliance member (`crate::appliance`).
+/// Body of `PUT /api/v1/volumes/{name}/order`.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct VolumeOrder {
+    /// Gateways to put first, in this order; the others follow as placement says. Empty:
+    /// placement alone decides.
+    pub gateways: Vec<String>,
+}
+
+/// The lease of an appliance member (`crate::appliance`), and the order of its volumes.
 impl Gateway {
+    /// Puts the named gateways first in a volume's order: the next to take it over, in turn.
+    /// The primary stays until it goes.
+    pub fn set_order(&self, volume: &str, order: &VolumeOrder) -> Result<crate::views::VolumeView> {
+        let a = self.appliance.as_ref().ok_or_else(|| {
+            GatewayError::Invalid("this gateway is not part of an appliance (start it with --etcd)".into())
+        })?;
+        self.show(volume)?;
+        for g in &order.gateways {
+            if !g.starts_with("gateway-") || g.len() > 64 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(GatewayError::Invalid(format!("{g:?} is not a gateway name (see `volume show`)")));
+            }
+        }
+        a.set_preferred(volume, &order.gateways).map_err(anyhow::Error::from)?;
+        self.show(volume)
+    }
+
     /// Keeps the lease, and fences every volume served here as soon as it may have lapsed.
     pub(crate) async fn keep_lease(self: Arc<Self>, a: Arc<Appliance>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));

@@ -48,6 +48,10 @@ pub struct VolumeView {
     pub primary: Option<String>,
     #[serde(default)]
     pub epoch: Option<u64>,
+    /// In an appliance: the live gateways that take the volume over, in turn, if its
+    /// primary goes (docs/appliance.md, "Who serves a volume").
+    #[serde(default)]
+    pub secondaries: Vec<String>,
     /// Its mirror to or from a peer gateway, if it has one.
     #[serde(default)]
     pub mirror: Option<cleave_mirror::MirrorView>,
@@ -87,6 +91,7 @@ impl Gateway {
             open_error: None,
             primary: self.appliance.as_ref().map(|a| a.me().to_string()),
             epoch: self.appliance.as_ref().map(|_| v.epoch()),
+            secondaries: self.secondaries(&name, self.appliance.as_ref().map(|a| a.me())),
             mirror: self.mirror_of(&name),
         }
     }
@@ -119,8 +124,17 @@ impl Gateway {
             open_error: Some(u.reason.clone()),
             primary: u.primary.clone().filter(|p| !p.is_empty()),
             epoch: None,
+            secondaries: self.secondaries(name, u.primary.as_deref()),
             mirror: None,
         }
+    }
+
+    /// The gateways after `primary` in the volume's order (none outside an appliance, or when
+    /// etcd cannot tell).
+    fn secondaries(&self, volume: &str, primary: Option<&str>) -> Vec<String> {
+        let Some(a) = &self.appliance else { return Vec::new() };
+        let order = a.order_of(volume).unwrap_or_default();
+        order.into_iter().filter(|g| Some(g.as_str()) != primary).collect()
     }
 
     /// Every volume, served or not, by name.

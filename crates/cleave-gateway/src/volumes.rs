@@ -160,7 +160,7 @@ impl Gateway {
     /// In an appliance, a new volume's name must be free on every gateway: this one claims it.
     fn claim_new(&self, name: &str) -> Result<()> {
         let Some(a) = &self.appliance else { return Ok(()) };
-        match a.claim(name).map_err(anyhow::Error::from)? {
+        match a.claim_new(name).map_err(anyhow::Error::from)? {
             Primary::Me => Ok(()),
             Primary::Other(primary) => {
                 Err(GatewayError::Invalid(format!("volume {name:?} already exists (served by gateway {primary})")))

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use cleave_api::model::{CreateVolume, CreatedVolume, Durability, Health, ScrubReport, VolumeView};
+use cleave_api::model::{CreateVolume, CreatedVolume, Durability, Health, ScrubReport, VolumeOrder, VolumeView};
 use cleave_gateway::ByteSize;
 
 use super::client::{Client, ServerArgs};
@@ -66,6 +66,16 @@ pub enum VolumeCommand {
     Show {
         /// The volume's name.
         name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// In an appliance: put gateways first among those that take the volume over when its
+    /// primary goes, in this order (none: placement alone decides).
+    Order {
+        /// The volume's name.
+        name: String,
+        /// Gateway names, as `volume show` prints them.
+        gateways: Vec<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -132,6 +142,14 @@ pub fn run(cmd: VolumeCommand, format: Format) -> Result<()> {
                 Format::Human => show(&v),
             }
         }
+        VolumeCommand::Order { name, gateways, server } => {
+            let v: VolumeView =
+                Client::new(&server)?.put(&format!("/volumes/{name}/order"), &VolumeOrder { gateways })?;
+            match format {
+                Format::Json => print_json(&v),
+                Format::Human => show(&v),
+            }
+        }
         VolumeCommand::Delete { name, server } => {
             Client::new(&server)?.delete(&format!("/volumes/{name}"))?;
             note(&format!("deleted {name}"));
@@ -192,6 +210,9 @@ fn show(v: &VolumeView) -> Result<()> {
     if let Some(primary) = &v.primary {
         let epoch = v.epoch.map(|e| format!(" (this gateway, epoch {e})")).unwrap_or_default();
         t.add("primary", format!("{primary}{epoch}"));
+    }
+    if !v.secondaries.is_empty() {
+        t.add("secondaries", v.secondaries.join(", "));
     }
     if let Some(why) = &v.open_error {
         t.add("open error", format!("{why} (retrying)"));
