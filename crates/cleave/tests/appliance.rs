@@ -12,79 +12,25 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cleave_control::config::testing::EtcdCluster;
+use common::appliance::{acknowledges, chunk_is, gateway_id, member, served_here, signal, wait_for};
 use common::{nbdcopy_image, qemu_io, Serve};
 
 const MIB: u64 = 1 << 20;
-const LEASE_SECS: &str = "3";
-
-/// A gateway of the appliance; `key_from` gives it the first gateway's master key (how an
-/// administrator adds a gateway: docs/appliance.md).
-fn member(root: &Path, name: &str, etcd: &EtcdCluster, key_from: Option<&Path>) -> Serve {
-    let data = root.join(name);
-    if let Some(first) = key_from {
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::copy(first.join("master.key"), data.join("master.key")).unwrap();
-    }
-    let endpoints = etcd.endpoints();
-    Serve::start(&data, &["--etcd", &endpoints, "--etcd-namespace", "appliance/", "--lease-secs", LEASE_SECS])
-}
-
-fn gateway_id(s: &Serve) -> String {
-    std::fs::read_to_string(s.data.join("gateway.id")).unwrap().trim().to_string()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
-}
-
-fn served_here(s: &Serve, volume: &str) -> bool {
-    let show = s.show(volume);
-    show["primary"] == gateway_id(s).as_str() && show["open_error"].is_null()
-}
 
 fn write_flush(s: &Serve, byte: u8, offset: u64) {
     qemu_io(&s.uri("v"), &[format!("write -P {byte} {offset} {MIB}"), "flush".into()]);
-}
-
-/// Whether `s` acknowledged a write and a flush of `volume`.
-fn acknowledges(s: &Serve, volume: &str, offset: u64) -> (bool, String) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", &format!("write -P 61 {offset} {MIB}"), "-c", "flush"])
-        .arg(s.uri(volume))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success() && !text.to_lowercase().contains("error"), text)
-}
-
-fn chunk_is(image: &[u8], chunk: u64, byte: u8) -> bool {
-    image[(chunk * MIB) as usize..((chunk + 1) * MIB) as usize].iter().all(|&b| b == byte)
-}
-
-fn signal(s: &Serve, sig: &str) {
-    let pid = s.child.as_ref().unwrap().id().to_string();
-    assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
 }
 
 #[test]
 fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     let etcd = EtcdCluster::start(1);
     let dir = tempfile::tempdir().unwrap();
-    let mut a = member(dir.path(), "a", &etcd, None);
+    let mut a = member(dir.path(), "a", &etcd.endpoints(), None);
     a.cli_ok(&["volume", "create", "v", "--size", "16MiB", "--durability", "dispersed"]);
-    let mut b = member(dir.path(), "b", &etcd, Some(&dir.path().join("a")));
+    let mut b = member(dir.path(), "b", &etcd.endpoints(), Some(&dir.path().join("a")));
     let (id_a, id_b) = (gateway_id(&a), gateway_id(&b));
     assert_ne!(id_a, id_b);
     assert!(served_here(&a, "v"), "{}", a.show("v"));
@@ -112,7 +58,7 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "gateway_failover"), "{events}");
     write_flush(&b, 0x1b, MIB);
     b.cli_ok(&["volume", "create", "l", "--size", "4MiB"]);
-    assert!(acknowledges(&b, "l", 0).0);
+    assert!(acknowledges(&b, "l", 0, 61).0);
 
     // A comes back as a secondary; B is paused past its lease and A takes the volume back.
     a.restart();
@@ -122,9 +68,9 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     write_flush(&a, 0x2c, 2 * MIB);
     signal(&b, "-CONT");
     // Resumed, B must not acknowledge a flush, and its writes must reach no reader.
-    let (acked, text) = acknowledges(&b, "l", MIB);
+    let (acked, text) = acknowledges(&b, "l", MIB, 61);
     assert!(!acked, "a gateway past its lease acknowledged a flush: {text}");
-    let (acked, text) = acknowledges(&b, "v", 3 * MIB);
+    let (acked, text) = acknowledges(&b, "v", 3 * MIB, 61);
     assert!(!acked, "a gateway past its lease acknowledged a flush: {text}");
     wait_for("gateway b to name a as the primary", Duration::from_secs(30), || b.show("v")["primary"] == id_a.as_str());
     let image = nbdcopy_image(&a.uri("v"), dir.path());
