@@ -9,83 +9,34 @@
 //!   its volumes over and writes; once resumed, the paused one acknowledges nothing more (not
 //!   even a flush of a volume in `local` durability, which needs no target) and nothing it is
 //!   sent reaches a reader.
+//!
+//! With three gateways, every gateway shows a volume's secondaries in the same order, an
+//! administrator can put one first, and when the primary dies the first secondary takes the
+//! volume over, not another.
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cleave_control::config::testing::EtcdCluster;
+use common::appliance::{acknowledges, chunk_is, gateway_id, member, one_at_a_time, served_here, signal, wait_for};
 use common::{nbdcopy_image, qemu_io, Serve};
 
 const MIB: u64 = 1 << 20;
-const LEASE_SECS: &str = "3";
-
-/// A gateway of the appliance; `key_from` gives it the first gateway's master key (how an
-/// administrator adds a gateway: docs/appliance.md).
-fn member(root: &Path, name: &str, etcd: &EtcdCluster, key_from: Option<&Path>) -> Serve {
-    let data = root.join(name);
-    if let Some(first) = key_from {
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-        std::fs::copy(first.join("master.key"), data.join("master.key")).unwrap();
-    }
-    let endpoints = etcd.endpoints();
-    Serve::start(&data, &["--etcd", &endpoints, "--etcd-namespace", "appliance/", "--lease-secs", LEASE_SECS])
-}
-
-fn gateway_id(s: &Serve) -> String {
-    std::fs::read_to_string(s.data.join("gateway.id")).unwrap().trim().to_string()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    start.elapsed()
-}
-
-fn served_here(s: &Serve, volume: &str) -> bool {
-    let show = s.show(volume);
-    show["primary"] == gateway_id(s).as_str() && show["open_error"].is_null()
-}
 
 fn write_flush(s: &Serve, byte: u8, offset: u64) {
     qemu_io(&s.uri("v"), &[format!("write -P {byte} {offset} {MIB}"), "flush".into()]);
 }
 
-/// Whether `s` acknowledged a write and a flush of `volume`.
-fn acknowledges(s: &Serve, volume: &str, offset: u64) -> (bool, String) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", &format!("write -P 61 {offset} {MIB}"), "-c", "flush"])
-        .arg(s.uri(volume))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success() && !text.to_lowercase().contains("error"), text)
-}
-
-fn chunk_is(image: &[u8], chunk: u64, byte: u8) -> bool {
-    image[(chunk * MIB) as usize..((chunk + 1) * MIB) as usize].iter().all(|&b| b == byte)
-}
-
-fn signal(s: &Serve, sig: &str) {
-    let pid = s.child.as_ref().unwrap().id().to_string();
-    assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
-}
-
 #[test]
 fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
+    let _one = one_at_a_time();
     let etcd = EtcdCluster::start(1);
     let dir = tempfile::tempdir().unwrap();
-    let mut a = member(dir.path(), "a", &etcd, None);
+    let mut a = member(dir.path(), "a", &etcd.endpoints(), None);
     a.cli_ok(&["volume", "create", "v", "--size", "16MiB", "--durability", "dispersed"]);
     a.cli_ok(&["volume", "create", "loc", "--size", "4MiB"]);
-    let mut b = member(dir.path(), "b", &etcd, Some(&dir.path().join("a")));
+    let mut b = member(dir.path(), "b", &etcd.endpoints(), Some(&dir.path().join("a")));
     let (id_a, id_b) = (gateway_id(&a), gateway_id(&b));
     assert_ne!(id_a, id_b);
     assert!(served_here(&a, "v"), "{}", a.show("v"));
@@ -122,7 +73,7 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "gateway_failover"), "{events}");
     write_flush(&b, 0x1b, MIB);
     b.cli_ok(&["volume", "create", "l", "--size", "4MiB"]);
-    assert!(acknowledges(&b, "l", 0).0);
+    assert!(acknowledges(&b, "l", 0, 61).0);
 
     // A comes back as a secondary; B is paused past its lease and A takes the volume back.
     a.restart();
@@ -132,9 +83,9 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     write_flush(&a, 0x2c, 2 * MIB);
     signal(&b, "-CONT");
     // Resumed, B must not acknowledge a flush, and its writes must reach no reader.
-    let (acked, text) = acknowledges(&b, "l", MIB);
+    let (acked, text) = acknowledges(&b, "l", MIB, 61);
     assert!(!acked, "a gateway past its lease acknowledged a flush: {text}");
-    let (acked, text) = acknowledges(&b, "v", 3 * MIB);
+    let (acked, text) = acknowledges(&b, "v", 3 * MIB, 61);
     assert!(!acked, "a gateway past its lease acknowledged a flush: {text}");
     wait_for("gateway b to name a as the primary", Duration::from_secs(30), || b.show("v")["primary"] == id_a.as_str());
     let image = nbdcopy_image(&a.uri("v"), dir.path());
@@ -144,4 +95,70 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     assert!(chunk_is(&image, 1, 0), "a write sent to the fenced gateway reached a reader");
     a.term();
     b.term();
+}
+
+/// A volume's secondaries as `s` shows them (none while it does not know the volume yet).
+fn secondaries(s: &Serve, volume: &str) -> Vec<String> {
+    let out = s.cli(&["volume", "show", volume, "--json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    shown["secondaries"].as_array().unwrap().iter().map(|g| g.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn the_first_secondary_takes_a_volume_over_in_the_order_an_administrator_set() {
+    let _one = one_at_a_time();
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("a");
+    let mut a = member(dir.path(), "a", &etcd.endpoints(), None);
+    let mut others = vec![
+        member(dir.path(), "b", &etcd.endpoints(), Some(&first)),
+        member(dir.path(), "c", &etcd.endpoints(), Some(&first)),
+    ];
+    a.cli_ok(&["volume", "create", "v", "--size", "8MiB", "--durability", "dispersed"]);
+    write_flush(&a, 0x0a, 0);
+    let id_a = gateway_id(&a);
+    let ids: Vec<String> = others.iter().map(gateway_id).collect();
+    // Every gateway names the same primary and the same secondaries, in the same order.
+    wait_for("every gateway to list two secondaries", Duration::from_secs(10), || {
+        secondaries(&a, "v").len() == 2 && others.iter().all(|s| secondaries(s, "v").len() == 2)
+    });
+    let order = secondaries(&a, "v");
+    let mut sorted = order.clone();
+    sorted.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(sorted, expected);
+    for s in &others {
+        assert_eq!(secondaries(s, "v"), order);
+        assert_eq!(s.show("v")["primary"], id_a.as_str());
+    }
+    // An administrator puts the last secondary first, through any gateway.
+    let chosen = order[1].clone();
+    let refused = others[0].cli(&["volume", "order", "v", "not-a-gateway"]);
+    assert!(!refused.status.success(), "a name that is no gateway's was taken");
+    others[0].cli_ok(&["volume", "order", "v", &chosen]);
+    wait_for("the new order to be seen", Duration::from_secs(5), || secondaries(&a, "v")[0] == chosen);
+    // The primary dies: the chosen gateway takes the volume over, the other one does not.
+    a.kill9();
+    let at = ids.iter().position(|g| *g == chosen).unwrap();
+    let took = wait_for("the chosen gateway to take v over", Duration::from_secs(60), || served_here(&others[at], "v"));
+    eprintln!("failover to the first secondary after the kill: {took:?}");
+    let other = &others[1 - at];
+    wait_for("the other gateway to name the new primary", Duration::from_secs(10), || {
+        other.show("v")["primary"] == chosen.as_str()
+    });
+    assert!(!served_here(other, "v"));
+    let image = nbdcopy_image(&others[at].uri("v"), dir.path());
+    assert!(chunk_is(&image, 0, 0x0a), "a flushed write was lost in the failover");
+    // The dead gateway left the order with its lease.
+    wait_for("the order to drop the dead gateway", Duration::from_secs(15), || {
+        secondaries(&others[at], "v") == [ids[1 - at].clone()]
+    });
+    for s in &mut others {
+        s.term();
+    }
 }

@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests: runs the real `cleave` binary and real NBD clients.
 #![allow(dead_code)]
 
+pub mod appliance;
 pub mod browser;
 pub mod netns;
 pub mod proxy;

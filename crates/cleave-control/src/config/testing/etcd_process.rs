@@ -1,8 +1,9 @@
-//! Real etcd processes for tests: one member or a cluster, on free loopback ports, with their
-//! data in a temporary directory; killed when dropped. A machine without etcd fails the test
-//! with what to install: no test is skipped.
+//! Real etcd processes for tests: one member or a cluster, on free loopback ports (or on
+//! another address, [`EtcdCluster::start_on`]), with their data in a temporary directory;
+//! killed when dropped. A machine without etcd fails the test with what to install: no test
+//! is skipped.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,17 +26,29 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `n` members as one cluster and waits until it answers. Panics (naming the fix)
-    /// when etcd is not installed.
+    /// Starts `n` members as one cluster on loopback and waits until it answers. Panics
+    /// (naming the fix) when etcd is not installed.
     pub fn start(n: usize) -> EtcdCluster {
+        Self::start_on(n, Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// The same, every member listening (for clients and peers) on `ip`: e.g. a test's end of
+    /// a link between network namespaces. The members start in the caller's thread's network
+    /// namespace, where `ip` must be; called from a thread inside another namespace (a
+    /// network lab's), they run there.
+    pub fn start_on(n: usize, ip: IpAddr) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let ports = free_ports(2 * n);
-        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let ports = free_ports(ip, 2 * n);
+        let host = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        let peer_url = |i: usize| format!("http://{host}:{}", ports[2 * i + 1]);
         let initial: Vec<String> = (0..n).map(|i| format!("m{i}={}", peer_url(i))).collect();
         let token = format!("cleave-test-{}", ports[0]);
         let members = (0..n)
             .map(|i| {
-                let client_url = format!("http://127.0.0.1:{}", ports[2 * i]);
+                let client_url = format!("http://{host}:{}", ports[2 * i]);
                 let log = dir.path().join(format!("m{i}.log"));
                 let child = spawn(
                     &[
@@ -144,8 +157,8 @@ fn spawn(args: &[String], log: &std::path::Path) -> Child {
     }
 }
 
-/// `n` distinct free loopback ports (held together while chosen, so none repeats).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
+/// `n` distinct free ports on `ip` (held together while chosen, so none repeats).
+fn free_ports(ip: IpAddr, n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind((ip, 0)).expect("a free port")).collect();
     listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
 }
