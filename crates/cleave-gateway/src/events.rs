@@ -28,6 +28,8 @@ pub enum EventKind {
     GatewayFailover,
     /// This gateway stopped serving a volume: it could not keep its lease.
     GatewayFenced,
+    /// This gateway handed a volume over to the gateway its order names first (planned).
+    GatewayHandover,
 }
 
 impl EventKind {
@@ -42,6 +44,7 @@ impl EventKind {
             EventKind::WebhookRemoved => "webhook_removed".into(),
             EventKind::GatewayFailover => "gateway_failover".into(),
             EventKind::GatewayFenced => "gateway_fenced".into(),
+            EventKind::GatewayHandover => "gateway_handover".into(),
         }
     }
 }

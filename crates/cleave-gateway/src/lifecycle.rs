@@ -39,6 +39,9 @@ fn served_by(primary: &str) -> String {
 /// How often volumes that could not be opened are tried again.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(3);
 
+/// How long a planned switchover may take to destage a volume before it is called off.
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(120);
+
 /// How long start-up waits for one volume to open before it serves the others and leaves
 /// that one to the background retries (targets that hang must not hold the gateway).
 const OPEN_AT_START: Duration = Duration::from_secs(30);
@@ -121,8 +124,9 @@ impl Gateway {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            if self.appliance.is_some() {
+            if let Some(a) = &self.appliance {
                 self.discover_volumes();
+                self.hand_over_to_preferred(a).await;
             }
             let names: Vec<String> = self.unopened.read().expect("not poisoned").keys().cloned().collect();
             for name in names {
@@ -154,6 +158,11 @@ impl Gateway {
         if let Some(u) = was {
             self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
             match u.primary.filter(|p| !p.is_empty()) {
+                // A primary still among the members handed the volume over (planned).
+                Some(from) if self.is_member(&from) => {
+                    info!(volume = name, from = %from, "volume taken over: handed over by its primary");
+                    self.record(EventKind::GatewayHandover, format!("{name}: handed over by gateway {from}"));
+                }
                 Some(from) => {
                     warn!(volume = name, from = %from, "volume taken over: its primary gateway is gone");
                     self.record(EventKind::GatewayFailover, format!("{name}: taken over from gateway {from}"));
@@ -170,6 +179,10 @@ impl Gateway {
                 warn!(volume = name, error = %e, "cannot remove the cache of a deleted volume");
             }
         }
+    }
+
+    fn is_member(&self, gateway: &str) -> bool {
+        self.appliance.as_ref().and_then(|a| a.members().ok()).is_some_and(|m| m.iter().any(|g| g == gateway))
     }
 
     fn still_unopened(&self, name: &str, reason: String) {
@@ -323,6 +336,37 @@ impl Gateway {
                 self.fence_all("this gateway could not renew its lease in the configuration database in time");
             }
         }
+    }
+
+    /// Planned switchover: a volume served here goes to the first live gateway its
+    /// administrator-set order names, when that is another one (a gateway that came back
+    /// takes its volumes back; `volume order` moves a volume).
+    async fn hand_over_to_preferred(&self, a: &Appliance) {
+        let Ok(members) = a.members() else { return };
+        for v in self.served_volumes() {
+            let name = v.config().name.clone();
+            let Ok(preferred) = a.preferred(&name) else { continue };
+            match preferred.into_iter().find(|g| members.contains(g)) {
+                Some(to) if to != a.me() => self.hand_over(a, &v, &to).await,
+                _ => {}
+            }
+        }
+    }
+
+    /// Hands `v` over to gateway `to` with nothing lost (`Volume::hand_over`), or keeps it.
+    async fn hand_over(&self, a: &Appliance, v: &Volume, to: &str) {
+        let name = v.config().name.clone();
+        let _admin = self.admin.lock().await;
+        if let Err(e) = v.hand_over(&format!("handed over to gateway {to}"), HAND_OVER_WITHIN).await {
+            warn!(volume = %name, to, error = %e, "cannot hand the volume over; it stays here");
+            return;
+        }
+        self.volumes.write().expect("not poisoned").remove(&name);
+        let u = Unopened { sb: None, reason: served_by(to), primary: Some(to.to_string()) };
+        self.unopened.write().expect("not poisoned").insert(name.clone(), u);
+        a.pass(&name);
+        info!(volume = %name, to, "volume handed over");
+        self.record(EventKind::GatewayHandover, format!("{name}: handed over to gateway {to}"));
     }
 
     /// Stops serving every volume here: another gateway may take them over now.

@@ -233,3 +233,20 @@ async fn a_local_volume_flushing_to_targets_makes_a_flush_durable_there() {
         .await;
     assert!(other.read(2 * MIB, MIB as u32).await.unwrap()[..] == pattern(2, MIB as usize)[..]);
 }
+
+/// A handover loses nothing: a write that was never flushed is on the targets for the next
+/// gateway, and the volume refuses host I/O once handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_volume_refuses_io_and_leaves_every_write_on_the_targets() {
+    let r = rig(Durability::Local);
+    let v = r.open("c1", |o| o.destage_after = Duration::from_secs(3600)).await;
+    v.write(3 * MIB, Bytes::from(pattern(3, MIB as usize)), false).await.unwrap();
+    v.hand_over("handed over to gateway B", Duration::from_secs(60)).await.unwrap();
+    let refused = v.write(0, Bytes::from(vec![1u8; 4096]), false).await.unwrap_err();
+    assert!(refused.to_string().contains("handed over to gateway B"), "{refused}");
+    assert!(v.read(0, 4096).await.is_err());
+    assert!(v.flush().await.is_err());
+    // The next gateway needs no takeover: the claim was released.
+    let next = r.open("c2", |o| o.owner = "b".into()).await;
+    assert!(next.read(3 * MIB, MIB as u32).await.unwrap()[..] == pattern(3, MIB as usize)[..]);
+}

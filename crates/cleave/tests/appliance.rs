@@ -19,8 +19,10 @@ mod common;
 use std::time::Duration;
 
 use cleave_control::config::testing::EtcdCluster;
-use common::appliance::{acknowledges, chunk_is, gateway_id, member, one_at_a_time, served_here, signal, wait_for};
-use common::{nbdcopy_image, qemu_io, Serve};
+use common::appliance::{
+    acknowledges, chunk_is, event_kinds, gateway_id, member, one_at_a_time, served_here, signal, wait_for,
+};
+use common::{nbdcopy_image, nbdsh, qemu_io, Serve};
 
 const MIB: u64 = 1 << 20;
 
@@ -158,6 +160,21 @@ fn the_first_secondary_takes_a_volume_over_in_the_order_an_administrator_set() {
     wait_for("the order to drop the dead gateway", Duration::from_secs(15), || {
         secondaries(&others[at], "v") == [ids[1 - at].clone()]
     });
+    // A comes back; named first, it takes the volume back by a planned switchover that loses
+    // nothing, not even a write no client flushed.
+    a.restart();
+    let (written, text) = nbdsh(&others[at].uri("v"), &format!("h.pwrite(b'\\x0b' * {MIB}, {MIB})"));
+    assert!(written, "{text}");
+    others[at].cli_ok(&["volume", "order", "v", &id_a]);
+    let took = wait_for("a to take v back", Duration::from_secs(30), || served_here(&a, "v"));
+    eprintln!("planned switchover back to the restored gateway: {took:?}");
+    let image = nbdcopy_image(&a.uri("v"), dir.path());
+    assert!(chunk_is(&image, 0, 0x0a) && chunk_is(&image, 1, 0x0b), "the switchover lost a write");
+    let (acked, text) = acknowledges(&others[at], "v", 2 * MIB, 61);
+    assert!(!acked, "the old primary acknowledged a write after the switchover: {text}");
+    assert!(event_kinds(&a).contains(&"gateway_handover".to_string()));
+    assert!(event_kinds(&others[at]).contains(&"gateway_handover".to_string()));
+    a.term();
     for s in &mut others {
         s.term();
     }

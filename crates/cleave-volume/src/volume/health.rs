@@ -138,6 +138,15 @@ impl Volume {
 }
 
 impl Inner {
+    /// Lets one host request in, unless the volume was handed over.
+    pub(super) async fn enter(&self) -> Result<tokio::sync::RwLockReadGuard<'_, Option<String>>, VolumeError> {
+        let open = self.gate.read().await;
+        match open.as_ref() {
+            Some(why) => Err(VolumeError::Fenced(why.clone())),
+            None => Ok(open),
+        }
+    }
+
     pub(super) fn check_fenced(&self) -> Result<(), VolumeError> {
         match self.fenced.lock().expect("not poisoned").as_ref() {
             Some(why) => Err(VolumeError::Fenced(why.clone())),

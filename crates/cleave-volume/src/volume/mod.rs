@@ -182,6 +182,9 @@ struct Inner {
     me: std::sync::Weak<Inner>,
     /// Set once a newer owner took over: nothing more is read, written or committed.
     fenced: Mutex<Option<String>>,
+    /// Host I/O holds it shared; a handover takes it to wait for I/O in flight, then closes
+    /// it (with the reason) so that no more is taken.
+    gate: tokio::sync::RwLock<Option<String>>,
 }
 
 /// A volume, cheap to clone.
@@ -232,6 +235,7 @@ impl Volume {
     }
 
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, VolumeError> {
+        let _open = self.inner.enter().await?;
         let started = Instant::now();
         let out = self.read_inner(offset, len).await?;
         self.inner.io.read(len as u64, started.elapsed());
@@ -261,6 +265,7 @@ impl Volume {
     }
 
     pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
+        let _open = self.inner.enter().await?;
         let started = Instant::now();
         let len = data.len() as u64;
         self.write_inner(offset, data, fua).await?;
@@ -286,6 +291,7 @@ impl Volume {
 
     /// Zeroes a range. Whole chunks are punched out of the cache and stored as nothing.
     pub async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
+        let _open = self.inner.enter().await?;
         self.check_range(offset, len)?;
         self.inner.check_fenced()?;
         let inner = &self.inner;
@@ -316,7 +322,25 @@ impl Volume {
 
     /// FLUSH: every write completed before it is durable, as the durability mode says.
     pub async fn flush(&self) -> Result<(), VolumeError> {
+        let _open = self.inner.enter().await?;
         self.make_durable(None).await
+    }
+
+    /// Hands the volume over to another gateway with nothing lost: waits for the host I/O in
+    /// flight, refuses any more (with `why`), and destages everything. If that fails, host
+    /// I/O is taken again and the volume goes on here. Then it shuts down (and releases its
+    /// claim on the targets): nothing is dirty any more, so another gateway may take it over
+    /// even if that last step fails.
+    pub async fn hand_over(&self, why: &str, timeout: Duration) -> Result<(), VolumeError> {
+        *self.inner.gate.write().await = Some(why.to_string());
+        if let Err(e) = self.destage_all(timeout).await {
+            *self.inner.gate.write().await = None;
+            return Err(e);
+        }
+        if let Err(e) = self.shutdown(timeout).await {
+            tracing::warn!(volume = %self.inner.config.name, error = %e, "handed over, but not closed cleanly");
+        }
+        Ok(())
     }
 
     async fn make_durable(&self, chunks: Option<Vec<u64>>) -> Result<(), VolumeError> {

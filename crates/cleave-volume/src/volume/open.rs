@@ -112,6 +112,7 @@ impl Volume {
             prefetch: Arc::new(tokio::sync::Semaphore::new(opts.read_parallel.max(1))),
             installs: Arc::new(tokio::sync::Semaphore::new(opts.read_parallel.max(1))),
             fenced: Mutex::new(None),
+            gate: tokio::sync::RwLock::new(None),
             config,
             opts,
         });
