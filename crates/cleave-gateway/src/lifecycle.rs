@@ -56,6 +56,7 @@ impl Gateway {
             // Administering any gateway is administering them all.
             self.access.follow();
             self.users.follow();
+            self.webhook.follow(self.master.clone());
         }
         let stored = self.data.stored_volumes(&self.master)?;
         if stored.is_empty() && demo {

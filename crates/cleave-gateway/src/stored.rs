@@ -104,8 +104,18 @@ impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Stored<T> 
 
     /// Follows the changes other gateways store, from now on, in the background.
     pub fn follow(&self) {
-        let follower =
-            Follower { value: self.value.clone(), version: self.version.clone(), db: self.db.clone(), key: self.key };
+        self.follow_with(|_| {});
+    }
+
+    /// [`Stored::follow`], calling `changed` with each newer value once it is installed.
+    pub fn follow_with(&self, changed: impl Fn(&T) + Send + Sync + 'static) {
+        let follower = Follower {
+            value: self.value.clone(),
+            version: self.version.clone(),
+            db: self.db.clone(),
+            key: self.key,
+            changed: Box::new(changed),
+        };
         tokio::spawn(follower.run());
     }
 }
@@ -115,6 +125,7 @@ struct Follower<T> {
     version: Arc<AtomicU64>,
     db: Arc<dyn ConfigStore>,
     key: &'static str,
+    changed: Box<dyn Fn(&T) + Send + Sync>,
 }
 
 impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
@@ -142,8 +153,9 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
         if version.0 <= self.version.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = install(&mut *guard, &self.version, self.key, bytes, version) {
-            warn!(key = self.key, error = %format!("{e:#}"), "ignoring a stored value that does not parse");
+        match install(&mut *guard, &self.version, self.key, bytes, version) {
+            Ok(()) => (self.changed)(&guard),
+            Err(e) => warn!(key = self.key, error = %format!("{e:#}"), "ignoring a stored value that does not parse"),
         }
     }
 }

@@ -168,6 +168,14 @@ pub fn backoff(failures: u32) -> Duration {
     FIRST_RETRY.saturating_mul(1 << doublings).min(LAST_RETRY)
 }
 
+/// Where a stored setting sends events, its secret opened with `master`.
+fn endpoint_of(saved: &Option<Saved>, master: &MasterKey) -> anyhow::Result<Option<Endpoint>> {
+    let Some(s) = saved else { return Ok(None) };
+    let plain = master.open_bytes(PURPOSE, &s.secret).context("opening the webhook's secret")?;
+    let secret = Zeroizing::new(String::from_utf8(plain.to_vec()).context("the webhook's secret")?);
+    Ok(Some(Endpoint { url: s.url.clone(), secret }))
+}
+
 /// The scheme, host and port of a URL: what logs and events say of it (its path or query
 /// may carry a token).
 pub fn origin(url: &str) -> String {
@@ -194,14 +202,7 @@ impl Notifier {
     /// The webhook stored in `data`, its secret opened with `master`.
     pub(crate) fn load(data: &DataDir, master: &MasterKey) -> anyhow::Result<Arc<Notifier>> {
         let saved: Stored<Option<Saved>> = Stored::load(data, KEY, || Ok(None))?;
-        let endpoint = match &*saved.read() {
-            Some(s) => {
-                let plain = master.open_bytes(PURPOSE, &s.secret).context("opening the webhook's secret")?;
-                let secret = Zeroizing::new(String::from_utf8(plain.to_vec()).context("the webhook's secret")?);
-                Some(Arc::new(Endpoint { url: s.url.clone(), secret }))
-            }
-            None => None,
-        };
+        let endpoint = endpoint_of(&saved.read(), master)?.map(Arc::new);
         Ok(Arc::new(Notifier {
             saved,
             endpoint: RwLock::new(endpoint),
@@ -212,6 +213,18 @@ impl Notifier {
             counters: Counters::default(),
             last_error: Mutex::new(None),
         }))
+    }
+
+    /// Follows the setting other gateways of the appliance store.
+    pub(crate) fn follow(self: &Arc<Self>, master: MasterKey) {
+        let me = Arc::downgrade(self);
+        self.saved.follow_with(move |saved| {
+            let Some(me) = me.upgrade() else { return };
+            match endpoint_of(saved, &master) {
+                Ok(endpoint) => me.point_at(endpoint),
+                Err(e) => warn!(error = %format!("{e:#}"), "ignoring a webhook setting that does not open"),
+            }
+        });
     }
 
     fn endpoint(&self) -> Option<Arc<Endpoint>> {

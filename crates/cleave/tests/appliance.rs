@@ -1,8 +1,8 @@
 //! Gateways on one etcd are one appliance (docs/appliance.md): each volume is served by one
 //! gateway, its primary, which holds it under an etcd lease. Two real `cleave serve`
 //! processes and a real etcd:
-//! - the second gateway knows the first one's volume and names its primary, and a client or a
-//!   user added through either gateway is seen by the other within a second;
+//! - the second gateway knows the first one's volume and names its primary, and a client, a
+//!   user or the webhook set through either gateway is seen by the other within a second;
 //! - the primary is killed right after a flush: the other takes the volumes over within its
 //!   lease and serves every flushed write, of a `local` volume too;
 //! - the new primary is paused (SIGSTOP) past its lease: the first gateway, restarted, takes
@@ -52,6 +52,13 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     assert!(seen < Duration::from_secs(1), "seen after {seen:?}");
     b.cli_ok(&["user", "add", "ops", "--role", "viewer"]);
     wait_for("a to see b's new user", Duration::from_secs(5), || a.cli_ok(&["user", "list"]).contains("ops"));
+    // The webhook too: set on one gateway, every gateway sends its events there.
+    let hook = "http://127.0.0.1:9/cleave-events";
+    a.cli_ok(&["webhook", "set", hook]);
+    let webhook_url = |s: &Serve| s.api("/webhook")["url"].as_str().map(str::to_string);
+    wait_for("b to follow a's webhook", Duration::from_secs(5), || webhook_url(&b).as_deref() == Some(hook));
+    b.cli_ok(&["webhook", "remove"]);
+    wait_for("a to follow b's removal", Duration::from_secs(5), || webhook_url(&a).is_none());
     let refused = b.cli(&["volume", "delete", "v"]);
     assert!(!refused.status.success(), "a volume is deleted on its primary only");
     write_flush(&a, 0x0a, 0);
