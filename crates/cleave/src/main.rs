@@ -69,11 +69,13 @@ fn init_logging(format: LogFormat) {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the embedded default: gateway, admin API and directory targets in one process.
-    /// This is the gateway: it serves the volumes over NBD.
-    #[command(after_help = serve::ENVIRONMENT)]
+    /// This is the gateway: it serves the volumes over NBD. Also `cleave gateway`: with
+    /// --etcd, gateways on one etcd are one appliance (docs/appliance.md).
+    #[command(after_help = serve::ENVIRONMENT, visible_alias = "gateway")]
     Serve(Box<serve::ServeArgs>),
-    /// Run control alone: the admin API and the node pool, without NBD; `cleave control list`
-    /// lists the child controls registered with it.
+    /// Run control alone: the admin API and the node pool, without NBD (with --etcd, on an
+    /// appliance's configuration database); `cleave control list` lists the child controls
+    /// registered with it.
     #[command(after_help = serve::ENVIRONMENT)]
     Control(ControlCommand),
     /// Run a storage node that registers itself with control; `cleave node list` lists them.

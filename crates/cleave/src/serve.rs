@@ -44,13 +44,8 @@ pub struct ServeArgs {
     /// addresses, the host name and the NBD address are always in it).
     #[arg(long = "tls-name")]
     pub tls_names: Vec<String>,
-    /// Keep the configuration database in etcd (client URLs, comma-separated) instead of
-    /// DATA_DIR/config.redb; keys, caches and targets stay in the data directory.
-    #[arg(long)]
-    pub etcd: Option<String>,
-    /// The prefix of this appliance's keys in etcd.
-    #[arg(long, default_value = "cleave/")]
-    pub etcd_namespace: String,
+    #[command(flatten)]
+    pub etcd: EtcdFlags,
     /// With --etcd: the time to live of this gateway's lease (seconds). Gateways on one etcd
     /// namespace are one appliance (docs/appliance.md); a gateway that cannot renew its lease
     /// stops serving within three quarters of this, and another takes its volumes over.
@@ -62,6 +57,30 @@ pub struct ServeArgs {
     pub mirror: MirrorFlags,
     #[command(flatten)]
     pub config: crate::config::ConfigFlag,
+}
+
+/// The configuration database in etcd, shared by the gateways (and controls) of an appliance.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EtcdFlags {
+    /// Keep the configuration database in etcd (client URLs, comma-separated) instead of
+    /// DATA_DIR/config.redb; keys, caches and targets stay in the data directory.
+    #[arg(long)]
+    pub etcd: Option<String>,
+    /// The prefix of this appliance's keys in etcd.
+    #[arg(long, default_value = "cleave/")]
+    pub etcd_namespace: String,
+}
+
+impl EtcdFlags {
+    /// The stores in `data_dir`, the configuration database in etcd if one is named.
+    fn open(&self, data_dir: PathBuf) -> Result<Stores> {
+        let Some(urls) = &self.etcd else { return Ok(Stores::open(data_dir)?) };
+        let mut opts = EtcdOptions::new(urls);
+        opts.namespace = self.etcd_namespace.clone();
+        let etcd = EtcdStore::connect(opts)?;
+        info!(etcd = %urls, namespace = %self.etcd_namespace, "configuration database in etcd");
+        Ok(Stores::load(DataDir::with_config(data_dir, Arc::new(etcd))?)?)
+    }
 }
 
 /// Mirroring to and from peer gateways (docs/mirroring.md).
@@ -154,6 +173,8 @@ pub struct ControlArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
     #[command(flatten)]
+    pub etcd: EtcdFlags,
+    #[command(flatten)]
     pub control: ControlFlags,
     #[command(flatten)]
     pub config: crate::config::ConfigFlag,
@@ -181,25 +202,21 @@ impl HttpTls {
 
 /// `cleave control`: the API and the node pool, without an NBD front end.
 pub async fn control(args: ControlArgs) -> Result<()> {
-    let stores = Stores::open(args.data_dir)?;
+    let stores = args.etcd.open(args.data_dir)?;
     let front = FrontEnds { nbd: None, iscsi: None, http: args.http };
     run(stores, front, ByteSize(1 << 30), args.control, Vec::new(), None, None).await
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let mirror = args.mirror.config();
-    let (stores, appliance) = match &args.etcd {
-        None => (Stores::open(args.data_dir)?, None),
-        Some(urls) => {
-            let mut opts = EtcdOptions::new(urls);
-            opts.namespace = args.etcd_namespace.clone();
-            let etcd = EtcdStore::connect(opts)?;
-            info!(etcd = %urls, namespace = %args.etcd_namespace, "configuration database in etcd");
-            let stores = Stores::load(DataDir::with_config(args.data_dir, Arc::new(etcd))?)?;
+    let stores = args.etcd.open(args.data_dir)?;
+    let appliance = match &args.etcd.etcd {
+        None => None,
+        Some(_) => {
             let (store, me) = (stores.data.config.clone(), stores.data.gateway_id()?);
             let appliance = Appliance::join(store, me.clone(), Duration::from_secs(args.lease_secs.max(2)))?;
             println!("gateway: {me}");
-            (stores, Some(Arc::new(appliance)))
+            Some(Arc::new(appliance))
         }
     };
     let iscsi = args.iscsi.map(|addr| (addr, args.iscsi_iqn_base.clone()));

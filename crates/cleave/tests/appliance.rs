@@ -59,6 +59,12 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     wait_for("b to follow a's webhook", Duration::from_secs(5), || webhook_url(&b).as_deref() == Some(hook));
     b.cli_ok(&["webhook", "remove"]);
     wait_for("a to follow b's removal", Duration::from_secs(5), || webhook_url(&a).is_none());
+    // A control on the appliance's etcd administers the same volumes and users.
+    let control = control_on(&etcd.endpoints(), &dir.path().join("control"), &dir.path().join("a"));
+    let listed = control.list(&["volume", "list"]);
+    assert!(listed.contains("v") && listed.contains("loc"), "{listed}");
+    assert!(control.list(&["user", "list"]).contains("ops"));
+    drop(control);
     let refused = b.cli(&["volume", "delete", "v"]);
     assert!(!refused.status.success(), "a volume is deleted on its primary only");
     write_flush(&a, 0x0a, 0);
@@ -185,4 +191,51 @@ fn the_first_secondary_takes_a_volume_over_in_the_order_an_administrator_set() {
     for s in &mut others {
         s.term();
     }
+}
+
+/// `cleave control --etcd`, with the first gateway's master key (and its own admin token).
+struct Control {
+    child: std::process::Child,
+    http: u16,
+    token: std::path::PathBuf,
+}
+
+impl Control {
+    fn list(&self, args: &[&str]) -> String {
+        let server = format!("http://127.0.0.1:{}", self.http);
+        let out = std::process::Command::new(common::CLEAVE)
+            .args(args)
+            .args(["--server", &server, "--token-file"])
+            .arg(&self.token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn control_on(endpoints: &str, data: &std::path::Path, first: &std::path::Path) -> Control {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::copy(first.join("master.key"), data.join("master.key")).unwrap();
+    let http = common::free_port();
+    let autoconfig = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = std::process::Command::new(common::CLEAVE)
+        .args(["control", "--etcd", endpoints, "--etcd-namespace", "appliance/", "--data-dir"])
+        .arg(data)
+        .args(["--http", &format!("127.0.0.1:{http}"), "--autoconfig", &format!("127.0.0.1:{autoconfig}")])
+        .env("CLEAVE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_started(&mut child);
+    Control { child, http, token: data.join("admin.token") }
 }

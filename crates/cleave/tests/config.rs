@@ -45,6 +45,7 @@ fn start(data: &Path, http_port: u16, args: &[String], env: &[(&str, &str)], log
         extra: Vec::new(),
         env: Vec::new(),
         netns: None,
+        subcommand: "serve",
     }
 }
 

@@ -13,7 +13,7 @@ const MIB: u64 = 1 << 20;
 pub const LEASE_SECS: &str = "3";
 pub const LEASE: Duration = Duration::from_secs(3);
 
-/// A gateway of the appliance on etcd `endpoints`; `key_from` gives it the first gateway's
+/// A gateway of the appliance on etcd `endpoints` (`cleave gateway`); `key_from` gives it the first gateway's
 /// master key (how an administrator adds a gateway: docs/appliance.md).
 pub fn member(root: &Path, name: &str, endpoints: &str, key_from: Option<&Path>) -> Serve {
     member_in(None, root, name, endpoints, key_from)
@@ -28,10 +28,7 @@ pub fn member_in(netns: Option<&str>, root: &Path, name: &str, endpoints: &str, 
         std::fs::copy(first.join("master.key"), data.join("master.key")).unwrap();
     }
     let args = ["--etcd", endpoints, "--etcd-namespace", "appliance/", "--lease-secs", LEASE_SECS];
-    match netns {
-        Some(ns) => Serve::start_in(ns, &data, &args),
-        None => Serve::start(&data, &args),
-    }
+    Serve::start_gateway(netns, &data, &args)
 }
 
 pub fn gateway_id(s: &Serve) -> String {

@@ -30,6 +30,8 @@ pub struct Serve {
     /// The network namespace it runs in (see `netns::Lab`); its HTTP and NBD listeners on
     /// 127.0.0.1 are then only reachable from inside, so `cli` and `api` run there too.
     pub netns: Option<String>,
+    /// `serve`, or `gateway` (the same command under the name appliances use).
+    pub subcommand: &'static str,
 }
 
 impl Serve {
@@ -46,8 +48,22 @@ impl Serve {
         Self::launch(Some(ns), data, extra, &[])
     }
 
+    /// A gateway of an appliance: `cleave gateway`, inside `netns` when one is given.
+    pub fn start_gateway(netns: Option<&str>, data: &Path, extra: &[&str]) -> Serve {
+        let mut s = Self::unstarted(netns, data, extra, &[]);
+        s.subcommand = "gateway";
+        s.spawn();
+        s
+    }
+
     fn launch(netns: Option<&str>, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
-        let mut s = Serve {
+        let mut s = Self::unstarted(netns, data, extra, env);
+        s.spawn();
+        s
+    }
+
+    fn unstarted(netns: Option<&str>, data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Serve {
+        Serve {
             child: None,
             data: data.to_path_buf(),
             nbd_port: free_port(),
@@ -55,16 +71,15 @@ impl Serve {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             netns: netns.map(str::to_string),
-        };
-        s.spawn();
-        s
+            subcommand: "serve",
+        }
     }
 
     fn spawn(&mut self) {
         // `ip netns exec` execs cleave: the child's pid is cleave's, so signals reach it.
         let mut child = self
             .command(CLEAVE)
-            .arg("serve")
+            .arg(self.subcommand)
             .arg("--data-dir")
             .arg(&self.data)
             .args(self.nbd_args())
