@@ -1,5 +1,5 @@
 //! Access control at the gateway: the registry of clients and groups (key `access` of the
-//! configuration database), control's CA under `DIR/tls/`, the NBD TLS configuration,
+//! configuration database), the CA (`crate::authority`), the NBD TLS configuration,
 //! and [`Guarded`], the device wrapper that checks the caller's rights on every request.
 //!
 //! Identity: a verified client certificate whose fingerprint is in the registry names a
@@ -9,13 +9,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use cleave_control::access::{Identity, Registry, Rights, LOCAL_GROUP};
 use cleave_control::ca::{self, Ca};
 use cleave_nbd::{BlockDevice, BlockError, Peer, PeerAddr, Refusal};
+use cleave_split::keys::MasterKey;
 
-use crate::data_dir::{random_hex, write_private, DataDir, Stored};
+use crate::data_dir::{DataDir, Stored};
 
 /// Key of the registry in the configuration database.
 const KEY: &str = "access";
@@ -27,23 +28,9 @@ pub struct AccessControl {
 }
 
 impl AccessControl {
-    /// Loads the registry and the CA, creating both on first run.
-    pub fn load(data: &DataDir) -> Result<Self> {
-        let tls = data.root.join("tls");
-        std::fs::create_dir_all(&tls)?;
-        let (cert, key, id) = (tls.join("ca.crt"), tls.join("ca.key"), tls.join("ca.id"));
-        let ca = if cert.exists() {
-            let id = std::fs::read_to_string(&id).context("reading tls/ca.id")?;
-            let key_pem = zeroize::Zeroizing::new(std::fs::read_to_string(&key).context("reading tls/ca.key")?);
-            Ca::load(id.trim(), &std::fs::read_to_string(&cert)?, &key_pem).context("loading the CA")?
-        } else {
-            let name = random_hex(8)?;
-            let (ca, key_pem) = Ca::generate(&name)?;
-            write_private(&key, key_pem.as_bytes())?;
-            std::fs::write(&id, format!("{name}\n"))?;
-            std::fs::write(&cert, ca.cert_pem())?;
-            ca
-        };
+    /// Loads the registry and the CA (`crate::authority`), creating both on first run.
+    pub fn load(data: &DataDir, master: &MasterKey) -> Result<Self> {
+        let ca = crate::authority::load(data, master)?;
         let registry = Stored::load(data, KEY, || {
             let mut r = Registry::default();
             r.add_group(LOCAL_GROUP)?;

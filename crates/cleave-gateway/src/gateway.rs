@@ -74,7 +74,7 @@ impl Stores {
     pub fn load(data: DataDir) -> Result<Self> {
         let master = data.master_key()?;
         data.group_key(&master, LOCAL_GROUP)?;
-        let access = Arc::new(AccessControl::load(&data)?);
+        let access = Arc::new(AccessControl::load(&data, &master)?);
         let token = data.admin_token()?;
         let users = UserStore::load(&data)?;
         let tasks = TaskHistory::load(data.config.clone())?;

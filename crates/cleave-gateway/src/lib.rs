@@ -6,6 +6,8 @@
 pub mod access;
 /// Several gateways on one etcd: which one serves each volume, leases, fencing, takeover.
 pub mod appliance;
+/// The CA of client and listener certificates, one for the gateways of an appliance.
+mod authority;
 /// The data directory: keys, tokens, the configuration database, caches, default targets.
 pub mod data_dir;
 /// A volume as an NBD block device.

@@ -2,7 +2,8 @@
 //! gateway, its primary, which holds it under an etcd lease. Two real `cleave serve`
 //! processes and a real etcd:
 //! - the second gateway knows the first one's volume and names its primary, and a client, a
-//!   user or the webhook set through either gateway is seen by the other within a second;
+//!   user or the webhook set through either gateway is seen by the other within a second, and
+//!   both have one CA: a client's certificate from one opens its volume on the other;
 //! - the primary is killed right after a flush: the other takes the volumes over within its
 //!   lease and serves every flushed write, of a `local` volume too;
 //! - the new primary is paused (SIGSTOP) past its lease: the first gateway, restarted, takes
@@ -22,7 +23,7 @@ use cleave_control::config::testing::EtcdCluster;
 use common::appliance::{
     acknowledges, chunk_is, event_kinds, gateway_id, member, one_at_a_time, served_here, signal, wait_for,
 };
-use common::{nbdcopy_image, nbdsh, qemu_io, Serve};
+use common::{nbdcopy_image, nbdsh, qemu_io, tls_uri, Serve};
 
 const MIB: u64 = 1 << 20;
 
@@ -49,6 +50,12 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     a.cli_ok(&["client", "add", "host1", "--out", creds.to_str().unwrap()]);
     let seen =
         wait_for("b to see a's new client", Duration::from_secs(5), || b.cli_ok(&["client", "list"]).contains("host1"));
+    // One CA for the appliance: host1's certificate, issued by A, will open v on B.
+    let ca = |s: &Serve| std::fs::read(s.data.join("tls/ca.crt")).unwrap();
+    assert!(ca(&a) == ca(&b), "the gateways of an appliance have different CAs");
+    a.cli_ok(&["group", "add", "hosts"]);
+    a.cli_ok(&["group", "join", "hosts", "host1"]);
+    a.cli_ok(&["group", "grant", "hosts", "v"]);
     assert!(seen < Duration::from_secs(1), "seen after {seen:?}");
     b.cli_ok(&["user", "add", "ops", "--role", "viewer"]);
     wait_for("a to see b's new user", Duration::from_secs(5), || a.cli_ok(&["user", "list"]).contains("ops"));
@@ -79,6 +86,9 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     eprintln!("failover after the kill: {took:?}");
     let image = nbdcopy_image(&b.uri("v"), dir.path());
     assert!(chunk_is(&image, 0, 0x0a), "a flushed write was lost in the failover");
+    // A host with A's certificate reattaches to B over TLS.
+    let over_tls = nbdcopy_image(&tls_uri(b.nbd_port, "v", &creds), dir.path());
+    assert!(over_tls == image, "the image read over TLS on the new primary differs");
     wait_for("gateway b to take loc over", Duration::from_secs(30), || served_here(&b, "loc"));
     let image = nbdcopy_image(&b.uri("loc"), dir.path());
     assert!(chunk_is(&image, 0, 12), "a flushed write to a local volume was lost in the failover");
