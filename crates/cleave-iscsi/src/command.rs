@@ -2,17 +2,15 @@
 //! immediate and unsolicited data, R2T for the rest, tasks started as their attributes allow,
 //! Data-In with the status in the last PDU, residual counts.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::task::JoinError;
 
 use crate::login::SessionType;
 use crate::pdu::{Opcode, Pdu};
 use crate::scsi::{self, Outcome, Sense, Status};
 use crate::session::{Flow, RejectReason, Session, NO_TAG};
-use crate::task::{Attr, Stage, Task};
-
-/// What a task's run ends with: its outcome, and whether it had data-out.
-pub type Done = (Outcome, bool);
+use crate::task::{Attr, Done, Stage, Task};
+use crate::write::{Phase, WriteTask};
 
 /// TASK SET FULL: the initiator retries later.
 fn busy() -> Outcome {
@@ -24,71 +22,6 @@ fn busy() -> Outcome {
 fn spdtl(cdb: &[u8], had_data: bool) -> Option<u64> {
     let wanted = scsi::io::data_out_len(cdb);
     (had_data || wanted != 0).then_some(wanted)
-}
-
-/// The part of a command the target still expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Unsolicited Data-Out up to this offset (the first burst).
-    Unsolicited { until: u32 },
-    /// Data for the outstanding R2T.
-    Solicited { ttt: u32, until: u32 },
-}
-
-/// A write waiting for its data.
-pub struct WriteTask {
-    /// Data as it came: joined once, when complete.
-    parts: Vec<Bytes>,
-    /// Bytes received so far; data arrives in order (DataPDUInOrder=Yes).
-    received: u32,
-    phase: Phase,
-    data_sn: u32,
-    r2t_sn: u32,
-}
-
-impl WriteTask {
-    fn until(&self) -> u32 {
-        match self.phase {
-            Phase::Unsolicited { until } | Phase::Solicited { until, .. } => until,
-        }
-    }
-
-    fn take_data(&mut self) -> Bytes {
-        match self.parts.len() {
-            0 => Bytes::new(),
-            1 => self.parts.remove(0),
-            _ => {
-                let mut buf = BytesMut::with_capacity(self.received as usize);
-                self.parts.drain(..).for_each(|p| buf.extend_from_slice(&p));
-                buf.freeze()
-            }
-        }
-    }
-
-    /// Takes a Data-Out: whether it ended a sequence, or an error when it does not fit.
-    fn accept(&mut self, p: &Pdu) -> Result<bool, ()> {
-        let ttt = match self.phase {
-            Phase::Unsolicited { .. } => NO_TAG,
-            Phase::Solicited { ttt, .. } => ttt,
-        };
-        let (until, offset, len) = (self.until(), p.u32_at(40), p.data.len() as u32);
-        let fits = offset == self.received && offset.checked_add(len).is_some_and(|e| e <= until);
-        if p.field20() != ttt || p.u32_at(36) != self.data_sn || !fits {
-            return Err(());
-        }
-        self.parts.push(p.data.clone());
-        self.received += len;
-        self.data_sn = self.data_sn.wrapping_add(1);
-        if p.final_bit() && self.received < until {
-            // The initiator ended the sequence early: it will never send the rest.
-            return Err(());
-        }
-        let ended = p.final_bit() || self.received == until;
-        if ended && matches!(self.phase, Phase::Unsolicited { .. }) {
-            self.phase = Phase::Unsolicited { until: self.received };
-        }
-        Ok(ended)
-    }
 }
 
 impl Session {

@@ -24,6 +24,7 @@ pub mod session;
 mod task;
 pub mod text;
 mod tmf;
+mod write;
 
 pub use access::{
     Access, Alua, AluaState, Identity, Opened, PortGroup, ReservationType, Reservations, Rights, StaticAccess,

@@ -5,6 +5,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 /// Length of the Basic Header Segment.
+/// The "no tag" value of ITT and TTT fields.
+pub const NO_TAG: u32 = 0xffff_ffff;
+
 pub const BHS_LEN: usize = 48;
 /// Length of one digest on the wire.
 pub const DIGEST_LEN: usize = 4;

@@ -17,19 +17,16 @@ use tokio::task::{JoinError, JoinSet};
 use tracing::debug;
 
 use crate::access::{Access, Identity};
-use crate::command::Done;
 use crate::conn::{self, Out};
 use crate::login::SessionType;
 use crate::negotiate::Params;
 use crate::pdu::{self, Digests, Opcode, Pdu, PduError, BHS_LEN};
 use crate::scsi::{Lu, Nexus};
-use crate::task::{self, TaskSet};
+use crate::task::{self, Done, Fence, TaskSet};
 use crate::text;
-use crate::tmf::Fence;
 use crate::ConnError;
 
-/// The "no tag" value of ITT and TTT fields.
-pub const NO_TAG: u32 = 0xffff_ffff;
+pub use crate::pdu::NO_TAG;
 
 /// Reasons in a Reject PDU (RFC 7143 §11.17.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

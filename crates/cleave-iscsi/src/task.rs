@@ -10,7 +10,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
-use crate::command::WriteTask;
+use crate::pdu::Pdu;
+use crate::scsi::Outcome;
+use crate::write::WriteTask;
+
+/// What a task's run ends with: its outcome, and whether it had data-out.
+pub type Done = (Outcome, bool);
+
+/// A response that waits for aborted tasks to end.
+pub(crate) struct Fence {
+    pub(crate) waiting: Vec<u64>,
+    pub(crate) response: Pdu,
+    /// The connection closes once it is sent.
+    pub(crate) close: bool,
+}
 
 /// The task attribute of a SCSI Command PDU (RFC 7143 §11.3.1). Untagged and ACA tasks are
 /// treated as SIMPLE: NACA is not supported, so no ACA condition exists.

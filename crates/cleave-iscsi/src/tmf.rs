@@ -5,15 +5,7 @@
 
 use crate::pdu::{Opcode, Pdu};
 use crate::session::{sn_after, Flow, Session, NO_TAG};
-use crate::task::Stage;
-
-/// A response that waits for aborted tasks to end.
-pub struct Fence {
-    waiting: Vec<u64>,
-    response: Pdu,
-    /// The connection closes once it is sent.
-    close: bool,
-}
+use crate::task::{Fence, Stage};
 
 /// A NOP-Out that needs no answer, standing in for a command at `cmd_sn`: the CmdSN counts as
 /// received, so the commands behind it are not held up.
