@@ -140,7 +140,11 @@ impl Gateway {
         // The stored superblock is read again: a grant may have changed it since.
         let sb = match self.data.load_volume(&self.master, name) {
             Ok(Some(sb)) => sb,
-            Ok(None) => return,
+            // Deleted (through another gateway of the appliance).
+            Ok(None) => {
+                self.unopened.write().expect("not poisoned").remove(name);
+                return;
+            }
             Err(e) => return self.still_unopened(name, format!("{e:#}")),
         };
         let v = match self.open_here(&sb).await {

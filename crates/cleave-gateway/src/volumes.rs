@@ -371,6 +371,9 @@ impl Gateway {
         self.delete_locked(name).await?;
         if let Some(a) = &self.appliance {
             a.release(name);
+            if let Err(e) = a.set_preferred(name, &[]) {
+                warn!(volume = name, error = %e, "cannot drop the order of a deleted volume");
+            }
         }
         Ok(())
     }

@@ -197,6 +197,15 @@ fn the_first_secondary_takes_a_volume_over_in_the_order_an_administrator_set() {
     assert!(!acked, "the old primary acknowledged a write after the switchover: {text}");
     assert!(event_kinds(&a).contains(&"gateway_handover".to_string()));
     assert!(event_kinds(&others[at]).contains(&"gateway_handover".to_string()));
+    // A deleted volume's order goes with it: a new volume of that name stays where it is made.
+    a.cli_ok(&["volume", "delete", "v"]);
+    let listed = |s: &Serve| s.api("/volumes").as_array().unwrap().iter().any(|x| x["name"] == "v");
+    wait_for("the deletion to be seen on every gateway", Duration::from_secs(10), || {
+        !listed(&others[0]) && !listed(&others[1])
+    });
+    others[at].cli_ok(&["volume", "create", "v", "--size", "4MiB"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(served_here(&others[at], "v"), "a new volume took the order of a deleted one of its name");
     a.term();
     for s in &mut others {
         s.term();
