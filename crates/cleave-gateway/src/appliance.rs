@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use cleave_control::config::{ConfigError, ConfigStore, Lease};
 use cleave_control::placement;
-use tracing::info;
+use tracing::{info, warn};
 
 const OWNER: &str = "owner/";
 const MEMBERS: &str = "members/";
@@ -31,6 +31,9 @@ const ORDER: &str = "order/";
 const TURN: Duration = Duration::from_secs(2);
 /// A gateway that passed a volume on leaves it to the others this long.
 const PASSED_FOR: Duration = Duration::from_secs(10);
+/// How long the members and orders read from the store serve placement decisions: listing
+/// or claiming many volumes reads them once, not once per volume.
+const DIRECTORY_FOR: Duration = Duration::from_secs(1);
 
 fn owner_key(volume: &str) -> String {
     format!("{OWNER}{volume}")
@@ -50,6 +53,14 @@ pub struct Appliance {
     ttl: Duration,
     lease: Mutex<Held>,
     turns: Mutex<Turns>,
+    directory: Mutex<Option<Arc<Directory>>>,
+}
+
+/// The members and the administrators' orders, as read at one moment.
+struct Directory {
+    read: Instant,
+    members: Vec<String>,
+    orders: HashMap<String, Vec<String>>,
 }
 
 /// Per volume without a primary: since when it has none, and when this gateway passed it on.
@@ -90,7 +101,7 @@ impl Appliance {
         }
         register(store.as_ref(), &me, lease)?;
         let held = Mutex::new(Held { lease, lapsed: false, renewed: sent });
-        Ok(Appliance { store, me, ttl, lease: held, turns: Mutex::default() })
+        Ok(Appliance { store, me, ttl, lease: held, turns: Mutex::default(), directory: Mutex::default() })
     }
 
     pub fn ttl(&self) -> Duration {
@@ -111,10 +122,35 @@ impl Appliance {
         Ok(self.store.scan(MEMBERS)?.into_iter().map(|e| String::from_utf8_lossy(&e.value).into_owned()).collect())
     }
 
-    /// The gateways an administrator put first for `volume`.
-    pub fn preferred(&self, volume: &str) -> Result<Vec<String>, ConfigError> {
-        let Some(raw) = self.store.get_value(&format!("{ORDER}{volume}"))? else { return Ok(Vec::new()) };
-        serde_json::from_slice(&raw).map_err(|e| ConfigError::Invalid(format!("{ORDER}{volume}: {e}")))
+    /// The members and orders, read again when older than [`DIRECTORY_FOR`].
+    fn directory(&self) -> Result<Arc<Directory>, ConfigError> {
+        if let Some(d) = self.directory.lock().expect("not poisoned").as_ref() {
+            if d.read.elapsed() < DIRECTORY_FOR {
+                return Ok(d.clone());
+            }
+        }
+        let read = Instant::now();
+        let members = self.members()?;
+        let mut orders = HashMap::new();
+        for e in self.store.scan(ORDER)? {
+            let volume = e.key.strip_prefix(ORDER).unwrap_or(&e.key).to_string();
+            match serde_json::from_slice(&e.value) {
+                Ok(order) => {
+                    orders.insert(volume, order);
+                }
+                // One bad entry must not stop the placement of every other volume.
+                Err(err) => warn!(key = %e.key, error = %err, "an order that is not a list of gateways; ignored"),
+            }
+        }
+        let d = Arc::new(Directory { read, members, orders });
+        *self.directory.lock().expect("not poisoned") = Some(d.clone());
+        Ok(d)
+    }
+
+    /// The first live gateway of those an administrator put first for `volume`.
+    pub fn preferred_live(&self, volume: &str) -> Result<Option<String>, ConfigError> {
+        let d = self.directory()?;
+        Ok(d.orders.get(volume).and_then(|order| order.iter().find(|g| d.members.contains(g))).cloned())
     }
 
     /// Puts `gateways` first, in this order, for `volume` (empty: placement alone decides).
@@ -126,12 +162,15 @@ impl Appliance {
             let raw = serde_json::to_vec(gateways).map_err(|e| ConfigError::Invalid(e.to_string()))?;
             self.store.put(&key, &raw)?;
         }
+        *self.directory.lock().expect("not poisoned") = None;
         Ok(())
     }
 
     /// The live gateways in the order they serve `volume`.
     pub fn order_of(&self, volume: &str) -> Result<Vec<String>, ConfigError> {
-        Ok(placement::gateway_order(volume, &self.members()?, &self.preferred(volume)?))
+        let d = self.directory()?;
+        let preferred = d.orders.get(volume).map(Vec::as_slice).unwrap_or_default();
+        Ok(placement::gateway_order(volume, &d.members, preferred))
     }
 
     /// Whether this gateway may claim `volume`, which has no primary: the first of its order

@@ -57,10 +57,13 @@ fn adopt(tls: &Path, master: &MasterKey, raw: &[u8]) -> Result<Ca> {
     let key_pem = Zeroizing::new(String::from_utf8(key_pem.to_vec()).context("the CA key")?);
     let ca = Ca::load(&shared.id, &shared.cert_pem, &key_pem).context("loading the CA")?;
     let cert = tls.join("ca.crt");
-    if std::fs::read_to_string(&cert).is_ok_and(|had| had != shared.cert_pem) {
-        warn!(
+    match std::fs::read_to_string(&cert) {
+        // The copy is current: nothing to write (a start rewrites no key file).
+        Ok(had) if had == shared.cert_pem => return Ok(ca),
+        Ok(_) => warn!(
             "this gateway's own CA gives way to the appliance's: certificates it issued before no longer open anything"
-        );
+        ),
+        Err(_) => {}
     }
     write_private(&tls.join("ca.key"), key_pem.as_bytes())?;
     std::fs::write(tls.join("ca.id"), format!("{}\n", shared.id))?;

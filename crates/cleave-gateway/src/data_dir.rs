@@ -138,6 +138,13 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether `s` has the form of a gateway's identity: `gateway-` and letters, digits or dashes.
+pub fn is_gateway_id(s: &str) -> bool {
+    s.len() <= 64
+        && s.strip_prefix("gateway-")
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
 /// `bytes` random bytes as hex: tokens, passwords, names.
 pub fn random_hex(bytes: usize) -> Result<String> {
     let mut raw = vec![0u8; bytes];
@@ -202,7 +209,8 @@ impl DataDir {
     pub fn gateway_id(&self) -> Result<String> {
         let path = self.root.join("gateway.id");
         match fs::read_to_string(&path) {
-            Ok(id) => Ok(id.trim().to_string()),
+            Ok(id) if is_gateway_id(id.trim()) => Ok(id.trim().to_string()),
+            Ok(id) => bail!("{}: {:?} is not a gateway identity (gateway-HEX)", path.display(), id.trim()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let id = format!("gateway-{}", random_hex(8)?);
                 write_private(&path, format!("{id}\n").as_bytes())?;
@@ -450,6 +458,21 @@ pub fn export_master_key(root: &Path, out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_identity_is_made_once_and_a_damaged_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path().to_path_buf()).unwrap();
+        let id = data.gateway_id().unwrap();
+        assert!(is_gateway_id(&id), "{id}");
+        assert_eq!(data.gateway_id().unwrap(), id);
+        for bad in ["", "gateway-", "node-1", "gateway-a/b", "gateway-a b", &format!("gateway-{}", "a".repeat(60))] {
+            assert!(!is_gateway_id(bad), "{bad:?}");
+        }
+        fs::write(dir.path().join("gateway.id"), "../etc\n").unwrap();
+        let e = data.gateway_id().unwrap_err().to_string();
+        assert!(e.contains("not a gateway identity"), "{e}");
+    }
 
     #[test]
     fn files_of_older_data_directories_move_into_the_configuration_database() {

@@ -309,11 +309,8 @@ impl Gateway {
             GatewayError::Invalid("this gateway is not part of an appliance (start it with --etcd)".into())
         })?;
         self.show(volume)?;
-        for g in &order.gateways {
-            if !g.starts_with("gateway-") || g.len() > 64 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            {
-                return Err(GatewayError::Invalid(format!("{g:?} is not a gateway name (see `volume show`)")));
-            }
+        if let Some(g) = order.gateways.iter().find(|g| !crate::data_dir::is_gateway_id(g)) {
+            return Err(GatewayError::Invalid(format!("{g:?} is not a gateway name (see `volume show`)")));
         }
         a.set_preferred(volume, &order.gateways).map_err(anyhow::Error::from)?;
         self.show(volume)
@@ -347,12 +344,9 @@ impl Gateway {
     /// administrator-set order names, when that is another one (a gateway that came back
     /// takes its volumes back; `volume order` moves a volume).
     async fn hand_over_to_preferred(&self, a: &Appliance) {
-        let Ok(members) = a.members() else { return };
         for v in self.served_volumes() {
-            let name = v.config().name.clone();
-            let Ok(preferred) = a.preferred(&name) else { continue };
-            match preferred.into_iter().find(|g| members.contains(g)) {
-                Some(to) if to != a.me() => self.hand_over(a, &v, &to).await,
+            match a.preferred_live(&v.config().name) {
+                Ok(Some(to)) if to != a.me() => self.hand_over(a, &v, &to).await,
                 _ => {}
             }
         }

@@ -100,6 +100,8 @@ struct World {
     /// Targets down by injection.
     injected: BTreeSet<usize>,
     log: Vec<String>,
+    /// The volume of the life under way: what it looked like is reported if the life hangs.
+    open: Option<Volume>,
 }
 
 impl World {
@@ -236,6 +238,7 @@ async fn life(w: &mut World, model: &mut Model, rng: &mut Rng, version: &mut u64
     let v = Volume::open(w.config.clone(), w.keys.clone(), w.targets.clone(), w.opts())
         .await
         .map_err(|e| format!("open: {e}"))?;
+    w.open = Some(v.clone());
     verify_after_crash(&v, model, "after restart").await?;
     // What was read back becomes durable once a FLUSH succeeds (at most one target down).
     let down: Vec<usize> = (0..N).filter(|i| w.moved.contains(i)).collect();
@@ -249,6 +252,8 @@ async fn life(w: &mut World, model: &mut Model, rng: &mut Rng, version: &mut u64
     model.flushed();
     let ops = 5 + rng.below(40);
     for _ in 0..ops {
+        let op_started = std::time::Instant::now();
+        let log_len = w.log.len();
         let r = rng.below(100);
         if r < 55 {
             let first = rng.below(BLOCKS);
@@ -314,9 +319,13 @@ async fn life(w: &mut World, model: &mut Model, rng: &mut Rng, version: &mut u64
             w.log.push("heal".into());
             heal(&v, w).await?;
         }
+        if std::env::var_os("CLEAVE_STRESS_VERBOSE").is_some() && op_started.elapsed() > Duration::from_secs(1) {
+            eprintln!("slow op {:?}: {:?}", op_started.elapsed(), &w.log[log_len..]);
+        }
     }
     // The crash: the runtime goes away wherever its tasks are.
     std::mem::forget(v);
+    std::mem::forget(w.open.take());
     Ok(())
 }
 
@@ -348,6 +357,7 @@ fn run_seed(seed: u64, lives: u64) -> Result<(), String> {
         moved: BTreeSet::new(),
         injected: BTreeSet::new(),
         log: Vec::new(),
+        open: None,
     };
     let mut model = Model {
         durable: vec![0; BLOCKS as usize],
@@ -367,7 +377,13 @@ fn run_seed(seed: u64, lives: u64) -> Result<(), String> {
             match tokio::time::timeout(Duration::from_secs(120), life(&mut w, &mut model, &mut rng, &mut version)).await
             {
                 Ok(r) => r,
-                Err(_) => Err("a life did not finish within 120 s (an operation hangs)".to_string()),
+                Err(_) => Err(format!(
+                    "a life did not finish within 120 s (an operation hangs)\nvolume: {:#?}\ntargets: {:#?}\nmoved {:?}, injected {:?}",
+                    w.open.as_ref().map(|v| v.status()),
+                    w.open.as_ref().map(|v| v.target_reports()),
+                    w.moved,
+                    w.injected
+                )),
             }
         });
         // Blocking target operations finish (a killed process's syscalls do too); nothing
