@@ -10,8 +10,10 @@
 //!
 //! Size: `CLEAVE_STRESS_SEEDS` seeds (default 3) of `CLEAVE_STRESS_LIVES` crashes each
 //! (default 20); `CLEAVE_STRESS_SEED` picks the first seed; `CLEAVE_STRESS_LOG` (a tracing
-//! filter) shows the engine's log. It found a FLUSHed-data loss the process campaign hit
-//! once in CI (a checkpoint written twice deleted itself) within a minute.
+//! filter) shows the engine's log; `CLEAVE_STRESS_VERBOSE` prints each life's end and every
+//! operation slower than a second. It found a FLUSHed-data loss the process campaign hit
+//! once in CI (a checkpoint written twice deleted itself) within a minute, and, in CI, a
+//! volume stuck behind a share its own failed journal commit had left.
 
 mod common;
 

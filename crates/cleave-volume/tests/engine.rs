@@ -250,3 +250,29 @@ async fn a_handed_over_volume_refuses_io_and_leaves_every_write_on_the_targets()
     let next = r.open("c2", |o| o.owner = "b".into()).await;
     assert!(next.read(3 * MIB, MIB as u32).await.unwrap()[..] == pattern(3, MIB as usize)[..]);
 }
+
+/// A failed commit can leave a share of its record behind (a target failed after storing
+/// it, or the delete afterwards failed). The next record must not be stuck behind it: with
+/// exactly the write quorum up, a record name that one of them already holds never commits,
+/// and once the cache filled, writes waited for a destage that never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_of_a_failed_commit_does_not_block_the_next_records() {
+    let r = rig(Durability::Dispersed);
+    let v = r.open("c1", |o| o.flush_timeout = Duration::from_secs(5)).await;
+    write_chunks(&v, &[0]).await;
+    let next = v.status().journal_seq + 1;
+    let name = cleave_volume::meta::names::journal(&r.config.uuid, next);
+    r.targets[2].put(&name, Bytes::from_static(b"a share of a commit that failed")).await.unwrap();
+    // Four targets up: the write quorum of 3-of-5, one of them holding the leftover.
+    r.faults[0].set_down(true);
+    v.write(MIB, Bytes::from(pattern(1, MIB as usize)), false).await.unwrap();
+    let flushed = tokio::time::timeout(Duration::from_secs(60), v.flush()).await.expect("the FLUSH hung");
+    flushed.expect("four targets answer: the FLUSH must reach them");
+    r.faults[0].set_down(false);
+    v.close().await;
+    // The leftover is skipped on replay, and both chunks read back.
+    let v = r.open("c2", |_| {}).await;
+    for c in [0, 1] {
+        assert!(v.read(c * MIB, MIB as u32).await.unwrap() == pattern(c, MIB as usize), "chunk {c}");
+    }
+}

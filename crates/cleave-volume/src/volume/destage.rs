@@ -119,7 +119,7 @@ impl Inner {
             entries: done.iter().map(|(c, m, _)| (*c, m.generation, m.key_id)).collect(),
             missing: done.iter().filter(|(_, _, x)| !x.is_empty()).map(|(c, _, x)| (*c, x.clone())).collect(),
         };
-        let stored = match self.journal().commit(&record).await {
+        let stored = match self.append(&record).await {
             Ok(s) => s,
             Err(e) => {
                 // A record in the way may be a newer owner's: then say so.
@@ -130,8 +130,6 @@ impl Inner {
         let mut old = Vec::new();
         {
             let mut st = self.state.lock().expect("not poisoned");
-            st.next_seq =
-                seq.checked_add(1).ok_or_else(|| VolumeError::Metadata("journal sequence space exhausted".into()))?;
             st.records_since_checkpoint += 1;
             st.journal_degraded |= stored != journal::Stored::Full;
             for ((chunk, mapping, missing), previous) in done.into_iter().zip(current) {
@@ -152,6 +150,20 @@ impl Inner {
             st.last_destage = Some(SystemTime::now());
         }
         Ok(old)
+    }
+
+    /// Commits `record` (numbered `next_seq`); the number is used up even if that fails. A
+    /// failed attempt may leave shares that could not be deleted, and they would stand in
+    /// the way of every later record of that name. Replay skips the gap: what is left there
+    /// is on too few targets to be a commit. Caller holds `commit`.
+    pub(super) async fn append(&self, record: &Record) -> Result<journal::Stored, VolumeError> {
+        let next = record
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| VolumeError::Metadata("journal sequence space exhausted".into()))?;
+        let result = self.journal().commit(record).await;
+        self.state.lock().expect("not poisoned").next_seq = next;
+        result
     }
 
     pub(super) async fn delete_old(&self, old: Vec<(u64, u64)>) {

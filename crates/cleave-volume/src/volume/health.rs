@@ -216,15 +216,11 @@ impl Inner {
             (st.next_seq, st.missing.iter().map(|(c, v)| (*c, v.clone())).collect::<Vec<_>>())
         };
         let record = Record { seq, entries: Vec::new(), missing: lacking, epoch: self.claim.epoch };
-        if let Err(e) = self.journal().commit(&record).await {
+        if let Err(e) = self.append(&record).await {
             warn!(volume = %self.config.name, error = %e, "cannot journal the replaced target yet; it stays unlabeled until then");
             return;
         }
-        {
-            let mut st = self.state.lock().expect("not poisoned");
-            st.next_seq = seq.saturating_add(1);
-            st.records_since_checkpoint += 1;
-        }
+        self.state.lock().expect("not poisoned").records_since_checkpoint += 1;
         if let Err(e) = label::write(&target, &self.keys, &self.uuid, self.volume, i as u8).await {
             warn!(volume = %self.config.name, error = %e, "cannot label the replaced target");
         }
