@@ -14,7 +14,7 @@
 //!   one that cannot open it (it reaches too few targets) releases it, passing it on.
 //! - Without etcd (redb, one process) there is no appliance and every volume is served here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ use tracing::{info, warn};
 const OWNER: &str = "owner/";
 const MEMBERS: &str = "members/";
 const ORDER: &str = "order/";
+/// Per gateway, how many of each volume's targets it reaches (`crate::paths`).
+const PATHS: &str = "paths/";
 
 /// How long each gateway further down a volume's order waits, after the one before it, to
 /// claim a volume that has no primary.
@@ -56,11 +58,13 @@ pub struct Appliance {
     directory: Mutex<Option<Arc<Directory>>>,
 }
 
-/// The members and the administrators' orders, as read at one moment.
+/// The members, the administrators' orders and the members' reach, as read at one moment.
 struct Directory {
     read: Instant,
     members: Vec<String>,
     orders: HashMap<String, Vec<String>>,
+    /// Per member: per volume, how many of its targets that member reaches.
+    reach: HashMap<String, HashMap<String, usize>>,
 }
 
 /// Per volume without a primary: since when it has none, and when this gateway passed it on.
@@ -77,6 +81,12 @@ struct Held {
     lapsed: bool,
     /// When the last successful renewal was sent: the lease lasts at least `ttl` from then.
     renewed: Instant,
+}
+
+impl Directory {
+    fn reaches(&self, gateway: &str, volume: &str, needed: usize) -> bool {
+        self.reach.get(gateway).and_then(|r| r.get(volume)).is_some_and(|n| *n >= needed)
+    }
 }
 
 impl std::fmt::Debug for Appliance {
@@ -142,15 +152,42 @@ impl Appliance {
                 Err(err) => warn!(key = %e.key, error = %err, "an order that is not a list of gateways; ignored"),
             }
         }
-        let d = Arc::new(Directory { read, members, orders });
+        let mut reach = HashMap::new();
+        for e in self.store.scan(PATHS)? {
+            let gateway = e.key.strip_prefix(PATHS).unwrap_or(&e.key);
+            // Reports of gateways that are gone say nothing any more.
+            if members.iter().any(|m| m == gateway) {
+                reach.insert(gateway.to_string(), serde_json::from_slice(&e.value).unwrap_or_default());
+            }
+        }
+        let d = Arc::new(Directory { read, members, orders, reach });
         *self.directory.lock().expect("not poisoned") = Some(d.clone());
         Ok(d)
     }
 
-    /// The first live gateway of those an administrator put first for `volume`.
-    pub fn preferred_live(&self, volume: &str) -> Result<Option<String>, ConfigError> {
+    /// The first live gateway of those an administrator put first for `volume`, if it
+    /// reaches at least `needed` of the volume's targets (one that cannot serve it is skipped:
+    /// handing it over there would only bounce it back).
+    pub fn preferred_live(&self, volume: &str, needed: usize) -> Result<Option<String>, ConfigError> {
         let d = self.directory()?;
-        Ok(d.orders.get(volume).and_then(|order| order.iter().find(|g| d.members.contains(g))).cloned())
+        let Some(order) = d.orders.get(volume) else { return Ok(None) };
+        Ok(order.iter().find(|g| d.members.contains(g)).filter(|g| d.reaches(g, volume, needed)).cloned())
+    }
+
+    /// The first other live gateway in `volume`'s order that reaches at least `needed` of
+    /// its targets, as the gateways last reported.
+    pub fn able_successor(&self, volume: &str, needed: usize) -> Result<Option<String>, ConfigError> {
+        let d = self.directory()?;
+        let preferred = d.orders.get(volume).map(Vec::as_slice).unwrap_or_default();
+        let order = placement::gateway_order(volume, &d.members, preferred);
+        Ok(order.into_iter().find(|g| *g != self.me && d.reaches(g, volume, needed)))
+    }
+
+    /// Publishes how many of each volume's targets this gateway reaches.
+    pub fn report_reach(&self, reach: &BTreeMap<String, usize>) -> Result<(), ConfigError> {
+        let raw = serde_json::to_vec(reach).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.store.put(&format!("{PATHS}{}", self.me), &raw)?;
+        Ok(())
     }
 
     /// Puts `gateways` first, in this order, for `volume` (empty: placement alone decides).

@@ -30,6 +30,9 @@ pub enum EventKind {
     GatewayFenced,
     /// This gateway handed a volume over to the gateway its order names first (planned).
     GatewayHandover,
+    /// This gateway reached too few of a volume's targets and passed it on to one that
+    /// reaches enough.
+    PathLost,
 }
 
 impl EventKind {
@@ -45,6 +48,7 @@ impl EventKind {
             EventKind::GatewayFailover => "gateway_failover".into(),
             EventKind::GatewayFenced => "gateway_fenced".into(),
             EventKind::GatewayHandover => "gateway_handover".into(),
+            EventKind::PathLost => "path_lost".into(),
         }
     }
 }

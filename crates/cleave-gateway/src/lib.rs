@@ -36,6 +36,8 @@ pub mod metrics;
 pub mod mirror;
 /// The node plane's credentials: node CA, enrolment, the gateway's target credentials.
 pub mod nodetls;
+/// Back-end path checks: which targets each gateway reaches; giving up a volume it cannot store.
+mod paths;
 /// The task queue.
 mod queue;
 /// Byte sizes, parsed and shown (`1MiB`, `64 GiB`).

@@ -53,6 +53,7 @@ impl Gateway {
     pub async fn start(self: &Arc<Self>, demo: bool) -> Result<()> {
         if let Some(a) = &self.appliance {
             tokio::spawn(self.clone().keep_lease(a.clone()));
+            tokio::spawn(self.clone().check_paths(a.clone()));
             // Administering any gateway is administering them all.
             self.access.follow();
             self.users.follow();
@@ -345,7 +346,7 @@ impl Gateway {
     /// takes its volumes back; `volume order` moves a volume).
     async fn hand_over_to_preferred(&self, a: &Appliance) {
         for v in self.served_volumes() {
-            match a.preferred_live(&v.config().name) {
+            match a.preferred_live(&v.config().name, v.config().write_quorum()) {
                 Ok(Some(to)) if to != a.me() => self.hand_over(a, &v, &to).await,
                 _ => {}
             }

@@ -46,6 +46,7 @@ fn start(data: &Path, http_port: u16, args: &[String], env: &[(&str, &str)], log
         env: Vec::new(),
         netns: None,
         subcommand: "serve",
+        private_mounts: false,
     }
 }
 

@@ -21,6 +21,18 @@ pub fn member(root: &Path, name: &str, endpoints: &str, key_from: Option<&Path>)
 
 /// The same, inside network namespace `netns` when one is given.
 pub fn member_in(netns: Option<&str>, root: &Path, name: &str, endpoints: &str, key_from: Option<&Path>) -> Serve {
+    member_with(netns, false, root, name, endpoints, key_from)
+}
+
+/// The same, in a mount namespace of its own with `private_mounts` (for [`cut_path`]).
+pub fn member_with(
+    netns: Option<&str>,
+    private_mounts: bool,
+    root: &Path,
+    name: &str,
+    endpoints: &str,
+    key_from: Option<&Path>,
+) -> Serve {
     let data = root.join(name);
     if let Some(first) = key_from {
         std::fs::create_dir_all(&data).unwrap();
@@ -28,7 +40,24 @@ pub fn member_in(netns: Option<&str>, root: &Path, name: &str, endpoints: &str, 
         std::fs::copy(first.join("master.key"), data.join("master.key")).unwrap();
     }
     let args = ["--etcd", endpoints, "--etcd-namespace", "appliance/", "--lease-secs", LEASE_SECS];
-    Serve::start_gateway(netns, &data, &args)
+    Serve::start_gateway_with(netns, &data, &args, private_mounts)
+}
+
+/// Takes directory `dir` away from gateway `s` alone (started with private mounts): an
+/// empty file system is mounted over it in the gateway's mount namespace, as when a mount
+/// is lost. `restore` undoes it.
+pub fn cut_path(s: &Serve, dir: &Path, restore: bool) {
+    assert!(s.private_mounts, "the gateway shares the test's mounts");
+    let pid = s.child.as_ref().unwrap().id().to_string();
+    let mut c = Command::new("nsenter");
+    c.args(["--target", &pid, "--mount", "--"]);
+    if restore {
+        c.arg("umount").arg(dir);
+    } else {
+        c.args(["mount", "-t", "tmpfs", "-o", "size=1m", "cut"]).arg(dir);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 pub fn gateway_id(s: &Serve) -> String {

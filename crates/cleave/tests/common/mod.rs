@@ -32,6 +32,9 @@ pub struct Serve {
     pub netns: Option<String>,
     /// `serve`, or `gateway` (the same command under the name appliances use).
     pub subcommand: &'static str,
+    /// Runs in a mount namespace of its own (`unshare --mount`), so that a test can take
+    /// a directory away from it alone (see `appliance::cut_path`).
+    pub private_mounts: bool,
 }
 
 impl Serve {
@@ -50,8 +53,14 @@ impl Serve {
 
     /// A gateway of an appliance: `cleave gateway`, inside `netns` when one is given.
     pub fn start_gateway(netns: Option<&str>, data: &Path, extra: &[&str]) -> Serve {
+        Self::start_gateway_with(netns, data, extra, false)
+    }
+
+    /// The same, in a mount namespace of its own with `private_mounts`.
+    pub fn start_gateway_with(netns: Option<&str>, data: &Path, extra: &[&str], private_mounts: bool) -> Serve {
         let mut s = Self::unstarted(netns, data, extra, &[]);
         s.subcommand = "gateway";
+        s.private_mounts = private_mounts;
         s.spawn();
         s
     }
@@ -72,13 +81,21 @@ impl Serve {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             netns: netns.map(str::to_string),
             subcommand: "serve",
+            private_mounts: false,
         }
     }
 
     fn spawn(&mut self) {
         // `ip netns exec` execs cleave: the child's pid is cleave's, so signals reach it.
-        let mut child = self
-            .command(CLEAVE)
+        let mut command = if self.private_mounts {
+            // unshare execs cleave too.
+            let mut c = self.command("unshare");
+            c.args(["--mount", "--propagation", "private", "--", CLEAVE]);
+            c
+        } else {
+            self.command(CLEAVE)
+        };
+        let mut child = command
             .arg(self.subcommand)
             .arg("--data-dir")
             .arg(&self.data)

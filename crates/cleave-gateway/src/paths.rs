@@ -1,0 +1,136 @@
+//! Back-end path checks in an appliance (docs/appliance.md): every gateway asks each
+//! volume's targets, served here or not, whether they answer, and publishes how many do.
+//! A primary that reaches too few of a volume's targets to destage (fewer than its write
+//! quorum) for [`LOST_FOR`], while another gateway of its order reaches enough, gives the
+//! volume up to it: fenced here, released and passed on, like an inquiry along the order.
+//!
+//! What was written here and not yet flushed is lost with the path, as with a crash: in an
+//! appliance every FLUSH reaches the targets before it is acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cleave_target::DynTarget;
+use tracing::warn;
+
+use crate::appliance::Appliance;
+use crate::events::EventKind;
+use crate::gateway::{Gateway, Unopened};
+
+/// How often the targets are asked.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How long one target may take to answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// How long a primary tolerates reaching too few targets before it gives the volume up.
+const LOST_FOR: Duration = Duration::from_secs(3);
+
+/// Targets opened for the checks, per volume; and since when each volume served here
+/// reaches too few of them.
+#[derive(Default)]
+struct Checks {
+    targets: HashMap<String, (Vec<String>, Vec<DynTarget>)>,
+    lost_since: HashMap<String, Instant>,
+}
+
+impl Gateway {
+    /// Checks the back-end paths every [`CHECK_EVERY`], publishes what it found, and gives up
+    /// the volumes served here that another gateway can serve better.
+    pub(crate) async fn check_paths(self: Arc<Self>, a: Arc<Appliance>) {
+        let mut checks = Checks::default();
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        loop {
+            tick.tick().await;
+            let reach = self.reach(&mut checks).await;
+            if let Err(e) = a.report_reach(&reach) {
+                warn!(error = %e, "cannot publish which targets this gateway reaches");
+            }
+            self.leave_unreachable(&a, &reach, &mut checks.lost_since).await;
+        }
+    }
+
+    /// Every known volume's target URIs: served ones' from the volume, others' from their
+    /// superblock once read.
+    fn known_targets(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> =
+            self.served_volumes().iter().map(|v| (v.config().name.clone(), v.config().targets.clone())).collect();
+        for (name, u) in self.unopened.read().expect("not poisoned").iter() {
+            if let Some(sb) = &u.sb {
+                out.entry(name.clone()).or_insert_with(|| sb.config.targets.clone());
+            }
+        }
+        out
+    }
+
+    /// How many of each volume's targets answer a health check from here.
+    async fn reach(&self, checks: &mut Checks) -> BTreeMap<String, usize> {
+        let known = self.known_targets();
+        checks.targets.retain(|name, _| known.contains_key(name));
+        let mut asks = Vec::new();
+        for (name, uris) in known {
+            let opened = checks.targets.get(&name).filter(|(had, _)| *had == uris);
+            let targets = match opened {
+                Some((_, t)) => t.clone(),
+                None => {
+                    // A target that cannot even be opened (a bad URI) counts as not reached.
+                    let t: Vec<DynTarget> = uris.iter().filter_map(|u| self.open_target(u).ok()).collect();
+                    checks.targets.insert(name.clone(), (uris, t.clone()));
+                    t
+                }
+            };
+            asks.push(async move { (name, answering(&targets).await) });
+        }
+        futures::future::join_all(asks).await.into_iter().collect()
+    }
+
+    /// Gives up each volume served here that has reached fewer targets than its write
+    /// quorum for [`LOST_FOR`], to the first gateway of its order that reaches enough.
+    async fn leave_unreachable(
+        &self,
+        a: &Appliance,
+        reach: &BTreeMap<String, usize>,
+        lost_since: &mut HashMap<String, Instant>,
+    ) {
+        let served = self.served_volumes();
+        lost_since.retain(|name, _| served.iter().any(|v| v.config().name == *name));
+        for v in served {
+            let (name, needed) = (v.config().name.clone(), v.config().write_quorum());
+            let here = reach.get(&name).copied().unwrap_or(0);
+            if here >= needed {
+                lost_since.remove(&name);
+                continue;
+            }
+            if lost_since.entry(name.clone()).or_insert_with(Instant::now).elapsed() < LOST_FOR {
+                continue;
+            }
+            let Ok(Some(to)) = a.able_successor(&name, needed) else { continue };
+            let why = format!(
+                "{here} of its {} targets answer here, {needed} needed to store; gateway {to} reaches enough",
+                v.config().n
+            );
+            self.give_up(a, &v, &to, &why).await;
+            lost_since.remove(&name);
+        }
+    }
+
+    /// Stops serving `v` here at once (no destage: its targets are out of reach) and passes
+    /// it on; `to` is expected to claim it.
+    async fn give_up(&self, a: &Appliance, v: &cleave_volume::Volume, to: &str, why: &str) {
+        let name = v.config().name.clone();
+        let _admin = self.admin.lock().await;
+        v.fence(why);
+        v.close().await;
+        self.volumes.write().expect("not poisoned").remove(&name);
+        let u = Unopened { sb: None, reason: why.to_string(), primary: Some(to.to_string()) };
+        self.unopened.write().expect("not poisoned").insert(name.clone(), u);
+        a.pass(&name);
+        warn!(volume = %name, to, "{why}: the volume is passed on");
+        self.record(EventKind::PathLost, format!("{name}: {why}; passed on"));
+    }
+}
+
+/// How many of `targets` answer a health check in time.
+async fn answering(targets: &[DynTarget]) -> usize {
+    let asks = targets.iter().map(|t| async move { tokio::time::timeout(ANSWER_WITHIN, t.health()).await });
+    futures::future::join_all(asks).await.into_iter().filter(|r| matches!(r, Ok(Ok(())))).count()
+}
