@@ -213,7 +213,10 @@ impl Appliance {
     /// Whether this gateway may claim `volume`, which has no primary: the first of its order
     /// at once, each next one [`TURN`] after the one before it (that one passed).
     fn my_turn(&self, volume: &str) -> Result<bool, ConfigError> {
-        let order = self.order_of(volume)?;
+        // The members as they are now: a gateway that just died must not keep its turn.
+        let d = self.directory()?;
+        let preferred = d.orders.get(volume).map(Vec::as_slice).unwrap_or_default();
+        let order = placement::gateway_order(volume, &self.members()?, preferred);
         let rank = order.iter().position(|g| *g == self.me).unwrap_or(order.len());
         let others = order.iter().any(|g| *g != self.me);
         let mut turns = self.turns.lock().expect("not poisoned");

@@ -344,9 +344,10 @@ impl Gateway {
     /// Planned switchover: a volume served here goes to the first live gateway its
     /// administrator-set order names, when that is another one (a gateway that came back
     /// takes its volumes back; `volume order` moves a volume).
-    async fn hand_over_to_preferred(&self, a: &Appliance) {
+    async fn hand_over_to_preferred(&self, a: &Arc<Appliance>) {
         for v in self.served_volumes() {
-            match a.preferred_live(&v.config().name, v.config().write_quorum()) {
+            let (a2, name, needed) = (a.clone(), v.config().name.clone(), v.config().write_quorum());
+            match crate::paths::blocking(move || a2.preferred_live(&name, needed)).await {
                 Ok(Some(to)) if to != a.me() => self.hand_over(a, &v, &to).await,
                 _ => {}
             }

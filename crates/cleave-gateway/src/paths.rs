@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cleave_control::config::ConfigError;
 use cleave_target::DynTarget;
 use tracing::warn;
 
@@ -38,12 +39,18 @@ impl Gateway {
     /// the volumes served here that another gateway can serve better.
     pub(crate) async fn check_paths(self: Arc<Self>, a: Arc<Appliance>) {
         let mut checks = Checks::default();
+        let mut published = None;
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
             tick.tick().await;
             let reach = self.reach(&mut checks).await;
-            if let Err(e) = a.report_reach(&reach) {
-                warn!(error = %e, "cannot publish which targets this gateway reaches");
+            // Only changes are written: etcd keeps every revision until it is compacted.
+            if published.as_ref() != Some(&reach) {
+                let (a2, r) = (a.clone(), reach.clone());
+                match blocking(move || a2.report_reach(&r)).await {
+                    Ok(()) => published = Some(reach.clone()),
+                    Err(e) => warn!(error = %e, "cannot publish which targets this gateway reaches"),
+                }
             }
             self.leave_unreachable(&a, &reach, &mut checks.lost_since).await;
         }
@@ -87,7 +94,7 @@ impl Gateway {
     /// quorum for [`LOST_FOR`], to the first gateway of its order that reaches enough.
     async fn leave_unreachable(
         &self,
-        a: &Appliance,
+        a: &Arc<Appliance>,
         reach: &BTreeMap<String, usize>,
         lost_since: &mut HashMap<String, Instant>,
     ) {
@@ -103,7 +110,8 @@ impl Gateway {
             if lost_since.entry(name.clone()).or_insert_with(Instant::now).elapsed() < LOST_FOR {
                 continue;
             }
-            let Ok(Some(to)) = a.able_successor(&name, needed) else { continue };
+            let (a2, volume) = (a.clone(), name.clone());
+            let Ok(Some(to)) = blocking(move || a2.able_successor(&volume, needed)).await else { continue };
             let why = format!(
                 "{here} of its {} targets answer here, {needed} needed to store; gateway {to} reaches enough",
                 v.config().n
@@ -127,6 +135,14 @@ impl Gateway {
         warn!(volume = %name, to, "{why}: the volume is passed on");
         self.record(EventKind::PathLost, format!("{name}: {why}; passed on"));
     }
+}
+
+/// Runs a call to the configuration database off the async workers: while etcd is out of
+/// reach each call blocks for its timeout, and host I/O must not wait behind it.
+pub(crate) async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, ConfigError> + Send + 'static,
+) -> Result<T, ConfigError> {
+    tokio::task::spawn_blocking(call).await.unwrap_or_else(|e| Err(ConfigError::Invalid(format!("{e}"))))
 }
 
 /// How many of `targets` answer a health check in time.

@@ -121,7 +121,8 @@ fn the_primary_keeps_serving_when_the_etcd_leader_dies_and_still_fails_over() {
     a.kill9();
     let took = wait_for("b to take v over", Duration::from_secs(60), || served_here(&b, "v"));
     eprintln!("failover after the kill: {took:?}");
-    assert!(event_kinds(&b).iter().any(|k| k == "gateway_failover"));
+    let kinds = event_kinds(&b);
+    assert!(kinds.iter().any(|k| k == "gateway_failover"), "{kinds:?}");
     let image = nbdcopy_image(&b.uri("v"), dir.path());
     if let Some(at) = first_difference(&image, &want) {
         panic!("v through b after the failover differs at byte {at}: {:#x}, want {:#x}", image[at], want[at]);
