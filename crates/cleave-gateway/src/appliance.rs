@@ -12,6 +12,9 @@
 //!   led by the gateways an administrator named under `order/VOLUME`. When a volume has no
 //!   primary, the first gateway of its order claims it at once and each next one a turn later:
 //!   one that cannot open it (it reaches too few targets) releases it, passing it on.
+//! - Each gateway publishes how many of each volume's targets it reaches (`crate::paths`): a
+//!   primary that reaches too few passes the volume to a gateway that reaches enough, and a
+//!   planned switchover goes only to such a gateway.
 //! - Without etcd (redb, one process) there is no appliance and every volume is served here.
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,8 +36,8 @@ const PATHS: &str = "paths/";
 const TURN: Duration = Duration::from_secs(2);
 /// A gateway that passed a volume on leaves it to the others this long.
 const PASSED_FOR: Duration = Duration::from_secs(10);
-/// How long the members and orders read from the store serve placement decisions: listing
-/// or claiming many volumes reads them once, not once per volume.
+/// How long the members, orders and path reports read from the store serve placement
+/// decisions: listing many volumes reads them once, not once per volume.
 const DIRECTORY_FOR: Duration = Duration::from_secs(1);
 
 fn owner_key(volume: &str) -> String {
@@ -132,7 +135,7 @@ impl Appliance {
         Ok(self.store.scan(MEMBERS)?.into_iter().map(|e| String::from_utf8_lossy(&e.value).into_owned()).collect())
     }
 
-    /// The members and orders, read again when older than [`DIRECTORY_FOR`].
+    /// The members, orders and path reports, read again when older than [`DIRECTORY_FOR`].
     fn directory(&self) -> Result<Arc<Directory>, ConfigError> {
         if let Some(d) = self.directory.lock().expect("not poisoned").as_ref() {
             if d.read.elapsed() < DIRECTORY_FOR {
