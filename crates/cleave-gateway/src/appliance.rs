@@ -30,6 +30,8 @@ const MEMBERS: &str = "members/";
 const ORDER: &str = "order/";
 /// Per gateway, how many of each volume's targets it reaches (`crate::paths`).
 const PATHS: &str = "paths/";
+/// Per gateway, where other gateways forward requests to it (`crate::forward`).
+const ENDPOINTS: &str = "endpoints/";
 
 /// How long each gateway further down a volume's order waits, after the one before it, to
 /// claim a volume that has no primary.
@@ -59,6 +61,17 @@ pub struct Appliance {
     lease: Mutex<Held>,
     turns: Mutex<Turns>,
     directory: Mutex<Option<Arc<Directory>>>,
+    /// What this gateway advertises under `endpoints/`, kept to advertise it again under a
+    /// new lease.
+    endpoint: Mutex<Option<Endpoint>>,
+}
+
+/// Where a gateway takes forwarded requests: its NBD listener, and the fingerprint of the
+/// client certificate it forwards with (a peer with that certificate is a gateway).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Endpoint {
+    pub nbd: String,
+    pub fingerprint: String,
 }
 
 /// The members, the administrators' orders and the members' reach, as read at one moment.
@@ -68,6 +81,8 @@ struct Directory {
     orders: HashMap<String, Vec<String>>,
     /// Per member: per volume, how many of its targets that member reaches.
     reach: HashMap<String, HashMap<String, usize>>,
+    /// Per member: where it takes forwarded requests.
+    endpoints: HashMap<String, Endpoint>,
 }
 
 /// Per volume without a primary: since when it has none, and when this gateway passed it on.
@@ -114,7 +129,15 @@ impl Appliance {
         }
         register(store.as_ref(), &me, lease)?;
         let held = Mutex::new(Held { lease, lapsed: false, renewed: sent });
-        Ok(Appliance { store, me, ttl, lease: held, turns: Mutex::default(), directory: Mutex::default() })
+        Ok(Appliance {
+            store,
+            me,
+            ttl,
+            lease: held,
+            turns: Mutex::default(),
+            directory: Mutex::default(),
+            endpoint: Mutex::default(),
+        })
     }
 
     pub fn ttl(&self) -> Duration {
@@ -163,7 +186,18 @@ impl Appliance {
                 reach.insert(gateway.to_string(), serde_json::from_slice(&e.value).unwrap_or_default());
             }
         }
-        let d = Arc::new(Directory { read, members, orders, reach });
+        let mut endpoints = HashMap::new();
+        for e in self.store.scan(ENDPOINTS)? {
+            let gateway = e.key.strip_prefix(ENDPOINTS).unwrap_or(&e.key);
+            match serde_json::from_slice(&e.value) {
+                Ok(endpoint) if members.iter().any(|m| m == gateway) => {
+                    endpoints.insert(gateway.to_string(), endpoint);
+                }
+                Ok(_) => {}
+                Err(err) => warn!(key = %e.key, error = %err, "an endpoint that does not parse; ignored"),
+            }
+        }
+        let d = Arc::new(Directory { read, members, orders, reach, endpoints });
         *self.directory.lock().expect("not poisoned") = Some(d.clone());
         Ok(d)
     }
@@ -191,6 +225,35 @@ impl Appliance {
         let raw = serde_json::to_vec(reach).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.store.put(&format!("{PATHS}{}", self.me), &raw)?;
         Ok(())
+    }
+
+    /// Advertises where this gateway takes forwarded requests, under its lease.
+    pub fn advertise(&self, endpoint: Endpoint) -> Result<(), ConfigError> {
+        let lease = self.lease.lock().expect("not poisoned").lease;
+        put_endpoint(self.store.as_ref(), &self.me, &endpoint, lease)?;
+        *self.endpoint.lock().expect("not poisoned") = Some(endpoint);
+        Ok(())
+    }
+
+    /// Where `gateway` takes forwarded requests, read afresh if the directory lacks it.
+    pub fn endpoint_of(&self, gateway: &str) -> Result<Option<Endpoint>, ConfigError> {
+        if let Some(e) = self.directory()?.endpoints.get(gateway) {
+            return Ok(Some(e.clone()));
+        }
+        *self.directory.lock().expect("not poisoned") = None;
+        Ok(self.directory()?.endpoints.get(gateway).cloned())
+    }
+
+    /// The live gateway whose forwarding certificate has this fingerprint.
+    pub fn gateway_with_certificate(&self, fingerprint: &str) -> Result<Option<String>, ConfigError> {
+        let find =
+            |d: &Directory| d.endpoints.iter().find(|(_, e)| e.fingerprint == fingerprint).map(|(g, _)| g.clone());
+        if let Some(g) = find(&*self.directory()?) {
+            return Ok(Some(g));
+        }
+        // A gateway that has just started: its endpoint may be newer than the directory.
+        *self.directory.lock().expect("not poisoned") = None;
+        Ok(find(&*self.directory()?))
     }
 
     /// Puts `gateways` first, in this order, for `volume` (empty: placement alone decides).
@@ -308,6 +371,9 @@ impl Appliance {
                 let _ = self.store.revoke_lease(lease);
                 let fresh = self.store.grant_lease(self.ttl)?.ok_or(ConfigError::LeaseExpired(lease.0))?;
                 register(self.store.as_ref(), &self.me, Some(fresh))?;
+                if let Some(e) = self.endpoint.lock().expect("not poisoned").clone() {
+                    put_endpoint(self.store.as_ref(), &self.me, &e, Some(fresh))?;
+                }
                 info!(gateway = %self.me, "a new lease in the configuration database");
                 (fresh, true)
             }
@@ -322,6 +388,22 @@ impl Appliance {
     pub(crate) fn take_lapsed(&self) -> bool {
         std::mem::take(&mut self.lease.lock().expect("not poisoned").lapsed)
     }
+}
+
+fn put_endpoint(store: &dyn ConfigStore, me: &str, e: &Endpoint, lease: Option<Lease>) -> Result<(), ConfigError> {
+    let key = format!("{ENDPOINTS}{me}");
+    let raw = serde_json::to_vec(e).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    store.delete(&key)?;
+    store.create_leased(&key, &raw, lease)?;
+    Ok(())
+}
+
+/// Runs a call to the configuration database off the async workers: while etcd is out of
+/// reach each call blocks for its timeout, and host I/O must not wait behind it.
+pub(crate) async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, ConfigError> + Send + 'static,
+) -> Result<T, ConfigError> {
+    tokio::task::spawn_blocking(call).await.unwrap_or_else(|e| Err(ConfigError::Invalid(format!("{e}"))))
 }
 
 /// Lists `me` among the members under `lease` (replacing its entry from an earlier lease).

@@ -24,6 +24,8 @@ fn block_error(e: VolumeError) -> BlockError {
     match e {
         VolumeError::OutOfRange { .. } => BlockError::Invalid(e.to_string()),
         VolumeError::Cache(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => BlockError::NoSpace(e.to_string()),
+        // Another gateway serves it now (or will): a forwarding gateway looks for it there.
+        VolumeError::Fenced(_) => BlockError::Unavailable(e.to_string()),
         e => {
             warn!(error = %e, "I/O error returned to the client");
             BlockError::Io(e.to_string())
@@ -40,7 +42,7 @@ impl VolumeDevice {
     /// may be serving the volume already (the lease watcher fences it soon after).
     fn check_lease(&self) -> Result<(), BlockError> {
         match &self.appliance {
-            Some(a) if !a.holds() => Err(BlockError::Io(format!(
+            Some(a) if !a.holds() => Err(BlockError::Unavailable(format!(
                 "volume {}: this gateway lost its lease in the configuration database",
                 self.volume.config().name
             ))),

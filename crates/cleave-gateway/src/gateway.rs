@@ -22,6 +22,7 @@ use crate::appliance::Appliance;
 use crate::data_dir::DataDir;
 use crate::device::VolumeDevice;
 use crate::error::{GatewayError, Result};
+use crate::forward::Forwarding;
 use crate::history::TaskHistory;
 use crate::users::UserStore;
 use crate::webhook::Notifier;
@@ -124,6 +125,9 @@ pub struct Gateway {
     /// Where events are sent, besides the pool's list.
     pub(crate) webhook: Arc<Notifier>,
     pub(crate) appliance: Option<Arc<Appliance>>,
+    /// In an appliance with an NBD listener: every volume exported, requests forwarded to
+    /// its primary.
+    pub(crate) forwarding: std::sync::OnceLock<Forwarding>,
 }
 
 /// A stored volume that could not be opened, and why. Listed as unavailable, retried every
@@ -159,6 +163,7 @@ impl Gateway {
             mirror: std::sync::OnceLock::new(),
             webhook,
             appliance: c.appliance,
+            forwarding: std::sync::OnceLock::new(),
         }
     }
 
@@ -281,6 +286,39 @@ impl Gateway {
         Ok(Volume::open(sb.config.clone(), keys, targets, options).await?)
     }
 
+    /// In an appliance, exports every volume (requests go to its primary, wherever it is)
+    /// and advertises this gateway's NBD listener to the others for their forwarding.
+    pub fn start_forwarding(self: &Arc<Self>) -> Result<()> {
+        let (Some(a), Some(nbd)) = (&self.appliance, &self.nbd) else { return Ok(()) };
+        let f = Forwarding::start(self, &self.access.ca, a, nbd.reachable())
+            .map_err(|e| GatewayError::Internal(format!("forwarding: {e:#}")))?;
+        let _ = self.forwarding.set(f);
+        Ok(())
+    }
+
+    /// The size of a known volume, served here or not.
+    fn size_of(&self, name: &str) -> Option<u64> {
+        if let Some(v) = self.get(name) {
+            return Some(v.size());
+        }
+        self.unopened.read().expect("not poisoned").get(name)?.sb.as_ref().map(|sb| sb.config.size)
+    }
+
+    /// A peer that presents the forwarding certificate of a live gateway of the appliance.
+    fn peer_gateway(&self, peer: &Peer) -> Option<String> {
+        let a = self.appliance.as_ref()?;
+        let fingerprint = cleave_control::ca::fingerprint(peer.certificate.as_ref()?);
+        a.gateway_with_certificate(&fingerprint).ok().flatten()
+    }
+
+    /// The volume as a gateway forwarding to this one gets it: only if served here, never
+    /// forwarded on (no loops); a fenced one answers "unavailable here", and the forwarder
+    /// looks for the primary again.
+    fn open_for_gateway(&self, name: &str) -> std::result::Result<Arc<dyn BlockDevice>, Refusal> {
+        let v = self.get(name).ok_or(Refusal::Unknown)?;
+        Ok(Arc::new(VolumeDevice::new(v, self.mirror.get().cloned(), self.appliance.clone())))
+    }
+
     /// Where clients attach a volume: the local socket, and NBD over TLS (empty without NBD).
     pub(crate) fn export_uris(&self, name: &str) -> (String, String) {
         match &self.nbd {
@@ -315,9 +353,18 @@ pub fn unix_uri(volume: &str, socket: &Path) -> String {
 
 impl ExportProvider for Gateway {
     fn list(&self) -> Vec<String> {
-        self.volumes.read().expect("not poisoned").keys().cloned().collect()
+        let mut names: Vec<String> = self.volumes.read().expect("not poisoned").keys().cloned().collect();
+        if self.forwarding.get().is_some() {
+            let unopened = self.unopened.read().expect("not poisoned");
+            names.extend(unopened.iter().filter(|(_, u)| u.sb.is_some()).map(|(n, _)| n.clone()));
+            names.sort();
+        }
+        names
     }
     fn open(&self, name: &str) -> Option<Arc<dyn BlockDevice>> {
+        if let Some(f) = self.forwarding.get() {
+            return Some(f.device(name, self.size_of(name)?));
+        }
         Some(Arc::new(VolumeDevice::new(self.get(name)?, self.mirror.get().cloned(), self.appliance.clone())))
     }
     fn list_for(&self, peer: &Peer) -> Vec<String> {
@@ -325,6 +372,9 @@ impl ExportProvider for Gateway {
         self.list().into_iter().filter(|v| !self.access.rights(&who, v).is_none()).collect()
     }
     fn open_for(&self, name: &str, peer: &Peer) -> Result<Arc<dyn BlockDevice>, Refusal> {
+        if self.peer_gateway(peer).is_some() {
+            return self.open_for_gateway(name);
+        }
         let who = self.access.identify(peer)?;
         // A missing volume and one this identity may not open get the same answer, so that
         // nobody learns the names of volumes it cannot reach.

@@ -16,6 +16,8 @@ mod device;
 pub mod error;
 /// Events for the administrator.
 pub mod events;
+/// I/O forwarding in an appliance: every gateway exports every volume, requests go to its primary.
+mod forward;
 /// The gateway: its parts, the registry of volumes, the NBD export provider.
 pub mod gateway;
 /// Clients, groups and grants (key slots).

@@ -347,7 +347,7 @@ impl Gateway {
     async fn hand_over_to_preferred(&self, a: &Arc<Appliance>) {
         for v in self.served_volumes() {
             let (a2, name, needed) = (a.clone(), v.config().name.clone(), v.config().write_quorum());
-            match crate::paths::blocking(move || a2.preferred_live(&name, needed)).await {
+            match crate::appliance::blocking(move || a2.preferred_live(&name, needed)).await {
                 Ok(Some(to)) if to != a.me() => self.hand_over(a, &v, &to).await,
                 _ => {}
             }

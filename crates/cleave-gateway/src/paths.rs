@@ -11,11 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cleave_control::config::ConfigError;
 use cleave_target::DynTarget;
 use tracing::warn;
 
-use crate::appliance::Appliance;
+use crate::appliance::{blocking, Appliance};
 use crate::events::EventKind;
 use crate::gateway::{Gateway, Unopened};
 
@@ -135,14 +134,6 @@ impl Gateway {
         warn!(volume = %name, to, "{why}: the volume is passed on");
         self.record(EventKind::PathLost, format!("{name}: {why}; passed on"));
     }
-}
-
-/// Runs a call to the configuration database off the async workers: while etcd is out of
-/// reach each call blocks for its timeout, and host I/O must not wait behind it.
-pub(crate) async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, ConfigError> + Send + 'static,
-) -> Result<T, ConfigError> {
-    tokio::task::spawn_blocking(call).await.unwrap_or_else(|e| Err(ConfigError::Invalid(format!("{e}"))))
 }
 
 /// How many of `targets` answer a health check in time.

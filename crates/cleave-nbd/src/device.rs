@@ -20,6 +20,9 @@ pub enum BlockError {
     /// The client's rights do not cover the request.
     #[error("not permitted: {0}")]
     Denied(String),
+    /// Not served here now (another gateway took the volume over): retry elsewhere.
+    #[error("unavailable here: {0}")]
+    Unavailable(String),
 }
 
 impl BlockError {
@@ -30,6 +33,7 @@ impl BlockError {
             BlockError::NoSpace(_) => proto::ENOSPC,
             BlockError::Invalid(_) => proto::EINVAL,
             BlockError::ReadOnly | BlockError::Denied(_) => proto::EPERM,
+            BlockError::Unavailable(_) => proto::ESHUTDOWN,
         }
     }
 }

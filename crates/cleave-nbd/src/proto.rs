@@ -284,6 +284,23 @@ pub fn info_export(size: u64, flags: u16) -> [u8; 12] {
     b
 }
 
+/// Inverse of [`info_export`]: (size, transmission flags), if `b` is an `NBD_INFO_EXPORT`.
+pub fn parse_info_export(b: &[u8]) -> Option<(u64, u16)> {
+    let b: &[u8; 12] = b.try_into().ok()?;
+    (be_u16(b, 0) == INFO_EXPORT).then(|| (be_u64(b, 2), be_u16(b, 10)))
+}
+
+/// Inverse of [`server_greeting`]: the server's handshake flags.
+pub fn parse_greeting(b: &[u8; GREETING_LEN]) -> Result<u16, ProtoError> {
+    for (at, want) in [(0, NBD_MAGIC), (8, IHAVEOPT)] {
+        let got = be_u64(b, at);
+        if got != want {
+            return Err(ProtoError::BadMagic { got });
+        }
+    }
+    Ok(be_u16(b, 16))
+}
+
 /// Data of `NBD_INFO_NAME` or `NBD_INFO_DESCRIPTION`.
 pub fn info_string(info: u16, s: &str) -> Vec<u8> {
     let mut b = Vec::with_capacity(2 + s.len());
@@ -472,6 +489,17 @@ pub fn parse_simple_reply(b: &[u8; SIMPLE_REPLY_LEN]) -> Result<(u32, u64), Prot
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_side_parsers_invert_the_server_side_encoders() {
+        assert_eq!(parse_info_export(&info_export(1 << 40, 0x1ff)), Some((1 << 40, 0x1ff)));
+        assert_eq!(parse_info_export(&info_block_size(1, 2, 3)), None);
+        assert_eq!(parse_info_export(&[0; 11]), None);
+        assert_eq!(parse_greeting(&server_greeting()), Ok(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES));
+        let mut g = server_greeting();
+        g[9] ^= 1;
+        assert!(matches!(parse_greeting(&g), Err(ProtoError::BadMagic { .. })));
+    }
 
     #[test]
     fn greeting_layout() {

@@ -342,10 +342,10 @@ impl BlockDevice for Broken {
         MIB
     }
     async fn read(&self, offset: u64, _len: u32) -> Result<Bytes, BlockError> {
-        if offset == 0 {
-            Ok(Bytes::from_static(b"short"))
-        } else {
-            panic!("device bug")
+        match offset {
+            0 => Ok(Bytes::from_static(b"short")),
+            8192 => Err(BlockError::Unavailable("served by another gateway now".into())),
+            _ => panic!("device bug"),
         }
     }
     async fn write(&self, _: u64, _: Bytes, _: bool) -> Result<(), BlockError> {
@@ -369,6 +369,7 @@ async fn device_errors_map_to_nbd_errors() {
     r.go("b").await;
     assert_eq!(r.read(1, 0, 4096).await, Err(proto::EIO)); // short read
     assert_eq!(r.read(2, 4096, 4096).await, Err(proto::EIO)); // panic
+    assert_eq!(r.read(7, 8192, 4096).await, Err(proto::ESHUTDOWN)); // moved elsewhere
     assert_eq!(r.write(3, 0, &[1; 16], 0).await, proto::ENOSPC);
     assert_eq!(r.simple(Command::Flush, 0, 4, 0, 0).await, proto::EIO);
     assert_eq!(r.simple(Command::Trim, 0, 5, 0, 16).await, proto::EPERM);

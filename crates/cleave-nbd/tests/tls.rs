@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use cleave_nbd::proto::{self, Command, Request};
-use cleave_nbd::{BlockDevice, ExportProvider, MemDevice, Peer, Refusal, Server, ServerConfig};
+use cleave_nbd::{
+    BlockDevice, BlockError, Client, ClientError, ExportProvider, MemDevice, Peer, Refusal, Server, ServerConfig,
+};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -223,4 +225,124 @@ async fn loopback_may_stay_in_plain_text() {
     assert_eq!(option(&mut s, proto::OPT_LIST, &[]).await, proto::REP_ACK);
     // The provider still decides: this one wants a certificate.
     assert_eq!(go(&mut s).await, proto::REP_ERR_POLICY);
+}
+
+fn client_config(pki: &Pki, name: &str) -> Arc<rustls::ClientConfig> {
+    let (cert, key) = pki.leaf(name);
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(pki.roots())
+        .with_client_auth_cert(vec![cert], key)
+        .unwrap();
+    Arc::new(config)
+}
+
+async fn client(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, export: &str) -> Result<Client, ClientError> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    Client::connect(tcp, ServerName::try_from("localhost").unwrap(), tls, export).await
+}
+
+#[tokio::test]
+async fn the_client_pipelines_requests_over_tls_and_maps_errors() {
+    let pki = Pki::new();
+    let (addr, provider) = start(&pki, REMOTE.into()).await;
+    let c = Arc::new(client(addr, client_config(&pki, "gateway-1"), "disk").await.unwrap());
+    assert_eq!(c.size(), 1 << 20);
+    assert!(!c.read_only());
+    assert_eq!(provider.seen.lock().unwrap().len(), 1, "the client certificate reached the provider");
+    // Many requests in flight on one connection, answered in any order.
+    let writes = (0..64u64).map(|i| {
+        let c = c.clone();
+        async move { c.write(i * 4096, bytes::Bytes::from(vec![i as u8 + 1; 4096]), i % 2 == 0).await }
+    });
+    for r in futures::future::join_all(writes).await {
+        r.unwrap();
+    }
+    c.flush().await.unwrap();
+    c.write_zeroes(0, 4096, false).await.unwrap();
+    c.trim(4096, 4096).await.unwrap();
+    let reads = (0..64u64).map(|i| {
+        let c = c.clone();
+        async move { c.read(i * 4096, 4096).await }
+    });
+    for (i, r) in futures::future::join_all(reads).await.into_iter().enumerate() {
+        let want = match i {
+            0 | 1 => 0,
+            i => i as u8 + 1,
+        };
+        assert!(r.unwrap().iter().all(|&b| b == want), "block {i}");
+    }
+    // The server's errors come back as its error numbers; the connection goes on.
+    match c.read(1 << 20, 4096).await {
+        Err(ClientError::Errno(e)) => assert_eq!(e, proto::EINVAL),
+        other => panic!("a read past the end: {other:?}"),
+    }
+    assert_eq!(c.read(0, 512).await.unwrap().len(), 512);
+    assert!(!c.is_closed());
+    // As a device, the same errors are device errors; a lost connection is "unavailable".
+    let d: &dyn BlockDevice = c.as_ref();
+    assert!(matches!(d.read(1 << 20, 4096).await, Err(BlockError::Invalid(_))));
+    c.close();
+    assert!(matches!(c.read(0, 512).await, Err(ClientError::Connection(_))));
+    assert!(matches!(d.write(0, bytes::Bytes::from_static(b"x"), false).await, Err(BlockError::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn the_client_is_refused_without_a_certificate_and_does_not_trust_a_stranger() {
+    let pki = Pki::new();
+    let (addr, _) = start(&pki, REMOTE.into()).await;
+    // The provider refuses a peer without a certificate: an option error.
+    let anonymous = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(pki.roots())
+        .with_no_client_auth();
+    match client(addr, Arc::new(anonymous), "disk").await {
+        Err(ClientError::Refused(m)) => assert!(m.contains("no certificate"), "{m}"),
+        other => panic!("{:?}", other.err()),
+    }
+    // A server whose certificate another CA issued is not trusted.
+    let stranger = Pki::new();
+    let (other, _) = start(&stranger, REMOTE.into()).await;
+    assert!(matches!(client(other, client_config(&pki, "gateway-1"), "disk").await, Err(ClientError::Connection(_))));
+}
+
+/// A server that does the handshake, then answers the first request with a handle nobody
+/// sent: every request in flight fails, and so does every later one.
+#[tokio::test]
+async fn the_client_fails_everything_in_flight_when_the_server_lies() {
+    let pki = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = server_tls(&pki);
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(&proto::server_greeting()).await.unwrap();
+        let mut flags = [0u8; 4];
+        s.read_exact(&mut flags).await.unwrap();
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h).await.unwrap();
+        s.write_all(&proto::option_reply(proto::OPT_STARTTLS, proto::REP_ACK, &[])).await.unwrap();
+        let mut s = tokio_rustls::TlsAcceptor::from(tls).accept(s).await.unwrap();
+        s.read_exact(&mut h).await.unwrap();
+        let len = u32::from_be_bytes(h[12..16].try_into().unwrap());
+        let mut body = vec![0u8; len as usize];
+        s.read_exact(&mut body).await.unwrap();
+        s.write_all(&proto::option_reply(proto::OPT_GO, proto::REP_INFO, &proto::info_export(1 << 20, 1)))
+            .await
+            .unwrap();
+        s.write_all(&proto::option_reply(proto::OPT_GO, proto::REP_ACK, &[])).await.unwrap();
+        let mut req = [0u8; proto::REQUEST_LEN];
+        s.read_exact(&mut req).await.unwrap();
+        s.write_all(&proto::simple_reply_header(0, 999)).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    let c = Arc::new(client(addr, client_config(&pki, "gateway-1"), "disk").await.unwrap());
+    let (a, b) = tokio::join!(c.read(0, 512), c.read(512, 512));
+    assert!(matches!(a, Err(ClientError::Connection(_))), "{a:?}");
+    assert!(matches!(b, Err(ClientError::Connection(_))), "{b:?}");
+    assert!(c.is_closed());
+    assert!(matches!(c.flush().await, Err(ClientError::Connection(_))));
 }

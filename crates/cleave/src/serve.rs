@@ -402,6 +402,7 @@ async fn run(
         nbd: export,
         appliance,
     }));
+    gw.start_forwarding()?;
     gw.start(nbd.is_some()).await?;
     gw.start_webhook(Arc::new(crate::webhook::HttpPoster::new()));
     let names = tls_names(nbd_addr, tls_names_extra);

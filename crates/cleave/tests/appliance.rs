@@ -7,9 +7,10 @@
 //! - the primary is killed right after a flush: the other takes the volumes over within its
 //!   lease and serves every flushed write, of a `local` volume too;
 //! - the new primary is paused (SIGSTOP) past its lease: the first gateway, restarted, takes
-//!   its volumes over and writes; once resumed, the paused one acknowledges nothing more (not
-//!   even a flush of a volume in `local` durability, which needs no target) and nothing it is
-//!   sent reaches a reader.
+//!   its volumes over and writes; once resumed, the paused one serves neither volume: without
+//!   a lease it acknowledges nothing (not even a flush of a volume in `local` durability, which
+//!   needs no target) and what it refused reaches no reader; with a new one it forwards its
+//!   hosts' requests to the primary.
 //!
 //! With three gateways, every gateway shows a volume's secondaries in the same order, an
 //! administrator can put one first, and when the primary dies the first secondary takes the
@@ -107,17 +108,23 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     wait_for("gateway a to take v back", Duration::from_secs(60), || served_here(&a, "v") && served_here(&a, "l"));
     write_flush(&a, 0x2c, 2 * MIB);
     signal(&b, "-CONT");
-    // Resumed, B must not acknowledge a flush, and its writes must reach no reader.
-    let (acked, text) = acknowledges(&b, "l", MIB, 61);
-    assert!(!acked, "a gateway past its lease acknowledged a flush: {text}");
-    let (acked, text) = acknowledges(&b, "v", 3 * MIB, 61);
-    assert!(!acked, "a gateway past its lease acknowledged a flush: {text}");
+    // Resumed, B serves neither volume: until it has a new lease it acknowledges nothing,
+    // then it forwards to A. A write it acknowledged is A's; one it refused reached no reader.
+    let (acked_l, _) = acknowledges(&b, "l", MIB, 61);
+    let (acked_v, _) = acknowledges(&b, "v", 3 * MIB, 61);
     wait_for("gateway b to name a as the primary", Duration::from_secs(30), || b.show("v")["primary"] == id_a.as_str());
+    assert!(!served_here(&b, "v") && !served_here(&b, "l"));
     let image = nbdcopy_image(&a.uri("v"), dir.path());
     assert!(chunk_is(&image, 0, 0x0a) && chunk_is(&image, 1, 0x1b) && chunk_is(&image, 2, 0x2c));
-    assert!(chunk_is(&image, 3, 0), "a write sent to the fenced gateway reached a reader");
+    let want = if acked_v { 61 } else { 0 };
+    assert!(chunk_is(&image, 3, want), "acknowledged by the resumed gateway: {acked_v}, but not what A holds");
     let image = nbdcopy_image(&a.uri("l"), dir.path());
-    assert!(chunk_is(&image, 1, 0), "a write sent to the fenced gateway reached a reader");
+    let want = if acked_l { 61 } else { 0 };
+    assert!(chunk_is(&image, 1, want), "acknowledged by the resumed gateway: {acked_l}, but not what A holds");
+    // Once it has a lease again, B forwards to A.
+    let (acked, text) = acknowledges(&b, "v", 4 * MIB, 62);
+    assert!(acked, "the resumed gateway did not forward a write: {text}");
+    assert!(chunk_is(&nbdcopy_image(&a.uri("v"), dir.path()), 4, 62));
     a.term();
     b.term();
 }
@@ -193,8 +200,12 @@ fn the_first_secondary_takes_a_volume_over_in_the_order_an_administrator_set() {
     eprintln!("planned switchover back to the restored gateway: {took:?}");
     let image = nbdcopy_image(&a.uri("v"), dir.path());
     assert!(chunk_is(&image, 0, 0x0a) && chunk_is(&image, 1, 0x0b), "the switchover lost a write");
+    // The old primary forwards what its hosts write to the new one.
     let (acked, text) = acknowledges(&others[at], "v", 2 * MIB, 61);
-    assert!(!acked, "the old primary acknowledged a write after the switchover: {text}");
+    assert!(acked, "the old primary did not forward a write after the switchover: {text}");
+    assert!(!served_here(&others[at], "v"));
+    let image = nbdcopy_image(&a.uri("v"), dir.path());
+    assert!(chunk_is(&image, 2, 61), "the forwarded write is not on the new primary");
     assert!(event_kinds(&a).contains(&"gateway_handover".to_string()));
     assert!(event_kinds(&others[at]).contains(&"gateway_handover".to_string()));
     // A deleted volume's order goes with it: a new volume of that name stays where it is made.

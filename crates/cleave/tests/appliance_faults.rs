@@ -7,8 +7,9 @@
 //! - the primary gateway is cut off from etcd and from the other gateway by a real partition
 //!   (network namespaces, the link between them set down) while a client keeps writing to it:
 //!   it stops acknowledging within its lease, the other gateway takes the volume over and is
-//!   written, and once the link is back the cut-off gateway names the other as the primary and
-//!   nothing it was sent after it lost its lease is visible through either gateway.
+//!   written, and once the link is back the cut-off gateway names the other as the primary,
+//!   nothing it was sent while it held no lease is visible through either gateway, and it
+//!   forwards its hosts' new requests to the other.
 //!
 //! Needs root (`ip netns`). The tests run one at a time: both time leases of a few seconds.
 
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use cleave_control::config::testing::EtcdCluster;
 use common::appliance::{
-    acknowledges, event_kinds, gateway_id, member, member_in, one_at_a_time, served_here, wait_for, LEASE,
+    acknowledges, event_kinds, gateway_id, member, member_on, one_at_a_time, served_here, wait_for, LEASE,
 };
 use common::netns::{Lab, Side};
 use common::{nbdcopy_image, qemu_io, Serve};
@@ -242,9 +243,11 @@ fn a_partitioned_primary_stops_acknowledging_and_what_it_was_sent_after_reaches_
     let etcd = lab.run_in(Side::B, || EtcdCluster::start_on(1, lab.addr(Side::B).into()));
     let dir = tempfile::tempdir().unwrap();
     let endpoints = etcd.endpoints();
-    let mut a = member_in(Some(lab.ns(Side::A)), dir.path(), "a", &endpoints, None);
+    // Each gateway's NBD listener on its namespace's address, where the other forwards to it.
+    let mut a = member_on(lab.ns(Side::A), lab.addr(Side::A), dir.path(), "a", &endpoints, None);
     a.cli_ok(&["volume", "create", "v", "--size", "16MiB", "--durability", "dispersed"]);
-    let mut b = member_in(Some(lab.ns(Side::B)), dir.path(), "b", &endpoints, Some(&dir.path().join("a")));
+    let key_from = Some(dir.path().join("a"));
+    let mut b = member_on(lab.ns(Side::B), lab.addr(Side::B), dir.path(), "b", &endpoints, key_from.as_deref());
     let id_b = gateway_id(&b);
     assert!(served_here(&a, "v"), "{}", a.show("v"));
 
@@ -297,15 +300,17 @@ fn a_partitioned_primary_stops_acknowledging_and_what_it_was_sent_after_reaches_
     slot += 1;
 
     lab.heal();
-    assert!(!client.write_flush(slot * SLOT, SLOT, pattern(slot)), "A acknowledged a write once the link was back");
-    slot += 1;
     let rejoined = wait_for("a to name b the primary", Duration::from_secs(30), || {
         primary_seen_by(&a, "v").as_deref() == Some(id_b.as_str())
     });
+    // Back in the appliance, A serves v no more: it forwards its hosts' requests to B, the
+    // client that stayed connected and a new one alike, and B has what they wrote.
     assert!(!served_here(&a, "v"), "{}", a.show("v"));
     let (acked, text) = acknowledges(&a, "v", FRESH_A, 0xef);
-    assert!(!acked, "A, no longer the primary, acknowledged a new client:\n{text}");
-    assert!(!client.write_flush(slot * SLOT, SLOT, pattern(slot)), "A acknowledged a write as a non-primary");
+    assert!(acked, "A did not forward a new client's write to B:\n{text}");
+    (FRESH_A / SLOT..FRESH_A / SLOT + MIB / SLOT).for_each(|s| want.fill(s, 0xef));
+    assert!(client.write_flush(slot * SLOT, SLOT, pattern(slot)), "A did not forward a write to B");
+    want.fill(slot, pattern(slot));
     assert!(slot < FRESH_A / SLOT, "the slots ran into the others");
     drop(client);
     eprintln!(

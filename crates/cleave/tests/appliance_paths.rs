@@ -2,7 +2,7 @@
 //! gateway` processes: the primary's targets are taken away from it alone (an empty file
 //! system mounted over them in its own mount namespace, as when a mount is lost), while the
 //! other gateway still reaches them. The primary gives the volume up, the other gateway
-//! takes it over and serves every flushed write, and the old primary refuses I/O on it.
+//! takes it over and serves every flushed write, and the old primary forwards I/O to it.
 //! When the path comes back the volume stays where it is.
 //!
 //! Needs root (`unshare`, `nsenter`, `mount`).
@@ -26,7 +26,7 @@ fn a_primary_that_loses_its_targets_passes_its_volumes_to_a_gateway_that_reaches
     let etcd = EtcdCluster::start(1);
     let dir = tempfile::tempdir().unwrap();
     let endpoints = etcd.endpoints();
-    let mut a = member_with(None, true, dir.path(), "a", &endpoints, None);
+    let mut a = member_with(None, true, dir.path(), "a", &endpoints, None, &[]);
     a.cli_ok(&["volume", "create", "v", "--size", "16MiB", "--durability", "dispersed"]);
     let mut b = member(dir.path(), "b", &endpoints, Some(&dir.path().join("a")));
     let id_b = gateway_id(&b);
@@ -43,12 +43,14 @@ fn a_primary_that_loses_its_targets_passes_its_volumes_to_a_gateway_that_reaches
     let kinds = event_kinds(&a);
     assert!(kinds.iter().any(|k| k == "path_lost"), "no path_lost event: {kinds:?}");
     wait_for("a to name b the primary", Duration::from_secs(10), || a.show("v")["primary"] == id_b.as_str());
+    // A host of a still writes: a forwards its requests to b.
     let (acked, text) = acknowledges(&a, "v", MIB, 0x32);
-    assert!(!acked, "the gateway that cannot reach the targets acknowledged a write:\n{text}");
+    assert!(acked, "the gateway that cannot reach the targets did not forward a write:\n{text}");
 
     // Every flushed write is served by the new primary, which takes new ones.
     let image = nbdcopy_image(&b.uri("v"), dir.path());
     assert!(chunk_is(&image, 0, 0x31), "the write flushed before the cut is not there");
+    assert!(chunk_is(&image, 1, 0x32), "the write forwarded by a is not there");
     let (acked, text) = acknowledges(&b, "v", MIB, 0x33);
     assert!(acked, "the new primary refused a write: {text}");
 

@@ -111,6 +111,7 @@ impl Sense {
             BlockError::Invalid(_) => Sense::LBA_OUT_OF_RANGE,
             BlockError::Io(_) if write => Sense::WRITE_ERROR,
             BlockError::Io(_) => Sense::READ_ERROR,
+            BlockError::Unavailable(_) => Sense::ALUA_TRANSITIONING,
         }
     }
 }

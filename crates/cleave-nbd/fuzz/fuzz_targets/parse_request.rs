@@ -30,6 +30,14 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(req) = proto::parse_info_request(data) {
         assert_eq!(proto::encode_info_request(&req.name, &req.infos), data);
     }
+    if let Some((size, flags)) = proto::parse_info_export(data) {
+        assert_eq!(proto::info_export(size, flags).as_slice(), data);
+    }
+    if let Some(b) = data.first_chunk::<{ proto::GREETING_LEN }>() {
+        if let Ok(flags) = proto::parse_greeting(b) {
+            assert_eq!(u16::from_be_bytes([b[16], b[17]]), flags);
+        }
+    }
     if let Ok(name) = proto::parse_export_name(data) {
         assert_eq!(name.as_bytes(), data);
     }

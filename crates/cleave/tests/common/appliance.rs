@@ -21,10 +21,28 @@ pub fn member(root: &Path, name: &str, endpoints: &str, key_from: Option<&Path>)
 
 /// The same, inside network namespace `netns` when one is given.
 pub fn member_in(netns: Option<&str>, root: &Path, name: &str, endpoints: &str, key_from: Option<&Path>) -> Serve {
-    member_with(netns, false, root, name, endpoints, key_from)
+    member_with(netns, false, root, name, endpoints, key_from, &[])
 }
 
-/// The same, in a mount namespace of its own with `private_mounts` (for [`cut_path`]).
+/// The same, inside network namespace `netns` with its NBD listener on `ip` there (where the
+/// other gateways forward to it), not on loopback.
+pub fn member_on(
+    netns: &str,
+    ip: std::net::Ipv4Addr,
+    root: &Path,
+    name: &str,
+    endpoints: &str,
+    key_from: Option<&Path>,
+) -> Serve {
+    let port = super::free_port();
+    let nbd = format!("{ip}:{port}");
+    let mut s = member_with(Some(netns), false, root, name, endpoints, key_from, &["--nbd", &nbd]);
+    s.nbd_port = port;
+    s
+}
+
+/// The same, in a mount namespace of its own with `private_mounts` (for [`cut_path`]), and
+/// with `extra` arguments.
 pub fn member_with(
     netns: Option<&str>,
     private_mounts: bool,
@@ -32,6 +50,7 @@ pub fn member_with(
     name: &str,
     endpoints: &str,
     key_from: Option<&Path>,
+    extra: &[&str],
 ) -> Serve {
     let data = root.join(name);
     if let Some(first) = key_from {
@@ -39,7 +58,8 @@ pub fn member_with(
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
         std::fs::copy(first.join("master.key"), data.join("master.key")).unwrap();
     }
-    let args = ["--etcd", endpoints, "--etcd-namespace", "appliance/", "--lease-secs", LEASE_SECS];
+    let mut args = vec!["--etcd", endpoints, "--etcd-namespace", "appliance/", "--lease-secs", LEASE_SECS];
+    args.extend_from_slice(extra);
     Serve::start_gateway_with(netns, &data, &args, private_mounts)
 }
 

@@ -1,0 +1,220 @@
+//! I/O forwarding in an appliance (docs/appliance.md), with real etcd and three `cleave
+//! gateway` processes: a host attached to a gateway that is not the volume's primary writes
+//! through it, the primary dies (SIGKILL) or loses its targets mid-write, and the host's
+//! I/O pauses and goes on through the same connection: fio's crc32c verify of every block it
+//! wrote passes, and a probe measures the time from the kill to the first completed I/O.
+//!
+//! `CLEAVE_FAILOVER_RUNS` sets how many kills are measured (3 by default; 10 for the
+//! figure in the README).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cleave_control::config::testing::EtcdCluster;
+use common::appliance::{cut_path, gateway_id, member, member_with, one_at_a_time, served_here, wait_for};
+use common::Serve;
+
+const MIB: u64 = 1 << 20;
+/// The probe writes past what fio writes.
+const PROBE_AT: u64 = 64 * MIB;
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// A host that writes 4 KiB every 20 ms on one connection and says when each write was
+/// sent and acknowledged; an error ends it.
+struct Probe {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+const PROBE: &str = r#"
+import sys, time, nbd
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+at = int(sys.argv[2])
+print("connected", flush=True)
+i = 0
+while True:
+    sent = time.time()
+    try:
+        h.pwrite(bytes([i % 251 + 1]) * 4096, at + (i % 256) * 4096)
+    except nbd.Error as e:
+        print("error", e, flush=True)
+        break
+    print(sent, time.time(), flush=True)
+    i += 1
+    time.sleep(0.02)
+"#;
+
+impl Probe {
+    fn start(uri: &str) -> Probe {
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["-c", PROBE, uri, &PROBE_AT.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with libnbd (python3-libnbd)");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let probe = Probe { child, lines };
+        wait_for("the probe to write", Duration::from_secs(30), || probe.lines.lock().unwrap().len() > 2);
+        probe
+    }
+
+    /// Stops it: when each write was sent and acknowledged. Panics if one failed.
+    fn stop(mut self) -> Vec<(f64, f64)> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let lines = self.lines.lock().unwrap();
+        if let Some(e) = lines.iter().find(|l| l.starts_with("error")) {
+            panic!("the host got an error through the failover: {e}");
+        }
+        let times = lines.iter().skip(1).filter_map(|l| {
+            let (sent, acked) = l.split_once(' ')?;
+            Some((sent.parse::<f64>().ok()?, acked.parse::<f64>().ok()?))
+        });
+        times.collect()
+    }
+}
+
+/// Seconds from `kill` to the first acknowledgement of a write sent after it.
+fn resumed_after(times: &[(f64, f64)], kill: f64) -> f64 {
+    let first = times.iter().filter(|(sent, _)| *sent >= kill).map(|(_, acked)| *acked).fold(f64::INFINITY, f64::min);
+    assert!(first.is_finite(), "no write sent after the kill was acknowledged");
+    first - kill
+}
+
+/// The longest a write waited for its acknowledgement, in seconds.
+fn longest_wait(times: &[(f64, f64)]) -> f64 {
+    times.iter().map(|(sent, acked)| acked - sent).fold(0.0, f64::max)
+}
+
+/// fio's random 4 KiB writes over the first 32 MiB of `uri`, then a crc32c verify of
+/// every block, through one NBD connection.
+fn fio(uri: &str, dir: &std::path::Path, iops: u32) -> Child {
+    Command::new("fio")
+        .current_dir(dir)
+        .args(["--name=failover", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=16", "--size=32M"])
+        .arg(format!("--rate_iops={iops}"))
+        .args(["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0"])
+        .arg(format!("--uri={uri}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fio")
+}
+
+fn fio_passed(child: Child) {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fio failed through the failover:\n{text}");
+    assert!(!text.contains("verify: bad"), "{text}");
+}
+
+/// The gateway that serves `volume` now.
+fn primary(gateways: &[Serve], volume: &str) -> usize {
+    let mut at = None;
+    wait_for("a gateway to serve the volume", Duration::from_secs(60), || {
+        at = gateways.iter().position(|g| g.child.is_some() && served_here(g, volume));
+        at.is_some()
+    });
+    at.unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn a_host_on_another_gateway_writes_on_through_the_death_of_the_primary() {
+    let _one = one_at_a_time();
+    let runs: usize = std::env::var("CLEAVE_FAILOVER_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("a");
+    let mut gateways = vec![member(dir.path(), "a", &etcd.endpoints(), None)];
+    gateways[0].cli_ok(&["volume", "create", "v", "--size", "128MiB"]);
+    for name in ["b", "c"] {
+        gateways.push(member(dir.path(), name, &etcd.endpoints(), Some(&first)));
+    }
+    let mut pauses = Vec::new();
+    for run in 0..runs {
+        let p = primary(&gateways, "v");
+        let host = (p + 1) % gateways.len();
+        let id_p = gateway_id(&gateways[p]);
+        // The host's gateway exports the volume it does not serve.
+        assert!(!served_here(&gateways[host], "v"));
+        let probe = Probe::start(&gateways[host].uri("v"));
+        let writer = fio(&gateways[host].uri("v"), dir.path(), 2000);
+        std::thread::sleep(Duration::from_millis(1500));
+        let kill = now();
+        gateways[p].kill9();
+        let started = Instant::now();
+        fio_passed(writer);
+        let times = probe.stop();
+        let pause = resumed_after(&times, kill);
+        eprintln!(
+            "run {run}: primary {id_p} killed; the host's I/O resumed {pause:.2} s after the kill (longest write {:.2} s)",
+            longest_wait(&times)
+        );
+        pauses.push(pause);
+        let q = primary(&gateways, "v");
+        assert_ne!(q, p, "the dead gateway serves the volume");
+        eprintln!("run {run}: fio verified every block {:?} after the kill", started.elapsed());
+        // The dead gateway comes back as a secondary, for the next run.
+        gateways[p].restart();
+        let id_q = gateway_id(&gateways[q]);
+        wait_for("the restarted gateway to name the primary", Duration::from_secs(30), || {
+            gateways[p].show("v")["primary"] == id_q.as_str()
+        });
+    }
+    eprintln!(
+        "kill of the primary to the first completed I/O through another gateway, {runs} runs: p50 {:.2} s, all {:?}",
+        median(pauses.clone()),
+        pauses.iter().map(|p| format!("{p:.2}")).collect::<Vec<_>>()
+    );
+    for g in &mut gateways {
+        g.term();
+    }
+}
+
+#[test]
+fn a_host_on_another_gateway_writes_on_when_the_primary_loses_its_targets() {
+    let _one = one_at_a_time();
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("a");
+    let mut a = member_with(None, true, dir.path(), "a", &etcd.endpoints(), None, &[]);
+    a.cli_ok(&["volume", "create", "v", "--size", "128MiB"]);
+    let mut b = member(dir.path(), "b", &etcd.endpoints(), Some(&first));
+    assert!(served_here(&a, "v"), "{}", a.show("v"));
+    let probe = Probe::start(&b.uri("v"));
+    // Long enough to write on through the handover.
+    let mut writer = fio(&b.uri("v"), dir.path(), 500);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The volume's directory targets live in a's data directory: gone for a alone.
+    cut_path(&a, &first.join("targets"), false);
+    let took = wait_for("b to take v over", Duration::from_secs(60), || served_here(&b, "v"));
+    assert!(writer.try_wait().unwrap().is_none(), "fio was done before the handover: it proves nothing");
+    fio_passed(writer);
+    let times = probe.stop();
+    eprintln!(
+        "back-end path of the primary lost: b served the volume {took:?} after; the longest write through b took {:.2} s",
+        longest_wait(&times)
+    );
+    cut_path(&a, &first.join("targets"), true);
+    a.term();
+    b.term();
+}
