@@ -7,6 +7,13 @@ CLEAVE=${CARGO_TARGET_DIR:-$ROOT/target}/release/cleave
 
 build() { (cd "$ROOT" && cargo build --release --quiet -p cleave); }
 
+# fresh_run NAME: an empty $OUT/NAME, and every process added to PIDS stopped on exit.
+fresh_run() {
+  rm -rf "${OUT:?}/$1"; mkdir -p "$OUT/$1"
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done; wait 2>/dev/null || true' EXIT
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_cleave DATA_DIR [serve args...]: sets CLEAVE_PID, NBD_PORT, HTTP_PORT.

@@ -13,9 +13,7 @@ source "$(dirname "$0")/lib.sh"
 MIB=${1:-512}
 SECS=${2:-15}
 build
-rm -rf "$OUT/mirror"; mkdir -p "$OUT/mirror"
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done; wait 2>/dev/null || true' EXIT
+fresh_run mirror
 
 # gateway NAME: starts one; sets NAME_HTTP, NAME_MIRROR, NAME_DATA.
 gateway() {

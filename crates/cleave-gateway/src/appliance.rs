@@ -15,6 +15,9 @@
 //! - Each gateway publishes how many of each volume's targets it reaches (`crate::paths`): a
 //!   primary that reaches too few passes the volume to a gateway that reaches enough, and a
 //!   planned switchover goes only to such a gateway.
+//! - Every gateway exports every volume: requests to a gateway that is not the primary are
+//!   forwarded to it (`crate::forward`), to the NBD listener each advertises under
+//!   `endpoints/GATEWAY`.
 //! - Without etcd (redb, one process) there is no appliance and every volume is served here.
 
 use std::collections::{BTreeMap, HashMap};

@@ -22,9 +22,12 @@ use rustls_pki_types::ServerName;
 use tracing::{info, warn};
 
 use crate::appliance::{blocking, Appliance, Endpoint};
-use crate::device::VolumeDevice;
-use crate::gateway::Gateway;
 use unflushed::Unflushed;
+
+/// The volumes this gateway serves itself, as the devices its own hosts get.
+pub(crate) trait Served: Send + Sync {
+    fn served_device(&self, volume: &str) -> Option<Arc<dyn BlockDevice>>;
+}
 
 /// How long a request waits for a primary before it fails.
 const WAIT_FOR_PRIMARY: Duration = Duration::from_secs(60);
@@ -40,7 +43,8 @@ const UNFLUSHED_BOUND: u64 = 64 << 20;
 /// This gateway's forwarding: its TLS identity towards the other gateways, and one device
 /// per volume, shared by every connection to it (a FLUSH on one covers the others).
 pub(crate) struct Forwarding {
-    gateway: Weak<Gateway>,
+    here: Weak<dyn Served>,
+    appliance: Arc<Appliance>,
     tls: Arc<rustls::ClientConfig>,
     devices: Mutex<HashMap<String, Arc<Routed>>>,
 }
@@ -48,7 +52,7 @@ pub(crate) struct Forwarding {
 impl Forwarding {
     /// A client certificate for this gateway from the appliance's CA, advertised with the
     /// NBD listener `nbd` so that the other gateways know it.
-    pub(crate) fn start(gateway: &Arc<Gateway>, ca: &Ca, a: &Appliance, nbd: String) -> anyhow::Result<Forwarding> {
+    pub(crate) fn start(here: Weak<dyn Served>, ca: &Ca, a: Arc<Appliance>, nbd: String) -> anyhow::Result<Forwarding> {
         let issued = ca.issue_client(&format!("gateway {}", a.me()))?;
         let credentials = PeerCredentials {
             ca_pem: ca.cert_pem().to_string(),
@@ -57,7 +61,7 @@ impl Forwarding {
         };
         let tls = cleave_mirror::link::client_config(&credentials)?;
         a.advertise(Endpoint { nbd, fingerprint: issued.fingerprint.clone() })?;
-        Ok(Forwarding { gateway: Arc::downgrade(gateway), tls, devices: Mutex::default() })
+        Ok(Forwarding { here, appliance: a, tls, devices: Mutex::default() })
     }
 
     /// The device of `volume` (of `size` bytes).
@@ -65,11 +69,13 @@ impl Forwarding {
         let mut devices = self.devices.lock().expect("not poisoned");
         let d = devices.entry(volume.to_string()).or_insert_with(|| {
             Arc::new(Routed {
-                gateway: self.gateway.clone(),
+                here: self.here.clone(),
+                appliance: self.appliance.clone(),
                 tls: self.tls.clone(),
                 volume: volume.to_string(),
                 size,
-                route: tokio::sync::Mutex::new(None),
+                current: std::sync::RwLock::new(None),
+                making: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
                 unflushed: Mutex::default(),
             })
@@ -135,14 +141,53 @@ impl Route {
     }
 }
 
+/// Who the primary of a volume is, as etcd says.
+struct Primary {
+    appliance: Arc<Appliance>,
+    volume: String,
+}
+
+impl Primary {
+    async fn now(&self) -> Result<Option<String>, String> {
+        let (a, volume) = (self.appliance.clone(), self.volume.clone());
+        blocking(move || a.primary_of(&volume)).await.map_err(|e| e.to_string())
+    }
+
+    /// While the connection to `gateway` lives: when a request has waited for its answer
+    /// longer than [`CHECK_AFTER`], checks that `gateway` is still the primary (one cut off
+    /// answers nothing), and if not, ends the connection, so that the requests in flight go
+    /// to the next primary.
+    async fn watch(self, gateway: String, client: Weak<Client>) {
+        loop {
+            tokio::time::sleep(CHECK_AFTER).await;
+            let Some(c) = client.upgrade().filter(|c| !c.is_closed()) else { return };
+            if c.oldest_in_flight().is_none_or(|waited| waited < CHECK_AFTER) {
+                continue;
+            }
+            match self.now().await {
+                Ok(Some(p)) if p == gateway => {}
+                Err(_) => {}
+                Ok(_) => {
+                    warn!(volume = %self.volume, gateway = %gateway, "no answer from a gateway that is no longer the primary");
+                    c.close();
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// A volume as every gateway of an appliance exports it.
 pub(crate) struct Routed {
-    gateway: Weak<Gateway>,
+    here: Weak<dyn Served>,
+    appliance: Arc<Appliance>,
     tls: Arc<rustls::ClientConfig>,
     volume: String,
     size: u64,
+    /// The route requests take now.
+    current: std::sync::RwLock<Option<Arc<Route>>>,
     /// Held while a route is made and the unflushed changes are sent again along it.
-    route: tokio::sync::Mutex<Option<Arc<Route>>>,
+    making: tokio::sync::Mutex<()>,
     /// Raised each time a new route is being made.
     generation: AtomicU64,
     unflushed: Mutex<Unflushed>,
@@ -155,19 +200,18 @@ impl Routed {
         loop {
             // Without its lease this gateway cannot tell who the primary is: the host hears
             // so at once (and may take another path) rather than wait.
-            let a = self.appliance().map_err(BlockError::Io)?;
-            if !a.holds() {
+            if !self.appliance.holds() {
                 return Err(BlockError::Io(format!(
                     "volume {}: this gateway lost its lease in the configuration database",
                     self.volume
                 )));
             }
             let why = match self.route().await {
-                Ok(route) => match self.watched(&route, ask).await {
+                Ok(route) => match route.call(ask).await {
                     Ok(b) => return Ok((b, route.generation)),
                     Err(Failure::Final(e)) => return Err(e),
                     Err(Failure::Moved(why)) => {
-                        self.forget(&route).await;
+                        self.forget(&route);
                         why
                     }
                 },
@@ -181,46 +225,27 @@ impl Routed {
         }
     }
 
-    /// Runs `ask` along `route`; an answer that is slow makes it check that the gateway at
-    /// the other end is still the primary (one cut off answers nothing).
-    async fn watched(&self, route: &Route, ask: &Ask) -> Result<Bytes, Failure> {
-        let Via::There { gateway, client } = &route.via else { return route.call(ask).await };
-        let call = route.call(ask);
-        tokio::pin!(call);
-        loop {
-            tokio::select! {
-                r = &mut call => return r,
-                () = tokio::time::sleep(CHECK_AFTER) => {}
-            }
-            match self.primary().await {
-                Ok(Some(p)) if p == *gateway => {}
-                Err(_) => {}
-                Ok(_) => {
-                    client.close();
-                    return Err(Failure::Moved(format!("gateway {gateway} is no longer the primary")));
-                }
-            }
-        }
-    }
-
     async fn primary(&self) -> Result<Option<String>, String> {
-        let a = self.appliance()?;
-        let volume = self.volume.clone();
-        blocking(move || a.primary_of(&volume)).await.map_err(|e| e.to_string())
+        self.primary_watch().now().await
     }
 
-    fn appliance(&self) -> Result<Arc<Appliance>, String> {
-        let gw = self.gateway.upgrade().ok_or("the gateway is stopping")?;
-        gw.appliance.clone().ok_or_else(|| "not in an appliance".to_string())
+    fn primary_watch(&self) -> Primary {
+        Primary { appliance: self.appliance.clone(), volume: self.volume.clone() }
+    }
+
+    fn usable_route(&self) -> Option<Arc<Route>> {
+        self.current.read().expect("not poisoned").as_ref().filter(|r| r.usable()).cloned()
     }
 
     /// The route to the primary, made (and the unflushed changes sent along it) if needed.
     async fn route(&self) -> Result<Arc<Route>, String> {
-        let mut slot = self.route.lock().await;
-        if let Some(r) = slot.as_ref().filter(|r| r.usable()) {
-            return Ok(r.clone());
+        if let Some(r) = self.usable_route() {
+            return Ok(r);
         }
-        *slot = None;
+        let _making = self.making.lock().await;
+        if let Some(r) = self.usable_route() {
+            return Ok(r);
+        }
         // Raised before the changes to send again are read: a change acknowledged along an
         // older route and recorded after this sees the new generation and is sent again.
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
@@ -237,26 +262,27 @@ impl Routed {
             }
         }
         let route = Arc::new(route);
-        *slot = Some(route.clone());
+        if let Via::There { gateway, client } = &route.via {
+            tokio::spawn(self.primary_watch().watch(gateway.clone(), Arc::downgrade(client)));
+        }
+        *self.current.write().expect("not poisoned") = Some(route.clone());
         Ok(route)
     }
 
-    async fn forget(&self, route: &Arc<Route>) {
-        let mut slot = self.route.lock().await;
-        if slot.as_ref().is_some_and(|r| Arc::ptr_eq(r, route)) {
-            *slot = None;
+    fn forget(&self, route: &Arc<Route>) {
+        let mut current = self.current.write().expect("not poisoned");
+        if current.as_ref().is_some_and(|r| Arc::ptr_eq(r, route)) {
+            *current = None;
         }
     }
 
     async fn establish(&self) -> Result<Via, String> {
-        let gw = self.gateway.upgrade().ok_or("the gateway is stopping")?;
-        let a = self.appliance()?;
         let primary = self.primary().await?.ok_or("no gateway serves it yet")?;
-        if primary == a.me() {
-            let v = gw.get(&self.volume).ok_or("it is being opened here")?;
-            return Ok(Via::Here(Arc::new(VolumeDevice::new(v, gw.mirror.get().cloned(), Some(a)))));
+        if primary == self.appliance.me() {
+            let here = self.here.upgrade().ok_or("the gateway is stopping")?;
+            return Ok(Via::Here(here.served_device(&self.volume).ok_or("it is being opened here")?));
         }
-        let p = primary.clone();
+        let (a, p) = (self.appliance.clone(), primary.clone());
         let endpoint = blocking(move || a.endpoint_of(&p))
             .await
             .map_err(|e| e.to_string())?

@@ -22,7 +22,7 @@ use crate::appliance::Appliance;
 use crate::data_dir::DataDir;
 use crate::device::VolumeDevice;
 use crate::error::{GatewayError, Result};
-use crate::forward::Forwarding;
+use crate::forward::{Forwarding, Served};
 use crate::history::TaskHistory;
 use crate::users::UserStore;
 use crate::webhook::Notifier;
@@ -290,7 +290,8 @@ impl Gateway {
     /// and advertises this gateway's NBD listener to the others for their forwarding.
     pub fn start_forwarding(self: &Arc<Self>) -> Result<()> {
         let (Some(a), Some(nbd)) = (&self.appliance, &self.nbd) else { return Ok(()) };
-        let f = Forwarding::start(self, &self.access.ca, a, nbd.reachable())
+        let here: Arc<dyn Served> = self.clone();
+        let f = Forwarding::start(Arc::downgrade(&here), &self.access.ca, a.clone(), nbd.reachable())
             .map_err(|e| GatewayError::Internal(format!("forwarding: {e:#}")))?;
         let _ = self.forwarding.set(f);
         Ok(())
@@ -309,14 +310,6 @@ impl Gateway {
         let a = self.appliance.as_ref()?;
         let fingerprint = cleave_control::ca::fingerprint(peer.certificate.as_ref()?);
         a.gateway_with_certificate(&fingerprint).ok().flatten()
-    }
-
-    /// The volume as a gateway forwarding to this one gets it: only if served here, never
-    /// forwarded on (no loops); a fenced one answers "unavailable here", and the forwarder
-    /// looks for the primary again.
-    fn open_for_gateway(&self, name: &str) -> std::result::Result<Arc<dyn BlockDevice>, Refusal> {
-        let v = self.get(name).ok_or(Refusal::Unknown)?;
-        Ok(Arc::new(VolumeDevice::new(v, self.mirror.get().cloned(), self.appliance.clone())))
     }
 
     /// Where clients attach a volume: the local socket, and NBD over TLS (empty without NBD).
@@ -351,6 +344,12 @@ pub fn unix_uri(volume: &str, socket: &Path) -> String {
     format!("nbd+unix:///{volume}?socket={}", socket.display())
 }
 
+impl Served for Gateway {
+    fn served_device(&self, volume: &str) -> Option<Arc<dyn BlockDevice>> {
+        Some(Arc::new(VolumeDevice::new(self.get(volume)?, self.mirror.get().cloned(), self.appliance.clone())))
+    }
+}
+
 impl ExportProvider for Gateway {
     fn list(&self) -> Vec<String> {
         let mut names: Vec<String> = self.volumes.read().expect("not poisoned").keys().cloned().collect();
@@ -365,15 +364,17 @@ impl ExportProvider for Gateway {
         if let Some(f) = self.forwarding.get() {
             return Some(f.device(name, self.size_of(name)?));
         }
-        Some(Arc::new(VolumeDevice::new(self.get(name)?, self.mirror.get().cloned(), self.appliance.clone())))
+        self.served_device(name)
     }
     fn list_for(&self, peer: &Peer) -> Vec<String> {
         let Ok(who) = self.access.identify(peer) else { return Vec::new() };
         self.list().into_iter().filter(|v| !self.access.rights(&who, v).is_none()).collect()
     }
     fn open_for(&self, name: &str, peer: &Peer) -> Result<Arc<dyn BlockDevice>, Refusal> {
+        // A gateway forwarding to this one gets only what is served here, never forwarded on
+        // (no loops); a fenced volume answers "unavailable here" and it looks again.
         if self.peer_gateway(peer).is_some() {
-            return self.open_for_gateway(name);
+            return self.served_device(name).ok_or(Refusal::Unknown);
         }
         let who = self.access.identify(peer)?;
         // A missing volume and one this identity may not open get the same answer, so that

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rustls_pki_types::ServerName;
@@ -34,8 +35,9 @@ pub enum ClientError {
 }
 
 type Reply = oneshot::Sender<Result<Bytes, ClientError>>;
-/// Requests in flight by handle: how many data bytes their reply carries, and the waiter.
-type Pending = Arc<Mutex<HashMap<u64, (u32, Reply)>>>;
+/// Requests in flight by handle: when each was sent, how many data bytes its reply
+/// carries, and the waiter.
+type Pending = Arc<Mutex<HashMap<u64, (Instant, u32, Reply)>>>;
 
 struct Outgoing {
     header: [u8; proto::REQUEST_LEN],
@@ -105,6 +107,12 @@ impl Client {
         fail_all(&self.pending, "closed");
     }
 
+    /// How long the oldest request in flight has waited for its answer.
+    pub fn oldest_in_flight(&self) -> Option<Duration> {
+        let pending = self.pending.lock().expect("not poisoned");
+        pending.values().map(|(sent, _, _)| sent.elapsed()).max()
+    }
+
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ClientError> {
         self.request(Command::Read, 0, offset, len, None).await
     }
@@ -141,7 +149,7 @@ impl Client {
         let header = proto::encode_request(&Request { flags, command, handle, offset, len });
         let (reply, answer) = oneshot::channel();
         let read_len = if command == Command::Read { len } else { 0 };
-        self.pending.lock().expect("not poisoned").insert(handle, (read_len, reply));
+        self.pending.lock().expect("not poisoned").insert(handle, (Instant::now(), read_len, reply));
         if self.tx.send(Outgoing { header, payload }).await.is_err() {
             self.pending.lock().expect("not poisoned").remove(&handle);
             return Err(ClientError::Connection("closed".into()));
@@ -251,7 +259,7 @@ async fn option<S: AsyncRead + AsyncWrite + Unpin>(
 
 fn fail_all(pending: &Pending, why: &str) {
     let waiting: Vec<_> = pending.lock().expect("not poisoned").drain().collect();
-    for (_, (_, reply)) in waiting {
+    for (_, (_, _, reply)) in waiting {
         let _ = reply.send(Err(ClientError::Connection(why.to_string())));
     }
 }
@@ -301,7 +309,7 @@ async fn receive_loop<R: AsyncRead + Unpin>(mut read: R, pending: Pending, close
             Ok(r) => r,
             Err(e) => break e.to_string(),
         };
-        let Some((len, reply)) = pending.lock().expect("not poisoned").remove(&handle) else {
+        let Some((_, len, reply)) = pending.lock().expect("not poisoned").remove(&handle) else {
             break format!("a reply to handle {handle}, which was not asked");
         };
         if error != 0 {

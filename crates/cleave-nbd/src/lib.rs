@@ -1,5 +1,5 @@
 //! `cleave-nbd`: an NBD server (fixed newstyle, simple replies) for anything that
-//! implements [`BlockDevice`]. It knows nothing of targets or volumes.
+//! implements [`BlockDevice`], and a client of it. It knows nothing of targets or volumes.
 //!
 //! - [`proto`]: wire constants and pure parse/serialize functions (fuzzed).
 //! - [`device`]: the [`BlockDevice`] and [`ExportProvider`] traits, [`BlockError`], and [`MemDevice`].
