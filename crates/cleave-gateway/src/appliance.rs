@@ -247,16 +247,17 @@ impl Appliance {
         Ok(self.directory()?.endpoints.get(gateway).cloned())
     }
 
-    /// The live gateway whose forwarding certificate has this fingerprint.
-    pub fn gateway_with_certificate(&self, fingerprint: &str) -> Result<Option<String>, ConfigError> {
-        let find =
-            |d: &Directory| d.endpoints.iter().find(|(_, e)| e.fingerprint == fingerprint).map(|(g, _)| g.clone());
-        if let Some(g) = find(&*self.directory()?) {
-            return Ok(Some(g));
-        }
-        // A gateway that has just started: its endpoint may be newer than the directory.
+    /// The live gateway whose forwarding certificate has this fingerprint, as last read
+    /// (never reads etcd: it is asked during an NBD handshake, on an async worker).
+    pub fn gateway_with_certificate(&self, fingerprint: &str) -> Option<String> {
+        let d = self.directory.lock().expect("not poisoned").clone()?;
+        d.endpoints.iter().find(|(_, e)| e.fingerprint == fingerprint).map(|(g, _)| g.clone())
+    }
+
+    /// Reads the members, orders, path reports and endpoints again.
+    pub fn refresh(&self) -> Result<(), ConfigError> {
         *self.directory.lock().expect("not poisoned") = None;
-        Ok(find(&*self.directory()?))
+        self.directory().map(drop)
     }
 
     /// Puts `gateways` first, in this order, for `volume` (empty: placement alone decides).

@@ -64,6 +64,11 @@ impl Forwarding {
         Ok(Forwarding { here, appliance: a, tls, devices: Mutex::default() })
     }
 
+    /// The device of `volume` if a host has opened it here before.
+    pub(crate) fn existing(&self, volume: &str) -> Option<Arc<Routed>> {
+        self.devices.lock().expect("not poisoned").get(volume).cloned()
+    }
+
     /// The device of `volume` (of `size` bytes).
     pub(crate) fn device(&self, volume: &str, size: u64) -> Arc<Routed> {
         let mut devices = self.devices.lock().expect("not poisoned");

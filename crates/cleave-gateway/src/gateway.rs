@@ -14,7 +14,7 @@ use cleave_control::hierarchy::{Hierarchy, HierarchyConfig};
 use cleave_control::pool::{Event, NodeInfo, Pool};
 use cleave_nbd::{BlockDevice, ExportProvider, Peer, Refusal};
 use cleave_split::keys::MasterKey;
-use cleave_volume::{Superblock, Volume, VolumeOptions};
+use cleave_volume::{Superblock, Volume, VolumeConfig, VolumeOptions};
 use tracing::{error, info};
 
 use crate::access::{AccessControl, Guarded};
@@ -297,19 +297,19 @@ impl Gateway {
         Ok(())
     }
 
-    /// The size of a known volume, served here or not.
-    fn size_of(&self, name: &str) -> Option<u64> {
+    /// What `f` reads of a known volume's configuration, served here or not.
+    pub(crate) fn config_of<T>(&self, name: &str, f: impl FnOnce(&VolumeConfig) -> T) -> Option<T> {
         if let Some(v) = self.get(name) {
-            return Some(v.size());
+            return Some(f(v.config()));
         }
-        self.unopened.read().expect("not poisoned").get(name)?.sb.as_ref().map(|sb| sb.config.size)
+        self.unopened.read().expect("not poisoned").get(name)?.sb.as_ref().map(|sb| f(&sb.config))
     }
 
     /// A peer that presents the forwarding certificate of a live gateway of the appliance.
     fn peer_gateway(&self, peer: &Peer) -> Option<String> {
         let a = self.appliance.as_ref()?;
         let fingerprint = cleave_control::ca::fingerprint(peer.certificate.as_ref()?);
-        a.gateway_with_certificate(&fingerprint).ok().flatten()
+        a.gateway_with_certificate(&fingerprint)
     }
 
     /// Where clients attach a volume: the local socket, and NBD over TLS (empty without NBD).
@@ -353,16 +353,22 @@ impl Served for Gateway {
 impl ExportProvider for Gateway {
     fn list(&self) -> Vec<String> {
         let mut names: Vec<String> = self.volumes.read().expect("not poisoned").keys().cloned().collect();
-        if self.forwarding.get().is_some() {
+        if let Some(f) = self.forwarding.get() {
             let unopened = self.unopened.read().expect("not poisoned");
-            names.extend(unopened.iter().filter(|(_, u)| u.sb.is_some()).map(|(n, _)| n.clone()));
+            let known = |(n, u): &(&String, &Unopened)| u.sb.is_some() || f.existing(n).is_some();
+            names.extend(unopened.iter().filter(known).map(|(n, _)| n.clone()));
             names.sort();
         }
         names
     }
     fn open(&self, name: &str) -> Option<Arc<dyn BlockDevice>> {
         if let Some(f) = self.forwarding.get() {
-            return Some(f.device(name, self.size_of(name)?));
+            // Known here before (a volume that has just left this gateway may lack its size
+            // for a moment).
+            if let Some(d) = f.existing(name).filter(|_| self.exists(name)) {
+                return Some(d);
+            }
+            return Some(f.device(name, self.config_of(name, |c| c.size)?));
         }
         self.served_device(name)
     }

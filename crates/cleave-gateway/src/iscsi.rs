@@ -183,8 +183,8 @@ impl cleave_iscsi::Access for Gateway {
         if !exportable(volume) || self.access.rights(&id, volume).is_none() {
             return None;
         }
-        let served = self.get(volume)?;
-        let serial = served.config().uuid.clone();
+        // Served here, or forwarded to its primary.
+        let serial = self.config_of(volume, |c| c.uuid.clone())?;
         let device = ExportProvider::open(self, volume)?;
         // The grant decides; a mirror's secondary is read-only only until it is promoted,
         // which ALUA reports (standby), and the device refuses writes meanwhile.

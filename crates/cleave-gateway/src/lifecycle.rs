@@ -362,12 +362,18 @@ impl Gateway {
             warn!(volume = %name, to, error = %e, "cannot hand the volume over; it stays here");
             return;
         }
-        self.volumes.write().expect("not poisoned").remove(&name);
-        let u = Unopened { sb: None, reason: served_by(to), primary: Some(to.to_string()) };
-        self.unopened.write().expect("not poisoned").insert(name.clone(), u);
-        a.pass(&name);
+        self.passed_on(a, &name, served_by(to), to);
         info!(volume = %name, to, "volume handed over");
         self.record(EventKind::GatewayHandover, format!("{name}: handed over to gateway {to}"));
+    }
+
+    /// Bookkeeping once `name` is no longer served here and goes to gateway `to`: listed as
+    /// not opened here, naming `to`, and left to the others for a while.
+    pub(crate) fn passed_on(&self, a: &Appliance, name: &str, reason: String, to: &str) {
+        self.volumes.write().expect("not poisoned").remove(name);
+        let u = Unopened { sb: None, reason, primary: Some(to.to_string()) };
+        self.unopened.write().expect("not poisoned").insert(name.to_string(), u);
+        a.pass(name);
     }
 
     /// Stops serving every volume here: another gateway may take them over now.

@@ -4,8 +4,10 @@
 //! quorum) for [`LOST_FOR`], while another gateway of its order reaches enough, gives the
 //! volume up to it: fenced here, released and passed on, like an inquiry along the order.
 //!
-//! What was written here and not yet flushed is lost with the path, as with a crash: in an
-//! appliance every FLUSH reaches the targets before it is acknowledged.
+//! What was written here and not yet flushed is lost here with the path, as with a crash: in
+//! an appliance every FLUSH reaches the targets before it is acknowledged, and the hosts'
+//! gateways send what they wrote since their last FLUSH again to the next primary
+//! (`crate::forward`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use tracing::warn;
 
 use crate::appliance::{blocking, Appliance};
 use crate::events::EventKind;
-use crate::gateway::{Gateway, Unopened};
+use crate::gateway::Gateway;
 
 /// How often the targets are asked.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -43,6 +45,11 @@ impl Gateway {
         loop {
             tick.tick().await;
             let reach = self.reach(&mut checks).await;
+            // Also keeps what the NBD handshake reads of the other gateways fresh.
+            let a2 = a.clone();
+            if let Err(e) = blocking(move || a2.refresh()).await {
+                warn!(error = %e, "cannot read the appliance's members");
+            }
             // Only changes are written: etcd keeps every revision until it is compacted.
             if published.as_ref() != Some(&reach) {
                 let (a2, r) = (a.clone(), reach.clone());
@@ -127,10 +134,7 @@ impl Gateway {
         let _admin = self.admin.lock().await;
         v.fence(why);
         v.close().await;
-        self.volumes.write().expect("not poisoned").remove(&name);
-        let u = Unopened { sb: None, reason: why.to_string(), primary: Some(to.to_string()) };
-        self.unopened.write().expect("not poisoned").insert(name.clone(), u);
-        a.pass(&name);
+        self.passed_on(a, &name, why.to_string(), to);
         warn!(volume = %name, to, "{why}: the volume is passed on");
         self.record(EventKind::PathLost, format!("{name}: {why}; passed on"));
     }

@@ -70,7 +70,15 @@ impl Client {
         greeting(&mut tcp).await?;
         option(&mut tcp, proto::OPT_STARTTLS, &[]).await?;
         let mut s = tokio_rustls::TlsConnector::from(tls).connect(server, tcp).await.map_err(io)?;
-        let infos = option(&mut s, proto::OPT_GO, &proto::encode_info_request(export, &[proto::INFO_EXPORT])).await?;
+        let infos =
+            match option(&mut s, proto::OPT_GO, &proto::encode_info_request(export, &[proto::INFO_EXPORT])).await {
+                Ok(infos) => infos,
+                Err(e) => {
+                    // Refused: end TLS properly rather than drop the connection.
+                    let _ = s.shutdown().await;
+                    return Err(e);
+                }
+            };
         let (size, flags) = infos
             .iter()
             .find_map(|i| proto::parse_info_export(i))

@@ -4,6 +4,8 @@
 //! I/O pauses and goes on through the same connection: fio's crc32c verify of every block it
 //! wrote passes, and a probe measures the time from the kill to the first completed I/O.
 //!
+//! Over iSCSI too: an initiator logged in to a gateway that is not the primary.
+//!
 //! `CLEAVE_FAILOVER_RUNS` sets how many kills are measured (3 by default; 10 for the
 //! figure in the README).
 
@@ -216,5 +218,59 @@ fn a_host_on_another_gateway_writes_on_when_the_primary_loses_its_targets() {
     );
     cut_path(&a, &first.join("targets"), true);
     a.term();
+    b.term();
+}
+
+const IQN_BASE: &str = "iqn.2025-01.invalid.cleave";
+const INITIATOR: &str = "iqn.2026-01.invalid.test:host";
+
+/// qemu-io over iSCSI to `portal` as [`INITIATOR`]: whether every command succeeded.
+fn qemu_io_iscsi(portal: &str, volume: &str, cmds: &[&str]) -> (bool, String) {
+    let opts = format!(
+        "driver=iscsi,transport=tcp,portal={portal},target={IQN_BASE}:cleave:{volume},lun=0,initiator-name={INITIATOR}"
+    );
+    let mut c = Command::new("qemu-io");
+    c.arg("--image-opts").arg(opts);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success() && !text.contains("failed") && !text.to_lowercase().contains("error"), text)
+}
+
+/// iSCSI is a front end like NBD: an initiator logged in to a gateway that is not the
+/// primary writes through it, and reads its data back through it after the primary died.
+#[test]
+fn an_initiator_on_another_gateway_is_forwarded_and_outlives_the_primary() {
+    let _one = one_at_a_time();
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("a");
+    let mut a = member(dir.path(), "a", &etcd.endpoints(), None);
+    a.cli_ok(&["volume", "create", "v", "--size", "16MiB"]);
+    let portal = format!("127.0.0.1:{}", common::free_port());
+    let mut b = member_with(None, false, dir.path(), "b", &etcd.endpoints(), Some(&first), &["--iscsi", &portal]);
+    // The initiator's client may write v: set up on a, seen by b.
+    let certs = dir.path().join("host");
+    a.cli_ok(&["client", "add", "host", "--out", certs.to_str().unwrap()]);
+    a.cli_ok(&["group", "add", "hosts"]);
+    a.cli_ok(&["group", "join", "hosts", "host"]);
+    a.cli_ok(&["group", "grant", "hosts", "v"]);
+    a.cli_ok(&["client", "initiator", "add", "host", INITIATOR, "--no-chap"]);
+    wait_for("b to see the initiator", Duration::from_secs(5), || {
+        b.cli_ok(&["client", "list", "--json"]).contains(INITIATOR)
+    });
+    assert!(served_here(&a, "v") && !served_here(&b, "v"));
+
+    let (ok, text) = qemu_io_iscsi(&portal, "v", &["write -P 90 0 1M", "flush"]);
+    assert!(ok, "a write over iSCSI through b was not forwarded:\n{text}");
+    let image = common::nbdcopy_image(&a.uri("v"), dir.path());
+    assert!(image[..MIB as usize].iter().all(|&x| x == 90), "the primary does not hold what b forwarded");
+
+    a.kill9();
+    let (ok, text) = qemu_io_iscsi(&portal, "v", &["read -P 90 0 1M", "write -P 91 1M 1M", "flush"]);
+    assert!(ok, "over iSCSI through b after the primary died:\n{text}");
+    assert!(served_here(&b, "v"), "{}", b.show("v"));
     b.term();
 }
