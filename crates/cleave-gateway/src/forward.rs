@@ -69,9 +69,13 @@ impl Forwarding {
         self.devices.lock().expect("not poisoned").get(volume).cloned()
     }
 
-    /// The device of `volume` (of `size` bytes).
+    /// The device of `volume` (of `size` bytes; a volume deleted and made again with another
+    /// size gets a new one).
     pub(crate) fn device(&self, volume: &str, size: u64) -> Arc<Routed> {
         let mut devices = self.devices.lock().expect("not poisoned");
+        if devices.get(volume).is_some_and(|d| d.size != size) {
+            devices.remove(volume);
+        }
         let d = devices.entry(volume.to_string()).or_insert_with(|| {
             Arc::new(Routed {
                 here: self.here.clone(),

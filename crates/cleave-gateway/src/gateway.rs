@@ -363,12 +363,12 @@ impl ExportProvider for Gateway {
     }
     fn open(&self, name: &str) -> Option<Arc<dyn BlockDevice>> {
         if let Some(f) = self.forwarding.get() {
-            // Known here before (a volume that has just left this gateway may lack its size
-            // for a moment).
-            if let Some(d) = f.existing(name).filter(|_| self.exists(name)) {
-                return Some(d);
-            }
-            return Some(f.device(name, self.config_of(name, |c| c.size)?));
+            return match self.config_of(name, |c| c.size) {
+                Some(size) => Some(f.device(name, size)),
+                // A volume that has just left this gateway may lack its configuration for a
+                // moment: the device hosts had stays.
+                None => f.existing(name).filter(|_| self.exists(name)).map(|d| d as Arc<dyn BlockDevice>),
+            };
         }
         self.served_device(name)
     }

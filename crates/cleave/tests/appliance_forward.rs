@@ -274,3 +274,26 @@ fn an_initiator_on_another_gateway_is_forwarded_and_outlives_the_primary() {
     assert!(served_here(&b, "v"), "{}", b.show("v"));
     b.term();
 }
+
+/// A volume deleted and made again with another size is exported at its new size by a
+/// gateway that forwarded the old one.
+#[test]
+fn a_volume_made_again_is_exported_at_its_new_size_by_every_gateway() {
+    let _one = one_at_a_time();
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = member(dir.path(), "a", &etcd.endpoints(), None);
+    a.cli_ok(&["volume", "create", "v", "--size", "16MiB"]);
+    let mut b = member(dir.path(), "b", &etcd.endpoints(), Some(&dir.path().join("a")));
+    let size = |s: &Serve| b.show("v")["size_bytes"].as_u64().map(|_| common::nbdinfo_size(&s.uri("v")));
+    wait_for("b to export v", Duration::from_secs(10), || b.show("v")["size_bytes"] == 16 * MIB);
+    assert_eq!(size(&b), Some(16 * MIB));
+    a.cli_ok(&["volume", "delete", "v"]);
+    a.cli_ok(&["volume", "create", "v", "--size", "32MiB"]);
+    wait_for("b to know the new v", Duration::from_secs(10), || {
+        b.cli(&["volume", "show", "v", "--json"]).status.success() && b.show("v")["size_bytes"] == 32 * MIB
+    });
+    assert_eq!(size(&b), Some(32 * MIB), "b exports the new volume at the old one's size");
+    a.term();
+    b.term();
+}
