@@ -13,38 +13,14 @@ SECS=${2:-15}
 build
 fresh_run forward
 
-ETCD_PORT=$(free_port); PEER_PORT=$(free_port)
-etcd --name bench --data-dir "$OUT/forward/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
-  --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" --listen-peer-urls "http://127.0.0.1:$PEER_PORT" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
-  --initial-cluster "bench=http://127.0.0.1:$PEER_PORT" >"$OUT/forward/etcd.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ETCD_PORT/health" >/dev/null && break; sleep 0.1; done
-
-# gateway NAME: starts one of the appliance; sets NAME_HTTP, NAME_DATA.
-gateway() {
-  local name=$1 data=$OUT/forward/$1 http nbd udp
-  http=$(free_port); nbd=$(free_port); udp=$(free_port)
-  if [ "$name" != A ]; then
-    mkdir -p -m 700 "$data"; cp "$OUT/forward/A/master.key" "$data/master.key"
-  fi
-  CLEAVE_LOG=warn "$CLEAVE" gateway --data-dir "$data" --nbd "127.0.0.1:$nbd" --http "127.0.0.1:$http" \
-    --autoconfig "127.0.0.1:$udp" --etcd "http://127.0.0.1:$ETCD_PORT" --lease-secs 3 --cache-size 2GiB \
-    >"$OUT/forward/$name.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 600); do grep -q '^API:' "$OUT/forward/$name.log" 2>/dev/null && break; sleep 0.1; done
-  eval "${name}_HTTP=$http ${name}_DATA=$data"
-}
-on() { local n=$1; shift; local http=${n}_HTTP data=${n}_DATA
-  CLEAVE_LOG=warn "$CLEAVE" "$@" --server "http://127.0.0.1:${!http}" --token-file "${!data}/admin.token"; }
-uri() { local data=${1}_DATA; echo "nbd+unix:///$2?socket=$(cd "${!data}" && pwd)/nbd.sock"; }
+start_etcd "$OUT/forward"
 dirty() { on A volume show v --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["dirty_bytes"])'; }
 # Nothing left to destage: each job starts on a quiet gateway.
 settle() { for _ in $(seq 6000); do [ "$(dirty)" = 0 ] && return; sleep 0.1; done; }
 
-gateway A
+member "$OUT/forward" A
 on A volume create v --size "${MIB}MiB" >/dev/null
-gateway B
+member "$OUT/forward" B
 for _ in $(seq 100); do on B volume show v >/dev/null 2>&1 && break; sleep 0.1; done
 
 echo "I/O forwarding on loopback: a ${MIB} MiB volume served by gateway A, five directory targets at 3-of-5"

@@ -47,3 +47,44 @@ bw = (r["bw_bytes"] + w["bw_bytes"]) / 1e6
 iops = r["iops"] + w["iops"]
 print(f"{bw:.1f} {iops:.0f}")'
 }
+
+# start_etcd RUN_DIR: one etcd member on loopback, its data in RUN_DIR/etcd; sets ETCD_PORT.
+start_etcd() {
+  local run=$1 peer
+  ETCD_PORT=$(free_port); peer=$(free_port)
+  etcd --name bench --data-dir "$run/etcd" --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" --listen-peer-urls "http://127.0.0.1:$peer" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+    --initial-cluster "bench=http://127.0.0.1:$peer" >"$run/etcd.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ETCD_PORT/health" >/dev/null && break; sleep 0.1; done
+}
+
+# start_gateway RUN_DIR NAME COMMAND ARGS...: `cleave COMMAND` (serve, gateway) with its data
+# in RUN_DIR/NAME, NBD, HTTP and autoconfig on free loopback ports, a 2 GiB cache, and ARGS;
+# sets NAME_HTTP, NAME_DATA, NAME_PID.
+start_gateway() {
+  local run=$1 name=$2 cmd=$3 http nbd udp pid; shift 3
+  http=$(free_port); nbd=$(free_port); udp=$(free_port)
+  CLEAVE_LOG=warn "$CLEAVE" "$cmd" --data-dir "$run/$name" --nbd "127.0.0.1:$nbd" --http "127.0.0.1:$http" \
+    --autoconfig "127.0.0.1:$udp" --cache-size 2GiB "$@" >"$run/$name.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 600); do grep -q '^API:' "$run/$name.log" 2>/dev/null && break; sleep 0.1; done
+  eval "${name}_HTTP=$http ${name}_DATA=$run/$name ${name}_PID=$pid"
+}
+
+# member RUN_DIR NAME: starts gateway NAME of an appliance on start_etcd's etcd (a 3 s lease;
+# every member after A gets A's master key).
+member() {
+  local run=$1 name=$2
+  if [ "$name" != A ]; then
+    mkdir -p -m 700 "$run/$name"; cp "$run/A/master.key" "$run/$name/master.key"
+  fi
+  start_gateway "$run" "$name" gateway --etcd "http://127.0.0.1:$ETCD_PORT" --lease-secs 3
+}
+# on NAME ARGS...: the CLI against gateway NAME.
+on() { local n=$1; shift; local http=${n}_HTTP data=${n}_DATA
+  CLEAVE_LOG=warn "$CLEAVE" "$@" --server "http://127.0.0.1:${!http}" --token-file "${!data}/admin.token"; }
+# uri NAME VOLUME: the volume on gateway NAME's local socket.
+uri() { local data=${1}_DATA; echo "nbd+unix:///$2?socket=$(cd "${!data}" && pwd)/nbd.sock"; }

@@ -15,19 +15,13 @@ SECS=${2:-15}
 build
 fresh_run mirror
 
-# gateway NAME: starts one; sets NAME_HTTP, NAME_MIRROR, NAME_DATA.
+# gateway NAME: starts one (`cleave serve` with a mirror listener); sets NAME_HTTP,
+# NAME_MIRROR, NAME_DATA.
 gateway() {
-  local name=$1 data=$OUT/mirror/$1 http nbd udp mirror
-  http=$(free_port); nbd=$(free_port); udp=$(free_port); mirror=$(free_port)
-  CLEAVE_LOG=warn "$CLEAVE" serve --data-dir "$data" --nbd "127.0.0.1:$nbd" --http "127.0.0.1:$http" \
-    --autoconfig "127.0.0.1:$udp" --mirror-listen "127.0.0.1:$mirror" --cache-size 2GiB >"$OUT/mirror/$name.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 600); do grep -q '^API:' "$OUT/mirror/$name.log" 2>/dev/null && break; sleep 0.1; done
-  eval "${name}_HTTP=$http ${name}_MIRROR=127.0.0.1:$mirror ${name}_DATA=$data"
+  local mirror; mirror=$(free_port)
+  start_gateway "$OUT/mirror" "$1" serve --mirror-listen "127.0.0.1:$mirror"
+  eval "${1}_MIRROR=127.0.0.1:$mirror"
 }
-on() { local n=$1; shift; local http=${n}_HTTP data=${n}_DATA
-  CLEAVE_LOG=warn "$CLEAVE" "$@" --server "http://127.0.0.1:${!http}" --token-file "${!data}/admin.token"; }
-uri() { local data=${1}_DATA; echo "nbd+unix:///$2?socket=$(cd "${!data}" && pwd)/nbd.sock"; }
 state() { on A mirror show "$1" --json | python3 -c 'import json,sys; v=json.load(sys.stdin); print(v["state"], v["lag_bytes"])'; }
 wait_in_sync() { for _ in $(seq 6000); do [ "$(state "$1")" = "in-sync 0" ] && return 0; sleep 0.1; done; echo "$1 never in sync"; exit 1; }
 dirty() { on A volume show "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["dirty_bytes"])'; }

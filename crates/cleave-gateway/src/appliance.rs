@@ -35,6 +35,8 @@ const ORDER: &str = "order/";
 const PATHS: &str = "paths/";
 /// Per gateway, where other gateways forward requests to it (`crate::forward`).
 const ENDPOINTS: &str = "endpoints/";
+/// Per volume, the gateway keeping its primary's changes (`crate::standby`).
+const STANDBY: &str = "standby/";
 
 /// How long each gateway further down a volume's order waits, after the one before it, to
 /// claim a volume that has no primary.
@@ -75,6 +77,16 @@ pub struct Appliance {
 pub struct Endpoint {
     pub nbd: String,
     pub fingerprint: String,
+}
+
+/// Which gateway keeps the changes a volume's primary acknowledged from its cache: a FLUSH
+/// there was acknowledged once this gateway's log held it, so the next primary applies that
+/// log, if it is the one the primary of `epoch` (the one before it) named.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StandbyRecord {
+    pub gateway: String,
+    pub session: String,
+    pub epoch: u64,
 }
 
 /// The members, the administrators' orders and the members' reach, as read at one moment.
@@ -258,6 +270,44 @@ impl Appliance {
     pub fn refresh(&self) -> Result<(), ConfigError> {
         *self.directory.lock().expect("not poisoned") = None;
         self.directory().map(drop)
+    }
+
+    /// Names the standby of `volume` (the primary, once the standby holds every change the
+    /// targets may lack).
+    pub fn set_standby(&self, volume: &str, record: &StandbyRecord) -> Result<(), ConfigError> {
+        let raw = serde_json::to_vec(record).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.store.put(&format!("{STANDBY}{volume}"), &raw)?;
+        Ok(())
+    }
+
+    /// The standby `volume`'s last primary named, if any.
+    pub fn standby_of(&self, volume: &str) -> Result<Option<StandbyRecord>, ConfigError> {
+        let Some(raw) = self.store.get_value(&format!("{STANDBY}{volume}"))? else { return Ok(None) };
+        Ok(serde_json::from_slice(&raw).ok())
+    }
+
+    /// Forgets `volume`'s standby if it is still `session`.
+    pub fn clear_standby(&self, volume: &str, session: &str) -> Result<(), ConfigError> {
+        let key = format!("{STANDBY}{volume}");
+        let Some(e) = self.store.get(&key)? else { return Ok(()) };
+        let named: Option<StandbyRecord> = serde_json::from_slice(&e.value).ok();
+        if named.is_none_or(|r| r.session == session) {
+            match self.store.delete_if(&key, e.version) {
+                Err(err) if !err.is_conflict() => return Err(err),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The sessions some primary names: the standby logs to keep.
+    pub fn standby_sessions(&self) -> Result<std::collections::HashSet<String>, ConfigError> {
+        let records = self.store.scan(STANDBY)?;
+        Ok(records
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<StandbyRecord>(&e.value).ok())
+            .map(|r| r.session)
+            .collect())
     }
 
     /// Puts `gateways` first, in this order, for `volume` (empty: placement alone decides).

@@ -12,15 +12,18 @@ use cleave_volume::{Volume, VolumeError};
 use tracing::warn;
 
 use crate::appliance::Appliance;
+use crate::standby::Standby;
 
 /// Adapts a volume to the NBD front end.
 pub(crate) struct VolumeDevice {
     volume: Volume,
     mirror: Option<Arc<Engine>>,
     appliance: Option<Arc<Appliance>>,
+    /// In an appliance: the other gateway that keeps this volume's changes too.
+    standby: Option<Arc<Standby>>,
 }
 
-fn block_error(e: VolumeError) -> BlockError {
+pub(crate) fn block_error(e: VolumeError) -> BlockError {
     match e {
         VolumeError::OutOfRange { .. } => BlockError::Invalid(e.to_string()),
         VolumeError::Cache(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => BlockError::NoSpace(e.to_string()),
@@ -34,8 +37,13 @@ fn block_error(e: VolumeError) -> BlockError {
 }
 
 impl VolumeDevice {
-    pub(crate) fn new(volume: Volume, mirror: Option<Arc<Engine>>, appliance: Option<Arc<Appliance>>) -> Self {
-        VolumeDevice { volume, mirror, appliance }
+    pub(crate) fn new(
+        volume: Volume,
+        mirror: Option<Arc<Engine>>,
+        appliance: Option<Arc<Appliance>>,
+        standby: Option<Arc<Standby>>,
+    ) -> Self {
+        VolumeDevice { volume, mirror, appliance, standby }
     }
 
     /// In an appliance, nothing is served once the lease may have lapsed: another gateway
@@ -50,15 +58,12 @@ impl VolumeDevice {
         }
     }
 
+    /// A change of this gateway's volume (and of its standby's log, when it has one).
     async fn local(&self, op: Op) -> Result<(), BlockError> {
-        let v = &self.volume;
-        match op {
-            Op::Write { offset, data, fua } => v.write(offset, data, fua).await,
-            Op::Zero { offset, len, fua } => v.write_zeroes(offset, len as u64, fua).await,
-            Op::Trim { offset, len } => v.trim(offset, len as u64).await,
-            Op::Flush => v.flush().await,
+        match &self.standby {
+            Some(s) => s.apply(op).await,
+            None => crate::standby::change(&self.volume, op).await,
         }
-        .map_err(block_error)
     }
 
     /// A change, acknowledged only if the lease held from before it to after it.

@@ -33,6 +33,13 @@ pub enum EventKind {
     /// This gateway reached too few of a volume's targets and passed it on to one that
     /// reaches enough.
     PathLost,
+    /// A volume served here has a standby cache on another gateway: a FLUSH is acknowledged
+    /// from the two caches.
+    StandbyReady,
+    /// The standby missed a change: FLUSHes reach the targets until a new one is ready.
+    StandbyLost,
+    /// A volume taken over here: the changes its last primary kept on this gateway applied.
+    StandbyApplied,
 }
 
 impl EventKind {
@@ -49,6 +56,9 @@ impl EventKind {
             EventKind::GatewayFenced => "gateway_fenced".into(),
             EventKind::GatewayHandover => "gateway_handover".into(),
             EventKind::PathLost => "path_lost".into(),
+            EventKind::StandbyReady => "standby_ready".into(),
+            EventKind::StandbyLost => "standby_lost".into(),
+            EventKind::StandbyApplied => "standby_applied".into(),
         }
     }
 }

@@ -64,6 +64,11 @@ impl Forwarding {
         Ok(Forwarding { here, appliance: a, tls, devices: Mutex::default() })
     }
 
+    /// This gateway's TLS identity towards the others.
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
     /// The device of `volume` if a host has opened it here before.
     pub(crate) fn existing(&self, volume: &str) -> Option<Arc<Routed>> {
         self.devices.lock().expect("not poisoned").get(volume).cloned()
@@ -148,6 +153,14 @@ impl Route {
             e => Failure::Final(e),
         })
     }
+}
+
+/// Opens `export` on another gateway's NBD listener at `addr`, with this gateway's certificate.
+pub(crate) async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>, export: &str) -> Result<Client, ClientError> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| ClientError::Connection(e.to_string()))?;
+    Client::connect(tcp, name, tls, export).await
 }
 
 /// Who the primary of a volume is, as etcd says.
@@ -305,10 +318,7 @@ impl Routed {
     }
 
     async fn connect(&self, addr: &str) -> Result<Client, ClientError> {
-        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_string()).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| ClientError::Connection(e.to_string()))?;
-        Client::connect(tcp, name, self.tls.clone(), &self.volume).await
+        connect(addr, self.tls.clone(), &self.volume).await
     }
 
     /// A change: acknowledged once the primary took it, and kept until a FLUSH covers it.

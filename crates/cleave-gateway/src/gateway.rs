@@ -128,6 +128,9 @@ pub struct Gateway {
     /// In an appliance with an NBD listener: every volume exported, requests forwarded to
     /// its primary.
     pub(crate) forwarding: std::sync::OnceLock<Forwarding>,
+    /// In an appliance with forwarding: the standby caches of the volumes served here, the
+    /// logs this gateway keeps for other primaries, and itself as their host.
+    pub(crate) standbys: crate::standbys::Standbys,
 }
 
 /// A stored volume that could not be opened, and why. Listed as unavailable, retried every
@@ -164,6 +167,7 @@ impl Gateway {
             webhook,
             appliance: c.appliance,
             forwarding: std::sync::OnceLock::new(),
+            standbys: Default::default(),
         }
     }
 
@@ -246,8 +250,9 @@ impl Gateway {
         let mut o = VolumeOptions::new(self.data.cache_dir());
         o.cache_bytes = self.cache_bytes;
         o.owner = self.data.gateway_id()?;
-        // Until the cache is mirrored to another gateway, a failover serves what the targets
-        // hold: a FLUSH acknowledged from this cache alone would be lost (docs/appliance.md).
+        // A failover serves what the targets hold, and a standby's log: a FLUSH acknowledged
+        // from this cache alone would be lost (docs/appliance.md). With a standby ready, a
+        // FLUSH goes to the two caches instead (`crate::standby`).
         o.flush_to_targets = self.appliance.is_some();
         Ok(o)
     }
@@ -294,6 +299,7 @@ impl Gateway {
         let f = Forwarding::start(Arc::downgrade(&here), &self.access.ca, a.clone(), nbd.reachable())
             .map_err(|e| GatewayError::Internal(format!("forwarding: {e:#}")))?;
         let _ = self.forwarding.set(f);
+        self.start_standbys().map_err(|e| GatewayError::Internal(format!("standby logs: {e}")))?;
         Ok(())
     }
 
@@ -346,7 +352,9 @@ pub fn unix_uri(volume: &str, socket: &Path) -> String {
 
 impl Served for Gateway {
     fn served_device(&self, volume: &str) -> Option<Arc<dyn BlockDevice>> {
-        Some(Arc::new(VolumeDevice::new(self.get(volume)?, self.mirror.get().cloned(), self.appliance.clone())))
+        let v = self.get(volume)?;
+        let standby = self.standby_for(&v);
+        Some(Arc::new(VolumeDevice::new(v, self.mirror.get().cloned(), self.appliance.clone(), standby)))
     }
 }
 
@@ -380,6 +388,9 @@ impl ExportProvider for Gateway {
         // A gateway forwarding to this one gets only what is served here, never forwarded on
         // (no loops); a fenced volume answers "unavailable here" and it looks again.
         if self.peer_gateway(peer).is_some() {
+            if let Some(log) = name.strip_prefix(crate::standby::EXPORT_PREFIX) {
+                return self.standby_log(log).ok_or(Refusal::Unknown);
+            }
             return self.served_device(name).ok_or(Refusal::Unknown);
         }
         let who = self.access.identify(peer)?;

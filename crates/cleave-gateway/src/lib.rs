@@ -44,6 +44,10 @@ mod paths;
 mod queue;
 /// Byte sizes, parsed and shown (`1MiB`, `64 GiB`).
 pub mod size;
+/// The standby cache: a primary's changes kept by another gateway of the appliance too.
+mod standby;
+/// The standby caches of the volumes served here, the logs kept for other primaries.
+mod standbys;
 /// A record of the configuration database kept in memory, shared by the gateways of an appliance.
 pub mod stored;
 /// Tasks: kinds, states, views, requests.

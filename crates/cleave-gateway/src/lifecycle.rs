@@ -124,11 +124,12 @@ impl Gateway {
     async fn reopen_unavailable(self: Arc<Self>) {
         let every = if self.appliance.is_some() { Duration::from_secs(1) } else { REOPEN_EVERY };
         let mut tick = tokio::time::interval(every);
-        loop {
+        for round in 0u64.. {
             tick.tick().await;
             if let Some(a) = &self.appliance {
                 self.discover_volumes();
                 self.hand_over_to_preferred(a).await;
+                self.keep_standbys(round % 10 == 0);
             }
             let names: Vec<String> = self.unopened.read().expect("not poisoned").keys().cloned().collect();
             for name in names {
@@ -210,7 +211,12 @@ impl Gateway {
             },
         };
         match self.open_volume_with(sb, takeover).await {
-            Ok(v) => Opened::Served(v),
+            Ok(v) => {
+                if takeover {
+                    self.apply_standby_log(&v).await;
+                }
+                Opened::Served(v)
+            }
             Err(e) => {
                 // It reaches too few targets, say: the next gateway in the order may do better.
                 if let Some(a) = self.appliance.as_ref().filter(|_| takeover) {

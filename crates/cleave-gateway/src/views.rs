@@ -18,9 +18,14 @@ pub struct VolumeView {
     pub chunk_size: u32,
     pub durability: Durability,
     /// Whether a FLUSH waits for the targets: in `dispersed` mode, and in an appliance
-    /// whatever the mode (another gateway serves the volume next from what they hold).
+    /// whatever the mode (another gateway serves the volume next from what they hold),
+    /// unless a standby keeps the primary's changes too.
     #[serde(default)]
     pub flush_reaches_targets: bool,
+    /// In an appliance, on the primary: the gateway that keeps the volume's changes too, so
+    /// that a FLUSH is acknowledged once both caches hold it (docs/appliance.md).
+    #[serde(default)]
+    pub standby: Option<String>,
     /// Shares a write needs before it is acknowledged; below N the volume may run with
     /// reduced redundancy until re-replication catches up.
     pub write_quorum: usize,
@@ -66,6 +71,7 @@ impl Gateway {
         let name = c.name.clone();
         let write_quorum = c.write_quorum();
         let (nbd_uri, nbds_uri) = self.export_uris(&c.name);
+        let standby = self.standby_for(v).and_then(|s| s.ready_on());
         VolumeView {
             nbd_uri,
             nbds_uri,
@@ -76,7 +82,8 @@ impl Gateway {
             n: c.n,
             chunk_size: c.chunk_size,
             durability: c.durability,
-            flush_reaches_targets: v.flushes_to_targets(),
+            flush_reaches_targets: v.flushes_to_targets() && standby.is_none(),
+            standby,
             write_quorum,
             targets: c.targets,
             health,
@@ -110,6 +117,7 @@ impl Gateway {
             chunk_size: c.map_or(0, |c| c.chunk_size),
             durability: c.map(|c| c.durability).unwrap_or_default(),
             flush_reaches_targets: self.appliance.is_some() || c.is_some_and(|c| c.durability == Durability::Dispersed),
+            standby: None,
             write_quorum: c.map_or(0, |c| c.write_quorum()),
             targets: c.map(|c| c.targets.clone()).unwrap_or_default(),
             health: Health::Unavailable { targets_down: Vec::new() },

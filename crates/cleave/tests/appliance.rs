@@ -5,7 +5,8 @@
 //!   user or the webhook set through either gateway is seen by the other within a second, and
 //!   both have one CA: a client's certificate from one opens its volume on the other;
 //! - the primary is killed right after a flush: the other takes the volumes over within its
-//!   lease and serves every flushed write, of a `local` volume too;
+//!   lease and serves every flushed write, of a `local` volume too (acknowledged once the
+//!   other gateway's standby log held it, and applied from that log at takeover);
 //! - the new primary is paused (SIGSTOP) past its lease: the first gateway, restarted, takes
 //!   its volumes over and writes; once resumed, the paused one serves neither volume: without
 //!   a lease it acknowledges nothing (not even a flush of a volume in `local` durability, which
@@ -76,9 +77,16 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     let refused = b.cli(&["volume", "delete", "v"]);
     assert!(!refused.status.success(), "a volume is deleted on its primary only");
     write_flush(&a, 0x0a, 0);
-    // A `local` volume's FLUSH must survive the failover too: in an appliance it reaches
-    // the targets, since another gateway serves what they hold.
+    // A `local` volume's FLUSH must survive the failover too: in an appliance it is
+    // acknowledged once B, its standby, keeps the change as well (before that, once the
+    // targets hold it). The kill comes well before the cache destages it (3 s after).
+    wait_for("b to be the standby of loc", Duration::from_secs(30), || a.show("loc")["standby"] == id_b.as_str());
     let shown = a.show("loc");
+    assert_eq!(
+        a.show("v")["standby"],
+        serde_json::Value::Null,
+        "a dispersed volume's FLUSH reaches the targets anyway"
+    );
     qemu_io(&a.uri("loc"), &[format!("write -P 12 0 {MIB}"), "flush".into()]);
 
     // The primary dies: B takes the volume over once A's lease has expired.
@@ -94,9 +102,14 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     let image = nbdcopy_image(&b.uri("loc"), dir.path());
     assert!(chunk_is(&image, 0, 12), "a flushed write to a local volume was lost in the failover");
     assert_eq!(shown["durability"], "local", "{shown}");
-    assert_eq!(shown["flush_reaches_targets"], true, "{shown}");
+    assert_eq!(shown["flush_reaches_targets"], false, "{shown}");
     let events = b.api("/events");
     assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "gateway_failover"), "{events}");
+    let applied = events.as_array().unwrap().iter().any(|e| {
+        e["kind"] == "standby_applied"
+            && e["detail"].as_str().is_some_and(|d| d.starts_with("loc: ") && !d.starts_with("loc: 0 "))
+    });
+    assert!(applied, "b did not apply a's standby log of loc: {events}");
     write_flush(&b, 0x1b, MIB);
     b.cli_ok(&["volume", "create", "l", "--size", "4MiB"]);
     assert!(acknowledges(&b, "l", 0, 61).0);

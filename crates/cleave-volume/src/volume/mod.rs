@@ -353,6 +353,13 @@ impl Volume {
         Ok(())
     }
 
+    /// Makes every write so far durable in this gateway's cache alone, whatever the
+    /// durability mode (a primary whose changes another gateway keeps too: `docs/appliance.md`).
+    pub async fn sync_cache(&self) -> Result<(), VolumeError> {
+        self.inner.check_fenced()?;
+        self.inner.sync_local().await
+    }
+
     /// Whether a FLUSH waits for the targets (`dispersed`, or [`VolumeOptions::flush_to_targets`]).
     pub fn flushes_to_targets(&self) -> bool {
         self.inner.config.durability == Durability::Dispersed || self.inner.opts.flush_to_targets

@@ -201,9 +201,10 @@ fn show(v: &VolumeView) -> Result<()> {
         ),
     );
     t.add("layout", format!("{}-of-{}, write quorum {}", v.m, v.n, v.write_quorum));
-    let flush = match (v.durability, v.flush_reaches_targets) {
-        (Durability::Local, true) => " (a FLUSH reaches the targets: another gateway may serve it next)",
-        _ => "",
+    let flush = match (v.durability, v.flush_reaches_targets, &v.standby) {
+        (Durability::Local, true, _) => " (a FLUSH reaches the targets: another gateway may serve it next)".into(),
+        (Durability::Local, false, Some(g)) => format!(" (a FLUSH reaches this cache and gateway {g}'s standby log)"),
+        _ => String::new(),
     };
     t.add("durability", format!("{}{flush}", durability(v.durability)));
     t.add("health", health_summary(&v.health));
