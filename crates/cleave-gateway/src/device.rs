@@ -8,11 +8,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cleave_mirror::{Engine, Op, Side};
 use cleave_nbd::{BlockDevice, BlockError};
-use cleave_volume::{Volume, VolumeError};
+use cleave_volume::Volume;
 use tracing::warn;
 
 use crate::appliance::Appliance;
 use crate::standby::Standby;
+use crate::volume_io::{block_error, change};
 
 /// Adapts a volume to the NBD front end.
 pub(crate) struct VolumeDevice {
@@ -21,19 +22,6 @@ pub(crate) struct VolumeDevice {
     appliance: Option<Arc<Appliance>>,
     /// In an appliance: the other gateway that keeps this volume's changes too.
     standby: Option<Arc<Standby>>,
-}
-
-pub(crate) fn block_error(e: VolumeError) -> BlockError {
-    match e {
-        VolumeError::OutOfRange { .. } => BlockError::Invalid(e.to_string()),
-        VolumeError::Cache(ref io) if io.raw_os_error() == Some(libc::ENOSPC) => BlockError::NoSpace(e.to_string()),
-        // Another gateway serves it now (or will): a forwarding gateway looks for it there.
-        VolumeError::Fenced(_) => BlockError::Unavailable(e.to_string()),
-        e => {
-            warn!(error = %e, "I/O error returned to the client");
-            BlockError::Io(e.to_string())
-        }
-    }
 }
 
 impl VolumeDevice {
@@ -62,7 +50,7 @@ impl VolumeDevice {
     async fn local(&self, op: Op) -> Result<(), BlockError> {
         match &self.standby {
             Some(s) => s.apply(op).await,
-            None => crate::standby::change(&self.volume, op).await,
+            None => change(&self.volume, op).await,
         }
     }
 

@@ -130,7 +130,7 @@ pub struct Gateway {
     pub(crate) forwarding: std::sync::OnceLock<Forwarding>,
     /// In an appliance with forwarding: the standby caches of the volumes served here, the
     /// logs this gateway keeps for other primaries, and itself as their host.
-    pub(crate) standbys: crate::standbys::Standbys,
+    pub(crate) standbys: crate::standby::Standbys,
 }
 
 /// A stored volume that could not be opened, and why. Listed as unavailable, retried every

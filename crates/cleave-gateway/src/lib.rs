@@ -56,6 +56,8 @@ pub mod tasks;
 pub mod users;
 /// Volume views: what the API shows of a volume.
 pub mod views;
+/// A volume's changes, and its errors as NBD errors.
+mod volume_io;
 /// Create, delete, publish and place volumes.
 pub mod volumes;
 /// Events POSTed to an administrator's URL, signed, queued and retried.

@@ -13,8 +13,9 @@
 
 pub(crate) mod log;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use cleave_mirror::Op;
@@ -23,8 +24,7 @@ use cleave_volume::Volume;
 use tracing::{info, warn};
 
 use crate::appliance::{blocking, Appliance, StandbyRecord};
-use crate::device::block_error;
-use crate::events::EventKind;
+use crate::volume_io::{block_error, change};
 
 /// How NBD export names address a standby log: `.standby/SESSION/EPOCH/VOLUME`.
 pub(crate) const EXPORT_PREFIX: &str = ".standby/";
@@ -35,11 +35,28 @@ const TEND_EVERY: Duration = Duration::from_secs(1);
 const BARRIER_WITHIN: Duration = Duration::from_secs(120);
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 
+/// What a standby tells the administrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Happened {
+    /// FLUSHes are acknowledged from two caches.
+    Ready,
+    /// The standby missed a change: FLUSHes reach the targets.
+    Lost,
+}
+
 /// What the standby asks of the gateway.
 pub(crate) trait Host: Send + Sync {
     /// Whether `volume` is still served here, opened at `epoch`.
     fn serves(&self, volume: &str, epoch: u64) -> bool;
-    fn event(&self, kind: EventKind, message: String);
+    fn event(&self, happened: Happened, message: String);
+}
+
+/// A gateway's standbys and standby logs (in an appliance with forwarding only).
+#[derive(Default)]
+pub(crate) struct Standbys {
+    pub(crate) logs: OnceLock<Arc<log::Logs>>,
+    pub(crate) host: OnceLock<Weak<dyn Host>>,
+    pub(crate) of_volume: Mutex<HashMap<String, Arc<Standby>>>,
 }
 
 /// One connection to a standby, and the log it writes there.
@@ -185,15 +202,12 @@ impl Standby {
         if !s.broken.swap(true, Ordering::AcqRel) {
             warn!(volume = %self.name, standby = %s.gateway, error = why, "the standby missed a change; flushes reach the targets until a new one is ready");
             if s.ready.load(Ordering::Acquire) {
-                self.event(
-                    EventKind::StandbyLost,
-                    format!("{}: standby on gateway {} lost: {why}", self.name, s.gateway),
-                );
+                self.event(Happened::Lost, format!("{}: standby on gateway {} lost: {why}", self.name, s.gateway));
             }
         }
     }
 
-    fn event(&self, kind: EventKind, message: String) {
+    fn event(&self, kind: Happened, message: String) {
         if let Some(h) = self.host.upgrade() {
             h.event(kind, message);
         }
@@ -300,7 +314,7 @@ impl Standby {
             return Err(e);
         }
         info!(volume = %self.name, standby = %gateway, "standby cache ready: flushes are acknowledged from two caches");
-        self.event(EventKind::StandbyReady, format!("{}: standby cache on gateway {gateway}", self.name));
+        self.event(Happened::Ready, format!("{}: standby cache on gateway {gateway}", self.name));
         Ok(())
     }
 }
@@ -311,17 +325,6 @@ fn with_fua(op: Op, fua: bool) -> Op {
         Op::Zero { offset, len, .. } => Op::Zero { offset, len, fua },
         op => op,
     }
-}
-
-/// A change of the volume here.
-pub(crate) async fn change(v: &Volume, op: Op) -> Result<(), BlockError> {
-    match op {
-        Op::Write { offset, data, fua } => v.write(offset, data, fua).await,
-        Op::Zero { offset, len, fua } => v.write_zeroes(offset, len as u64, fua).await,
-        Op::Trim { offset, len } => v.trim(offset, len as u64).await,
-        Op::Flush => v.flush().await,
-    }
-    .map_err(block_error)
 }
 
 async fn send(c: &Client, op: Op) -> Result<(), cleave_nbd::ClientError> {

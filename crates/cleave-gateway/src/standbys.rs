@@ -2,8 +2,7 @@
 //! serves, the logs it keeps for the primaries of other volumes, and the log a takeover
 //! applies before the volume is served.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::Arc;
 
 use cleave_nbd::BlockDevice;
 use cleave_volume::{Durability, Volume};
@@ -14,19 +13,15 @@ use crate::gateway::Gateway;
 use crate::standby::log::{is_session, Logs};
 use crate::standby::{self, Standby};
 
-/// A gateway's standbys and standby logs (in an appliance with forwarding only).
-#[derive(Default)]
-pub(crate) struct Standbys {
-    logs: OnceLock<Arc<Logs>>,
-    host: OnceLock<Weak<dyn standby::Host>>,
-    of_volume: Mutex<HashMap<String, Arc<Standby>>>,
-}
-
 impl standby::Host for Gateway {
     fn serves(&self, volume: &str, epoch: u64) -> bool {
         self.get(volume).is_some_and(|v| v.epoch() == epoch)
     }
-    fn event(&self, kind: EventKind, message: String) {
+    fn event(&self, happened: standby::Happened, message: String) {
+        let kind = match happened {
+            standby::Happened::Ready => EventKind::StandbyReady,
+            standby::Happened::Lost => EventKind::StandbyLost,
+        };
         self.record(kind, message)
     }
 }
