@@ -21,10 +21,11 @@
 //! - Without etcd (redb, one process) there is no appliance and every volume is served here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cleave_control::config::{ConfigError, ConfigStore, Lease};
+use cleave_control::config::{ConfigError, ConfigStore, Guard, Lease, Version};
 use cleave_control::placement;
 use tracing::{info, warn};
 
@@ -69,6 +70,12 @@ pub struct Appliance {
     /// What this gateway advertises under `endpoints/`, kept to advertise it again under a
     /// new lease.
     endpoint: Mutex<Option<Endpoint>>,
+    /// The version of each owner key this gateway created: the guard of every write that
+    /// depends on owning the volume, which lands only while that claim stands.
+    claims: Mutex<HashMap<String, Version>>,
+    /// Whether this gateway's NBD listener answers where it is advertised (`crate::paths`):
+    /// one that hosts cannot reach claims nothing while other gateways can.
+    front_end: AtomicBool,
 }
 
 /// Where a gateway takes forwarded requests: its NBD listener, and the fingerprint of the
@@ -98,6 +105,8 @@ struct Directory {
     reach: HashMap<String, HashMap<String, usize>>,
     /// Per member: where it takes forwarded requests.
     endpoints: HashMap<String, Endpoint>,
+    /// Per volume: the standby its last primary named.
+    standbys: HashMap<String, StandbyRecord>,
 }
 
 /// Per volume without a primary: since when it has none, and when this gateway passed it on.
@@ -152,6 +161,8 @@ impl Appliance {
             turns: Mutex::default(),
             directory: Mutex::default(),
             endpoint: Mutex::default(),
+            front_end: AtomicBool::new(true),
+            claims: Mutex::default(),
         })
     }
 
@@ -212,7 +223,13 @@ impl Appliance {
                 Err(err) => warn!(key = %e.key, error = %err, "an endpoint that does not parse; ignored"),
             }
         }
-        let d = Arc::new(Directory { read, members, orders, reach, endpoints });
+        let mut standbys = HashMap::new();
+        for e in self.store.scan(STANDBY)? {
+            if let Ok(record) = serde_json::from_slice(&e.value) {
+                standbys.insert(e.key.strip_prefix(STANDBY).unwrap_or(&e.key).to_string(), record);
+            }
+        }
+        let d = Arc::new(Directory { read, members, orders, reach, endpoints, standbys });
         *self.directory.lock().expect("not poisoned") = Some(d.clone());
         Ok(d)
     }
@@ -259,6 +276,12 @@ impl Appliance {
         Ok(self.directory()?.endpoints.get(gateway).cloned())
     }
 
+    /// The members as last read (never reads etcd: it is asked for every iSCSI command).
+    pub fn known_members(&self) -> Vec<String> {
+        let d = self.directory.lock().expect("not poisoned").clone();
+        d.map(|d| d.members.clone()).unwrap_or_default()
+    }
+
     /// The live gateway whose forwarding certificate has this fingerprint, as last read
     /// (never reads etcd: it is asked during an NBD handshake, on an async worker).
     pub fn gateway_with_certificate(&self, fingerprint: &str) -> Option<String> {
@@ -276,7 +299,7 @@ impl Appliance {
     /// targets may lack).
     pub fn set_standby(&self, volume: &str, record: &StandbyRecord) -> Result<(), ConfigError> {
         let raw = serde_json::to_vec(record).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        self.store.put(&format!("{STANDBY}{volume}"), &raw)?;
+        self.store.put_guarded(&format!("{STANDBY}{volume}"), &raw, &self.owned(volume)?)?;
         Ok(())
     }
 
@@ -292,22 +315,14 @@ impl Appliance {
         let Some(e) = self.store.get(&key)? else { return Ok(()) };
         let named: Option<StandbyRecord> = serde_json::from_slice(&e.value).ok();
         if named.is_none_or(|r| r.session == session) {
-            match self.store.delete_if(&key, e.version) {
-                Err(err) if !err.is_conflict() => return Err(err),
-                _ => {}
-            }
+            self.store.delete_guarded(&key, &self.owned(volume)?)?;
         }
         Ok(())
     }
 
     /// The sessions some primary names: the standby logs to keep.
     pub fn standby_sessions(&self) -> Result<std::collections::HashSet<String>, ConfigError> {
-        let records = self.store.scan(STANDBY)?;
-        Ok(records
-            .iter()
-            .filter_map(|e| serde_json::from_slice::<StandbyRecord>(&e.value).ok())
-            .map(|r| r.session)
-            .collect())
+        Ok(self.directory()?.standbys.values().map(|r| r.session.clone()).collect())
     }
 
     /// Puts `gateways` first, in this order, for `volume` (empty: placement alone decides).
@@ -336,15 +351,29 @@ impl Appliance {
         // The members as they are now: a gateway that just died must not keep its turn.
         let d = self.directory()?;
         let preferred = d.orders.get(volume).map(Vec::as_slice).unwrap_or_default();
-        let order = placement::gateway_order(volume, &self.members()?, preferred);
+        let mut order = placement::gateway_order(volume, &self.members()?, preferred);
+        // The gateway keeping the last primary's standby log asks first: only it can serve
+        // every FLUSH that primary acknowledged.
+        if let Some(i) = d.standbys.get(volume).and_then(|r| order.iter().position(|g| *g == r.gateway)) {
+            let keeper = order.remove(i);
+            order.insert(0, keeper);
+        }
         let rank = order.iter().position(|g| *g == self.me).unwrap_or(order.len());
         let others = order.iter().any(|g| *g != self.me);
+        if others && !self.front_end.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
         let mut turns = self.turns.lock().expect("not poisoned");
         if others && turns.passed.get(volume).is_some_and(|t| t.elapsed() < PASSED_FOR) {
             return Ok(false);
         }
         let since = *turns.unclaimed_since.entry(volume.to_string()).or_insert_with(Instant::now);
         Ok(since.elapsed() >= TURN * rank as u32)
+    }
+
+    /// Records whether this gateway's NBD listener answers where it is advertised.
+    pub(crate) fn set_front_end(&self, answers: bool) {
+        self.front_end.store(answers, Ordering::Relaxed);
     }
 
     /// Gives up a volume this gateway claimed but cannot serve, so the next one may.
@@ -377,20 +406,35 @@ impl Appliance {
     }
 
     fn claim_under(&self, volume: &str, lease: Option<Lease>) -> Result<Primary, ConfigError> {
-        match self.store.create_leased(&owner_key(volume), self.me.as_bytes(), lease) {
-            Ok(_) => Ok(Primary::Me),
-            Err(e) if e.is_conflict() => match self.primary_of(volume)? {
-                Some(owner) if owner == self.me => Ok(Primary::Me),
-                Some(owner) => Ok(Primary::Other(owner)),
+        let key = owner_key(volume);
+        let version = match self.store.create_leased(&key, self.me.as_bytes(), lease) {
+            Ok(v) => v,
+            Err(e) if e.is_conflict() => match self.store.get(&key)? {
+                Some(e) if e.value == self.me.as_bytes() => e.version,
+                Some(e) => return Ok(Primary::Other(String::from_utf8_lossy(&e.value).into_owned())),
                 // Gone between the two calls: the next round claims it.
-                None => Ok(Primary::Other(String::new())),
+                None => return Ok(Primary::Other(String::new())),
             },
-            Err(e) => Err(e),
-        }
+            Err(e) => return Err(e),
+        };
+        self.claims.lock().expect("not poisoned").insert(volume.to_string(), version);
+        Ok(Primary::Me)
+    }
+
+    /// The guard of writes that depend on owning `volume`: this gateway's claim, as made.
+    pub fn guard(&self, volume: &str) -> Option<Guard> {
+        let version = *self.claims.lock().expect("not poisoned").get(volume)?;
+        Some(Guard { key: owner_key(volume), version })
+    }
+
+    /// The guard, or why there is none.
+    fn owned(&self, volume: &str) -> Result<Guard, ConfigError> {
+        self.guard(volume).ok_or_else(|| ConfigError::Precondition { key: owner_key(volume) })
     }
 
     /// Gives `volume` up (deleted, or shut down here).
     pub fn release(&self, volume: &str) {
+        self.claims.lock().expect("not poisoned").remove(volume);
         let key = owner_key(volume);
         if let Ok(Some(e)) = self.store.get(&key) {
             if e.value == self.me.as_bytes() {

@@ -306,6 +306,14 @@ impl DataDir {
         Ok(())
     }
 
+    /// [`DataDir::save_volume`] only while `guard` (this gateway's claim on the volume in an
+    /// appliance) stands: a primary that lost the volume writes no superblock over the new
+    /// primary's.
+    pub fn save_owned_volume(&self, sealed: &[u8], name: &str, guard: &cleave_control::config::Guard) -> Result<()> {
+        self.config.put_guarded(&volume_key(name), sealed, guard)?;
+        Ok(())
+    }
+
     /// Removes a volume's record if there is one (undoing a create).
     pub fn discard_volume(&self, name: &str) -> Result<()> {
         self.config.delete(&volume_key(name))?;

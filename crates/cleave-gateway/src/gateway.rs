@@ -34,13 +34,19 @@ pub struct NbdExport {
     pub addr: SocketAddr,
     /// The local administrators' Unix socket (`DIR/nbd.sock`).
     pub socket: PathBuf,
+    /// How hosts and the other gateways reach the listener (`HOST:PORT`), when not at `addr`
+    /// (a name, an address in front of it). The front-end path check asks it there.
+    pub advertise: Option<String>,
 }
 
 impl NbdExport {
-    /// Where clients reach NBD over TLS: the address listened on or, when that is every
+    /// Where clients reach NBD over TLS: the address advertised, else the address listened on or, when that is every
     /// address (`0.0.0.0`, `::`), this host's name, which the NBD certificate names. A
     /// wildcard address in a URI would send a client to its own machine.
     pub fn reachable(&self) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
         if !self.addr.ip().is_unspecified() {
             return self.addr.to_string();
         }

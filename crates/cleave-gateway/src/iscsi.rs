@@ -77,6 +77,39 @@ fn mirror_alua(view: HostView) -> Alua {
     }
 }
 
+/// A gateway's target port group (and relative port) in an appliance, the same on every
+/// gateway: from a hash of its name, never 0.
+fn group_of(gateway: &str) -> u16 {
+    let h = blake3::hash(gateway.as_bytes());
+    u16::from_be_bytes([h.as_bytes()[0], h.as_bytes()[1]]).max(1)
+}
+
+/// ALUA in an appliance: one target port group per gateway; the primary's active/optimized,
+/// every other active/non-optimized (it forwards to the primary). The generation follows the
+/// primary, so a failover or a switchover raises ASYMMETRIC ACCESS STATE CHANGED on every
+/// gateway's sessions. With no primary known, every group is non-optimized: requests wait
+/// for the next primary.
+fn appliance_alua(me: &str, primary: Option<&str>, members: &[String]) -> Alua {
+    let mut gateways: Vec<&str> = members.iter().map(String::as_str).chain([me]).chain(primary).collect();
+    gateways.sort_unstable();
+    gateways.dedup();
+    let state = |g: &str| {
+        if Some(g) == primary {
+            AluaState::ActiveOptimized
+        } else {
+            AluaState::ActiveNonOptimized
+        }
+    };
+    let groups = gateways.iter().map(|g| PortGroup { id: group_of(g), state: state(g), ports: vec![group_of(g)] });
+    let h = blake3::hash(primary.unwrap_or_default().as_bytes());
+    Alua {
+        local_group: group_of(me),
+        local_port: group_of(me),
+        groups: groups.collect(),
+        generation: u64::from_be_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")),
+    }
+}
+
 /// Reservations as stored: the nexus names, keys and the type's SPC-4 code.
 #[derive(Serialize, Deserialize, Default)]
 struct StoredReservations {
@@ -194,8 +227,17 @@ impl cleave_iscsi::Access for Gateway {
     }
 
     fn alua(&self, volume: &str) -> Alua {
-        let view = self.mirror.get().and_then(|m| m.host_view(volume));
-        view.map_or_else(Alua::default, mirror_alua)
+        if let Some(view) = self.mirror.get().and_then(|m| m.host_view(volume)) {
+            return mirror_alua(view);
+        }
+        let Some(a) = &self.appliance else { return Alua::default() };
+        // What this gateway knows now, never asked of etcd: this runs for every command.
+        let primary = if self.get(volume).is_some() {
+            Some(a.me().to_string())
+        } else {
+            self.unopened.read().expect("not poisoned").get(volume).and_then(|u| u.primary.clone())
+        };
+        appliance_alua(a.me(), primary.as_deref().filter(|p| !p.is_empty()), &a.known_members())
     }
 
     fn reservations(&self, volume: &str) -> Option<Reservations> {
@@ -227,7 +269,7 @@ impl cleave_iscsi::Access for Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::{chap_secret, exportable, mirror_alua, StoredReservations};
+    use super::{appliance_alua, chap_secret, exportable, group_of, mirror_alua, StoredReservations};
     use cleave_iscsi::{AluaState, ReservationType, Reservations};
     use cleave_mirror::HostView;
 
@@ -242,6 +284,36 @@ mod tests {
         assert_eq!(states(false, false), (2, vec![(1, o), (2, s)], 2), "its mirror agrees");
         assert_eq!(states(false, true), (2, vec![(1, s), (2, o)], 1), "the mirror, promoted");
         assert_eq!(states(true, false), (1, vec![(1, s), (2, o)], 2), "the creator, handed over");
+    }
+
+    #[test]
+    fn in_an_appliance_each_gateway_is_a_port_group_and_the_primary_is_optimized() {
+        let members = ["gateway-a".to_string(), "gateway-b".into(), "gateway-c".into()];
+        let states = |me: &str, primary: Option<&str>| {
+            let a = appliance_alua(me, primary, &members);
+            let optimized: Vec<u16> =
+                a.groups.iter().filter(|g| g.state == AluaState::ActiveOptimized).map(|g| g.id).collect();
+            assert_eq!(a.groups.len(), 3, "{a:?}");
+            assert!(a.groups.iter().all(|g| g.ports == vec![g.id]));
+            (a.local_group, optimized, a.generation)
+        };
+        let (a, b, c) = (group_of("gateway-a"), group_of("gateway-b"), group_of("gateway-c"));
+        assert!(a != b && b != c && a != c && a != 0);
+        // Every gateway tells the same story: a's group is optimized.
+        let (on_a, on_b, on_c) = (
+            states("gateway-a", Some("gateway-a")),
+            states("gateway-b", Some("gateway-a")),
+            states("gateway-c", Some("gateway-a")),
+        );
+        assert_eq!((on_a.0, on_b.0, on_c.0), (a, b, c));
+        assert!([&on_a, &on_b, &on_c].iter().all(|s| s.1 == vec![a] && s.2 == on_a.2));
+        // b takes over: the generation changes (the unit attention), b's group is optimized.
+        let after = states("gateway-c", Some("gateway-b"));
+        assert_eq!(after.1, vec![b]);
+        assert_ne!(after.2, on_c.2);
+        // No primary known: nothing optimized, every path non-optimized (requests wait).
+        let waiting = appliance_alua("gateway-c", None, &members);
+        assert!(waiting.groups.iter().all(|g| g.state == AluaState::ActiveNonOptimized));
     }
 
     #[test]

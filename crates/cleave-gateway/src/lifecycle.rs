@@ -129,7 +129,7 @@ impl Gateway {
             if let Some(a) = &self.appliance {
                 self.discover_volumes();
                 self.hand_over_to_preferred(a).await;
-                self.keep_standbys(round % 10 == 0);
+                self.keep_standbys(round % 10 == 0).await;
             }
             let names: Vec<String> = self.unopened.read().expect("not poisoned").keys().cloned().collect();
             for name in names {

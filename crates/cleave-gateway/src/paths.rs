@@ -1,13 +1,18 @@
-//! Back-end path checks in an appliance (docs/appliance.md): every gateway asks each
+//! Path checks in an appliance (docs/appliance.md). Back end: every gateway asks each
 //! volume's targets, served here or not, whether they answer, and publishes how many do.
+//! Front end: every gateway asks its own NBD listener, where it advertises it to hosts and
+//! to the other gateways, for an NBD greeting; one that does not answer publishes that it
+//! reaches nothing, since nobody can reach it.
+//!
 //! A primary that reaches too few of a volume's targets to destage (fewer than its write
-//! quorum) for [`LOST_FOR`], while another gateway of its order reaches enough, gives the
-//! volume up to it: fenced here, released and passed on, like an inquiry along the order.
+//! quorum), or whose listener does not answer, for [`LOST_FOR`], while another gateway of
+//! its order reaches enough, gives the volume up to it: fenced here, released and passed on,
+//! like an inquiry along the order.
 //!
 //! What was written here and not yet flushed is lost here with the path, as with a crash: in
-//! an appliance every FLUSH reaches the targets before it is acknowledged, and the hosts'
-//! gateways send what they wrote since their last FLUSH again to the next primary
-//! (`crate::forward`).
+//! an appliance every FLUSH reaches the targets or a standby's log before it is acknowledged,
+//! and the hosts' gateways send what they wrote since their last FLUSH again to the next
+//! primary (`crate::forward`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -44,7 +49,13 @@ impl Gateway {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
             tick.tick().await;
-            let reach = self.reach(&mut checks).await;
+            let mut reach = self.reach(&mut checks).await;
+            let front_end = self.front_end_down().await;
+            if front_end.is_some() {
+                // Nobody reaches this gateway: it can serve no volume.
+                reach.values_mut().for_each(|n| *n = 0);
+            }
+            a.set_front_end(front_end.is_none());
             // Also keeps what the NBD handshake reads of the other gateways fresh.
             let a2 = a.clone();
             if let Err(e) = blocking(move || a2.refresh()).await {
@@ -58,7 +69,17 @@ impl Gateway {
                     Err(e) => warn!(error = %e, "cannot publish which targets this gateway reaches"),
                 }
             }
-            self.leave_unreachable(&a, &reach, &mut checks.lost_since).await;
+            self.leave_unreachable(&a, &reach, front_end.as_deref(), &mut checks.lost_since).await;
+        }
+    }
+
+    /// Why this gateway's NBD listener does not answer where it is advertised, if it does not.
+    async fn front_end_down(&self) -> Option<String> {
+        let addr = self.nbd.as_ref()?.reachable();
+        match tokio::time::timeout(ANSWER_WITHIN, cleave_nbd::client::probe(&addr)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("its NBD listener does not answer at {addr}: {e}")),
+            Err(_) => Some(format!("its NBD listener does not answer at {addr} in time")),
         }
     }
 
@@ -97,11 +118,13 @@ impl Gateway {
     }
 
     /// Gives up each volume served here that has reached fewer targets than its write
-    /// quorum for [`LOST_FOR`], to the first gateway of its order that reaches enough.
+    /// quorum for [`LOST_FOR`] (all of them while `front_end` says why hosts cannot reach
+    /// this gateway), to the first gateway of its order that reaches enough.
     async fn leave_unreachable(
         &self,
         a: &Arc<Appliance>,
         reach: &BTreeMap<String, usize>,
+        front_end: Option<&str>,
         lost_since: &mut HashMap<String, Instant>,
     ) {
         let served = self.served_volumes();
@@ -118,10 +141,13 @@ impl Gateway {
             }
             let (a2, volume) = (a.clone(), name.clone());
             let Ok(Some(to)) = blocking(move || a2.able_successor(&volume, needed)).await else { continue };
-            let why = format!(
-                "{here} of its {} targets answer here, {needed} needed to store; gateway {to} reaches enough",
-                v.config().n
-            );
+            let why = match front_end {
+                Some(down) => format!("{down}; gateway {to} serves it"),
+                None => format!(
+                    "{here} of its {} targets answer here, {needed} needed to store; gateway {to} reaches enough",
+                    v.config().n
+                ),
+            };
             self.give_up(a, &v, &to, &why).await;
             lost_since.remove(&name);
         }

@@ -8,10 +8,14 @@ use cleave_nbd::BlockDevice;
 use cleave_volume::{Durability, Volume};
 use tracing::{info, warn};
 
+use crate::appliance::blocking;
 use crate::events::EventKind;
 use crate::gateway::Gateway;
 use crate::standby::log::{is_session, Logs};
 use crate::standby::{self, Standby};
+
+/// An unnamed log written within this time may have a record newer than the one read.
+const LOG_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl standby::Host for Gateway {
     fn serves(&self, volume: &str, epoch: u64) -> bool {
@@ -58,7 +62,7 @@ impl Gateway {
     /// Starts the standbys of the volumes served here, forgets those of volumes that left,
     /// and removes the logs no primary names any more (called every second; `collect` says
     /// whether to collect logs this time).
-    pub(crate) fn keep_standbys(&self, collect: bool) {
+    pub(crate) async fn keep_standbys(&self, collect: bool) {
         for v in self.served_volumes() {
             self.standby_for(&v);
         }
@@ -68,11 +72,18 @@ impl Gateway {
         });
         let (Some(a), Some(logs)) = (&self.appliance, self.standbys.logs.get()) else { return };
         if collect {
-            match a.standby_sessions() {
-                Ok(named) => logs.collect(&named),
+            let a = a.clone();
+            match blocking(move || a.standby_sessions()).await {
+                Ok(named) => logs.collect(&named, LOG_QUIET),
                 Err(e) => warn!(error = %e, "cannot read which standby logs are named; kept them all"),
             }
         }
+    }
+
+    /// The standby of `v` if it has one already.
+    pub(crate) fn standby_of(&self, v: &Volume) -> Option<Arc<Standby>> {
+        let of_volume = self.standbys.of_volume.lock().expect("not poisoned");
+        of_volume.get(&v.config().name).filter(|s| s.epoch() == v.epoch()).cloned()
     }
 
     /// The log a primary writes here, for the export `SESSION/EPOCH/VOLUME`.

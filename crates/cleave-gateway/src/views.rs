@@ -71,7 +71,7 @@ impl Gateway {
         let name = c.name.clone();
         let write_quorum = c.write_quorum();
         let (nbd_uri, nbds_uri) = self.export_uris(&c.name);
-        let standby = self.standby_for(v).and_then(|s| s.ready_on());
+        let standby = self.standby_of(v).and_then(|s| s.ready_on());
         VolumeView {
             nbd_uri,
             nbds_uri,

@@ -338,7 +338,10 @@ impl Gateway {
                 errors.join("; ")
             )));
         }
-        self.data.save_volume(&sealed, &sb.config.name)?;
+        match self.appliance.as_ref().and_then(|a| a.guard(&sb.config.name)) {
+            Some(guard) => self.data.save_owned_volume(&sealed, &sb.config.name, &guard)?,
+            None => self.data.save_volume(&sealed, &sb.config.name)?,
+        }
         let prefix = names::superblock_prefix(&sb.config.uuid);
         for t in &handles {
             let Ok(keys) = t.list(&prefix).await else { continue };

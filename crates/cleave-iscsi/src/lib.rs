@@ -22,6 +22,9 @@ pub mod scsi;
 pub mod server;
 pub mod session;
 mod task;
+/// A hand-written initiator for tests.
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod text;
 mod tmf;
 mod write;

@@ -222,6 +222,15 @@ fn fua_flag(fua: bool) -> u16 {
 }
 
 /// Reads the server's greeting and answers it with the fixed-newstyle client flags.
+/// Whether an NBD server answers at `addr`: its greeting, then NBD_OPT_ABORT and its ACK. A
+/// check that the listener works, with no TLS and no export.
+pub async fn probe(addr: &str) -> Result<(), ClientError> {
+    let mut tcp = TcpStream::connect(addr).await.map_err(io)?;
+    greeting(&mut tcp).await?;
+    option(&mut tcp, proto::OPT_ABORT, &[]).await?;
+    Ok(())
+}
+
 async fn greeting(s: &mut TcpStream) -> Result<(), ClientError> {
     let mut g = [0u8; proto::GREETING_LEN];
     s.read_exact(&mut g).await.map_err(io)?;

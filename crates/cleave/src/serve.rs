@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cleave_control::config::{EtcdOptions, EtcdStore};
+use cleave_control::config::{EtcdOptions, EtcdStore, EtcdTls};
 use cleave_control::pool::Pool;
 use cleave_gateway::appliance::Appliance;
 use cleave_gateway::data_dir::DataDir;
@@ -18,6 +18,7 @@ use cleave_gateway::{ByteSize, Gateway, GatewayConfig, NbdExport, Stores};
 use cleave_nbd::{Server, ServerConfig};
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info};
+use zeroize::Zeroizing;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -27,6 +28,11 @@ pub struct ServeArgs {
     /// NBD listen address.
     #[arg(long, default_value = "127.0.0.1:10809")]
     pub nbd: SocketAddr,
+    /// How hosts and the other gateways of an appliance reach the NBD listener (`HOST:PORT`),
+    /// when not at the listen address (a name, a virtual address, a port forwarded to it).
+    /// Volume URIs name it, and the front-end path check asks it.
+    #[arg(long)]
+    pub nbd_advertise: Option<String>,
     /// Admin API listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
@@ -69,14 +75,36 @@ pub struct EtcdFlags {
     /// The prefix of this appliance's keys in etcd.
     #[arg(long, default_value = "cleave/")]
     pub etcd_namespace: String,
+    /// TLS to etcd (`https://` endpoints): the CA (PEM file) that issued etcd's certificate.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// With --etcd-ca: this gateway's client certificate (PEM file), for an etcd that requires
+    /// one (`--client-cert-auth`).
+    #[arg(long, requires = "etcd_ca", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM file).
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
 }
 
 impl EtcdFlags {
+    /// The TLS files named, read.
+    fn tls(&self) -> Result<Option<EtcdTls>> {
+        let Some(ca) = &self.etcd_ca else { return Ok(None) };
+        let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        let identity = match (&self.etcd_cert, &self.etcd_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, Zeroizing::new(read(key)?))),
+            _ => None,
+        };
+        Ok(Some(EtcdTls { ca_pem: read(ca)?, identity }))
+    }
+
     /// The stores in `data_dir`, the configuration database in etcd if one is named.
     fn open(&self, data_dir: PathBuf) -> Result<Stores> {
         let Some(urls) = &self.etcd else { return Ok(Stores::open(data_dir)?) };
         let mut opts = EtcdOptions::new(urls);
         opts.namespace = self.etcd_namespace.clone();
+        opts.tls = self.tls()?;
         let etcd = EtcdStore::connect(opts)?;
         info!(etcd = %urls, namespace = %self.etcd_namespace, "configuration database in etcd");
         Ok(Stores::load(DataDir::with_config(data_dir, Arc::new(etcd))?)?)
@@ -203,7 +231,7 @@ impl HttpTls {
 /// `cleave control`: the API and the node pool, without an NBD front end.
 pub async fn control(args: ControlArgs) -> Result<()> {
     let stores = args.etcd.open(args.data_dir)?;
-    let front = FrontEnds { nbd: None, iscsi: None, http: args.http };
+    let front = FrontEnds { nbd: None, nbd_advertise: None, iscsi: None, http: args.http };
     run(stores, front, ByteSize(1 << 30), args.control, Vec::new(), None, None).await
 }
 
@@ -220,7 +248,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     let iscsi = args.iscsi.map(|addr| (addr, args.iscsi_iqn_base.clone()));
-    let front = FrontEnds { nbd: Some(args.nbd), iscsi, http: args.http };
+    let front = FrontEnds { nbd: Some(args.nbd), nbd_advertise: args.nbd_advertise.clone(), iscsi, http: args.http };
     run(stores, front, args.cache_size, args.control, args.tls_names, mirror, appliance).await
 }
 
@@ -250,10 +278,10 @@ struct NbdListeners {
     export: NbdExport,
 }
 
-async fn bind_nbd(addr: SocketAddr, data: &DataDir) -> Result<NbdListeners> {
+async fn bind_nbd(addr: SocketAddr, advertise: Option<String>, data: &DataDir) -> Result<NbdListeners> {
     let tcp = TcpListener::bind(addr).await.with_context(|| format!("NBD on {addr}"))?;
     let (unix, socket) = bind_local_socket(&data.root)?;
-    let export = NbdExport { addr: tcp.local_addr()?, socket };
+    let export = NbdExport { addr: tcp.local_addr()?, socket, advertise };
     Ok(NbdListeners { tcp, unix, export })
 }
 
@@ -270,6 +298,14 @@ async fn start_autoconfig(control: &ControlFlags, secret: [u8; 32], pool: Arc<Po
         Duration::from_secs_f64(control.heartbeat_timeout_secs.max(0.1)),
     ));
     Ok(addr)
+}
+
+/// The host of an advertised `HOST:PORT` (`[::1]:10809` too), for the certificates.
+fn advertised_host(addr: &str) -> Option<String> {
+    let (host, port) = addr.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// The names the NBD and API certificates are issued for.
@@ -349,6 +385,8 @@ fn print_addresses(gw: &Gateway, autoconfig: SocketAddr, http: SocketAddr, https
 /// Where the front ends listen: NBD, iSCSI (with its IQN base), the admin API.
 struct FrontEnds {
     nbd: Option<SocketAddr>,
+    /// How the NBD listener is reached, when not at its address.
+    nbd_advertise: Option<String>,
     iscsi: Option<(SocketAddr, String)>,
     http: SocketAddr,
 }
@@ -372,7 +410,7 @@ async fn run(
     front: FrontEnds,
     cache_size: ByteSize,
     control: ControlFlags,
-    tls_names_extra: Vec<String>,
+    mut tls_names_extra: Vec<String>,
     mirror: Option<cleave_gateway::mirror::MirrorConfig>,
     appliance: Option<Arc<Appliance>>,
 ) -> Result<()> {
@@ -383,9 +421,12 @@ async fn run(
     pool.set_enroller(Arc::new(cleave_gateway::nodetls::ControlEnroller::new(data, node_ca.clone())?));
     let targets = cleave_gateway::nodetls::target_credentials(&node_ca, pool.clone())?;
     let autoconfig_addr = start_autoconfig(&control, secret, pool.clone()).await?;
-    let FrontEnds { nbd, iscsi, http } = front;
+    let FrontEnds { nbd, nbd_advertise, iscsi, http } = front;
+    if let Some(host) = nbd_advertise.as_deref().and_then(advertised_host) {
+        tls_names_extra.push(host);
+    }
     let nbd = match nbd {
-        Some(a) => Some(bind_nbd(a, data).await?),
+        Some(a) => Some(bind_nbd(a, nbd_advertise, data).await?),
         None => None,
     };
     let http_listener = TcpListener::bind(http).await.with_context(|| format!("admin API on {http}"))?;

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cleave_control::config::testing::EtcdCluster;
+use cleave_iscsi::testing::Raw;
 use common::appliance::{cut_path, gateway_id, member, member_with, one_at_a_time, served_here, wait_for};
 use common::Serve;
 
@@ -223,6 +224,32 @@ fn a_host_on_another_gateway_writes_on_when_the_primary_loses_its_targets() {
 
 const IQN_BASE: &str = "iqn.2025-01.invalid.cleave";
 const INITIATOR: &str = "iqn.2026-01.invalid.test:host";
+const TUR: [u8; 6] = [0; 6];
+const OPTIMIZED: u8 = 0;
+const NON_OPTIMIZED: u8 = 1;
+
+/// This path's target port group (VPD 0x83) and every group's asymmetric access state
+/// (REPORT TARGET PORT GROUPS), as the host sees them.
+fn alua_view(host: &mut Raw) -> (u16, std::collections::BTreeMap<u16, u8>) {
+    let vpd = host.scsi(&[0x12, 1, 0x83, 0, 255, 0], &[], 255);
+    // The target port group designator: association 1 (port), type 5, 4 bytes.
+    let local = vpd
+        .data
+        .windows(8)
+        .find(|w| w[1] & 0x3f == 0x15 && w[3] == 4)
+        .map(|w| u16::from_be_bytes([w[6], w[7]]))
+        .unwrap_or_else(|| panic!("no target port group in VPD 0x83: {:x?}", vpd.data));
+    let r = host.scsi(&[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[], 1024);
+    assert_eq!(r.status, 0, "REPORT TARGET PORT GROUPS: {r:?}");
+    let mut groups = std::collections::BTreeMap::new();
+    let mut d = &r.data[4..];
+    while d.len() >= 8 {
+        let ports = d[7] as usize;
+        groups.insert(u16::from_be_bytes([d[2], d[3]]), d[0] & 0xf);
+        d = &d[(8 + 4 * ports).min(d.len())..];
+    }
+    (local, groups)
+}
 
 /// qemu-io over iSCSI to `portal` as [`INITIATOR`]: whether every command succeeded.
 fn qemu_io_iscsi(portal: &str, volume: &str, cmds: &[&str]) -> (bool, String) {
@@ -267,11 +294,25 @@ fn an_initiator_on_another_gateway_is_forwarded_and_outlives_the_primary() {
     assert!(ok, "a write over iSCSI through b was not forwarded:\n{text}");
     let image = common::nbdcopy_image(&a.uri("v"), dir.path());
     assert!(image[..MIB as usize].iter().all(|&x| x == 90), "the primary does not hold what b forwarded");
+    // ALUA: b's path is active/non-optimized (it forwards), a's active/optimized.
+    let mut host = Raw::connect(portal.parse().unwrap());
+    assert_eq!(host.login(INITIATOR, "v"), (0, 0));
+    let (local, states) = alua_view(&mut host);
+    assert_eq!(states.len(), 2, "one port group per gateway: {states:?}");
+    assert_eq!(states[&local], NON_OPTIMIZED, "b's own group: {states:?}");
+    assert!(states.iter().any(|(g, s)| *g != local && *s == OPTIMIZED), "a's group: {states:?}");
+    assert_eq!(host.scsi(&TUR, &[], 0).status, 0);
 
     a.kill9();
     let (ok, text) = qemu_io_iscsi(&portal, "v", &["read -P 90 0 1M", "write -P 91 1M 1M", "flush"]);
     assert!(ok, "over iSCSI through b after the primary died:\n{text}");
     assert!(served_here(&b, "v"), "{}", b.show("v"));
+    // The session kept on b hears of the change once, then finds b's group optimized.
+    let r = host.scsi(&TUR, &[], 0);
+    assert_eq!(r.sense_code(), Some((0x6, 0x2a, 0x06)), "ASYMMETRIC ACCESS STATE CHANGED: {r:?}");
+    assert_eq!(host.scsi(&TUR, &[], 0).status, 0);
+    let (_, states) = alua_view(&mut host);
+    assert_eq!(states[&local], OPTIMIZED, "b serves v now: {states:?}");
     b.term();
 }
 

@@ -9,18 +9,18 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, LeaseClient, PutOptions, Txn, TxnOp,
-    WatchClient, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue, KvClient, LeaseClient,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchClient, WatchOptions, WatchStream,
 };
 use tokio::sync::mpsc::Sender;
 use zeroize::Zeroizing;
 
-use super::{check_key, Change, ConfigError, ConfigStore, Entry, Lease, PutMode, Version, Watch};
+use super::{check_key, Change, ConfigError, ConfigStore, Entry, Guard, Lease, PutMode, Version, Watch};
 
 /// How to reach etcd.
 #[derive(Clone)]
 pub struct EtcdOptions {
-    /// Client URLs, `http://HOST:PORT` (TLS is not supported yet).
+    /// Client URLs: `https://HOST:PORT` with [`EtcdOptions::tls`], `http://HOST:PORT` without.
     pub endpoints: Vec<String>,
     /// Put before every key, e.g. `cleave/site-a/`; empty for none.
     pub namespace: String,
@@ -28,6 +28,18 @@ pub struct EtcdOptions {
     pub user: Option<(String, Zeroizing<String>)>,
     /// The longest any one call may take, connecting included.
     pub timeout: Duration,
+    /// TLS to etcd: the CA its certificate is checked against, and this client's certificate.
+    pub tls: Option<EtcdTls>,
+}
+
+/// How this client speaks TLS to etcd.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA (PEM) that issued etcd's server certificate.
+    pub ca_pem: String,
+    /// This client's certificate and key (PEM), for an etcd that requires client
+    /// certificates (`--client-cert-auth`).
+    pub identity: Option<(String, Zeroizing<String>)>,
 }
 
 impl EtcdOptions {
@@ -38,7 +50,23 @@ impl EtcdOptions {
             namespace: String::new(),
             user: None,
             timeout: Duration::from_secs(5),
+            tls: None,
         }
+    }
+
+    /// TLS for `https://` endpoints and none for `http://` ones: a mix is refused, so that no
+    /// endpoint is reached in the clear by mistake.
+    fn check_tls(&self) -> Result<(), ConfigError> {
+        let tls = self.tls.is_some();
+        for e in &self.endpoints {
+            if e.starts_with("https://") && !tls {
+                return Err(ConfigError::Invalid(format!("etcd endpoint {e}: TLS needs etcd's CA (--etcd-ca)")));
+            }
+            if e.starts_with("http://") && tls {
+                return Err(ConfigError::Invalid(format!("etcd endpoint {e}: with --etcd-ca, use https:// endpoints")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -49,6 +77,10 @@ impl std::fmt::Debug for EtcdOptions {
             .field("namespace", &self.namespace)
             .field("user", &self.user.as_ref().map(|(u, _)| u))
             .field("timeout", &self.timeout)
+            .field(
+                "tls",
+                &self.tls.as_ref().map(|t| if t.identity.is_some() { "with a client certificate" } else { "on" }),
+            )
             .finish()
     }
 }
@@ -113,6 +145,14 @@ impl EtcdStore {
         if let Some((user, password)) = &opts.user {
             connect = connect.with_user(user.clone(), password.as_str());
         }
+        opts.check_tls()?;
+        if let Some(t) = &opts.tls {
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(&t.ca_pem));
+            if let Some((cert, key)) = &t.identity {
+                tls = tls.identity(Identity::from_pem(cert, key.as_bytes()));
+            }
+            connect = connect.with_tls(tls);
+        }
         let endpoints = opts.endpoints.join(",");
         let urls = opts.endpoints.clone();
         let client = call(rt.get(), opts.timeout, async move { Client::connect(urls, Some(connect)).await })
@@ -162,6 +202,10 @@ impl EtcdStore {
             Retry::Yes => (self.timeout / 4).max(Duration::from_millis(250)),
             Retry::No => self.timeout,
         };
+        // The last failure, for an error that would otherwise only say "no answer" (a TLS
+        // handshake refused, say).
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let record = seen.clone();
         let attempts = async move {
             loop {
                 let last = match tokio::time::timeout(attempt, op()).await {
@@ -171,10 +215,19 @@ impl EtcdStore {
                     Err(_) => std::future::pending().await,
                 };
                 tracing::debug!(error = %last, "etcd: trying again");
+                *record.lock().expect("not poisoned") = Some(last.to_string());
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         };
-        call(self.runtime(), self.timeout, attempts).map_err(|e| call_error(&self.endpoints, what, e))
+        call(self.runtime(), self.timeout, attempts).map_err(|e| {
+            let mut err = call_error(&self.endpoints, what, e);
+            if let (ConfigError::Unavailable { reason, .. }, Some(last)) =
+                (&mut err, seen.lock().expect("not poisoned").take())
+            {
+                *reason = format!("{reason}; last error: {last}");
+            }
+            err
+        })
     }
 
     /// The entry of a key-value etcd returned, without the namespace.
@@ -329,6 +382,20 @@ impl ConfigStore for EtcdStore {
         let when = self.at_version(&full, version)?;
         let lost = ConfigError::Precondition { key: key.to_string() };
         self.txn("delete", when, TxnOp::delete(full, None), lost).map(|_| ())
+    }
+
+    fn put_guarded(&self, key: &str, value: &[u8], guard: &Guard) -> Result<Version, ConfigError> {
+        check_key(key)?;
+        let when = self.at_version(&self.full_key(&guard.key), guard.version)?;
+        let put = TxnOp::put(self.full_key(key), value, None);
+        self.txn("put", when, put, ConfigError::Precondition { key: guard.key.clone() })
+    }
+
+    fn delete_guarded(&self, key: &str, guard: &Guard) -> Result<(), ConfigError> {
+        check_key(key)?;
+        let when = self.at_version(&self.full_key(&guard.key), guard.version)?;
+        let delete = TxnOp::delete(self.full_key(key), None);
+        self.txn("delete", when, delete, ConfigError::Precondition { key: guard.key.clone() }).map(|_| ())
     }
 
     fn scan(&self, prefix: &str) -> Result<Vec<Entry>, ConfigError> {

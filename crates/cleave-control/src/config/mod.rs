@@ -18,7 +18,7 @@ mod redb;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use self::etcd::{EtcdOptions, EtcdStore};
+pub use self::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use self::redb::RedbStore;
 
 /// What callers of the configuration database need, whatever holds it.
@@ -35,6 +35,15 @@ pub trait ConfigStore: Send + Sync + std::fmt::Debug {
 
     /// Removes `key` only while it is at `version`; otherwise [`ConfigError::Precondition`].
     fn delete_if(&self, key: &str, version: Version) -> Result<(), ConfigError>;
+
+    /// Stores `value` under `key` only while `guard` is as it was read: the key an ownership
+    /// hangs on (a volume's owner key, under its gateway's lease) at the version of the claim.
+    /// A writer that lost the ownership writes nothing: [`ConfigError::Precondition`] naming
+    /// the guard's key.
+    fn put_guarded(&self, key: &str, value: &[u8], guard: &Guard) -> Result<Version, ConfigError>;
+
+    /// Removes `key` only while `guard` is as it was read (see [`ConfigStore::put_guarded`]).
+    fn delete_guarded(&self, key: &str, guard: &Guard) -> Result<(), ConfigError>;
 
     /// Every key starting with `prefix`, in key (byte) order.
     fn scan(&self, prefix: &str) -> Result<Vec<Entry>, ConfigError>;
@@ -75,6 +84,13 @@ pub trait ConfigStore: Send + Sync + std::fmt::Debug {
         let _ = lease;
         self.put_opts(key, value, PutMode::Create)
     }
+}
+
+/// A key at the version a writer read it: what a guarded write depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub key: String,
+    pub version: Version,
 }
 
 /// An etcd lease, by its id.

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use tokio::sync::mpsc::Sender;
 
-use super::{check_key, Change, ConfigError, ConfigStore, Entry, PutMode, Version, Watch};
+use super::{check_key, Change, ConfigError, ConfigStore, Entry, Guard, PutMode, Version, Watch};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 /// The version of each key's last write; a key in `config` has one here.
@@ -162,6 +162,30 @@ impl ConfigStore for RedbStore {
             versions.remove(key)?;
             tx.open_table(TABLE)?.remove(key)?;
             Ok(((), Some(Change { key: key.to_string(), value: None, version })))
+        })
+    }
+
+    fn put_guarded(&self, key: &str, value: &[u8], guard: &Guard) -> Result<Version, ConfigError> {
+        self.write(key, |tx, version| {
+            let mut versions = tx.open_table(VERSIONS)?;
+            if versions.get(guard.key.as_str())?.map(|v| v.value()) != Some(guard.version.0) {
+                return Err(ConfigError::Precondition { key: guard.key.clone() });
+            }
+            tx.open_table(TABLE)?.insert(key, value)?;
+            versions.insert(key, version.0)?;
+            Ok((version, Some(Change { key: key.to_string(), value: Some(value.to_vec()), version })))
+        })
+    }
+
+    fn delete_guarded(&self, key: &str, guard: &Guard) -> Result<(), ConfigError> {
+        self.write(key, |tx, version| {
+            let mut versions = tx.open_table(VERSIONS)?;
+            if versions.get(guard.key.as_str())?.map(|v| v.value()) != Some(guard.version.0) {
+                return Err(ConfigError::Precondition { key: guard.key.clone() });
+            }
+            versions.remove(key)?;
+            let existed = tx.open_table(TABLE)?.remove(key)?.is_some();
+            Ok(((), existed.then(|| Change { key: key.to_string(), value: None, version })))
         })
     }
 

@@ -129,14 +129,16 @@ impl Logs {
         let _ = std::fs::remove_file(self.path(session));
     }
 
-    /// Removes every log that is neither in `keep` (a primary's record names it) nor open.
-    pub(crate) fn collect(&self, keep: &HashSet<String>) {
+    /// Removes every log that is neither in `keep` (a primary's record names it) nor open,
+    /// nor written within `quiet` (its record may be newer than `keep`).
+    pub(crate) fn collect(&self, keep: &HashSet<String>, quiet: std::time::Duration) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         let open = self.open.lock().expect("not poisoned").clone();
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(session) = name.strip_suffix(".log") else { continue };
-            if !keep.contains(session) && !open.contains(session) {
+            let idle = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if !keep.contains(session) && !open.contains(session) && idle.is_some_and(|i| i >= quiet) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -232,6 +234,7 @@ fn file_of(logs: &Logs, session: &str) -> PathBuf {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
@@ -308,12 +311,14 @@ mod tests {
         let (_dir, logs) = logs();
         let a = logs.create(A, 4096).unwrap();
         drop(logs.create(B, 4096).unwrap());
-        logs.collect(&HashSet::new());
+        logs.collect(&HashSet::new(), Duration::from_secs(60));
+        assert_eq!(logs.sessions(), vec![A.to_string(), B.to_string()], "written just now: both stay");
+        logs.collect(&HashSet::new(), Duration::ZERO);
         assert_eq!(logs.sessions(), vec![A.to_string()], "the open one stays");
         drop(a);
-        logs.collect(&HashSet::from([A.to_string()]));
+        logs.collect(&HashSet::from([A.to_string()]), Duration::ZERO);
         assert_eq!(logs.sessions(), vec![A.to_string()], "the named one stays");
-        logs.collect(&HashSet::new());
+        logs.collect(&HashSet::new(), Duration::ZERO);
         assert!(logs.sessions().is_empty());
     }
 }

@@ -5,18 +5,13 @@ use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use cleave_iscsi::pdu::{self, Digests, Opcode, Pdu};
 use cleave_iscsi::{Access, Server, ServerConfig, StaticAccess};
 use cleave_nbd::{BlockDevice, MemDevice};
 
-pub const BASE: &str = "iqn.2025-01.invalid.cleave";
+#[allow(unused_imports)]
+pub use cleave_iscsi::testing::{target, BASE};
 /// The initiator names libiscsi's compliance suite logs in with.
 pub const TEST_INITIATOR: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
-
-/// A volume name's target name.
-pub fn target(volume: &str) -> String {
-    format!("{BASE}:cleave:{volume}")
-}
 
 pub fn url(addr: SocketAddr, volume: &str) -> String {
     format!("iscsi://{addr}/{}/0", target(volume))
@@ -69,144 +64,5 @@ pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-/// A hand-written initiator for poking at the wire protocol (blocking; the target runs on
-/// its own thread).
-pub struct Raw {
-    pub s: std::net::TcpStream,
-    pub itt: u32,
-    pub cmd_sn: u32,
-    pub exp_stat_sn: u32,
-    /// In force after login.
-    pub digests: Digests,
-}
-
-/// What a SCSI command came back with.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u8,
-    pub sense: Vec<u8>,
-    pub data: Vec<u8>,
-}
-
-impl Reply {
-    /// (sense key, ASC, ASCQ) of fixed-format sense data.
-    pub fn sense_code(&self) -> Option<(u8, u8, u8)> {
-        (self.sense.len() >= 14).then(|| (self.sense[2] & 0xf, self.sense[12], self.sense[13]))
-    }
-}
-
-impl Raw {
-    pub fn connect(addr: SocketAddr) -> Raw {
-        let s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-        Raw { s, itt: 1, cmd_sn: 1, exp_stat_sn: 0, digests: Digests::default() }
-    }
-
-    pub fn send(&mut self, p: &Pdu) {
-        use std::io::Write;
-        self.s.write_all(&p.encode(self.digests)).unwrap();
-    }
-
-    /// The next PDU, or None when the target closed the connection.
-    pub fn recv(&mut self) -> Option<Pdu> {
-        use std::io::Read;
-        let mut bhs = [0u8; pdu::BHS_LEN];
-        self.s.read_exact(&mut bhs).ok()?;
-        let len = pdu::lengths(&bhs, 1 << 24).unwrap();
-        let mut rest = vec![0u8; len.rest(self.digests)];
-        self.s.read_exact(&mut rest).ok()?;
-        let p = pdu::parse_rest(bhs, len, &rest, self.digests).unwrap();
-        self.exp_stat_sn = p.sn24().wrapping_add(1);
-        Some(p)
-    }
-
-    /// Logs in straight to full feature phase, skipping the security stage. Returns the
-    /// final response's status class and detail.
-    pub fn login(&mut self, initiator: &str, volume: &str) -> (u8, u8) {
-        self.login_with(initiator, volume, "")
-    }
-
-    /// The same with more keys (each ended by a NUL); digests the target agrees to take effect.
-    pub fn login_with(&mut self, initiator: &str, volume: &str, extra: &str) -> (u8, u8) {
-        let mut p = Pdu::new(Opcode::LoginRequest);
-        p.set_immediate(true);
-        p.set_flags(0x80 | 1 << 2 | 3);
-        p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 1]);
-        p.set_itt(self.itt);
-        p.set_u32(24, self.cmd_sn);
-        let keys = format!(
-            "InitiatorName={initiator}\0TargetName={}\0SessionType=Normal\0ImmediateData=Yes\0InitialR2T=No\0\
-             MaxRecvDataSegmentLength=65536\0",
-            target(volume)
-        ) + extra;
-        p.data = keys.into_bytes().into();
-        self.send(&p);
-        let r = self.recv().expect("a login response");
-        let answer = String::from_utf8_lossy(&r.data).into_owned();
-        self.digests =
-            Digests { header: answer.contains("HeaderDigest=CRC32C"), data: answer.contains("DataDigest=CRC32C") };
-        (r.bhs[36], r.bhs[37])
-    }
-
-    /// Sends a SCSI command with its data-out as immediate data; collects Data-In and status.
-    pub fn scsi(&mut self, cdb: &[u8], out: &[u8], read: u32) -> Reply {
-        self.command(cdb, out, read, 1);
-        self.reply().1
-    }
-
-    /// Sends a SCSI command with its data-out as immediate data, and waits for nothing. `attr`
-    /// is the task attribute: 1 SIMPLE, 2 ORDERED, 3 HEAD OF QUEUE. Returns its ITT.
-    pub fn command(&mut self, cdb: &[u8], out: &[u8], read: u32, attr: u8) -> u32 {
-        let mut p = Pdu::new(Opcode::ScsiCommand);
-        let dir = if !out.is_empty() {
-            0x20
-        } else if read > 0 {
-            0x40
-        } else {
-            0
-        };
-        p.set_flags(0x80 | dir | attr);
-        self.itt += 1;
-        p.set_itt(self.itt);
-        p.set_u32(20, if out.is_empty() { read } else { out.len() as u32 });
-        p.set_u32(24, self.cmd_sn);
-        p.set_u32(28, self.exp_stat_sn);
-        self.cmd_sn += 1;
-        p.bhs[32..32 + cdb.len()].copy_from_slice(cdb);
-        p.data = bytes::Bytes::copy_from_slice(out);
-        self.send(&p);
-        self.itt
-    }
-
-    /// The next command to end: the PDU with its status (SCSI Response, or the last Data-In)
-    /// and what it came back with.
-    pub fn reply(&mut self) -> (Pdu, Reply) {
-        let mut data = Vec::new();
-        loop {
-            let r = self.recv().expect("a response");
-            match r.opcode() {
-                Some(Opcode::DataIn) => {
-                    data.extend_from_slice(&r.data);
-                    if r.flags() & 1 != 0 {
-                        let status = r.bhs[3];
-                        return (r, Reply { status, sense: Vec::new(), data });
-                    }
-                }
-                Some(Opcode::ScsiResponse) => {
-                    let sense = r.data.get(2..).map(|s| s.to_vec()).unwrap_or_default();
-                    let status = r.bhs[3];
-                    return (r, Reply { status, sense, data });
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    /// Whether nothing arrives for `ms` milliseconds (nothing is consumed).
-    pub fn quiet(&mut self, ms: u64) -> bool {
-        self.s.set_read_timeout(Some(std::time::Duration::from_millis(ms))).unwrap();
-        let got = self.s.peek(&mut [0u8; 1]);
-        self.s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-        got.is_err()
-    }
-}
+#[allow(unused_imports)]
+pub use cleave_iscsi::testing::{Raw, Reply};

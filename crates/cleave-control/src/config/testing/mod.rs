@@ -11,7 +11,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 pub use self::etcd_process::EtcdCluster;
-use super::{Change, ConfigError, ConfigStore, PutMode, Version};
+use super::{Change, ConfigError, ConfigStore, Guard, PutMode, Version};
 
 /// Opens a client of the store under test.
 pub type Open<'a> = &'a (dyn Fn() -> Arc<dyn ConfigStore> + Sync);
@@ -25,6 +25,7 @@ pub async fn conformance(open: Open<'_>) {
     scan_order_and_prefix_boundaries(&*open());
     delete_reports_existence(&*open());
     conditional_writes(&*open());
+    guarded_writes(&*open());
     racing_conditional_writes(open);
     racing_increments(open);
     watch_sees_other_clients(open).await;
@@ -100,6 +101,29 @@ pub fn conditional_writes(s: &dyn ConfigStore) {
     assert!(matches!(s.delete_if("cas/k", v2), Err(ConfigError::Precondition { .. })));
     // Gone, it can be created again.
     s.put_opts("cas/k", b"3", PutMode::Create).unwrap();
+}
+
+/// A write guarded by another key lands only while that key is at the version read: an
+/// owner that lost its claim (the key rewritten, or gone with its lease) writes nothing.
+pub fn guarded_writes(s: &dyn ConfigStore) {
+    let claim = s.put_opts("guard/owner", b"g1", PutMode::Create).unwrap();
+    let mine = Guard { key: "guard/owner".into(), version: claim };
+    s.put_guarded("guard/record", b"1", &mine).unwrap();
+    assert_eq!(s.get_value("guard/record").unwrap().as_deref(), Some(&b"1"[..]));
+    s.delete_guarded("guard/record", &mine).unwrap();
+    assert_eq!(s.get("guard/record").unwrap(), None);
+    // Another claim replaces this one: nothing more lands, and what is there stays.
+    s.put_guarded("guard/record", b"2", &mine).unwrap();
+    let theirs = s.put("guard/owner", b"g2").unwrap();
+    let lost = s.put_guarded("guard/record", b"stale", &mine).unwrap_err();
+    assert!(matches!(lost, ConfigError::Precondition { ref key } if key == "guard/owner"), "{lost}");
+    assert!(matches!(s.delete_guarded("guard/record", &mine), Err(ConfigError::Precondition { .. })));
+    assert_eq!(s.get_value("guard/record").unwrap().as_deref(), Some(&b"2"[..]));
+    // The claim gone altogether: the same.
+    s.delete("guard/owner").unwrap();
+    let gone = Guard { key: "guard/owner".into(), version: theirs };
+    assert!(matches!(s.put_guarded("guard/record", b"x", &gone), Err(ConfigError::Precondition { .. })));
+    assert!(matches!(s.put_guarded("", b"x", &gone), Err(ConfigError::InvalidKey { .. })));
 }
 
 /// Two clients race the same conditional write: exactly one wins, each time.
