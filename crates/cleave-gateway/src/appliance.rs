@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use cleave_control::config::{ConfigError, ConfigStore, Guard, Lease, Version};
 use cleave_control::placement;
+use cleave_volume::Health;
 use tracing::{info, warn};
 
 const OWNER: &str = "owner/";
@@ -38,6 +39,8 @@ const PATHS: &str = "paths/";
 const ENDPOINTS: &str = "endpoints/";
 /// Per volume, the gateway keeping its primary's changes (`crate::standby`).
 const STANDBY: &str = "standby/";
+/// Per volume, its health as its primary last saw it change.
+const HEALTH: &str = "health/";
 
 /// How long each gateway further down a volume's order waits, after the one before it, to
 /// claim a volume that has no primary.
@@ -107,6 +110,8 @@ struct Directory {
     endpoints: HashMap<String, Endpoint>,
     /// Per volume: the standby its last primary named.
     standbys: HashMap<String, StandbyRecord>,
+    /// Per volume: its health as its primary published it.
+    health: HashMap<String, Health>,
 }
 
 /// Per volume without a primary: since when it has none, and when this gateway passed it on.
@@ -229,7 +234,13 @@ impl Appliance {
                 standbys.insert(e.key.strip_prefix(STANDBY).unwrap_or(&e.key).to_string(), record);
             }
         }
-        let d = Arc::new(Directory { read, members, orders, reach, endpoints, standbys });
+        let mut health = HashMap::new();
+        for e in self.store.scan(HEALTH)? {
+            if let Ok(h) = serde_json::from_slice(&e.value) {
+                health.insert(e.key.strip_prefix(HEALTH).unwrap_or(&e.key).to_string(), h);
+            }
+        }
+        let d = Arc::new(Directory { read, members, orders, reach, endpoints, standbys, health });
         *self.directory.lock().expect("not poisoned") = Some(d.clone());
         Ok(d)
     }
@@ -274,6 +285,24 @@ impl Appliance {
         }
         *self.directory.lock().expect("not poisoned") = None;
         Ok(self.directory()?.endpoints.get(gateway).cloned())
+    }
+
+    /// Publishes the health of a volume served here, for the other gateways to show (the
+    /// chunks that lack shares are counted, not listed).
+    pub fn publish_health(&self, volume: &str, health: &Health) -> Result<(), ConfigError> {
+        let mut h = health.clone();
+        if let Health::Degraded { missing, .. } = &mut h {
+            missing.clear();
+        }
+        let raw = serde_json::to_vec(&h).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.store.put_guarded(&format!("{HEALTH}{volume}"), &raw, &self.owned(volume)?)?;
+        Ok(())
+    }
+
+    /// A volume's health as its primary last published it, as last read (never reads etcd).
+    pub fn published_health(&self, volume: &str) -> Option<Health> {
+        let d = self.directory.lock().expect("not poisoned").clone()?;
+        d.health.get(volume).cloned()
     }
 
     /// The members as last read (never reads etcd: it is asked for every iSCSI command).

@@ -12,7 +12,7 @@ use cleave_control::config::ConfigError;
 use cleave_volume::{Health, Superblock, Volume};
 use tracing::{info, warn};
 
-use crate::appliance::{Appliance, Primary};
+use crate::appliance::{blocking, Appliance, Primary};
 use crate::error::{GatewayError, Result};
 use crate::events::EventKind;
 use crate::gateway::{Gateway, Unopened};
@@ -257,7 +257,11 @@ impl Gateway {
                 self.rereplicate_when_due(&v, &health, &mut tried);
                 let state = HealthState::of(&health);
                 let name = s.config.name;
-                let was = last.get(&name).copied().unwrap_or_default();
+                let was = last.get(&name).copied();
+                if was != Some(state) {
+                    self.publish_health(&name, &health);
+                }
+                let was = was.unwrap_or_default();
                 if was != state {
                     self.health_changed(&name, state, was, &targets_down(&health));
                 }
@@ -265,6 +269,18 @@ impl Gateway {
             }
             last = seen;
         }
+    }
+
+    /// In an appliance, tells the other gateways (which export the volume too) its health.
+    fn publish_health(&self, name: &str, health: &Health) {
+        let Some(a) = self.appliance.clone() else { return };
+        let (name, health) = (name.to_string(), health.clone());
+        tokio::spawn(async move {
+            let volume = name.clone();
+            if let Err(e) = blocking(move || a.publish_health(&volume, &health)).await {
+                warn!(volume = %name, error = %e, "cannot publish the volume's health");
+            }
+        });
     }
 
     fn health_changed(&self, name: &str, state: HealthState, was: HealthState, down: &[String]) {

@@ -103,6 +103,14 @@ impl Gateway {
         }
     }
 
+    /// A volume not served here: its health as its primary published it, when another
+    /// gateway serves it; unavailable otherwise.
+    fn health_elsewhere(&self, name: &str, u: &Unopened) -> Health {
+        let served_elsewhere = u.primary.as_deref().is_some_and(|p| !p.is_empty());
+        let published = self.appliance.as_ref().filter(|_| served_elsewhere).and_then(|a| a.published_health(name));
+        published.unwrap_or(Health::Unavailable { targets_down: Vec::new() })
+    }
+
     fn unopened_view(&self, name: &str, u: &Unopened) -> VolumeView {
         let c = u.sb.as_ref().map(|sb| &sb.config);
         let (nbd_uri, nbds_uri) = self.export_uris(name);
@@ -120,7 +128,7 @@ impl Gateway {
             standby: None,
             write_quorum: c.map_or(0, |c| c.write_quorum()),
             targets: c.map(|c| c.targets.clone()).unwrap_or_default(),
-            health: Health::Unavailable { targets_down: Vec::new() },
+            health: self.health_elsewhere(name, u),
             dirty_bytes: 0,
             cache_bytes: 0,
             cache_limit_bytes: self.cache_bytes,

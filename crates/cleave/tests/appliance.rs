@@ -47,6 +47,8 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     assert!(served_here(&a, "v"), "{}", a.show("v"));
     let seen_from_b = b.show("v");
     assert_eq!(seen_from_b["primary"], id_a.as_str(), "{seen_from_b}");
+    // b exports v too, and shows the health a publishes, not "unavailable".
+    wait_for("b to show v's health as a sees it", Duration::from_secs(10), || b.show("v")["health"]["state"] == "clean");
     // A change made through one gateway is seen by the other within a second.
     let creds = dir.path().join("host1.json");
     a.cli_ok(&["client", "add", "host1", "--out", creds.to_str().unwrap()]);
