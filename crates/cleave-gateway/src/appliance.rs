@@ -283,7 +283,7 @@ impl Appliance {
         if let Some(e) = self.directory()?.endpoints.get(gateway) {
             return Ok(Some(e.clone()));
         }
-        *self.directory.lock().expect("not poisoned") = None;
+        self.refresh()?;
         Ok(self.directory()?.endpoints.get(gateway).cloned())
     }
 
@@ -518,11 +518,8 @@ impl Appliance {
 }
 
 fn put_endpoint(store: &dyn ConfigStore, me: &str, e: &Endpoint, lease: Option<Lease>) -> Result<(), ConfigError> {
-    let key = format!("{ENDPOINTS}{me}");
     let raw = serde_json::to_vec(e).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    store.delete(&key)?;
-    store.create_leased(&key, &raw, lease)?;
-    Ok(())
+    put_leased(store, &format!("{ENDPOINTS}{me}"), &raw, lease)
 }
 
 /// Runs a call to the configuration database off the async workers: while etcd is out of
@@ -535,8 +532,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// Lists `me` among the members under `lease` (replacing its entry from an earlier lease).
 fn register(store: &dyn ConfigStore, me: &str, lease: Option<Lease>) -> Result<(), ConfigError> {
-    let key = format!("{MEMBERS}{me}");
-    store.delete(&key)?;
-    store.create_leased(&key, me.as_bytes(), lease)?;
+    put_leased(store, &format!("{MEMBERS}{me}"), me.as_bytes(), lease)
+}
+
+/// Puts `value` at `key` under `lease`, replacing what an earlier lease left there.
+fn put_leased(store: &dyn ConfigStore, key: &str, value: &[u8], lease: Option<Lease>) -> Result<(), ConfigError> {
+    store.delete(key)?;
+    store.create_leased(key, value, lease)?;
     Ok(())
 }
