@@ -224,7 +224,14 @@ impl Standby {
             }
             let current = self.session.read().expect("not poisoned").clone();
             match current {
-                Some(s) if s.usable() && s.bytes.load(Ordering::Relaxed) < ROTATE_AFTER => {}
+                Some(s) if s.usable() && s.bytes.load(Ordering::Relaxed) < ROTATE_AFTER => {
+                    // A gateway now ahead in the order (one that came back, say) takes over
+                    // as the standby: the one the inquiry would ask first after this one.
+                    if self.next_in_order().await.is_ok_and(|g| g != s.gateway) {
+                        info!(volume = %self.name, standby = %s.gateway, "another gateway comes first in the order now; moving the standby there");
+                        self.end(&s).await;
+                    }
+                }
                 Some(s) => self.end(&s).await,
                 None => {
                     if let Err(why) = self.begin().await {
@@ -263,10 +270,24 @@ impl Standby {
 
     /// Starts a session with the next gateway of the volume's order, trusted once the
     /// volume has been destaged.
-    async fn begin(&self) -> Result<(), String> {
+    /// The first other gateway in the volume's order that advertises its NBD listener: where
+    /// the standby belongs.
+    async fn next_in_order(&self) -> Result<String, String> {
         let (a, name) = (self.appliance.clone(), self.name.clone());
-        let order = blocking(move || a.order_of(&name)).await.map_err(|e| e.to_string())?;
-        let gateway = order.into_iter().find(|g| g != self.appliance.me()).ok_or("no other gateway")?;
+        let found = blocking(move || {
+            let order = a.order_of(&name)?;
+            for g in order.into_iter().filter(|g| g != a.me()) {
+                if a.endpoint_of(&g)?.is_some() {
+                    return Ok(Some(g));
+                }
+            }
+            Ok(None)
+        });
+        found.await.map_err(|e| e.to_string())?.ok_or_else(|| "no other gateway advertises its listener".to_string())
+    }
+
+    async fn begin(&self) -> Result<(), String> {
+        let gateway = self.next_in_order().await?;
         let (a, g) = (self.appliance.clone(), gateway.clone());
         let endpoint = blocking(move || a.endpoint_of(&g))
             .await

@@ -48,7 +48,9 @@ fn volumes_fail_over_to_another_gateway_and_a_paused_primary_is_fenced() {
     let seen_from_b = b.show("v");
     assert_eq!(seen_from_b["primary"], id_a.as_str(), "{seen_from_b}");
     // b exports v too, and shows the health a publishes, not "unavailable".
-    wait_for("b to show v's health as a sees it", Duration::from_secs(10), || b.show("v")["health"]["state"] == "clean");
+    wait_for("b to show v's health as a sees it", Duration::from_secs(10), || {
+        b.show("v")["health"]["state"] == "clean"
+    });
     // A change made through one gateway is seen by the other within a second.
     let creds = dir.path().join("host1.json");
     a.cli_ok(&["client", "add", "host1", "--out", creds.to_str().unwrap()]);
@@ -189,6 +191,16 @@ fn the_first_secondary_takes_a_volume_over_in_the_order_an_administrator_set() {
     assert!(!refused.status.success(), "a name that is no gateway's was taken");
     others[0].cli_ok(&["volume", "order", "v", &chosen]);
     wait_for("the new order to be seen", Duration::from_secs(5), || secondaries(&a, "v")[0] == chosen);
+    // A `local` volume's standby is its first secondary; when an administrator puts the other
+    // one first, the standby moves there, and that gateway takes the volume over with every
+    // write a FLUSH acknowledged from the two caches.
+    a.cli_ok(&["volume", "create", "loc", "--size", "4MiB"]);
+    let standby = |s: &Serve| s.show("loc")["standby"].as_str().unwrap_or_default().to_string();
+    wait_for("loc to have a standby", Duration::from_secs(30), || !standby(&a).is_empty());
+    let keeper = ids.iter().find(|g| **g != standby(&a)).unwrap().clone();
+    a.cli_ok(&["volume", "order", "loc", &id_a, &keeper]);
+    wait_for("loc's standby to move to its new first secondary", Duration::from_secs(30), || standby(&a) == keeper);
+    qemu_io(&a.uri("loc"), &[format!("write -P 12 0 {MIB}"), "flush".into()]);
     // The primary dies: the chosen gateway takes the volume over, the other one does not.
     a.kill9();
     let at = ids.iter().position(|g| *g == chosen).unwrap();
@@ -201,6 +213,10 @@ fn the_first_secondary_takes_a_volume_over_in_the_order_an_administrator_set() {
     assert!(!served_here(other, "v"));
     let image = nbdcopy_image(&others[at].uri("v"), dir.path());
     assert!(chunk_is(&image, 0, 0x0a), "a flushed write was lost in the failover");
+    let kept_by = &others[ids.iter().position(|g| *g == keeper).unwrap()];
+    wait_for("loc's standby to take it over", Duration::from_secs(60), || served_here(kept_by, "loc"));
+    assert!(chunk_is(&nbdcopy_image(&kept_by.uri("loc"), dir.path()), 0, 12), "a flushed write to loc was lost");
+    assert!(event_kinds(kept_by).contains(&"standby_applied".to_string()), "{:?}", event_kinds(kept_by));
     // The dead gateway left the order with its lease.
     wait_for("the order to drop the dead gateway", Duration::from_secs(15), || {
         secondaries(&others[at], "v") == [ids[1 - at].clone()]
