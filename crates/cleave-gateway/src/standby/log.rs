@@ -3,20 +3,25 @@
 //! takes changes and FLUSH, and serves no reads); a takeover reads it back, in order.
 //!
 //! A record is `kind (1) | offset (8) | len (4) | data (len, writes only) | sum (16)`, the sum
-//! a BLAKE3 hash of the rest. Reading stops at the first record that is short or does not
-//! match its sum: a tail torn by a crash held nothing a FLUSH had acknowledged.
+//! a BLAKE3 hash of the rest keyed by the session. Reading stops at the first record that is
+//! short or does not match its sum: a tail torn by a crash held nothing a FLUSH had
+//! acknowledged.
+//!
+//! A log no longer needed becomes a spare, and the next session writes over it from the start
+//! rather than growing a new file: overwriting blocks a file already has makes FLUSH (an
+//! fdatasync) cheaper, and no new page-cache pages are needed. What is left of the old
+//! session past the new one's end cannot pass as the new session's: its sums are keyed by
+//! another session.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cleave_mirror::Op;
 use cleave_nbd::{BlockDevice, BlockError};
-use tracing::warn;
 
 const WRITE: u8 = 1;
 const ZERO: u8 = 2;
@@ -26,8 +31,16 @@ const SUM: usize = 16;
 /// Larger than any NBD request: a record claiming more is damage.
 const MAX_DATA: usize = 64 << 20;
 
+/// Spare logs a gateway keeps for the next sessions to write over.
+const SPARES: usize = 2;
+
+/// The key of a session's record sums.
+pub(crate) fn session_key(session: &str) -> [u8; 32] {
+    *blake3::hash(session.as_bytes()).as_bytes()
+}
+
 /// One record, ready to append (a FLUSH has none: it makes the file durable).
-pub(crate) fn encode(op: &Op) -> Option<Vec<u8>> {
+pub(crate) fn encode(op: &Op, key: &[u8; 32]) -> Option<Vec<u8>> {
     let (kind, offset, len, data) = match op {
         Op::Write { offset, data, .. } => (WRITE, *offset, data.len() as u32, &data[..]),
         Op::Zero { offset, len, .. } => (ZERO, *offset, *len, &[][..]),
@@ -39,17 +52,17 @@ pub(crate) fn encode(op: &Op) -> Option<Vec<u8>> {
     rec.extend_from_slice(&offset.to_be_bytes());
     rec.extend_from_slice(&len.to_be_bytes());
     rec.extend_from_slice(data);
-    let sum = blake3::hash(&rec);
+    let sum = blake3::keyed_hash(key, &rec);
     rec.extend_from_slice(&sum.as_bytes()[..SUM]);
     Some(rec)
 }
 
 /// The changes of a log, in order, up to the first record that is torn or damaged; and
 /// whether the whole log was read.
-pub(crate) fn decode(mut log: &[u8]) -> (Vec<Op>, bool) {
+pub(crate) fn decode(mut log: &[u8], key: &[u8; 32]) -> (Vec<Op>, bool) {
     let mut ops = Vec::new();
     while !log.is_empty() {
-        let Some(op) = decode_one(log).map(|(op, used)| {
+        let Some(op) = decode_one(log, key).map(|(op, used)| {
             log = &log[used..];
             op
         }) else {
@@ -60,7 +73,7 @@ pub(crate) fn decode(mut log: &[u8]) -> (Vec<Op>, bool) {
     (ops, true)
 }
 
-fn decode_one(log: &[u8]) -> Option<(Op, usize)> {
+fn decode_one(log: &[u8], key: &[u8; 32]) -> Option<(Op, usize)> {
     let head = log.get(..HEAD)?;
     let kind = head[0];
     let offset = u64::from_be_bytes(head[1..9].try_into().ok()?);
@@ -71,7 +84,7 @@ fn decode_one(log: &[u8]) -> Option<(Op, usize)> {
     }
     let body = log.get(..HEAD + data_len)?;
     let sum = log.get(HEAD + data_len..HEAD + data_len + SUM)?;
-    if blake3::hash(body).as_bytes()[..SUM] != *sum {
+    if blake3::keyed_hash(key, body).as_bytes()[..SUM] != *sum {
         return None;
     }
     let op = match kind {
@@ -98,8 +111,22 @@ pub(crate) fn is_session(s: &str) -> bool {
 
 impl Logs {
     pub(crate) fn new(dir: PathBuf) -> std::io::Result<Arc<Logs>> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir.join("spare"))?;
         Ok(Arc::new(Logs { dir, open: Mutex::default() }))
+    }
+
+    fn spares(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("spare")) else { return Vec::new() };
+        entries.flatten().map(|e| e.path()).collect()
+    }
+
+    /// A log no longer needed: kept as a spare, or removed when there are enough.
+    fn retire(&self, path: &std::path::Path) {
+        let spares = self.spares();
+        let name = path.file_name().unwrap_or_default();
+        if spares.len() >= SPARES || std::fs::rename(path, self.dir.join("spare").join(name)).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn path(&self, session: &str) -> PathBuf {
@@ -109,24 +136,38 @@ impl Logs {
     /// A new log for `session`, as the device its primary writes to.
     pub(crate) fn create(self: &Arc<Self>, session: &str, size: u64) -> std::io::Result<LogDevice> {
         assert!(is_session(session), "checked by the caller");
-        let file = OpenOptions::new().append(true).create_new(true).mode(0o600).open(self.path(session))?;
+        let path = self.path(session);
+        if path.exists() {
+            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a session's log is made once"));
+        }
+        let reused = self.spares().into_iter().find(|spare| std::fs::rename(spare, &path).is_ok());
+        let file = match reused {
+            Some(_) => OpenOptions::new().write(true).open(&path)?,
+            None => OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?,
+        };
         self.open.lock().expect("not poisoned").insert(session.to_string());
         let sync = Arc::new(file.try_clone()?);
-        Ok(LogDevice { logs: self.clone(), session: session.to_string(), size, file: Mutex::new(file), sync })
+        let key = session_key(session);
+        Ok(LogDevice { logs: self.clone(), session: session.to_string(), size, key, file: Mutex::new((file, 0)), sync })
     }
 
     /// The changes `session`'s log holds (see [`decode`]).
     pub(crate) fn read(&self, session: &str) -> std::io::Result<Vec<Op>> {
         let raw = std::fs::read(self.path(session))?;
-        let (ops, whole) = decode(&raw);
+        let (ops, whole) = decode(&raw, &session_key(session));
         if !whole {
-            warn!(session, changes = ops.len(), "a standby log ends in a torn record; read up to it");
+            // A torn last record, or what an older session left in a reused file.
+            tracing::debug!(
+                session,
+                changes = ops.len(),
+                "a standby log read up to its first record not of this session"
+            );
         }
         Ok(ops)
     }
 
     pub(crate) fn remove(&self, session: &str) {
-        let _ = std::fs::remove_file(self.path(session));
+        self.retire(&self.path(session));
     }
 
     /// Removes every log that is neither in `keep` (a primary's record names it) nor open,
@@ -139,7 +180,7 @@ impl Logs {
             let Some(session) = name.strip_suffix(".log") else { continue };
             let idle = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
             if !keep.contains(session) && !open.contains(session) && idle.is_some_and(|i| i >= quiet) {
-                let _ = std::fs::remove_file(e.path());
+                self.retire(&e.path());
             }
         }
     }
@@ -161,7 +202,9 @@ pub(crate) struct LogDevice {
     logs: Arc<Logs>,
     session: String,
     size: u64,
-    file: Mutex<File>,
+    key: [u8; 32],
+    /// The file and where the next record goes.
+    file: Mutex<(File, u64)>,
     sync: Arc<File>,
 }
 
@@ -173,8 +216,12 @@ impl Drop for LogDevice {
 
 impl LogDevice {
     fn append(&self, op: &Op) -> Result<(), BlockError> {
-        let Some(rec) = encode(op) else { return Ok(()) };
-        self.file.lock().expect("not poisoned").write_all(&rec).map_err(|e| io_error(&e))
+        let Some(rec) = encode(op, &self.key) else { return Ok(()) };
+        let mut file = self.file.lock().expect("not poisoned");
+        let at = file.1;
+        file.0.write_all_at(&rec, at).map_err(|e| io_error(&e))?;
+        file.1 = at + rec.len() as u64;
+        Ok(())
     }
 
     async fn sync(&self) -> Result<(), BlockError> {
@@ -251,29 +298,29 @@ mod tests {
     proptest! {
         #[test]
         fn a_log_reads_back_as_written_and_a_torn_tail_as_a_prefix(ops in proptest::collection::vec(op(), 0..20), cut in any::<usize>()) {
-            let log: Vec<u8> = ops.iter().flat_map(|o| encode(o).unwrap()).collect();
-            prop_assert_eq!(decode(&log), (ops.clone(), true));
+            let log: Vec<u8> = ops.iter().flat_map(|o| encode(o, &K).unwrap()).collect();
+            prop_assert_eq!(decode(&log, &K), (ops.clone(), true));
             let cut = if log.is_empty() { 0 } else { cut % log.len() };
-            let (prefix, whole) = decode(&log[..cut]);
+            let (prefix, whole) = decode(&log[..cut], &K);
             prop_assert!(ops.starts_with(&prefix));
             // Whole only when the cut falls between two records.
-            let kept: usize = prefix.iter().map(|o| encode(o).unwrap().len()).sum();
+            let kept: usize = prefix.iter().map(|o| encode(o, &K).unwrap().len()).sum();
             prop_assert_eq!(whole, kept == cut);
         }
 
         #[test]
         fn any_bytes_decode_without_panic(raw in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let (ops, _) = decode(&raw);
+            let (ops, _) = decode(&raw, &K);
             // A random record passes its sum only by chance of 2^-128.
             prop_assert!(ops.is_empty());
         }
 
         #[test]
         fn damage_is_never_read_as_a_change(ops in proptest::collection::vec(op(), 1..8), at in any::<usize>(), flip in 1u8..) {
-            let mut log: Vec<u8> = ops.iter().flat_map(|o| encode(o).unwrap()).collect();
+            let mut log: Vec<u8> = ops.iter().flat_map(|o| encode(o, &K).unwrap()).collect();
             let at = at % log.len();
             log[at] ^= flip;
-            let (read, _) = decode(&log);
+            let (read, _) = decode(&log, &K);
             // Everything read is what was written, in order: the damaged record and those after it are not.
             prop_assert!(ops.starts_with(&read) && read.len() < ops.len());
         }
@@ -286,6 +333,7 @@ mod tests {
     }
 
     const A: &str = "0123456789abcdef0123456789abcdef";
+    const K: [u8; 32] = [7; 32];
     const B: &str = "fedcba9876543210fedcba9876543210";
 
     #[tokio::test]
@@ -320,5 +368,24 @@ mod tests {
         assert_eq!(logs.sessions(), vec![A.to_string()], "the named one stays");
         logs.collect(&HashSet::new(), Duration::ZERO);
         assert!(logs.sessions().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_session_writes_over_a_spare_and_reads_none_of_the_old_one() {
+        let (_dir, logs) = logs();
+        let a = logs.create(A, 1 << 20).unwrap();
+        for i in 0..8 {
+            a.write(i * 4096, Bytes::from(vec![i as u8; 4096]), false).await.unwrap();
+        }
+        drop(a);
+        let inode = |s: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(file_of(&logs, s)).unwrap());
+        let old = inode(A);
+        logs.remove(A);
+        assert!(logs.sessions().is_empty());
+        let b = logs.create(B, 1 << 20).unwrap();
+        assert_eq!(inode(B), old, "the spare is written over");
+        b.write(0, Bytes::from_static(b"new"), false).await.unwrap();
+        // The rest of the file is A's: its records are not B's.
+        assert_eq!(logs.read(B).unwrap(), vec![Op::Write { offset: 0, data: Bytes::from_static(b"new"), fua: false }]);
     }
 }

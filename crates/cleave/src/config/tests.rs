@@ -78,7 +78,7 @@ fn keys_take_underscores_or_dashes_and_lists_are_arrays() {
 #[test]
 fn unknown_and_foreign_keys_are_refused_by_name() {
     let e = refusal("[serve]\nnbd_adress = \"127.0.0.1:1\"\n", Daemon::Serve);
-    assert!(e.contains("[serve] nbd_adress: unknown setting") && e.contains("nbd, http"), "{e}");
+    assert!(e.contains("[serve] nbd_adress: unknown setting") && e.contains("nbd, nbd_advertise, http"), "{e}");
     let e = refusal("[serve]\nlisten = \"127.0.0.1:1\"\n", Daemon::Serve);
     assert!(e.contains("listen: not a setting of `cleave serve`") && e.contains("[node]"), "{e}");
     assert!(refusal("[control]\ncache_size = \"1GiB\"\n", Daemon::Control).contains("it belongs in [serve]"));
