@@ -34,6 +34,9 @@ const TEND_EVERY: Duration = Duration::from_secs(1);
 /// How long a new session waits for the volume to be destaged before it is trusted.
 const BARRIER_WITHIN: Duration = Duration::from_secs(120);
 const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+/// How long the standby may take to answer a change or a FLUSH before it is given up (a
+/// standby that hangs must not hang its primary).
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// What a standby tells the administrator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,12 +140,12 @@ impl Standby {
             if !ready {
                 return self.alone(op).await;
             }
-            let (here, there) = tokio::join!(self.volume.sync_cache(), s.client.flush());
+            let (here, there) = tokio::join!(self.volume.sync_cache(), bounded(s.client.flush()));
             here.map_err(block_error)?;
             return match there {
                 Ok(()) => Ok(()),
                 Err(e) => {
-                    self.broke(&s, &e.to_string());
+                    self.broke(&s, &e);
                     self.alone(Op::Flush).await
                 }
             };
@@ -151,7 +154,7 @@ impl Standby {
         // With a trusted standby, FUA is the two caches; without, the targets.
         let (here_op, there_op) = if ready { (with_fua(op.clone(), false), op) } else { (op.clone(), op) };
         let bytes = there_op.payload();
-        let (here, there) = tokio::join!(change(&self.volume, here_op), send(&s.client, there_op));
+        let (here, there) = tokio::join!(change(&self.volume, here_op), bounded(send(&s.client, there_op)));
         here?;
         match there {
             Ok(()) => {
@@ -162,7 +165,7 @@ impl Standby {
                 Ok(())
             }
             Err(e) => {
-                self.broke(&s, &e.to_string());
+                self.broke(&s, &e);
                 if fua {
                     self.alone(Op::Flush).await?;
                 }
@@ -199,6 +202,8 @@ impl Standby {
     }
 
     fn broke(&self, s: &Session, why: &str) {
+        // Requests still waiting on it fail now rather than at their own time limit.
+        s.client.close();
         if !s.broken.swap(true, Ordering::AcqRel) {
             warn!(volume = %self.name, standby = %s.gateway, error = why, "the standby missed a change; flushes reach the targets until a new one is ready");
             if s.ready.load(Ordering::Acquire) {
@@ -316,7 +321,7 @@ impl Standby {
         // Every change acknowledged before the session began is to reach the targets first.
         let recorded = async {
             self.volume.destage_all(BARRIER_WITHIN).await.map_err(|e| e.to_string())?;
-            s.client.flush().await.map_err(|e| e.to_string())?;
+            bounded(s.client.flush()).await?;
             // Named and trusted under the lock `withdraw` takes: a break from here on is
             // seen by the next FLUSH, which withdraws the record.
             let mut recorded = self.recorded.lock().await;
@@ -337,6 +342,14 @@ impl Standby {
         info!(volume = %self.name, standby = %gateway, "standby cache ready: flushes are acknowledged from two caches");
         self.event(Happened::Ready, format!("{}: standby cache on gateway {gateway}", self.name));
         Ok(())
+    }
+}
+
+/// `call`, or why the standby did not answer it in time.
+async fn bounded<T>(call: impl std::future::Future<Output = Result<T, cleave_nbd::ClientError>>) -> Result<T, String> {
+    match tokio::time::timeout(ANSWER_WITHIN, call).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {ANSWER_WITHIN:?}")),
     }
 }
 

@@ -9,7 +9,9 @@
 //!   it stops acknowledging within its lease, the other gateway takes the volume over and is
 //!   written, and once the link is back the cut-off gateway names the other as the primary,
 //!   nothing it was sent while it held no lease is visible through either gateway, and it
-//!   forwards its hosts' new requests to the other.
+//!   forwards its hosts' new requests to the other;
+//! - the standby of a `local` volume stops answering (SIGSTOP): its primary gives it up within
+//!   seconds (`standby_lost`) and acknowledges the host's write and FLUSH from the targets.
 //!
 //! Needs root (`ip netns`). The tests run one at a time: both time leases of a few seconds.
 
@@ -22,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use cleave_control::config::testing::EtcdCluster;
 use common::appliance::{
-    acknowledges, event_kinds, gateway_id, member, member_on, one_at_a_time, served_here, wait_for, LEASE,
+    acknowledges, chunk_is, event_kinds, gateway_id, member, member_on, one_at_a_time, served_here, signal, wait_for,
+    LEASE,
 };
 use common::netns::{Lab, Side};
 use common::{nbdcopy_image, qemu_io, Serve};
@@ -336,4 +339,32 @@ fn a_partitioned_primary_stops_acknowledging_and_what_it_was_sent_after_reaches_
     let (acked, text) = acknowledges(&a, "v", FRESH_A, 0xef);
     assert!(acked, "A, the primary again, refused a write:\n{text}");
     a.term();
+}
+
+#[test]
+fn a_paused_standby_does_not_stop_its_primary() {
+    let _one = one_at_a_time();
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = member(dir.path(), "a", &etcd.endpoints(), None);
+    a.cli_ok(&["volume", "create", "loc", "--size", "4MiB"]);
+    let mut b = member(dir.path(), "b", &etcd.endpoints(), Some(&dir.path().join("a")));
+    let id_b = gateway_id(&b);
+    wait_for("b to be loc's standby", Duration::from_secs(30), || a.show("loc")["standby"] == id_b.as_str());
+    signal(&b, "-STOP");
+    // Bounded here: a primary that waited on its standby for ever would never answer.
+    let out = Command::new("timeout")
+        .args(["90", "qemu-io", "-f", "raw", "-c", &format!("write -P 81 0 {MIB}"), "-c", "flush"])
+        .arg(a.uri("loc"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let acked = out.status.success() && !text.to_lowercase().contains("error");
+    signal(&b, "-CONT");
+    assert!(acked, "the primary did not acknowledge a write and a FLUSH with its standby paused: {text}");
+    assert!(event_kinds(&a).contains(&"standby_lost".to_string()), "{:?}", event_kinds(&a));
+    assert!(served_here(&a, "loc"), "{}", a.show("loc"));
+    assert!(chunk_is(&nbdcopy_image(&a.uri("loc"), dir.path()), 0, 81));
+    a.term();
+    b.term();
 }
