@@ -5,7 +5,7 @@
 //! Persistent reservations are kept in the configuration database.
 
 use cleave_control::access::{Chap, Identity, Secret};
-use cleave_iscsi::{Alua, AluaState, Opened, PortGroup, ReservationType, Reservations, Rights};
+use cleave_iscsi::{Alua, AluaState, Opened, PortGroup, Reservations, ReservationsAt, Rights, Saved};
 use cleave_mirror::HostView;
 use cleave_nbd::ExportProvider;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,8 @@ use tracing::{info, warn};
 use crate::access::Guarded;
 use crate::error::Result;
 use crate::gateway::Gateway;
+
+mod reservations;
 
 /// The name the gateway answers a mutual CHAP challenge with.
 pub const TARGET_CHAP_NAME: &str = "cleave";
@@ -49,11 +51,6 @@ fn chap_secret() -> anyhow::Result<String> {
 /// other volumes are not exported over iSCSI.
 pub fn exportable(volume: &str) -> bool {
     volume.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
-}
-
-/// The configuration database key of a volume's persistent reservations.
-fn reservations_key(volume: &str) -> String {
-    format!("iscsi-reservations/{volume}")
 }
 
 /// ALUA for a mirrored volume: the side that created the mirror is target port group 1 (port 1),
@@ -110,33 +107,6 @@ fn appliance_alua(me: &str, primary: Option<&str>, members: &[String]) -> Alua {
     }
 }
 
-/// Reservations as stored: the nexus names, keys and the type's SPC-4 code.
-#[derive(Serialize, Deserialize, Default)]
-struct StoredReservations {
-    generation: u32,
-    registrations: Vec<(String, u64)>,
-    reservation: Option<(String, u8)>,
-}
-
-impl StoredReservations {
-    fn of(state: &Reservations) -> Self {
-        StoredReservations {
-            generation: state.generation,
-            registrations: state.registrations.clone(),
-            reservation: state.reservation.as_ref().map(|(h, t)| (h.clone(), t.code())),
-        }
-    }
-
-    /// None when the type's code is not one of SPC-4's.
-    fn restore(self) -> Option<Reservations> {
-        let reservation = match self.reservation {
-            Some((holder, code)) => Some((holder, ReservationType::from_code(code)?)),
-            None => None,
-        };
-        Some(Reservations { generation: self.generation, registrations: self.registrations, reservation })
-    }
-}
-
 impl Gateway {
     /// Makes new CHAP secrets for a client (and one for the gateway to prove back with, when
     /// `mutual`). The old ones stop working at the next login.
@@ -179,9 +149,21 @@ impl Gateway {
         })
     }
 
+    /// Keeps `server`'s sessions applying the reservations other gateways store, for as long
+    /// as it runs.
+    pub fn follow_reservations(&self, server: &std::sync::Arc<cleave_iscsi::Server>) {
+        let server = std::sync::Arc::downgrade(server);
+        let follow = reservations::follow(self.data.config.clone(), move |volume, stored| {
+            if let Some(server) = server.upgrade() {
+                server.reservations_changed(volume, stored);
+            }
+        });
+        tokio::spawn(follow);
+    }
+
     /// Forgets a deleted volume's reservations.
     pub(crate) fn forget_reservations(&self, volume: &str) {
-        if let Err(e) = self.data.config.delete(&reservations_key(volume)) {
+        if let Err(e) = self.data.config.delete(&reservations::key(volume)) {
             warn!(volume, error = %e, "could not remove the volume's iSCSI reservations");
         }
     }
@@ -240,37 +222,21 @@ impl cleave_iscsi::Access for Gateway {
         appliance_alua(a.me(), primary.as_deref().filter(|p| !p.is_empty()), &a.known_members())
     }
 
-    fn reservations(&self, volume: &str) -> Option<Reservations> {
-        let raw = match self.data.config.get_value(&reservations_key(volume)) {
-            Ok(raw) => raw?,
-            Err(e) => {
-                warn!(volume, error = %e, "could not read the volume's iSCSI reservations");
-                return None;
-            }
-        };
-        match serde_json::from_slice::<StoredReservations>(&raw).ok().and_then(StoredReservations::restore) {
-            Some(r) => Some(r),
-            None => {
-                warn!(volume, "the volume's stored iSCSI reservations are unreadable: starting without");
-                None
-            }
-        }
+    fn reservations(&self, volume: &str) -> Option<ReservationsAt> {
+        reservations::load(self.data.config.as_ref(), volume)
+            .inspect_err(|e| warn!(volume, error = %e, "could not read the volume's iSCSI reservations"))
+            .ok()
     }
 
-    fn save_reservations(&self, volume: &str, state: &Reservations) {
-        let saved = serde_json::to_vec(&StoredReservations::of(state))
-            .map_err(anyhow::Error::from)
-            .and_then(|b| Ok(self.data.config.put(&reservations_key(volume), &b)?));
-        if let Err(e) = saved {
-            warn!(volume, error = %e, "could not store the volume's iSCSI reservations");
-        }
+    fn save_reservations(&self, volume: &str, read: &ReservationsAt, next: &Reservations) -> Saved {
+        reservations::save(self.data.config.as_ref(), volume, read, next)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{appliance_alua, chap_secret, exportable, group_of, mirror_alua, StoredReservations};
-    use cleave_iscsi::{AluaState, ReservationType, Reservations};
+    use super::{appliance_alua, chap_secret, exportable, group_of, mirror_alua};
+    use cleave_iscsi::AluaState;
     use cleave_mirror::HostView;
 
     #[test]
@@ -314,21 +280,6 @@ mod tests {
         // No primary known: nothing optimized, every path non-optimized (requests wait).
         let waiting = appliance_alua("gateway-c", None, &members);
         assert!(waiting.groups.iter().all(|g| g.state == AluaState::ActiveNonOptimized));
-    }
-
-    #[test]
-    fn reservations_round_trip_through_their_stored_form() {
-        let nexus = "iqn.x:1,i,0x23d000000001".to_string();
-        let r = Reservations {
-            generation: 7,
-            registrations: vec![(nexus.clone(), 0xabc), ("iqn.x:2,i,0x1".into(), 5)],
-            reservation: Some((nexus, ReservationType::WriteExclusiveRegistrantsOnly)),
-        };
-        let json = serde_json::to_vec(&StoredReservations::of(&r)).unwrap();
-        let back = serde_json::from_slice::<StoredReservations>(&json).unwrap().restore();
-        assert_eq!(back, Some(r));
-        let bad = StoredReservations { reservation: Some(("n".into(), 2)), ..Default::default() };
-        assert_eq!(bad.restore(), None, "type code 2 is obsolete in SPC-4");
     }
 
     #[test]

@@ -110,12 +110,36 @@ pub trait Access: Send + Sync {
         Alua::default()
     }
     /// Persistent reservations as last saved, read when a volume's first session starts.
-    fn reservations(&self, _volume: &str) -> Option<Reservations> {
+    fn reservations(&self, _volume: &str) -> Option<ReservationsAt> {
         None
     }
-    /// Called with the new state after every change, before the command completes; the host
-    /// stores it so registrations and reservations survive restarts.
-    fn save_reservations(&self, _volume: &str, _state: &Reservations) {}
+    /// Stores `next` in place of `read`, before the command completes, so registrations and
+    /// reservations survive restarts and every gateway sharing the store applies them. Only
+    /// while the stored state is still at `read`'s version: otherwise [`Saved::Changed`] with
+    /// what is stored now, and the command is applied again to that.
+    fn save_reservations(&self, _volume: &str, read: &ReservationsAt, _next: &Reservations) -> Saved {
+        Saved::Stored(read.version + 1)
+    }
+}
+
+/// A volume's reservations at a version of the host's store: versions rise with every change,
+/// so a newer state never gives way to an older one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReservationsAt {
+    pub state: Reservations,
+    /// 0 when nothing is stored yet.
+    pub version: u64,
+}
+
+/// What became of [`Access::save_reservations`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    /// Stored, at this version.
+    Stored(u64),
+    /// Another gateway changed them first: this is what is stored now.
+    Changed(ReservationsAt),
+    /// The store could not be reached: nothing changed.
+    Failed,
 }
 
 /// A fixed table, for tests and simple embeddings.
@@ -131,7 +155,7 @@ pub struct StaticAccess {
     /// When set, only these initiators see anything.
     pub allowed: Option<Vec<String>>,
     /// Saved persistent reservations, by volume.
-    pub reservations: Mutex<HashMap<String, Reservations>>,
+    pub reservations: Mutex<HashMap<String, ReservationsAt>>,
 }
 
 impl Access for StaticAccess {
@@ -159,10 +183,16 @@ impl Access for StaticAccess {
         let rights = if self.read_only.contains(&who.initiator) { Rights::ReadOnly } else { Rights::ReadWrite };
         Some(Opened { device: self.volumes.get(volume)?.clone(), rights, serial: volume.to_owned() })
     }
-    fn reservations(&self, volume: &str) -> Option<Reservations> {
+    fn reservations(&self, volume: &str) -> Option<ReservationsAt> {
         self.reservations.lock().unwrap_or_else(|e| e.into_inner()).get(volume).cloned()
     }
-    fn save_reservations(&self, volume: &str, state: &Reservations) {
-        self.reservations.lock().unwrap_or_else(|e| e.into_inner()).insert(volume.to_owned(), state.clone());
+    fn save_reservations(&self, volume: &str, read: &ReservationsAt, next: &Reservations) -> Saved {
+        let mut saved = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        let now = saved.entry(volume.to_owned()).or_default();
+        if now.version != read.version {
+            return Saved::Changed(now.clone());
+        }
+        *now = ReservationsAt { state: next.clone(), version: read.version + 1 };
+        Saved::Stored(now.version)
     }
 }

@@ -30,7 +30,8 @@ mod tmf;
 mod write;
 
 pub use access::{
-    Access, Alua, AluaState, Identity, Opened, PortGroup, ReservationType, Reservations, Rights, StaticAccess,
+    Access, Alua, AluaState, Identity, Opened, PortGroup, ReservationType, Reservations, ReservationsAt, Rights, Saved,
+    StaticAccess,
 };
 pub use server::{Server, ServerConfig};
 

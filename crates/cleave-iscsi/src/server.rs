@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::access::Access;
+use crate::access::{Access, ReservationsAt};
 use crate::login::{LoggedIn, Login, LoginConfig, Step};
 use crate::negotiate::Limits;
 use crate::pdu::Digests;
@@ -154,6 +154,15 @@ impl Server {
                 Some(Ok(logged)) => return Ok(Some(logged)),
                 Some(Err(e)) => return Err(ConnError::Login(e)),
             }
+        }
+    }
+
+    /// Another gateway stored new reservations for `volume`: sessions here apply them from now
+    /// on. Volumes without a session here read them when their first one starts.
+    pub fn reservations_changed(&self, volume: &str, stored: ReservationsAt) {
+        let unit = self.units.lock().unwrap_or_else(|e| e.into_inner()).get(volume).and_then(Weak::upgrade);
+        if let Some(unit) = unit {
+            unit.reservations_changed(stored);
         }
     }
 

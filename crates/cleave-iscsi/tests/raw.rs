@@ -152,6 +152,33 @@ fn reservations_survive_a_restart_through_the_host() {
     assert_eq!(d.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0).status, 0x18);
 }
 
+/// Two targets over one host store, each with a session that read the reservations before
+/// the other changed them: a change on the stale one is made again on the stored state, so
+/// neither target's registrations are lost and the reservation holds on both.
+#[test]
+fn a_change_on_a_stale_copy_of_the_reservations_keeps_the_other_targets_changes() {
+    let shared = std::sync::Arc::new(access(&["disk"], 1 << 20));
+    let pr_out = |c: &mut Raw, action: u8, kind: u8, key: u64, sa_key: u64| {
+        let mut params = [0u8; 24];
+        params[..8].copy_from_slice(&key.to_be_bytes());
+        params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        c.scsi(&[0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0], &params, 0).status
+    };
+    let (addr1, addr2) = (start_with(shared.clone()), start_with(shared.clone()));
+    let mut late = Raw::connect(addr2);
+    assert_eq!(late.login("iqn.2025-01.invalid.test:other", "disk"), (0, 0));
+    assert_eq!(late.scsi(&TUR, &[], 0).status, 0);
+    let mut first = Raw::connect(addr1);
+    assert_eq!(first.login(TEST_INITIATOR, "disk"), (0, 0));
+    assert_eq!(pr_out(&mut first, 0, 0, 0, 0x11), 0, "REGISTER");
+    assert_eq!(pr_out(&mut first, 1, 1, 0x11, 0), 0, "RESERVE, Write Exclusive");
+    assert_eq!(pr_out(&mut late, 0, 0, 0, 0x22), 0, "REGISTER on the other target");
+    let keys = late.scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256).data;
+    assert_eq!(&keys[4..8], &16u32.to_be_bytes(), "both keys are registered: {keys:?}");
+    assert_eq!(&keys[8..24], &[0x11u64.to_be_bytes(), 0x22u64.to_be_bytes()].concat()[..]);
+    assert_eq!(late.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0).status, 0x18, "the reservation holds here");
+}
+
 #[test]
 fn an_aborted_early_command_does_not_hold_up_the_ones_behind_it() {
     let addr = start(access(&["disk"], 1 << 20));

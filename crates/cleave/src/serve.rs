@@ -400,6 +400,7 @@ async fn spawn_iscsi(
     let listener = TcpListener::bind(addr).await.with_context(|| format!("iSCSI on {addr}"))?;
     let config = cleave_iscsi::ServerConfig { iqn_base, ..Default::default() };
     let server = Arc::new(cleave_iscsi::Server::new(gw.clone(), config));
+    gw.follow_reservations(&server);
     let bound = listener.local_addr()?;
     println!("iSCSI: iscsi://{bound}/{}/0", server.target_name("VOLUME"));
     Ok(tokio::spawn(server.serve(listener)))

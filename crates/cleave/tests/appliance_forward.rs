@@ -316,6 +316,66 @@ fn an_initiator_on_another_gateway_is_forwarded_and_outlives_the_primary() {
     b.term();
 }
 
+/// PERSISTENT RESERVE OUT with a 24-byte parameter list: the status.
+fn pr_out(host: &mut Raw, action: u8, kind: u8, key: u64, sa_key: u64) -> u8 {
+    let mut params = [0u8; 24];
+    params[..8].copy_from_slice(&key.to_be_bytes());
+    params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    host.scsi(&[0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0], &params, 0).status
+}
+
+/// Waits until a one-block WRITE (10) from `host` gets `status`.
+fn write_gets(host: &mut Raw, status: u8, what: &str) {
+    wait_for(what, Duration::from_secs(5), || {
+        host.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[7; 512], 0).status == status
+    });
+}
+
+/// Persistent reservations are the appliance's, not a gateway's: a reservation made through
+/// one gateway refuses another host's writes through another gateway (whose session began
+/// before it), and a preemption made there fences the first host on the first gateway.
+#[test]
+fn reservations_made_through_one_gateway_hold_on_every_gateway() {
+    const RESERVATION_CONFLICT: u8 = 0x18;
+    const WRITE_EXCLUSIVE: u8 = 1;
+    let _one = one_at_a_time();
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let portals = [common::free_port(), common::free_port()].map(|p| format!("127.0.0.1:{p}"));
+    let mut a = member_with(None, false, dir.path(), "a", &etcd.endpoints(), None, &["--iscsi", &portals[0]]);
+    a.cli_ok(&["volume", "create", "v", "--size", "16MiB"]);
+    let first = dir.path().join("a");
+    let mut b = member_with(None, false, dir.path(), "b", &etcd.endpoints(), Some(&first), &["--iscsi", &portals[1]]);
+    let (x, y) = ("iqn.2026-01.invalid.test:x", "iqn.2026-01.invalid.test:y");
+    a.cli_ok(&["client", "add", "host", "--out", dir.path().join("host").to_str().unwrap()]);
+    a.cli_ok(&["group", "add", "hosts"]);
+    a.cli_ok(&["group", "join", "hosts", "host"]);
+    a.cli_ok(&["group", "grant", "hosts", "v"]);
+    a.cli_ok(&["client", "initiator", "add", "host", x, "--no-chap"]);
+    a.cli_ok(&["client", "initiator", "add", "host", y, "--no-chap"]);
+    wait_for("b to see the initiators", Duration::from_secs(5), || b.cli_ok(&["client", "list", "--json"]).contains(y));
+    let mut on_b = Raw::connect(portals[1].parse().unwrap());
+    assert_eq!(on_b.login(y, "v"), (0, 0));
+    write_gets(&mut on_b, 0, "y to write through b");
+
+    let mut on_a = Raw::connect(portals[0].parse().unwrap());
+    assert_eq!(on_a.login(x, "v"), (0, 0));
+    assert_eq!(pr_out(&mut on_a, 0, 0, 0, 0x11), 0, "x registers through a");
+    assert_eq!(pr_out(&mut on_a, 1, WRITE_EXCLUSIVE, 0x11, 0), 0, "x reserves through a");
+    write_gets(&mut on_b, RESERVATION_CONFLICT, "x's reservation to refuse y's writes through b");
+    assert_eq!(on_b.scsi(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 512).status, 0, "reads go on");
+
+    // y takes the reservation from x through b: x is fenced on a.
+    assert_eq!(pr_out(&mut on_b, 0, 0, 0, 0x22), 0, "y registers through b");
+    assert_eq!(pr_out(&mut on_b, 4, WRITE_EXCLUSIVE, 0x22, 0x11), 0, "y preempts x through b");
+    write_gets(&mut on_b, 0, "y, now holding the reservation, to write through b");
+    write_gets(&mut on_a, RESERVATION_CONFLICT, "the preemption to fence x on a");
+    let keys = on_a.scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256).data;
+    assert_eq!(&keys[4..16], &[&8u32.to_be_bytes()[..], &0x22u64.to_be_bytes()].concat()[..], "only y's key is left");
+    a.term();
+    b.term();
+}
+
 /// A volume deleted and made again with another size is exported at its new size by a
 /// gateway that forwarded the old one.
 #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cleave_nbd::BlockDevice;
 
-use crate::access::{Access, Alua, AluaState, Rights};
+use crate::access::{Access, Alua, AluaState, ReservationsAt, Rights};
 
 mod inquiry;
 pub mod io;
@@ -78,23 +78,31 @@ pub struct Shared {
     write_cache: AtomicBool,
     /// COMPARE AND WRITE takes it exclusively, other writes shared: it is atomic against them.
     atomic: tokio::sync::RwLock<()>,
-    reservations: std::sync::Mutex<Reservations>,
+    reservations: std::sync::Mutex<ReservationsAt>,
 }
 
 impl Shared {
     /// Starting from the reservations the host kept.
-    pub fn new(reservations: Reservations) -> Shared {
+    pub fn new(reservations: ReservationsAt) -> Shared {
         Shared {
             write_cache: AtomicBool::new(true),
             atomic: tokio::sync::RwLock::new(()),
             reservations: std::sync::Mutex::new(reservations),
         }
     }
+
+    /// Takes the reservations another gateway stored, unless those held are as new.
+    pub fn reservations_changed(&self, stored: ReservationsAt) {
+        let mut held = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        if stored.version > held.version {
+            *held = stored;
+        }
+    }
 }
 
 impl Default for Shared {
     fn default() -> Self {
-        Shared::new(Reservations::default())
+        Shared::new(ReservationsAt::default())
     }
 }
 

@@ -1,10 +1,16 @@
 //! Persistent reservations (SPC-4 §5.13): PERSISTENT RESERVE IN and OUT, and the check that
-//! refuses other I_T nexuses' access. The host keeps the state across restarts through
-//! [`crate::Access::save_reservations`].
+//! refuses other I_T nexuses' access. The host keeps the state across restarts, and shares it
+//! with the other gateways of an appliance, through [`crate::Access::save_reservations`]: a
+//! change is in force once stored, and one that met another gateway's newer change is made
+//! again on that.
 
 use bytes::Bytes;
 
 use super::{Cdb, Lu, Outcome, Result, Sense, Status};
+use crate::access::{ReservationsAt, Saved};
+
+/// Tries of a change that keeps meeting other gateways' newer ones.
+const TRIES: usize = 20;
 
 /// Reservation types (SPC-4 Table 217).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +125,7 @@ impl Lu {
     }
 
     pub(super) fn persistent_reserve_in(&self, cdb: &Cdb<'_>) -> Result<Outcome> {
-        let r = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let r = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner()).state.clone();
         let mut v = r.generation.to_be_bytes().to_vec();
         match cdb.byte(1) & 0x1f {
             0 => {
@@ -159,32 +165,51 @@ impl Lu {
             return Err(Sense::INVALID_FIELD_IN_PARAMETERS);
         }
         let kind = ReservationType::from_code(cdb.byte(2) & 0x0f);
-        let mut r = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner());
-        let before = r.clone();
-        let outcome = match sa {
-            0 | 6 => register(&mut r, nexus, key, sa_key, sa == 6),
-            1 => Self::registered(&r, nexus, key).and_then(|()| reserve(&mut r, nexus, kind)),
-            2 => Self::registered(&r, nexus, key).and_then(|()| release(&mut r, nexus, kind)),
-            3 => Self::registered(&r, nexus, key).map(|()| {
-                r.registrations.clear();
-                r.reservation = None;
-                r.generation = r.generation.wrapping_add(1);
-                Outcome::good(Bytes::new())
-            }),
-            4 | 5 => Self::registered(&r, nexus, key).and_then(|()| preempt(&mut r, nexus, sa_key, kind)),
-            _ => return Err(Sense::INVALID_FIELD_IN_CDB.at_cdb(1)),
+        let change = |r: &mut Reservations| -> Result<Step> {
+            Ok(match sa {
+                0 | 6 => register(r, nexus, key, sa_key, sa == 6),
+                1 => Self::registered(r, nexus, key).and_then(|()| reserve(r, nexus, kind)),
+                2 => Self::registered(r, nexus, key).and_then(|()| release(r, nexus, kind)),
+                3 => Self::registered(r, nexus, key).map(|()| {
+                    r.registrations.clear();
+                    r.reservation = None;
+                    r.generation = r.generation.wrapping_add(1);
+                    Outcome::good(Bytes::new())
+                }),
+                4 | 5 => Self::registered(r, nexus, key).and_then(|()| preempt(r, nexus, sa_key, kind)),
+                _ => return Err(Sense::INVALID_FIELD_IN_CDB.at_cdb(1)),
+            })
         };
-        if *r != before {
-            self.access.save_reservations(&self.names.volume, &r);
+        self.change_reservations(change)
+    }
+
+    /// Applies `change` to the reservations held and stores the result; when another gateway
+    /// stored newer ones first, applies it to those instead.
+    fn change_reservations(&self, mut change: impl FnMut(&mut Reservations) -> Result<Step>) -> Result<Outcome> {
+        let mut held = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..TRIES {
+            let mut next = held.state.clone();
+            let outcome = change(&mut next)?;
+            if next == held.state {
+                return Ok(outcome.unwrap_or_else(|o| o));
+            }
+            match self.access.save_reservations(&self.names.volume, &held, &next) {
+                Saved::Stored(version) => {
+                    *held = ReservationsAt { state: next, version };
+                    return Ok(outcome.unwrap_or_else(|o| o));
+                }
+                Saved::Changed(newer) => *held = newer,
+                Saved::Failed => break,
+            }
         }
-        Ok(outcome.unwrap_or_else(|o| o))
+        Err(Sense::INTERNAL_TARGET_FAILURE)
     }
 
     /// RESERVATION CONFLICT for media access from a nexus the reservation excludes.
     pub(super) fn reservation_conflict(&self, nexus: &str, op: u8) -> bool {
         let write = super::io::is_write(op) || matches!(op, 0x15 | 0x55);
         let media = write || super::io::is_media_access(op);
-        media && self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner()).conflicts(nexus, write)
+        media && self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner()).state.conflicts(nexus, write)
     }
 }
 
