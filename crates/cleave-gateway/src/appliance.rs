@@ -198,51 +198,37 @@ impl Appliance {
         }
         let read = Instant::now();
         let members = self.members()?;
-        let mut orders = HashMap::new();
-        for e in self.store.scan(ORDER)? {
-            let volume = e.key.strip_prefix(ORDER).unwrap_or(&e.key).to_string();
-            match serde_json::from_slice(&e.value) {
-                Ok(order) => {
-                    orders.insert(volume, order);
-                }
-                // One bad entry must not stop the placement of every other volume.
-                Err(err) => warn!(key = %e.key, error = %err, "an order that is not a list of gateways; ignored"),
-            }
-        }
-        let mut reach = HashMap::new();
-        for e in self.store.scan(PATHS)? {
-            let gateway = e.key.strip_prefix(PATHS).unwrap_or(&e.key);
-            // Reports of gateways that are gone say nothing any more.
-            if members.iter().any(|m| m == gateway) {
-                reach.insert(gateway.to_string(), serde_json::from_slice(&e.value).unwrap_or_default());
-            }
-        }
-        let mut endpoints = HashMap::new();
-        for e in self.store.scan(ENDPOINTS)? {
-            let gateway = e.key.strip_prefix(ENDPOINTS).unwrap_or(&e.key);
-            match serde_json::from_slice(&e.value) {
-                Ok(endpoint) if members.iter().any(|m| m == gateway) => {
-                    endpoints.insert(gateway.to_string(), endpoint);
-                }
-                Ok(_) => {}
-                Err(err) => warn!(key = %e.key, error = %err, "an endpoint that does not parse; ignored"),
-            }
-        }
-        let mut standbys = HashMap::new();
-        for e in self.store.scan(STANDBY)? {
-            if let Ok(record) = serde_json::from_slice(&e.value) {
-                standbys.insert(e.key.strip_prefix(STANDBY).unwrap_or(&e.key).to_string(), record);
-            }
-        }
-        let mut health = HashMap::new();
-        for e in self.store.scan(HEALTH)? {
-            if let Ok(h) = serde_json::from_slice(&e.value) {
-                health.insert(e.key.strip_prefix(HEALTH).unwrap_or(&e.key).to_string(), h);
-            }
-        }
+        let orders = self.scan_json(ORDER, "an order")?;
+        // Reports and endpoints of gateways that are gone say nothing any more.
+        let mut reach: HashMap<String, HashMap<String, usize>> = self.scan_json(PATHS, "a path report")?;
+        reach.retain(|gateway, _| members.contains(gateway));
+        let mut endpoints: HashMap<String, Endpoint> = self.scan_json(ENDPOINTS, "an endpoint")?;
+        endpoints.retain(|gateway, _| members.contains(gateway));
+        let standbys = self.scan_json(STANDBY, "a standby record")?;
+        let health = self.scan_json(HEALTH, "a published health")?;
         let d = Arc::new(Directory { read, members, orders, reach, endpoints, standbys, health });
         *self.directory.lock().expect("not poisoned") = Some(d.clone());
         Ok(d)
+    }
+
+    /// Every entry under `prefix` that parses, by the rest of its key. One that does not is
+    /// left out with a warning naming `what` it is: it must not stop the placement of every
+    /// other volume.
+    fn scan_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        what: &str,
+    ) -> Result<HashMap<String, T>, ConfigError> {
+        let mut out = HashMap::new();
+        for e in self.store.scan(prefix)? {
+            match serde_json::from_slice(&e.value) {
+                Ok(value) => {
+                    out.insert(e.key.strip_prefix(prefix).unwrap_or(&e.key).to_string(), value);
+                }
+                Err(err) => warn!(key = %e.key, error = %err, "{what} that does not parse; ignored"),
+            }
+        }
+        Ok(out)
     }
 
     /// The first live gateway of those an administrator put first for `volume`, if it

@@ -40,6 +40,10 @@ pub enum EventKind {
     StandbyLost,
     /// A volume taken over here: the changes its last primary kept on this gateway applied.
     StandbyApplied,
+    /// Another gateway stopped answering this one's heartbeats.
+    PeerLost,
+    /// A gateway that had stopped answering heartbeats answers again.
+    PeerBack,
 }
 
 impl EventKind {
@@ -59,6 +63,8 @@ impl EventKind {
             EventKind::StandbyReady => "standby_ready".into(),
             EventKind::StandbyLost => "standby_lost".into(),
             EventKind::StandbyApplied => "standby_applied".into(),
+            EventKind::PeerLost => "peer_lost".into(),
+            EventKind::PeerBack => "peer_back".into(),
         }
     }
 }

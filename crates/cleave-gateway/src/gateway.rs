@@ -137,6 +137,8 @@ pub struct Gateway {
     /// In an appliance with forwarding: the standby caches of the volumes served here, the
     /// logs this gateway keeps for other primaries, and itself as their host.
     pub(crate) standbys: crate::standby::Standbys,
+    /// In an appliance with forwarding: which other gateways answer heartbeats.
+    pub(crate) peers: crate::peers::Peers,
 }
 
 /// A stored volume that could not be opened, and why. Listed as unavailable, retried every
@@ -174,6 +176,7 @@ impl Gateway {
             appliance: c.appliance,
             forwarding: std::sync::OnceLock::new(),
             standbys: Default::default(),
+            peers: Default::default(),
         }
     }
 
@@ -305,6 +308,7 @@ impl Gateway {
         let f = Forwarding::start(Arc::downgrade(&here), &self.access.ca, a.clone(), nbd.reachable())
             .map_err(|e| GatewayError::Internal(format!("forwarding: {e:#}")))?;
         let _ = self.forwarding.set(f);
+        tokio::spawn(self.clone().beat(a.clone()));
         self.start_standbys().map_err(|e| GatewayError::Internal(format!("standby logs: {e}")))?;
         Ok(())
     }
@@ -394,6 +398,9 @@ impl ExportProvider for Gateway {
         // A gateway forwarding to this one gets only what is served here, never forwarded on
         // (no loops); a fenced volume answers "unavailable here" and it looks again.
         if self.peer_gateway(peer).is_some() {
+            if name == crate::peers::EXPORT {
+                return Ok(Arc::new(crate::peers::Heartbeat));
+            }
             if let Some(log) = name.strip_prefix(crate::standby::EXPORT_PREFIX) {
                 return self.standby_log(log).ok_or(Refusal::Unknown);
             }

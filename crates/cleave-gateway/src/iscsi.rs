@@ -82,28 +82,29 @@ fn group_of(gateway: &str) -> u16 {
 }
 
 /// ALUA in an appliance: one target port group per gateway; the primary's active/optimized,
-/// every other active/non-optimized (it forwards to the primary). The generation follows the
-/// primary, so a failover or a switchover raises ASYMMETRIC ACCESS STATE CHANGED on every
-/// gateway's sessions. With no primary known, every group is non-optimized: requests wait
-/// for the next primary.
-fn appliance_alua(me: &str, primary: Option<&str>, members: &[String]) -> Alua {
+/// every other active/non-optimized (it forwards to the primary), except this gateway's own
+/// when it cannot reach the primary (`cut_off`: no heartbeat answered), which is unavailable,
+/// so hosts use another path rather than wait on this one. The generation follows the
+/// primary and the cut, so a failover, a switchover or a cut raises ASYMMETRIC ACCESS STATE
+/// CHANGED on every gateway's sessions. With no primary known, every group is non-optimized:
+/// requests wait for the next primary.
+fn appliance_alua(me: &str, primary: Option<&str>, members: &[String], cut_off: bool) -> Alua {
     let mut gateways: Vec<&str> = members.iter().map(String::as_str).chain([me]).chain(primary).collect();
     gateways.sort_unstable();
     gateways.dedup();
-    let state = |g: &str| {
-        if Some(g) == primary {
-            AluaState::ActiveOptimized
-        } else {
-            AluaState::ActiveNonOptimized
-        }
+    let state = |g: &str| match g {
+        g if Some(g) == primary => AluaState::ActiveOptimized,
+        g if g == me && cut_off => AluaState::Unavailable,
+        _ => AluaState::ActiveNonOptimized,
     };
     let groups = gateways.iter().map(|g| PortGroup { id: group_of(g), state: state(g), ports: vec![group_of(g)] });
-    let h = blake3::hash(primary.unwrap_or_default().as_bytes());
+    let mut h = blake3::Hasher::new();
+    h.update(primary.unwrap_or_default().as_bytes()).update(&[u8::from(cut_off)]);
     Alua {
         local_group: group_of(me),
         local_port: group_of(me),
         groups: groups.collect(),
-        generation: u64::from_be_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")),
+        generation: u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes")),
     }
 }
 
@@ -219,7 +220,9 @@ impl cleave_iscsi::Access for Gateway {
         } else {
             self.unopened.read().expect("not poisoned").get(volume).and_then(|u| u.primary.clone())
         };
-        appliance_alua(a.me(), primary.as_deref().filter(|p| !p.is_empty()), &a.known_members())
+        let primary = primary.as_deref().filter(|p| !p.is_empty());
+        let cut_off = primary.is_some_and(|p| p != a.me() && !self.peers.reaches(p));
+        appliance_alua(a.me(), primary, &a.known_members(), cut_off)
     }
 
     fn reservations(&self, volume: &str) -> Option<ReservationsAt> {
@@ -256,7 +259,7 @@ mod tests {
     fn in_an_appliance_each_gateway_is_a_port_group_and_the_primary_is_optimized() {
         let members = ["gateway-a".to_string(), "gateway-b".into(), "gateway-c".into()];
         let states = |me: &str, primary: Option<&str>| {
-            let a = appliance_alua(me, primary, &members);
+            let a = appliance_alua(me, primary, &members, false);
             let optimized: Vec<u16> =
                 a.groups.iter().filter(|g| g.state == AluaState::ActiveOptimized).map(|g| g.id).collect();
             assert_eq!(a.groups.len(), 3, "{a:?}");
@@ -278,8 +281,14 @@ mod tests {
         assert_eq!(after.1, vec![b]);
         assert_ne!(after.2, on_c.2);
         // No primary known: nothing optimized, every path non-optimized (requests wait).
-        let waiting = appliance_alua("gateway-c", None, &members);
+        let waiting = appliance_alua("gateway-c", None, &members, false);
         assert!(waiting.groups.iter().all(|g| g.state == AluaState::ActiveNonOptimized));
+        // c cannot reach the primary: its own path is unavailable, and the change is told.
+        let cut = appliance_alua("gateway-c", Some("gateway-b"), &members, true);
+        let state_of = |id| cut.groups.iter().find(|g| g.id == id).map(|g| g.state);
+        assert_eq!(state_of(c), Some(AluaState::Unavailable));
+        assert_eq!((state_of(b), state_of(a)), (Some(AluaState::ActiveOptimized), Some(AluaState::ActiveNonOptimized)));
+        assert_ne!(cut.generation, after.2);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub mod mirror;
 pub mod nodetls;
 /// Back-end path checks: which targets each gateway reaches; giving up a volume it cannot store.
 mod paths;
+/// Heartbeats between the gateways of an appliance.
+mod peers;
 /// The task queue.
 mod queue;
 /// Byte sizes, parsed and shown (`1MiB`, `64 GiB`).

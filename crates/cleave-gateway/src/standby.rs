@@ -51,6 +51,8 @@ pub(crate) enum Happened {
 pub(crate) trait Host: Send + Sync {
     /// Whether `volume` is still served here, opened at `epoch`.
     fn serves(&self, volume: &str, epoch: u64) -> bool;
+    /// Whether `gateway` answers this one's heartbeats.
+    fn reaches(&self, gateway: &str) -> bool;
     fn event(&self, happened: Happened, message: String);
 }
 
@@ -212,6 +214,10 @@ impl Standby {
         }
     }
 
+    fn reaches(&self, gateway: &str) -> bool {
+        self.host.upgrade().is_some_and(|h| h.reaches(gateway))
+    }
+
     fn event(&self, kind: Happened, message: String) {
         if let Some(h) = self.host.upgrade() {
             h.event(kind, message);
@@ -229,6 +235,9 @@ impl Standby {
             }
             let current = self.session.read().expect("not poisoned").clone();
             match current {
+                Some(s) if s.usable() && !self.reaches(&s.gateway) => {
+                    self.broke(&s, &format!("gateway {} does not answer heartbeats", s.gateway));
+                }
                 Some(s) if s.usable() && s.bytes.load(Ordering::Relaxed) < ROTATE_AFTER => {
                     // A gateway now ahead in the order (one that came back, say) takes over
                     // as the standby: the one the inquiry would ask first after this one.
@@ -273,24 +282,28 @@ impl Standby {
         }
     }
 
-    /// Starts a session with the next gateway of the volume's order, trusted once the
-    /// volume has been destaged.
-    /// The first other gateway in the volume's order that advertises its NBD listener: where
-    /// the standby belongs.
+    /// The first other gateway in the volume's order that advertises its NBD listener and
+    /// answers heartbeats: where the standby belongs.
     async fn next_in_order(&self) -> Result<String, String> {
-        let (a, name) = (self.appliance.clone(), self.name.clone());
+        let (a, name, host) = (self.appliance.clone(), self.name.clone(), self.host.clone());
+        let reaches = move |g: &str| host.upgrade().is_some_and(|h| h.reaches(g));
         let found = blocking(move || {
             let order = a.order_of(&name)?;
-            for g in order.into_iter().filter(|g| g != a.me()) {
+            for g in order.into_iter().filter(|g| g != a.me() && reaches(g)) {
                 if a.endpoint_of(&g)?.is_some() {
                     return Ok(Some(g));
                 }
             }
             Ok(None)
         });
-        found.await.map_err(|e| e.to_string())?.ok_or_else(|| "no other gateway advertises its listener".to_string())
+        found
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "no other gateway that answers advertises its listener".to_string())
     }
 
+    /// Starts a session with the next gateway of the volume's order, trusted once the
+    /// volume has been destaged.
     async fn begin(&self) -> Result<(), String> {
         let gateway = self.next_in_order().await?;
         let (a, g) = (self.appliance.clone(), gateway.clone());
@@ -392,10 +405,11 @@ pub(crate) async fn apply_log(
         return Ok(None);
     }
     let session = record.session.clone();
-    let ops = logs.read(&session).map_err(|e| format!("standby log {session}: {e}"))?;
-    let applied = ops.len();
-    for op in ops {
+    let mut log = logs.reader(&session).map_err(|e| format!("standby log {session}: {e}"))?;
+    let mut applied = 0;
+    while let Some(op) = log.next_change() {
         change(volume, op).await.map_err(|e| format!("applying the standby log: {e}"))?;
+        applied += 1;
     }
     // The changes are this gateway's now; they stay in its cache until they reach the targets.
     volume.sync_cache().await.map_err(|e| e.to_string())?;

@@ -21,6 +21,9 @@ impl standby::Host for Gateway {
     fn serves(&self, volume: &str, epoch: u64) -> bool {
         self.get(volume).is_some_and(|v| v.epoch() == epoch)
     }
+    fn reaches(&self, gateway: &str) -> bool {
+        self.peers.reaches(gateway)
+    }
     fn event(&self, happened: standby::Happened, message: String) {
         let kind = match happened {
             standby::Happened::Ready => EventKind::StandbyReady,

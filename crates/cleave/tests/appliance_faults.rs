@@ -11,7 +11,9 @@
 //!   nothing it was sent while it held no lease is visible through either gateway, and it
 //!   forwards its hosts' new requests to the other;
 //! - the standby of a `local` volume stops answering (SIGSTOP): its primary gives it up within
-//!   seconds (`standby_lost`) and acknowledges the host's write and FLUSH from the targets.
+//!   seconds (`standby_lost`) and acknowledges the host's write and FLUSH from the targets;
+//! - the link between two gateways is cut while both reach etcd over another: heartbeats
+//!   tell each of them (`peer_lost`), and the primary gives up its standby across the cut.
 //!
 //! Needs root (`ip netns`). The tests run one at a time: both time leases of a few seconds.
 
@@ -23,15 +25,18 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use cleave_control::config::testing::EtcdCluster;
+use cleave_iscsi::testing::Raw;
 use common::appliance::{
-    acknowledges, chunk_is, event_kinds, gateway_id, member, member_on, one_at_a_time, served_here, signal, wait_for,
-    LEASE,
+    acknowledges, alua_view, chunk_is, event_kinds, gateway_id, host_may_write, member, member_on, member_with,
+    one_at_a_time, pair_with_standby, served_here, signal, wait_for, LEASE, NON_OPTIMIZED, UNAVAILABLE,
 };
 use common::netns::{Lab, Side};
 use common::{nbdcopy_image, qemu_io, Serve};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
+const INITIATOR: &str = "iqn.2026-01.invalid.test:host";
+const TUR: [u8; 6] = [0; 6];
 
 /// The index of the etcd member that leads: the one whose status names itself as leader.
 fn etcd_leader(etcd: &EtcdCluster) -> usize {
@@ -341,25 +346,78 @@ fn a_partitioned_primary_stops_acknowledging_and_what_it_was_sent_after_reaches_
     a.term();
 }
 
+/// Heartbeats: the link between two gateways is cut while both still reach etcd (over a
+/// second link). Each says the other stopped answering (`peer_lost`); the primary keeps the
+/// volume (its lease holds) but gives up its standby across the cut within seconds, with no
+/// write needed to notice, so FLUSHes reach the targets. An iSCSI host on the other gateway
+/// sees that path turn unavailable (ALUA), so multipath would use the primary's. Once the
+/// link is back the peers answer again (`peer_back`), the path is non-optimized again, and the
+/// standby is made again.
+#[test]
+fn gateways_cut_from_each_other_say_so_and_keep_no_standby_across_the_cut() {
+    let _one = one_at_a_time();
+    let lab = Lab::new();
+    let db = lab.second_link();
+    let etcd = lab.run_in(Side::B, || EtcdCluster::start_on(1, db[1].into()));
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = etcd.endpoints();
+    let mut a = member_on(lab.ns(Side::A), lab.addr(Side::A), dir.path(), "a", &endpoints, None);
+    a.cli_ok(&["volume", "create", "loc", "--size", "4MiB"]);
+    let key_from = Some(dir.path().join("a"));
+    let nbd_b = format!("{}:{}", lab.addr(Side::B), common::free_port());
+    let portal = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let extra = ["--nbd", &nbd_b, "--iscsi", &portal.to_string()];
+    let mut b = member_with(Some(lab.ns(Side::B)), false, dir.path(), "b", &endpoints, key_from.as_deref(), &extra);
+    let id_b = gateway_id(&b);
+    host_may_write(&a, "loc", &dir.path().join("host"), &[INITIATOR]);
+    wait_for("b to be loc's standby", Duration::from_secs(30), || a.show("loc")["standby"] == id_b.as_str());
+    wait_for("b to see the initiator", Duration::from_secs(5), || {
+        b.cli_ok(&["client", "list", "--json"]).contains(INITIATOR)
+    });
+    let mut host = lab.run_in(Side::B, || Raw::connect(portal));
+    assert_eq!(host.login(INITIATOR, "loc"), (0, 0));
+    let (local, states) = alua_view(&mut host);
+    assert_eq!(states[&local], NON_OPTIMIZED, "b forwards to a: {states:?}");
+
+    lab.cut();
+    let gave_up = wait_for("a to give up its standby across the cut", Duration::from_secs(20), || {
+        a.show("loc")["standby"].is_null()
+    });
+    wait_for("b to say a stopped answering", Duration::from_secs(10), || {
+        event_kinds(&b).contains(&"peer_lost".to_string())
+    });
+    assert!(event_kinds(&a).contains(&"peer_lost".to_string()), "{:?}", event_kinds(&a));
+    assert!(served_here(&a, "loc"), "a reaches etcd: it keeps the volume\n{}", a.show("loc"));
+    let (acked, text) = acknowledges(&a, "loc", 0, 82);
+    assert!(acked, "a did not acknowledge a write and a FLUSH with its standby cut off: {text}");
+    let r = host.scsi(&TUR, &[], 0);
+    assert_eq!(r.sense_code(), Some((0x6, 0x2a, 0x06)), "ASYMMETRIC ACCESS STATE CHANGED: {r:?}");
+    let (_, states) = alua_view(&mut host);
+    assert_eq!(states[&local], UNAVAILABLE, "b cannot reach the primary: {states:?}");
+    let r = host.scsi(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 512);
+    assert_eq!(r.sense_code(), Some((0x2, 0x04, 0x0c)), "NOT READY, ASYMMETRIC ACCESS STATE: UNAVAILABLE: {r:?}");
+
+    lab.heal();
+    let back =
+        wait_for("b to be loc's standby again", Duration::from_secs(30), || a.show("loc")["standby"] == id_b.as_str());
+    assert!(event_kinds(&a).contains(&"peer_back".to_string()), "{:?}", event_kinds(&a));
+    let r = host.scsi(&TUR, &[], 0);
+    assert_eq!(r.sense_code(), Some((0x6, 0x2a, 0x06)), "ASYMMETRIC ACCESS STATE CHANGED: {r:?}");
+    assert_eq!(alua_view(&mut host).1[&local], NON_OPTIMIZED);
+    eprintln!("standby given up {gave_up:?} after the cut, made again {back:?} after the heal");
+    assert!(chunk_is(&nbdcopy_image(&a.uri("loc"), dir.path()), 0, 82));
+    a.term();
+    b.term();
+}
+
 #[test]
 fn a_paused_standby_does_not_stop_its_primary() {
     let _one = one_at_a_time();
     let etcd = EtcdCluster::start(1);
     let dir = tempfile::tempdir().unwrap();
-    let mut a = member(dir.path(), "a", &etcd.endpoints(), None);
-    a.cli_ok(&["volume", "create", "loc", "--size", "4MiB"]);
-    let mut b = member(dir.path(), "b", &etcd.endpoints(), Some(&dir.path().join("a")));
-    let id_b = gateway_id(&b);
-    wait_for("b to be loc's standby", Duration::from_secs(30), || a.show("loc")["standby"] == id_b.as_str());
+    let (mut a, mut b) = pair_with_standby(dir.path(), &etcd.endpoints(), "loc");
     signal(&b, "-STOP");
-    // Bounded here: a primary that waited on its standby for ever would never answer.
-    let out = Command::new("timeout")
-        .args(["90", "qemu-io", "-f", "raw", "-c", &format!("write -P 81 0 {MIB}"), "-c", "flush"])
-        .arg(a.uri("loc"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let acked = out.status.success() && !text.to_lowercase().contains("error");
+    let (acked, text) = acknowledges(&a, "loc", 0, 81);
     signal(&b, "-CONT");
     assert!(acked, "the primary did not acknowledge a write and a FLUSH with its standby paused: {text}");
     assert!(event_kinds(&a).contains(&"standby_lost".to_string()), "{:?}", event_kinds(&a));

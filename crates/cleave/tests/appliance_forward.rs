@@ -18,7 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cleave_control::config::testing::EtcdCluster;
 use cleave_iscsi::testing::Raw;
-use common::appliance::{cut_path, gateway_id, member, member_with, one_at_a_time, served_here, wait_for};
+use common::appliance::{
+    alua_view, cut_path, gateway_id, host_may_write, member, member_with, one_at_a_time, pair_with_standby,
+    served_here, wait_for, NON_OPTIMIZED, OPTIMIZED,
+};
 use common::Serve;
 
 const MIB: u64 = 1 << 20;
@@ -225,32 +228,6 @@ fn a_host_on_another_gateway_writes_on_when_the_primary_loses_its_targets() {
 const IQN_BASE: &str = "iqn.2025-01.invalid.cleave";
 const INITIATOR: &str = "iqn.2026-01.invalid.test:host";
 const TUR: [u8; 6] = [0; 6];
-const OPTIMIZED: u8 = 0;
-const NON_OPTIMIZED: u8 = 1;
-
-/// This path's target port group (VPD 0x83) and every group's asymmetric access state
-/// (REPORT TARGET PORT GROUPS), as the host sees them.
-fn alua_view(host: &mut Raw) -> (u16, std::collections::BTreeMap<u16, u8>) {
-    let vpd = host.scsi(&[0x12, 1, 0x83, 0, 255, 0], &[], 255);
-    // The target port group designator: association 1 (port), type 5, 4 bytes.
-    let local = vpd
-        .data
-        .windows(8)
-        .find(|w| w[1] & 0x3f == 0x15 && w[3] == 4)
-        .map(|w| u16::from_be_bytes([w[6], w[7]]))
-        .unwrap_or_else(|| panic!("no target port group in VPD 0x83: {:x?}", vpd.data));
-    let r = host.scsi(&[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[], 1024);
-    assert_eq!(r.status, 0, "REPORT TARGET PORT GROUPS: {r:?}");
-    let mut groups = std::collections::BTreeMap::new();
-    let mut d = &r.data[4..];
-    while d.len() >= 8 {
-        let ports = d[7] as usize;
-        groups.insert(u16::from_be_bytes([d[2], d[3]]), d[0] & 0xf);
-        d = &d[(8 + 4 * ports).min(d.len())..];
-    }
-    (local, groups)
-}
-
 /// qemu-io over iSCSI to `portal` as [`INITIATOR`]: whether every command succeeded.
 fn qemu_io_iscsi(portal: &str, volume: &str, cmds: &[&str]) -> (bool, String) {
     let opts = format!(
@@ -280,11 +257,7 @@ fn an_initiator_on_another_gateway_is_forwarded_and_outlives_the_primary() {
     let mut b = member_with(None, false, dir.path(), "b", &etcd.endpoints(), Some(&first), &["--iscsi", &portal]);
     // The initiator's client may write v: set up on a, seen by b.
     let certs = dir.path().join("host");
-    a.cli_ok(&["client", "add", "host", "--out", certs.to_str().unwrap()]);
-    a.cli_ok(&["group", "add", "hosts"]);
-    a.cli_ok(&["group", "join", "hosts", "host"]);
-    a.cli_ok(&["group", "grant", "hosts", "v"]);
-    a.cli_ok(&["client", "initiator", "add", "host", INITIATOR, "--no-chap"]);
+    host_may_write(&a, "v", &certs, &[INITIATOR]);
     wait_for("b to see the initiator", Duration::from_secs(5), || {
         b.cli_ok(&["client", "list", "--json"]).contains(INITIATOR)
     });
@@ -347,12 +320,7 @@ fn reservations_made_through_one_gateway_hold_on_every_gateway() {
     let first = dir.path().join("a");
     let mut b = member_with(None, false, dir.path(), "b", &etcd.endpoints(), Some(&first), &["--iscsi", &portals[1]]);
     let (x, y) = ("iqn.2026-01.invalid.test:x", "iqn.2026-01.invalid.test:y");
-    a.cli_ok(&["client", "add", "host", "--out", dir.path().join("host").to_str().unwrap()]);
-    a.cli_ok(&["group", "add", "hosts"]);
-    a.cli_ok(&["group", "join", "hosts", "host"]);
-    a.cli_ok(&["group", "grant", "hosts", "v"]);
-    a.cli_ok(&["client", "initiator", "add", "host", x, "--no-chap"]);
-    a.cli_ok(&["client", "initiator", "add", "host", y, "--no-chap"]);
+    host_may_write(&a, "v", &dir.path().join("host"), &[x, y]);
     wait_for("b to see the initiators", Duration::from_secs(5), || b.cli_ok(&["client", "list", "--json"]).contains(y));
     let mut on_b = Raw::connect(portals[1].parse().unwrap());
     assert_eq!(on_b.login(y, "v"), (0, 0));
@@ -372,6 +340,34 @@ fn reservations_made_through_one_gateway_hold_on_every_gateway() {
     write_gets(&mut on_a, RESERVATION_CONFLICT, "the preemption to fence x on a");
     let keys = on_a.scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256).data;
     assert_eq!(&keys[4..16], &[&8u32.to_be_bytes()[..], &0x22u64.to_be_bytes()].concat()[..], "only y's key is left");
+    a.term();
+    b.term();
+}
+
+/// The exports gateways open on each other (heartbeats, standby logs) are no host's: a client
+/// with a certificate that may use the volume, and the local administrator, are answered as
+/// for a volume that does not exist, while the gateways use them.
+#[test]
+fn hosts_cannot_open_the_exports_gateways_keep_for_each_other() {
+    let _one = one_at_a_time();
+    let etcd = EtcdCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = pair_with_standby(dir.path(), &etcd.endpoints(), "v");
+    let id_b = gateway_id(&b);
+    let certs = dir.path().join("host");
+    host_may_write(&a, "v", &certs, &[]);
+    let standby_log = format!(".standby/{}/1/v", "0".repeat(32));
+    let refusal = |uri: &str, export: &str| {
+        let out = Command::new("nbdinfo").arg(uri).output().unwrap();
+        assert!(!out.status.success(), "a host opened {export} on b ({uri})");
+        String::from_utf8_lossy(&out.stderr).replace(export, "EXPORT")
+    };
+    for export in [".heartbeat", standby_log.as_str()] {
+        let tls = |e: &str| common::tls_uri(b.nbd_port, e, &certs);
+        assert_eq!(refusal(&tls(export), export), refusal(&tls("nosuch"), "nosuch"), "over TLS");
+        assert_eq!(refusal(&b.uri(export), export), refusal(&b.uri("nosuch"), "nosuch"), "on the local socket");
+    }
+    assert_eq!(a.show("v")["standby"], id_b.as_str(), "the gateways still use them");
     a.term();
     b.term();
 }

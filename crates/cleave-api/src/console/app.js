@@ -561,12 +561,12 @@ function tokenForm() {
 // ---- the banner of serious events ----
 // The kinds of event that put a banner at the top of every page until dismissed: volumes
 // degraded or unavailable, mirrors in trouble and, for highly available gateways, failover,
-// fencing, path loss and a lost standby cache (FLUSHes wait for the targets meanwhile). The
-// one list of them.
+// fencing, path loss, a lost standby cache (FLUSHes wait for the targets meanwhile) and a
+// gateway that stopped answering another's heartbeats. The one list of them.
 const SERIOUS = [
   "volume_degraded", "volume_unavailable",
   "mirror-degraded", "mirror-split-brain", "mirror-lagging",
-  "gateway_failover", "gateway_fenced", "path_lost", "standby_lost",
+  "gateway_failover", "gateway_fenced", "path_lost", "standby_lost", "peer_lost",
 ];
 // Older events are in the events list only; a dismissal is kept by this browser.
 const BANNER_HOURS = 24;

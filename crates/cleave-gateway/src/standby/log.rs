@@ -15,6 +15,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -59,18 +60,11 @@ pub(crate) fn encode(op: &Op, key: &[u8; 32]) -> Option<Vec<u8>> {
 
 /// The changes of a log, in order, up to the first record that is torn or damaged; and
 /// whether the whole log was read.
-pub(crate) fn decode(mut log: &[u8], key: &[u8; 32]) -> (Vec<Op>, bool) {
-    let mut ops = Vec::new();
-    while !log.is_empty() {
-        let Some(op) = decode_one(log, key).map(|(op, used)| {
-            log = &log[used..];
-            op
-        }) else {
-            return (ops, false);
-        };
-        ops.push(op);
-    }
-    (ops, true)
+#[cfg(test)]
+pub(crate) fn decode(log: &[u8], key: &[u8; 32]) -> (Vec<Op>, bool) {
+    let mut r = LogReader { source: log, key: *key, used: 0 };
+    let ops: Vec<Op> = std::iter::from_fn(|| r.next_change()).collect();
+    (ops, r.used == log.len())
 }
 
 fn decode_one(log: &[u8], key: &[u8; 32]) -> Option<(Op, usize)> {
@@ -94,6 +88,35 @@ fn decode_one(log: &[u8], key: &[u8; 32]) -> Option<(Op, usize)> {
         _ => return None,
     };
     Some((op, HEAD + data_len + SUM))
+}
+
+/// A log read in order, one record in memory at a time: a log holds up to the rotation size
+/// of changes and more.
+pub(crate) struct LogReader<R = BufReader<File>> {
+    source: R,
+    key: [u8; 32],
+    /// Bytes of the records read.
+    used: usize,
+}
+
+impl<R: Read> LogReader<R> {
+    /// The next change; None at the end, and at a record that is torn, damaged or not of
+    /// this session (what an older session left in a reused file).
+    pub(crate) fn next_change(&mut self) -> Option<Op> {
+        let mut head = [0u8; HEAD];
+        self.source.read_exact(&mut head).ok()?;
+        let len = u32::from_be_bytes(head[9..13].try_into().ok()?) as usize;
+        let data_len = if head[0] == WRITE { len } else { 0 };
+        if data_len > MAX_DATA {
+            return None;
+        }
+        let mut record = vec![0u8; HEAD + data_len + SUM];
+        record[..HEAD].copy_from_slice(&head);
+        self.source.read_exact(&mut record[HEAD..]).ok()?;
+        let (op, used) = decode_one(&record, &self.key)?;
+        self.used += used;
+        Some(op)
+    }
 }
 
 /// The standby logs of this gateway, in `DIR/standby` (private: they hold plaintext, as the
@@ -151,19 +174,16 @@ impl Logs {
         Ok(LogDevice { logs: self.clone(), session: session.to_string(), size, key, file: Mutex::new((file, 0)), sync })
     }
 
-    /// The changes `session`'s log holds (see [`decode`]).
-    pub(crate) fn read(&self, session: &str) -> std::io::Result<Vec<Op>> {
-        let raw = std::fs::read(self.path(session))?;
-        let (ops, whole) = decode(&raw, &session_key(session));
-        if !whole {
-            // A torn last record, or what an older session left in a reused file.
-            tracing::debug!(
-                session,
-                changes = ops.len(),
-                "a standby log read up to its first record not of this session"
-            );
-        }
-        Ok(ops)
+    /// The changes `session`'s log holds, one record at a time (see [`decode`]).
+    pub(crate) fn reader(&self, session: &str) -> std::io::Result<LogReader> {
+        let source = BufReader::with_capacity(1 << 20, File::open(self.path(session))?);
+        Ok(LogReader { source, key: session_key(session), used: 0 })
+    }
+
+    #[cfg(test)]
+    fn read(&self, session: &str) -> std::io::Result<Vec<Op>> {
+        let mut r = self.reader(session)?;
+        Ok(std::iter::from_fn(|| r.next_change()).collect())
     }
 
     pub(crate) fn remove(&self, session: &str) {

@@ -101,10 +101,11 @@ pub fn served_here(s: &Serve, volume: &str) -> bool {
 }
 
 /// Whether `s` acknowledged a write of 1 MiB of `byte` at `offset` and a flush of `volume`
-/// (a new NBD connection on its Unix socket); with qemu-io's output.
+/// (a new NBD connection on its Unix socket); with qemu-io's output. Bounded: a gateway that
+/// never answers is one that did not acknowledge (qemu-io is killed after 90 s).
 pub fn acknowledges(s: &Serve, volume: &str, offset: u64, byte: u8) -> (bool, String) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", &format!("write -P {byte} {offset} {MIB}"), "-c", "flush"])
+    let out = Command::new("timeout")
+        .args(["90", "qemu-io", "-f", "raw", "-c", &format!("write -P {byte} {offset} {MIB}"), "-c", "flush"])
         .arg(s.uri(volume))
         .output()
         .unwrap();
@@ -133,4 +134,55 @@ pub fn signal(s: &Serve, sig: &str) {
 pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Gateways `a` and `b` of an appliance on etcd `endpoints`: a serves a new 4 MiB `local`
+/// volume, and b is its standby, ready.
+pub fn pair_with_standby(root: &Path, endpoints: &str, volume: &str) -> (Serve, Serve) {
+    let a = member(root, "a", endpoints, None);
+    a.cli_ok(&["volume", "create", volume, "--size", "4MiB"]);
+    let b = member(root, "b", endpoints, Some(&root.join("a")));
+    let id_b = gateway_id(&b);
+    wait_for("b to be the standby", Duration::from_secs(30), || a.show(volume)["standby"] == id_b.as_str());
+    (a, b)
+}
+
+/// Makes client `host` (its certificates written to `certs`) that may write `volume`, through
+/// group `hosts`, and lets `initiators` log in as it over iSCSI without CHAP.
+pub fn host_may_write(s: &Serve, volume: &str, certs: &Path, initiators: &[&str]) {
+    s.cli_ok(&["client", "add", "host", "--out", certs.to_str().unwrap()]);
+    s.cli_ok(&["group", "add", "hosts"]);
+    s.cli_ok(&["group", "join", "hosts", "host"]);
+    s.cli_ok(&["group", "grant", "hosts", volume]);
+    for initiator in initiators {
+        s.cli_ok(&["client", "initiator", "add", "host", initiator, "--no-chap"]);
+    }
+}
+
+/// Asymmetric access states, as REPORT TARGET PORT GROUPS codes them.
+pub const OPTIMIZED: u8 = 0;
+pub const NON_OPTIMIZED: u8 = 1;
+pub const UNAVAILABLE: u8 = 3;
+
+/// This path's target port group (VPD 0x83) and every group's asymmetric access state
+/// (REPORT TARGET PORT GROUPS), as the host sees them.
+pub fn alua_view(host: &mut cleave_iscsi::testing::Raw) -> (u16, std::collections::BTreeMap<u16, u8>) {
+    let vpd = host.scsi(&[0x12, 1, 0x83, 0, 255, 0], &[], 255);
+    // The target port group designator: association 1 (port), type 5, 4 bytes.
+    let local = vpd
+        .data
+        .windows(8)
+        .find(|w| w[1] & 0x3f == 0x15 && w[3] == 4)
+        .map(|w| u16::from_be_bytes([w[6], w[7]]))
+        .unwrap_or_else(|| panic!("no target port group in VPD 0x83: {:x?}", vpd.data));
+    let r = host.scsi(&[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[], 1024);
+    assert_eq!(r.status, 0, "REPORT TARGET PORT GROUPS: {r:?}");
+    let mut groups = std::collections::BTreeMap::new();
+    let mut d = &r.data[4..];
+    while d.len() >= 8 {
+        let ports = d[7] as usize;
+        groups.insert(u16::from_be_bytes([d[2], d[3]]), d[0] & 0xf);
+        d = &d[(8 + 4 * ports).min(d.len())..];
+    }
+    (local, groups)
 }

@@ -41,6 +41,8 @@ impl Side {
 
 /// Each end of the veth pair has this name inside its own namespace.
 const DEV: [&str; 2] = ["veth-a", "veth-b"];
+/// The ends of the second pair, which `cut` leaves alone.
+const SECOND_DEV: [&str; 2] = ["veth2-a", "veth2-b"];
 /// How long `heal` waits for the link to carry traffic again.
 const HEAL_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -49,6 +51,8 @@ static LABS: AtomicU32 = AtomicU32::new(0);
 pub struct Lab {
     ns: [String; 2],
     addr: [Ipv4Addr; 2],
+    /// This lab's /30, as an offset within the link's /12.
+    subnet: u32,
 }
 
 // No Default: creating a Lab has side effects and needs root.
@@ -70,7 +74,7 @@ impl Lab {
         for name in &ns {
             ip_quiet(&["netns", "del", name]);
         }
-        let lab = Lab { ns, addr };
+        let lab = Lab { ns, addr, subnet };
         for name in &lab.ns {
             ip(&["netns", "add", name]);
             ip(&["-n", name, "link", "set", "lo", "up"]);
@@ -81,6 +85,33 @@ impl Lab {
         }
         lab.heal();
         lab
+    }
+
+    /// A second veth pair between the namespaces, on a /30 in 10.216.0.0/12, which [`Lab::cut`]
+    /// leaves up: for what must still connect the two sides through a cut (a database both
+    /// reach). Its two addresses, once each side reaches the other over it.
+    pub fn second_link(&self) -> [Ipv4Addr; 2] {
+        let base = u32::from(Ipv4Addr::new(10, 216, 0, 0)) + self.subnet;
+        let addr = [Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2)];
+        let [a, b] = SECOND_DEV;
+        ip(&["-n", &self.ns[0], "link", "add", a, "type", "veth", "peer", "name", b, "netns", &self.ns[1]]);
+        for side in [Side::A, Side::B] {
+            let (ns, dev) = (self.ns(side), SECOND_DEV[side.i()]);
+            ip(&["-n", ns, "addr", "add", &format!("{}/30", addr[side.i()]), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        let deadline = Instant::now() + HEAL_PATIENCE;
+        let answers = |from: Side, to: Ipv4Addr| {
+            self.run_in(from, || match TcpStream::connect_timeout(&SocketAddr::from((to, 9)), Duration::from_secs(1)) {
+                Ok(_) => true,
+                Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+            })
+        };
+        while !(answers(Side::A, addr[1]) && answers(Side::B, addr[0])) {
+            assert!(Instant::now() < deadline, "the second link did not come up within {HEAL_PATIENCE:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        addr
     }
 
     /// The side's namespace name, for `ip netns exec` and `Serve::start_in`.
@@ -131,7 +162,7 @@ impl Lab {
         })
     }
 
-    /// Takes both ends of the link down: a true partition, nothing crosses in either
+    /// Takes both ends of the (first) link down: a true partition, nothing crosses in either
     /// direction (new connections fail, established ones stall). Checked before returning.
     pub fn cut(&self) {
         for side in [Side::A, Side::B] {
