@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;
+mod reinstate;
 pub mod scsi;
 pub mod server;
 pub mod session;

@@ -16,6 +16,7 @@ use crate::access::{Access, ReservationsAt};
 use crate::login::{LoggedIn, Login, LoginConfig, Step};
 use crate::negotiate::Limits;
 use crate::pdu::Digests;
+use crate::reinstate::Sessions;
 use crate::scsi::{Lu, Names, Nexus, Shared, MAX_TRANSFER};
 use crate::session::{read_pdu, Session};
 use crate::task::TaskSet;
@@ -57,6 +58,8 @@ pub struct Server {
     next_tsih: AtomicU16,
     /// Per-volume state shared by its sessions; entries die with their last session.
     units: Mutex<HashMap<String, Weak<Shared>>>,
+    /// Normal sessions by I_T nexus, for reinstatement.
+    sessions: Arc<Sessions>,
 }
 
 impl Server {
@@ -70,6 +73,7 @@ impl Server {
             max_connections,
             next_tsih: AtomicU16::new(1),
             units: Mutex::default(),
+            sessions: Arc::default(),
         }
     }
 
@@ -127,7 +131,18 @@ impl Server {
             .map_err(|_| ConnError::LoginTimeout)??;
         let Some(logged) = logged else { return Ok(()) };
         debug!(initiator = %logged.identity.initiator, kind = ?logged.kind, "iSCSI login complete");
-        self.session(*logged, local).run(stream).await
+        let registered = match &logged.volume {
+            Some((volume, _)) => {
+                let key = (logged.identity.initiator.clone(), logged.isid, volume.clone());
+                Some(self.sessions.reinstate(key).await)
+            }
+            None => None,
+        };
+        let mut session = self.session(*logged, local);
+        session.close = registered.as_ref().map(|r| r.close.clone());
+        let served = session.run(stream).await;
+        drop(registered);
+        served
     }
 
     async fn login<S>(
@@ -215,6 +230,7 @@ impl Server {
             out: Vec::new(),
             out_budget: Vec::new(),
             writer: None,
+            close: None,
         }
     }
 }

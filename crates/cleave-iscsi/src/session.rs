@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::task::{JoinError, JoinSet};
 use tracing::debug;
 
@@ -65,6 +65,14 @@ pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R, d: Digests, max_data: usi
     pdu::parse_owned(bhs, len, rest.into(), d).map(Some).map_err(|e| ConnError::Pdu(e, Box::new(bhs)))
 }
 
+/// Resolves when the session is reinstated by a new login; never without a registration.
+async fn reinstated(close: Option<&Notify>) {
+    match close {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// PDUs read ahead of the dispatcher at most.
 const INCOMING: usize = 16;
 /// Batches waiting for the writer at most; the dispatcher waits beyond that.
@@ -104,10 +112,13 @@ pub struct Session {
     pub(crate) out: Vec<Pdu>,
     pub(crate) out_budget: Vec<OwnedSemaphorePermit>,
     pub(crate) writer: Option<mpsc::Sender<Out>>,
+    /// Notified when a new login reinstates this session: it ends.
+    pub(crate) close: Option<Arc<Notify>>,
 }
 
 /// What the dispatcher waits for.
 enum Event {
+    Reinstated,
     Ended(Result<(tokio::task::Id, Done), JoinError>),
     Granted(Option<OwnedSemaphorePermit>),
     Pdu(Option<Result<Pdu, ConnError>>),
@@ -140,11 +151,14 @@ impl Session {
         loop {
             let event = tokio::select! {
                 biased;
+                () = reinstated(self.close.as_deref()) => Event::Reinstated,
                 Some(ended) = self.running.join_next_with_id() => Event::Ended(ended),
                 permit = task::granted(&mut self.tasks.grant) => Event::Granted(permit),
                 pdu = incoming.recv() => Event::Pdu(pdu),
             };
             let flow = match event {
+                // Its connection is dropped; commands still running end first (`run`).
+                Event::Reinstated => return Ok(()),
                 Event::Ended(ended) => self.finished(ended),
                 Event::Granted(permit) => {
                     if let Some(seq) = permit.and_then(|p| self.tasks.granted(p)) {

@@ -24,7 +24,12 @@ pub struct Raw {
     pub exp_stat_sn: u32,
     /// In force after login.
     pub digests: Digests,
+    /// The session's ISID: a new one for each `Raw` (a new session, as initiators do); set
+    /// it to another session's before login to reinstate that one.
+    pub isid: [u8; 6],
 }
+
+static SESSIONS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
 
 /// What a SCSI command came back with.
 #[derive(Debug)]
@@ -45,7 +50,8 @@ impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
         let s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-        Raw { s, itt: 1, cmd_sn: 1, exp_stat_sn: 0, digests: Digests::default() }
+        let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_be_bytes();
+        Raw { s, itt: 1, cmd_sn: 1, exp_stat_sn: 0, digests: Digests::default(), isid: [0x80, 0, 0, 0, n[0], n[1]] }
     }
 
     pub fn send(&mut self, p: &Pdu) {
@@ -77,7 +83,7 @@ impl Raw {
         let mut p = Pdu::new(Opcode::LoginRequest);
         p.set_immediate(true);
         p.set_flags(0x80 | 1 << 2 | 3);
-        p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 1]);
+        p.bhs[8..14].copy_from_slice(&self.isid);
         p.set_itt(self.itt);
         p.set_u32(24, self.cmd_sn);
         let keys = format!(

@@ -179,6 +179,27 @@ fn a_change_on_a_stale_copy_of_the_reservations_keeps_the_other_targets_changes(
     assert_eq!(late.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0).status, 0x18, "the reservation holds here");
 }
 
+/// A login with the ISID of a live session (an initiator that lost its connection, logging
+/// in again) reinstates it: the target closes the old session's connection and serves the
+/// new one. Another ISID is another session, left alone.
+#[test]
+fn a_login_with_a_live_sessions_isid_reinstates_it() {
+    use std::io::Read;
+    let addr = start(access(&["disk"], 1 << 20));
+    let mut old = Raw::connect(addr);
+    assert_eq!(old.login(TEST_INITIATOR, "disk"), (0, 0));
+    assert_eq!(old.scsi(&TUR, &[], 0).status, 0);
+    let mut other = Raw::connect(addr);
+    assert_eq!(other.login(TEST_INITIATOR, "disk"), (0, 0));
+    let mut new = Raw::connect(addr);
+    new.isid = old.isid;
+    assert_eq!(new.login(TEST_INITIATOR, "disk"), (0, 0));
+    assert_eq!(new.scsi(&TUR, &[], 0).status, 0);
+    let mut byte = [0u8; 1];
+    assert!(matches!(old.s.read(&mut byte), Ok(0)), "the reinstated session's connection is still open");
+    assert_eq!(other.scsi(&TUR, &[], 0).status, 0, "a session with another ISID goes on");
+}
+
 #[test]
 fn an_aborted_early_command_does_not_hold_up_the_ones_behind_it() {
     let addr = start(access(&["disk"], 1 << 20));
