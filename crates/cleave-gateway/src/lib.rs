@@ -18,6 +18,8 @@ pub mod error;
 pub mod events;
 /// I/O forwarding in an appliance: every gateway exports every volume, requests go to its primary.
 mod forward;
+/// The body of the fuzz target (`fuzz/`), also run by a stable test.
+pub mod fuzzing;
 /// The gateway: its parts, the registry of volumes, the NBD export provider.
 pub mod gateway;
 /// Clients, groups and grants (key slots).

@@ -60,7 +60,6 @@ pub(crate) fn encode(op: &Op, key: &[u8; 32]) -> Option<Vec<u8>> {
 
 /// The changes of a log, in order, up to the first record that is torn or damaged; and
 /// whether the whole log was read.
-#[cfg(test)]
 pub(crate) fn decode(log: &[u8], key: &[u8; 32]) -> (Vec<Op>, bool) {
     let mut r = LogReader { source: log, key: *key, used: 0 };
     let ops: Vec<Op> = std::iter::from_fn(|| r.next_change()).collect();
