@@ -193,6 +193,7 @@ impl Server {
     }
 
     fn session(&self, logged: LoggedIn, portal: Option<SocketAddr>) -> Session {
+        let port = format!("{},i,0x{}", logged.identity.initiator, hex::encode(logged.isid));
         let lu = logged.volume.as_ref().map(|(name, opened)| {
             let names = Names { volume: name.clone(), serial: opened.serial.clone(), target: self.target_name(name) };
             Arc::new(Lu::new(opened.device.clone(), opened.rights, names, self.access.clone(), self.shared(name)))
@@ -218,10 +219,7 @@ impl Server {
             next_ttt: 1,
             kind: logged.kind,
             lu,
-            nexus: Nexus {
-                port: format!("{},i,0x{}", logged.identity.initiator, hex::encode(logged.isid)),
-                alua_seen: None,
-            },
+            nexus: Nexus { port, alua_seen: None },
             target: logged.volume.map(|(n, _)| n),
             identity: logged.identity,
             access: self.access.clone(),

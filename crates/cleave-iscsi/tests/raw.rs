@@ -179,6 +179,35 @@ fn a_change_on_a_stale_copy_of_the_reservations_keeps_the_other_targets_changes(
     assert_eq!(late.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0).status, 0x18, "the reservation holds here");
 }
 
+/// A registrant preempted by another hears of it once, on its next command (REGISTRATIONS
+/// PREEMPTED); the preempter hears nothing. A registrants-only reservation released by its
+/// holder is told to the other registrants (RESERVATIONS RELEASED).
+#[test]
+fn registrants_hear_of_preemption_and_release() {
+    let addr = start(access(&["disk"], 1 << 20));
+    let pr_out = |c: &mut Raw, action: u8, kind: u8, key: u64, sa_key: u64| {
+        let mut params = [0u8; 24];
+        params[..8].copy_from_slice(&key.to_be_bytes());
+        params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        c.scsi(&[0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0], &params, 0).status
+    };
+    const REGISTRANTS_ONLY: u8 = 5;
+    let (mut x, mut y, mut z) = (Raw::connect(addr), Raw::connect(addr), Raw::connect(addr));
+    for (c, key) in [(&mut x, 0x11), (&mut y, 0x22), (&mut z, 0x33)] {
+        assert_eq!(c.login(TEST_INITIATOR, "disk"), (0, 0));
+        assert_eq!(pr_out(c, 0, 0, 0, key), 0, "REGISTER");
+    }
+    assert_eq!(pr_out(&mut x, 1, REGISTRANTS_ONLY, 0x11, 0), 0, "RESERVE");
+    assert_eq!(pr_out(&mut y, 4, REGISTRANTS_ONLY, 0x22, 0x11), 0, "PREEMPT");
+    assert_eq!(x.scsi(&TUR, &[], 0).sense_code(), Some((0x6, 0x2a, 0x05)), "REGISTRATIONS PREEMPTED");
+    assert_eq!(x.scsi(&TUR, &[], 0).status, 0, "told once");
+    assert_eq!(y.scsi(&TUR, &[], 0).status, 0, "the preempter is told nothing");
+    assert_eq!(x.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0).status, 0x18, "x is not a registrant now");
+    assert_eq!(pr_out(&mut y, 2, REGISTRANTS_ONLY, 0x22, 0), 0, "RELEASE");
+    assert_eq!(z.scsi(&TUR, &[], 0).sense_code(), Some((0x6, 0x2a, 0x04)), "RESERVATIONS RELEASED");
+    assert_eq!(x.scsi(&TUR, &[], 0).status, 0, "x, no registrant, is told nothing");
+}
+
 /// A login with the ISID of a live session (an initiator that lost its connection, logging
 /// in again) reinstates it: the target closes the old session's connection and serves the
 /// new one. Another ISID is another session, left alone.

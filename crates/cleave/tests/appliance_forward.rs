@@ -306,7 +306,8 @@ fn write_gets(host: &mut Raw, status: u8, what: &str) {
 
 /// Persistent reservations are the appliance's, not a gateway's: a reservation made through
 /// one gateway refuses another host's writes through another gateway (whose session began
-/// before it), and a preemption made there fences the first host on the first gateway.
+/// before it), and a preemption made there fences the first host on the first gateway, which
+/// hears of it there (REGISTRATIONS PREEMPTED).
 #[test]
 fn reservations_made_through_one_gateway_hold_on_every_gateway() {
     const RESERVATION_CONFLICT: u8 = 0x18;
@@ -337,6 +338,9 @@ fn reservations_made_through_one_gateway_hold_on_every_gateway() {
     assert_eq!(pr_out(&mut on_b, 0, 0, 0, 0x22), 0, "y registers through b");
     assert_eq!(pr_out(&mut on_b, 4, WRITE_EXCLUSIVE, 0x22, 0x11), 0, "y preempts x through b");
     write_gets(&mut on_b, 0, "y, now holding the reservation, to write through b");
+    wait_for("x to hear on a that it was preempted", Duration::from_secs(5), || {
+        on_a.scsi(&[0; 6], &[], 0).sense_code() == Some((0x6, 0x2a, 0x05))
+    });
     write_gets(&mut on_a, RESERVATION_CONFLICT, "the preemption to fence x on a");
     let keys = on_a.scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256).data;
     assert_eq!(&keys[4..16], &[&8u32.to_be_bytes()[..], &0x22u64.to_be_bytes()].concat()[..], "only y's key is left");

@@ -1,6 +1,7 @@
 //! The SCSI disk a volume appears as (SPC-4, SBC-3): one logical unit over a [`BlockDevice`].
 //! [`Lu::execute`] takes a CDB and its data-out buffer and returns status, data-in and sense.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -79,6 +80,8 @@ pub struct Shared {
     /// COMPARE AND WRITE takes it exclusively, other writes shared: it is atomic against them.
     atomic: tokio::sync::RwLock<()>,
     reservations: std::sync::Mutex<ReservationsAt>,
+    /// Unit attentions that changes of the reservations owe initiator ports, oldest first.
+    owed: std::sync::Mutex<HashMap<String, Vec<Sense>>>,
 }
 
 impl Shared {
@@ -88,6 +91,7 @@ impl Shared {
             write_cache: AtomicBool::new(true),
             atomic: tokio::sync::RwLock::new(()),
             reservations: std::sync::Mutex::new(reservations),
+            owed: std::sync::Mutex::default(),
         }
     }
 
@@ -95,8 +99,35 @@ impl Shared {
     pub fn reservations_changed(&self, stored: ReservationsAt) {
         let mut held = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
         if stored.version > held.version {
+            self.owe(reserve::owed(&held.state, &stored.state, None));
             *held = stored;
         }
+    }
+
+    /// Queues unit attentions for initiator ports (a few per port at most: the oldest go).
+    /// They wait for the port's next command here, in a session that exists now or a later
+    /// one (a host that logs in again learns it was preempted).
+    fn owe(&self, attentions: Vec<(String, Sense)>) {
+        const KEPT: usize = 4;
+        let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        for (port, sense) in attentions {
+            let queue = owed.entry(port).or_default();
+            if queue.len() == KEPT {
+                queue.remove(0);
+            }
+            queue.push(sense);
+        }
+    }
+
+    /// The oldest unit attention owed to `port`.
+    fn take_owed(&self, port: &str) -> Option<Sense> {
+        let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = owed.get_mut(port)?;
+        let sense = (!queue.is_empty()).then(|| queue.remove(0));
+        if queue.is_empty() {
+            owed.remove(port);
+        }
+        sense
     }
 }
 
@@ -180,6 +211,9 @@ impl Lu {
                 return Some(Sense::ALUA_CHANGED);
             }
             Some(_) => {}
+        }
+        if let Some(s) = (!exempt).then(|| self.shared.take_owed(&nexus.port)).flatten() {
+            return Some(s);
         }
         let media = io::is_media_access(op);
         match self.local_state(&alua) {

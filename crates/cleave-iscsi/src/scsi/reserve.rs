@@ -180,12 +180,16 @@ impl Lu {
                 _ => return Err(Sense::INVALID_FIELD_IN_CDB.at_cdb(1)),
             })
         };
-        self.change_reservations(change)
+        self.change_reservations(nexus, change)
     }
 
     /// Applies `change` to the reservations held and stores the result; when another gateway
     /// stored newer ones first, applies it to those instead.
-    fn change_reservations(&self, mut change: impl FnMut(&mut Reservations) -> Result<Step>) -> Result<Outcome> {
+    fn change_reservations(
+        &self,
+        nexus: &str,
+        mut change: impl FnMut(&mut Reservations) -> Result<Step>,
+    ) -> Result<Outcome> {
         let mut held = self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..TRIES {
             let mut next = held.state.clone();
@@ -195,10 +199,14 @@ impl Lu {
             }
             match self.access.save_reservations(&self.names.volume, &held, &next) {
                 Saved::Stored(version) => {
+                    self.shared.owe(owed(&held.state, &next, Some(nexus)));
                     *held = ReservationsAt { state: next, version };
                     return Ok(outcome.unwrap_or_else(|o| o));
                 }
-                Saved::Changed(newer) => *held = newer,
+                Saved::Changed(newer) => {
+                    self.shared.owe(owed(&held.state, &newer.state, None));
+                    *held = newer;
+                }
                 Saved::Failed => break,
             }
         }
@@ -211,6 +219,28 @@ impl Lu {
         let media = write || super::io::is_media_access(op);
         media && self.shared.reservations.lock().unwrap_or_else(|e| e.into_inner()).state.conflicts(nexus, write)
     }
+}
+
+/// The unit attentions a change of the reservations owes the registrants other than `actor`
+/// (SPC-4 §5.13.11, §5.13.12): a registration removed is REGISTRATIONS PREEMPTED, or
+/// RESERVATIONS PREEMPTED when nothing is left (CLEAR); a registrants-only or all-registrants
+/// reservation gone while the registration stays is RESERVATIONS RELEASED.
+pub(super) fn owed(before: &Reservations, after: &Reservations, actor: Option<&str>) -> Vec<(String, Sense)> {
+    let released =
+        before.reservation.as_ref().is_some_and(|(_, t)| t.registrants_allowed()) && after.reservation.is_none();
+    let cleared = after.registrations.is_empty() && after.reservation.is_none();
+    let others = before.registrations.iter().filter(|(port, _)| Some(port.as_str()) != actor);
+    others
+        .filter_map(|(port, _)| {
+            let sense = match after.key_of(port) {
+                None if cleared => Sense::RESERVATIONS_PREEMPTED,
+                None => Sense::REGISTRATIONS_PREEMPTED,
+                Some(_) if released => Sense::RESERVATIONS_RELEASED,
+                Some(_) => return None,
+            };
+            Some((port.clone(), sense))
+        })
+        .collect()
 }
 
 /// READ FULL STATUS descriptors: one per registration, with its iSCSI TransportID.
@@ -324,5 +354,29 @@ mod tests {
         assert!(r.conflicts("a", false) && !r.conflicts("b", true));
         assert!(register(&mut r, "b", 2, 0, false).is_ok());
         assert_eq!(r.reservation, None, "the holder's unregistering releases");
+    }
+
+    #[test]
+    fn other_registrants_are_told_of_preemption_clearing_and_release() {
+        let mut r = Reservations::default();
+        for (port, key) in [("a", 1), ("b", 2), ("c", 3)] {
+            assert!(register(&mut r, port, 0, key, false).is_ok());
+        }
+        assert!(reserve(&mut r, "a", Some(ReservationType::WriteExclusiveRegistrantsOnly)).is_ok());
+        let before = r.clone();
+        assert!(preempt(&mut r, "b", 1, Some(ReservationType::WriteExclusive)).is_ok());
+        assert_eq!(owed(&before, &r, Some("b")), vec![("a".to_string(), Sense::REGISTRATIONS_PREEMPTED)]);
+        // Seen from another gateway, the actor is not known: it is still registered, so owed nothing.
+        assert_eq!(owed(&before, &r, None), vec![("a".to_string(), Sense::REGISTRATIONS_PREEMPTED)]);
+        let before = r.clone();
+        assert!(release(&mut r, "b", Some(ReservationType::WriteExclusive)).is_ok());
+        assert!(owed(&before, &r, Some("b")).is_empty(), "releasing Write Exclusive owes nothing");
+        assert!(reserve(&mut r, "c", Some(ReservationType::ExclusiveAccessAllRegistrants)).is_ok());
+        let before = r.clone();
+        assert!(release(&mut r, "c", Some(ReservationType::ExclusiveAccessAllRegistrants)).is_ok());
+        assert_eq!(owed(&before, &r, Some("c")), vec![("b".to_string(), Sense::RESERVATIONS_RELEASED)]);
+        let before = r.clone();
+        r.registrations.clear();
+        assert_eq!(owed(&before, &r, Some("b")), vec![("c".to_string(), Sense::RESERVATIONS_PREEMPTED)], "CLEAR");
     }
 }

@@ -68,6 +68,9 @@ impl Sense {
     pub const READ_ERROR: Sense = Sense::new(Key::MediumError, 0x11, 0x00);
     pub const WRITE_ERROR: Sense = Sense::new(Key::MediumError, 0x0c, 0x00);
     pub const ALUA_CHANGED: Sense = Sense::new(Key::UnitAttention, 0x2a, 0x06);
+    pub const RESERVATIONS_PREEMPTED: Sense = Sense::new(Key::UnitAttention, 0x2a, 0x03);
+    pub const RESERVATIONS_RELEASED: Sense = Sense::new(Key::UnitAttention, 0x2a, 0x04);
+    pub const REGISTRATIONS_PREEMPTED: Sense = Sense::new(Key::UnitAttention, 0x2a, 0x05);
     pub const ALUA_TRANSITIONING: Sense = Sense::new(Key::NotReady, 0x04, 0x0a);
     pub const ALUA_STANDBY: Sense = Sense::new(Key::NotReady, 0x04, 0x0b);
     pub const ALUA_UNAVAILABLE: Sense = Sense::new(Key::NotReady, 0x04, 0x0c);
