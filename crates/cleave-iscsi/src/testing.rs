@@ -100,6 +100,15 @@ impl Raw {
         (r.bhs[36], r.bhs[37])
     }
 
+    /// PERSISTENT RESERVE OUT with its 24-byte parameter list (reservation key, service
+    /// action key): the status.
+    pub fn pr_out(&mut self, action: u8, kind: u8, key: u64, sa_key: u64) -> u8 {
+        let mut params = [0u8; 24];
+        params[..8].copy_from_slice(&key.to_be_bytes());
+        params[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        self.scsi(&[0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0], &params, 0).status
+    }
+
     /// Sends a SCSI command with its data-out as immediate data; collects Data-In and status.
     pub fn scsi(&mut self, cdb: &[u8], out: &[u8], read: u32) -> Reply {
         self.command(cdb, out, read, 1);

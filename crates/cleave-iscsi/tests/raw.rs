@@ -158,21 +158,15 @@ fn reservations_survive_a_restart_through_the_host() {
 #[test]
 fn a_change_on_a_stale_copy_of_the_reservations_keeps_the_other_targets_changes() {
     let shared = std::sync::Arc::new(access(&["disk"], 1 << 20));
-    let pr_out = |c: &mut Raw, action: u8, kind: u8, key: u64, sa_key: u64| {
-        let mut params = [0u8; 24];
-        params[..8].copy_from_slice(&key.to_be_bytes());
-        params[8..16].copy_from_slice(&sa_key.to_be_bytes());
-        c.scsi(&[0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0], &params, 0).status
-    };
     let (addr1, addr2) = (start_with(shared.clone()), start_with(shared.clone()));
     let mut late = Raw::connect(addr2);
     assert_eq!(late.login("iqn.2025-01.invalid.test:other", "disk"), (0, 0));
     assert_eq!(late.scsi(&TUR, &[], 0).status, 0);
     let mut first = Raw::connect(addr1);
     assert_eq!(first.login(TEST_INITIATOR, "disk"), (0, 0));
-    assert_eq!(pr_out(&mut first, 0, 0, 0, 0x11), 0, "REGISTER");
-    assert_eq!(pr_out(&mut first, 1, 1, 0x11, 0), 0, "RESERVE, Write Exclusive");
-    assert_eq!(pr_out(&mut late, 0, 0, 0, 0x22), 0, "REGISTER on the other target");
+    assert_eq!(first.pr_out(0, 0, 0, 0x11), 0, "REGISTER");
+    assert_eq!(first.pr_out(1, 1, 0x11, 0), 0, "RESERVE, Write Exclusive");
+    assert_eq!(late.pr_out(0, 0, 0, 0x22), 0, "REGISTER on the other target");
     let keys = late.scsi(&[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256).data;
     assert_eq!(&keys[4..8], &16u32.to_be_bytes(), "both keys are registered: {keys:?}");
     assert_eq!(&keys[8..24], &[0x11u64.to_be_bytes(), 0x22u64.to_be_bytes()].concat()[..]);
@@ -185,25 +179,19 @@ fn a_change_on_a_stale_copy_of_the_reservations_keeps_the_other_targets_changes(
 #[test]
 fn registrants_hear_of_preemption_and_release() {
     let addr = start(access(&["disk"], 1 << 20));
-    let pr_out = |c: &mut Raw, action: u8, kind: u8, key: u64, sa_key: u64| {
-        let mut params = [0u8; 24];
-        params[..8].copy_from_slice(&key.to_be_bytes());
-        params[8..16].copy_from_slice(&sa_key.to_be_bytes());
-        c.scsi(&[0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0], &params, 0).status
-    };
     const REGISTRANTS_ONLY: u8 = 5;
     let (mut x, mut y, mut z) = (Raw::connect(addr), Raw::connect(addr), Raw::connect(addr));
     for (c, key) in [(&mut x, 0x11), (&mut y, 0x22), (&mut z, 0x33)] {
         assert_eq!(c.login(TEST_INITIATOR, "disk"), (0, 0));
-        assert_eq!(pr_out(c, 0, 0, 0, key), 0, "REGISTER");
+        assert_eq!(c.pr_out(0, 0, 0, key), 0, "REGISTER");
     }
-    assert_eq!(pr_out(&mut x, 1, REGISTRANTS_ONLY, 0x11, 0), 0, "RESERVE");
-    assert_eq!(pr_out(&mut y, 4, REGISTRANTS_ONLY, 0x22, 0x11), 0, "PREEMPT");
+    assert_eq!(x.pr_out(1, REGISTRANTS_ONLY, 0x11, 0), 0, "RESERVE");
+    assert_eq!(y.pr_out(4, REGISTRANTS_ONLY, 0x22, 0x11), 0, "PREEMPT");
     assert_eq!(x.scsi(&TUR, &[], 0).sense_code(), Some((0x6, 0x2a, 0x05)), "REGISTRATIONS PREEMPTED");
     assert_eq!(x.scsi(&TUR, &[], 0).status, 0, "told once");
     assert_eq!(y.scsi(&TUR, &[], 0).status, 0, "the preempter is told nothing");
     assert_eq!(x.scsi(&[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[1; 512], 0).status, 0x18, "x is not a registrant now");
-    assert_eq!(pr_out(&mut y, 2, REGISTRANTS_ONLY, 0x22, 0), 0, "RELEASE");
+    assert_eq!(y.pr_out(2, REGISTRANTS_ONLY, 0x22, 0), 0, "RELEASE");
     assert_eq!(z.scsi(&TUR, &[], 0).sense_code(), Some((0x6, 0x2a, 0x04)), "RESERVATIONS RELEASED");
     assert_eq!(x.scsi(&TUR, &[], 0).status, 0, "x, no registrant, is told nothing");
 }

@@ -289,14 +289,6 @@ fn an_initiator_on_another_gateway_is_forwarded_and_outlives_the_primary() {
     b.term();
 }
 
-/// PERSISTENT RESERVE OUT with a 24-byte parameter list: the status.
-fn pr_out(host: &mut Raw, action: u8, kind: u8, key: u64, sa_key: u64) -> u8 {
-    let mut params = [0u8; 24];
-    params[..8].copy_from_slice(&key.to_be_bytes());
-    params[8..16].copy_from_slice(&sa_key.to_be_bytes());
-    host.scsi(&[0x5f, action, kind, 0, 0, 0, 0, 0, 24, 0], &params, 0).status
-}
-
 /// Waits until a one-block WRITE (10) from `host` gets `status`.
 fn write_gets(host: &mut Raw, status: u8, what: &str) {
     wait_for(what, Duration::from_secs(5), || {
@@ -329,14 +321,14 @@ fn reservations_made_through_one_gateway_hold_on_every_gateway() {
 
     let mut on_a = Raw::connect(portals[0].parse().unwrap());
     assert_eq!(on_a.login(x, "v"), (0, 0));
-    assert_eq!(pr_out(&mut on_a, 0, 0, 0, 0x11), 0, "x registers through a");
-    assert_eq!(pr_out(&mut on_a, 1, WRITE_EXCLUSIVE, 0x11, 0), 0, "x reserves through a");
+    assert_eq!(on_a.pr_out(0, 0, 0, 0x11), 0, "x registers through a");
+    assert_eq!(on_a.pr_out(1, WRITE_EXCLUSIVE, 0x11, 0), 0, "x reserves through a");
     write_gets(&mut on_b, RESERVATION_CONFLICT, "x's reservation to refuse y's writes through b");
     assert_eq!(on_b.scsi(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 512).status, 0, "reads go on");
 
     // y takes the reservation from x through b: x is fenced on a.
-    assert_eq!(pr_out(&mut on_b, 0, 0, 0, 0x22), 0, "y registers through b");
-    assert_eq!(pr_out(&mut on_b, 4, WRITE_EXCLUSIVE, 0x22, 0x11), 0, "y preempts x through b");
+    assert_eq!(on_b.pr_out(0, 0, 0, 0x22), 0, "y registers through b");
+    assert_eq!(on_b.pr_out(4, WRITE_EXCLUSIVE, 0x22, 0x11), 0, "y preempts x through b");
     write_gets(&mut on_b, 0, "y, now holding the reservation, to write through b");
     wait_for("x to hear on a that it was preempted", Duration::from_secs(5), || {
         on_a.scsi(&[0; 6], &[], 0).sense_code() == Some((0x6, 0x2a, 0x05))
