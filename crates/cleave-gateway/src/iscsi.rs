@@ -83,8 +83,9 @@ fn group_of(gateway: &str) -> u16 {
 
 /// ALUA in an appliance: one target port group per gateway; the primary's active/optimized,
 /// every other active/non-optimized (it forwards to the primary), except this gateway's own
-/// when it cannot reach the primary (`cut_off`: no heartbeat answered), which is unavailable,
-/// so hosts use another path rather than wait on this one. The generation follows the
+/// when it cannot reach a primary that is alive (`cut_off`: no heartbeat answered for longer
+/// than a failover takes), which is unavailable, so hosts use another path rather than wait
+/// on this one. The generation follows the
 /// primary and the cut, so a failover, a switchover or a cut raises ASYMMETRIC ACCESS STATE
 /// CHANGED on every gateway's sessions. With no primary known, every group is non-optimized:
 /// requests wait for the next primary.
@@ -221,7 +222,7 @@ impl cleave_iscsi::Access for Gateway {
             self.unopened.read().expect("not poisoned").get(volume).and_then(|u| u.primary.clone())
         };
         let primary = primary.as_deref().filter(|p| !p.is_empty());
-        let cut_off = primary.is_some_and(|p| p != a.me() && !self.peers.reaches(p));
+        let cut_off = primary.is_some_and(|p| p != a.me() && self.peers.cut_off(p, a.ttl()));
         appliance_alua(a.me(), primary, &a.known_members(), cut_off)
     }
 

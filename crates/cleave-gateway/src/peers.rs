@@ -9,8 +9,10 @@
 //! heartbeat never takes a volume over (two gateways that cannot reach each other but both
 //! reach etcd would otherwise both serve). What heartbeats change is what each gateway does
 //! with the link: a primary does not keep its standby on a gateway it cannot reach, and a
-//! gateway that cannot reach a volume's primary reports its own iSCSI path unavailable, so
-//! that multipath hosts use a path that works instead of waiting on this one.
+//! gateway that has not reached a volume's primary for longer than a failover would take
+//! reports its own iSCSI path unavailable, so that multipath hosts use a path that works
+//! instead of waiting on this one. During a failover it does not: hosts wait for the next
+//! primary, as they do over NBD.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -48,6 +50,15 @@ impl Peers {
     pub(crate) fn reaches(&self, gateway: &str) -> bool {
         let heard = self.heard.lock().expect("not poisoned");
         heard.get(gateway).is_none_or(|h| h.last.elapsed() < SILENT_FOR)
+    }
+
+    /// Whether `gateway` has been silent for longer than a lease of `ttl` and one more
+    /// [`SILENT_FOR`]: had it died, etcd would have let another gateway take its volumes by
+    /// then. One that is still a volume's primary is alive but out of reach from here, not
+    /// in a failover.
+    pub(crate) fn cut_off(&self, gateway: &str, ttl: Duration) -> bool {
+        let heard = self.heard.lock().expect("not poisoned");
+        heard.get(gateway).is_some_and(|h| h.last.elapsed() > ttl + SILENT_FOR)
     }
 
     fn answered(&self, gateway: &str) {
@@ -196,5 +207,9 @@ mod tests {
         assert_eq!(peers.changes(), (vec![], vec!["b".to_string()]));
         assert!(peers.track(&["c".into()]).is_empty());
         assert!(!peers.follows("b"), "a member gone is forgotten");
+        peers.heard.lock().unwrap().get_mut("c").unwrap().last -= SILENT_FOR * 2;
+        assert!(!peers.reaches("c"));
+        assert!(!peers.cut_off("c", SILENT_FOR * 2), "silent, but not longer than a failover takes");
+        assert!(peers.cut_off("c", SILENT_FOR / 2));
     }
 }

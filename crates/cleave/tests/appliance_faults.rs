@@ -380,6 +380,7 @@ fn gateways_cut_from_each_other_say_so_and_keep_no_standby_across_the_cut() {
     assert_eq!(states[&local], NON_OPTIMIZED, "b forwards to a: {states:?}");
 
     lab.cut();
+    let cut = Instant::now();
     let gave_up = wait_for("a to give up its standby across the cut", Duration::from_secs(20), || {
         a.show("loc")["standby"].is_null()
     });
@@ -390,8 +391,11 @@ fn gateways_cut_from_each_other_say_so_and_keep_no_standby_across_the_cut() {
     assert!(served_here(&a, "loc"), "a reaches etcd: it keeps the volume\n{}", a.show("loc"));
     let (acked, text) = acknowledges(&a, "loc", 0, 82);
     assert!(acked, "a did not acknowledge a write and a FLUSH with its standby cut off: {text}");
-    let r = host.scsi(&TUR, &[], 0);
-    assert_eq!(r.sense_code(), Some((0x6, 0x2a, 0x06)), "ASYMMETRIC ACCESS STATE CHANGED: {r:?}");
+    // Once the silence is longer than a failover would take, a is alive and out of reach.
+    wait_for("the host on b to hear its path changed", Duration::from_secs(20), || {
+        host.scsi(&TUR, &[], 0).sense_code() == Some((0x6, 0x2a, 0x06))
+    });
+    let unavailable = cut.elapsed();
     let (_, states) = alua_view(&mut host);
     assert_eq!(states[&local], UNAVAILABLE, "b cannot reach the primary: {states:?}");
     let r = host.scsi(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 512);
@@ -400,11 +404,16 @@ fn gateways_cut_from_each_other_say_so_and_keep_no_standby_across_the_cut() {
     lab.heal();
     let back =
         wait_for("b to be loc's standby again", Duration::from_secs(30), || a.show("loc")["standby"] == id_b.as_str());
-    assert!(event_kinds(&a).contains(&"peer_back".to_string()), "{:?}", event_kinds(&a));
+    wait_for("a to say b answers again", Duration::from_secs(10), || {
+        event_kinds(&a).contains(&"peer_back".to_string())
+    });
     let r = host.scsi(&TUR, &[], 0);
     assert_eq!(r.sense_code(), Some((0x6, 0x2a, 0x06)), "ASYMMETRIC ACCESS STATE CHANGED: {r:?}");
     assert_eq!(alua_view(&mut host).1[&local], NON_OPTIMIZED);
-    eprintln!("standby given up {gave_up:?} after the cut, made again {back:?} after the heal");
+    eprintln!(
+        "standby given up {gave_up:?} after the cut, b's path unavailable {unavailable:?} after it; \
+         standby made again {back:?} after the heal"
+    );
     assert!(chunk_is(&nbdcopy_image(&a.uri("loc"), dir.path()), 0, 82));
     a.term();
     b.term();
