@@ -56,6 +56,11 @@ pub(crate) trait Host: Send + Sync {
     fn event(&self, happened: Happened, message: String);
 }
 
+/// Whether the host, while it runs, hears `gateway`'s heartbeats.
+fn host_reaches(host: &Weak<dyn Host>, gateway: &str) -> bool {
+    host.upgrade().is_some_and(|h| h.reaches(gateway))
+}
+
 /// A gateway's standbys and standby logs (in an appliance with forwarding only).
 #[derive(Default)]
 pub(crate) struct Standbys {
@@ -215,7 +220,7 @@ impl Standby {
     }
 
     fn reaches(&self, gateway: &str) -> bool {
-        self.host.upgrade().is_some_and(|h| h.reaches(gateway))
+        host_reaches(&self.host, gateway)
     }
 
     fn event(&self, kind: Happened, message: String) {
@@ -286,10 +291,9 @@ impl Standby {
     /// answers heartbeats: where the standby belongs.
     async fn next_in_order(&self) -> Result<String, String> {
         let (a, name, host) = (self.appliance.clone(), self.name.clone(), self.host.clone());
-        let reaches = move |g: &str| host.upgrade().is_some_and(|h| h.reaches(g));
         let found = blocking(move || {
             let order = a.order_of(&name)?;
-            for g in order.into_iter().filter(|g| g != a.me() && reaches(g)) {
+            for g in order.into_iter().filter(|g| g != a.me() && host_reaches(&host, g)) {
                 if a.endpoint_of(&g)?.is_some() {
                     return Ok(Some(g));
                 }

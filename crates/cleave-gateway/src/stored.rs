@@ -128,24 +128,38 @@ struct Follower<T> {
     changed: Box<dyn Fn(&T) + Send + Sync>,
 }
 
-impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
-    /// Watch, then read (what changed before the watch began), then apply what the watch
-    /// tells; when the watch ends, again after a pause.
-    async fn run(self) {
-        loop {
-            if let Ok(mut watch) = self.db.watch(self.key) {
-                let (db, key) = (self.db.clone(), self.key);
-                if let Ok(Ok(Some(e))) = tokio::task::spawn_blocking(move || db.get(key)).await {
-                    self.apply(&e.value, e.version);
-                }
-                while let Some(Ok(change)) = watch.next().await {
-                    if let (true, Some(value)) = (change.key == self.key, change.value) {
-                        self.apply(&value, change.version);
-                    }
-                }
+/// Hands `apply` every key under `prefix` as it is, then every change made to one by any
+/// client of the store, from now on: watch, then scan (what changed before the watch began),
+/// then what the watch tells; when the watch ends, again after a pause. A deleted key comes
+/// without a value. A change may come twice: `apply` keeps the newest version.
+pub(crate) async fn follow_prefix(
+    db: Arc<dyn ConfigStore>,
+    prefix: &'static str,
+    apply: impl Fn(&str, Option<&[u8]>, Version),
+) {
+    loop {
+        if let Ok(mut watch) = db.watch(prefix) {
+            let store = db.clone();
+            if let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || store.scan(prefix)).await {
+                entries.iter().for_each(|e| apply(&e.key, Some(&e.value), e.version));
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            while let Some(Ok(change)) = watch.next().await {
+                apply(&change.key, change.value.as_deref(), change.version);
+            }
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl<T: DeserializeOwned + Send + Sync + 'static> Follower<T> {
+    async fn run(self) {
+        let (db, key) = (self.db.clone(), self.key);
+        follow_prefix(db, key, |changed, value, version| {
+            if let (true, Some(value)) = (changed == key, value) {
+                self.apply(value, version);
+            }
+        })
+        .await
     }
 
     fn apply(&self, bytes: &[u8], version: Version) {

@@ -4,7 +4,6 @@
 //! key's changes into its sessions ([`follow`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cleave_control::config::{ConfigError, ConfigStore, PutMode, Version};
 use cleave_iscsi::{ReservationType, Reservations, ReservationsAt, Saved};
@@ -83,27 +82,16 @@ pub(super) fn save(store: &dyn ConfigStore, volume: &str, read: &ReservationsAt,
     }
 }
 
-/// Hands every change another gateway stores to `changed`, from now on: watch, then read
-/// what changed before the watch began, then apply what the watch tells; when the watch ends,
-/// again after a pause. Older versions than one already handed over are dropped downstream.
+/// Hands every volume's reservations to `changed` as stored now, then each change any
+/// gateway stores (`crate::stored::follow_prefix`). Older versions than one already handed
+/// over are dropped downstream.
 pub async fn follow(store: Arc<dyn ConfigStore>, changed: impl Fn(&str, ReservationsAt) + Send + Sync + 'static) {
-    loop {
-        if let Ok(mut watch) = store.watch(PREFIX) {
-            let db = store.clone();
-            if let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || db.scan(PREFIX)).await {
-                for e in entries {
-                    let Some(volume) = e.key.strip_prefix(PREFIX) else { continue };
-                    changed(volume, ReservationsAt { state: parse(volume, &e.value), version: e.version.0 });
-                }
-            }
-            while let Some(Ok(change)) = watch.next().await {
-                let Some(volume) = change.key.strip_prefix(PREFIX) else { continue };
-                let state = change.value.map(|v| parse(volume, &v)).unwrap_or_default();
-                changed(volume, ReservationsAt { state, version: change.version.0 });
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    crate::stored::follow_prefix(store, PREFIX, |key, value, version| {
+        let Some(volume) = key.strip_prefix(PREFIX) else { return };
+        let state = value.map(|v| parse(volume, v)).unwrap_or_default();
+        changed(volume, ReservationsAt { state, version: version.0 });
+    })
+    .await
 }
 
 #[cfg(test)]

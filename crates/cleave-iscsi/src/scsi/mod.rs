@@ -98,6 +98,12 @@ impl Shared {
     /// Takes the reservations another gateway stored, unless those held are as new.
     pub fn reservations_changed(&self, stored: ReservationsAt) {
         let mut held = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        self.take_newer(&mut held, stored);
+    }
+
+    /// Makes `stored`, another gateway's change, the reservations `held` here, unless those
+    /// are as new, and owes its registrants what it tells them.
+    fn take_newer(&self, held: &mut ReservationsAt, stored: ReservationsAt) {
         if stored.version > held.version {
             self.owe(reserve::owed(&held.state, &stored.state, None));
             *held = stored;

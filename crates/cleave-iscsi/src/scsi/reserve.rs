@@ -203,10 +203,7 @@ impl Lu {
                     *held = ReservationsAt { state: next, version };
                     return Ok(outcome.unwrap_or_else(|o| o));
                 }
-                Saved::Changed(newer) => {
-                    self.shared.owe(owed(&held.state, &newer.state, None));
-                    *held = newer;
-                }
+                Saved::Changed(newer) => self.shared.take_newer(&mut held, newer),
                 Saved::Failed => break,
             }
         }
