@@ -26,6 +26,8 @@ pub mod gateway;
 pub mod groups;
 /// Volume health, with the nodes the pool has marked down.
 pub mod health;
+/// Sending heartbeats to the other gateways of an appliance.
+mod heartbeats;
 /// The task history, kept in the configuration database.
 pub mod history;
 /// The iSCSI front end's view: initiators and CHAP as clients, volumes, reservations.

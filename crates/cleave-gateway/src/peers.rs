@@ -1,4 +1,6 @@
-//! Heartbeats between the gateways of an appliance (docs/appliance.md, "Heartbeats"). Each
+//! Heartbeats between the gateways of an appliance (docs/appliance.md, "Heartbeats"): what
+//! each gateway has heard of the others, and the export they ask; the gateway sends them in
+//! `crate::heartbeats`. Each
 //! gateway keeps one connection to every other member, opened like a forwarding connection
 //! (NBD over TLS, each side proving itself with its gateway certificate) on the `.heartbeat`
 //! export, and sends a FLUSH on it every [`EVERY`]: the answer is the acknowledgement. A peer
@@ -15,23 +17,18 @@
 //! primary, as they do over NBD.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cleave_nbd::{BlockDevice, BlockError};
-use tracing::{debug, warn};
-
-use crate::appliance::{blocking, Appliance};
-use crate::events::EventKind;
-use crate::gateway::Gateway;
 
 /// The export a peer gateway opens for heartbeats.
 pub(crate) const EXPORT: &str = ".heartbeat";
 /// How often each peer is asked.
-const EVERY: Duration = Duration::from_millis(1500);
+pub(crate) const EVERY: Duration = Duration::from_millis(1500);
 /// A peer not heard for this long is unreachable.
-const SILENT_FOR: Duration = Duration::from_secs(4);
+pub(crate) const SILENT_FOR: Duration = Duration::from_secs(4);
 
 /// What this gateway has heard of each other member.
 #[derive(Default)]
@@ -61,14 +58,14 @@ impl Peers {
         heard.get(gateway).is_some_and(|h| h.last.elapsed() > ttl + SILENT_FOR)
     }
 
-    fn answered(&self, gateway: &str) {
+    pub(crate) fn answered(&self, gateway: &str) {
         if let Some(h) = self.heard.lock().expect("not poisoned").get_mut(gateway) {
             h.last = Instant::now();
         }
     }
 
     /// Starts following the members not followed yet; forgets those gone. The new ones.
-    fn track(&self, members: &[String]) -> Vec<String> {
+    pub(crate) fn track(&self, members: &[String]) -> Vec<String> {
         let mut heard = self.heard.lock().expect("not poisoned");
         heard.retain(|g, _| members.contains(g));
         let new: Vec<String> = members.iter().filter(|g| !heard.contains_key(*g)).cloned().collect();
@@ -79,7 +76,7 @@ impl Peers {
     }
 
     /// Peers that went silent and peers that answered again since the last call.
-    fn changes(&self) -> (Vec<String>, Vec<String>) {
+    pub(crate) fn changes(&self) -> (Vec<String>, Vec<String>) {
         let (mut lost, mut back) = (Vec::new(), Vec::new());
         for (g, h) in self.heard.lock().expect("not poisoned").iter_mut() {
             let silent = h.last.elapsed() >= SILENT_FOR;
@@ -91,73 +88,8 @@ impl Peers {
         (lost, back)
     }
 
-    fn follows(&self, gateway: &str) -> bool {
+    pub(crate) fn follows(&self, gateway: &str) -> bool {
         self.heard.lock().expect("not poisoned").contains_key(gateway)
-    }
-}
-
-impl Gateway {
-    /// Sends heartbeats to every other member and tells the administrator of the peers that
-    /// stop or start answering.
-    pub(crate) async fn beat(self: Arc<Self>, a: Arc<Appliance>) {
-        let mut tick = tokio::time::interval(EVERY);
-        loop {
-            tick.tick().await;
-            let others: Vec<String> = a.known_members().into_iter().filter(|g| g != a.me()).collect();
-            for peer in self.peers.track(&others) {
-                tokio::spawn(heartbeats(Arc::downgrade(&self), a.clone(), peer));
-            }
-            let (lost, back) = self.peers.changes();
-            for g in lost {
-                warn!(peer = %g, "gateway {g} has not answered heartbeats for {SILENT_FOR:?}");
-                self.record(EventKind::PeerLost, format!("gateway {g} does not answer heartbeats from {}", a.me()));
-            }
-            for g in back {
-                self.record(EventKind::PeerBack, format!("gateway {g} answers heartbeats from {} again", a.me()));
-            }
-        }
-    }
-}
-
-/// Heartbeats to one peer, for as long as it is a member: a connection, then a FLUSH on it
-/// every [`EVERY`]; a FLUSH not answered within [`SILENT_FOR`] ends the connection.
-async fn heartbeats(gateway: Weak<Gateway>, a: Arc<Appliance>, peer: String) {
-    loop {
-        let Some(gw) = gateway.upgrade() else { return };
-        if !gw.peers.follows(&peer) {
-            return;
-        }
-        let Some(tls) = gw.forwarding.get().map(|f| f.tls()) else { return };
-        drop(gw);
-        let (a2, p) = (a.clone(), peer.clone());
-        let endpoint = blocking(move || a2.endpoint_of(&p)).await.ok().flatten();
-        let connected = match endpoint {
-            Some(e) => tokio::time::timeout(SILENT_FOR, crate::forward::connect(&e.nbd, tls, EXPORT)).await,
-            None => {
-                tokio::time::sleep(EVERY).await;
-                continue;
-            }
-        };
-        let client = match connected {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "no heartbeat connection");
-                tokio::time::sleep(EVERY).await;
-                continue;
-            }
-            Err(_) => continue,
-        };
-        loop {
-            match tokio::time::timeout(SILENT_FOR, client.flush()).await {
-                Ok(Ok(())) => match gateway.upgrade() {
-                    Some(gw) if gw.peers.follows(&peer) => gw.peers.answered(&peer),
-                    _ => return,
-                },
-                _ => break,
-            }
-            tokio::time::sleep(EVERY).await;
-        }
-        client.close();
     }
 }
 
