@@ -3,9 +3,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-$ROOT/bench/out}
 mkdir -p "$OUT"
-CLEAVE=${CARGO_TARGET_DIR:-$ROOT/target}/release/cleave
+# CLEAVE=path runs that binary instead of building one.
+CLEAVE=${CLEAVE:-${CARGO_TARGET_DIR:-$ROOT/target}/release/cleave}
 
-build() { (cd "$ROOT" && cargo build --release --quiet -p cleave); }
+build() { [ "$CLEAVE" != "${CARGO_TARGET_DIR:-$ROOT/target}/release/cleave" ] || (cd "$ROOT" && cargo build --release --quiet -p cleave); }
 
 # fresh_run NAME: an empty $OUT/NAME, and every process added to PIDS stopped on exit.
 fresh_run() {

@@ -187,11 +187,20 @@ fn spawn_connection(
             let Some(req) = req else { break };
             p2.lock().expect("not poisoned").insert(req.frame.id(), req.reply);
             let mut ok = write_frame(&mut write, &req.frame).await.is_ok();
-            // Batch what is already queued into one flush.
+            // Batch what is queued, and what the tasks that run meanwhile add, into one flush.
+            let mut yielded = false;
             while ok {
-                let Ok(more) = rx.try_recv() else { break };
-                p2.lock().expect("not poisoned").insert(more.frame.id(), more.reply);
-                ok = write_frame(&mut write, &more.frame).await.is_ok();
+                match rx.try_recv() {
+                    Ok(more) => {
+                        p2.lock().expect("not poisoned").insert(more.frame.id(), more.reply);
+                        ok = write_frame(&mut write, &more.frame).await.is_ok();
+                    }
+                    Err(_) if !yielded => {
+                        yielded = true;
+                        tokio::task::yield_now().await;
+                    }
+                    Err(_) => break,
+                }
             }
             if !ok || write.flush().await.is_err() {
                 break;

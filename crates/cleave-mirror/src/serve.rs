@@ -64,9 +64,17 @@ async fn connection(engine: Arc<Engine>, tcp: TcpStream) -> Result<()> {
         let mut w = BufWriter::with_capacity(64 << 10, write);
         while let Some(f) = rx.recv().await {
             let mut ok = write_frame(&mut w, &f).await.is_ok();
+            // Replies of changes applied meanwhile go in the same flush.
+            let mut yielded = false;
             while ok {
-                let Ok(more) = rx.try_recv() else { break };
-                ok = write_frame(&mut w, &more).await.is_ok();
+                match rx.try_recv() {
+                    Ok(more) => ok = write_frame(&mut w, &more).await.is_ok(),
+                    Err(_) if !yielded => {
+                        yielded = true;
+                        tokio::task::yield_now().await;
+                    }
+                    Err(_) => break,
+                }
             }
             if !ok || w.flush().await.is_err() {
                 break;
