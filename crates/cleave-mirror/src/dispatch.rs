@@ -263,7 +263,7 @@ async fn copy_region(p: Arc<Primary>, region: u64) {
 async fn replay(p: &Arc<Primary>, f: &mut Flight, next: u64, ch: &Arc<dyn Channel>) -> Result<()> {
     if f.replay.is_empty() {
         let j = p.journal.clone();
-        let (ops, after) = tokio::task::spawn_blocking(move || j.lock().expect("not poisoned").read_from(next, 64))
+        let (ops, after) = tokio::task::spawn_blocking(move || j.lock().expect("not poisoned").read_from(next, 256))
             .await
             .map_err(|e| MirrorError::Local(e.to_string()))??;
         if ops.is_empty() {
@@ -361,11 +361,8 @@ fn journal_ops(
         }
         return Ok((to_copy, false));
     }
-    let mut flush = false;
-    for op in &ops {
-        j.append(op)?;
-        flush |= matches!(op, Op::Flush);
-    }
+    j.append_all(&ops)?;
+    let flush = ops.iter().any(|op| matches!(op, Op::Flush));
     if j.bytes() > limit {
         to_copy.extend(j.touched());
         j.clear()?;
