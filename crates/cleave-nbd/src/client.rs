@@ -292,13 +292,20 @@ async fn send_loop<W: AsyncWrite + Unpin>(
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut ok = true;
-        // Everything already queued goes out with one flush.
+        let mut yielded = false;
+        // Everything queued, and what the ready tasks queue when they run once, goes out
+        // with one flush.
         while let (true, Some(o)) = (ok, next.take()) {
             ok = w.write_all(&o.header).await.is_ok();
             if let (true, Some(p)) = (ok, o.payload.as_ref()) {
                 ok = w.write_all(p).await.is_ok();
             }
             next = rx.try_recv().ok();
+            if next.is_none() && !yielded {
+                yielded = true;
+                tokio::task::yield_now().await;
+                next = rx.try_recv().ok();
+            }
         }
         if !ok || w.flush().await.is_err() || closed.load(Ordering::Acquire) {
             failed = true;
