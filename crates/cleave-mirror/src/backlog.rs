@@ -260,9 +260,11 @@ impl Journal {
         let mut all = BytesMut::with_capacity(ops.iter().map(record_len).sum());
         for op in ops {
             put_record(&mut all, op);
-            self.touched.extend(regions(op.range()));
         }
         self.file.write_all(&all)?;
+        for op in ops {
+            self.touched.extend(regions(op.range()));
+        }
         self.bytes += all.len() as u64;
         self.records += ops.len() as u64;
         Ok(())
@@ -335,7 +337,12 @@ pub fn encode_record(op: &Op) -> Bytes {
 
 /// The bytes of `op`'s record.
 fn record_len(op: &Op) -> usize {
-    4 + 1 + 8 + 1 + op.payload() as usize + 4 + 8
+    let body = match op {
+        Op::Write { data, .. } => data.len(),
+        Op::Zero { .. } | Op::Trim { .. } => 4,
+        Op::Flush => 0,
+    };
+    4 + 1 + 8 + 1 + body + 8
 }
 
 /// Appends `op`'s record to `out`.
@@ -444,6 +451,9 @@ mod tests {
         let write = |offset: u64, len: usize| Op::Write { offset, data: vec![offset as u8; len].into(), fua: false };
         let ops: Vec<Op> =
             (0..600).map(|i| write(i * 4096, 4096)).chain([write(1 << 30, 3 << 20), Op::Flush, write(7, 1)]).collect();
+        for op in &ops {
+            assert_eq!(record_len(op), encode_record(op).len(), "{op:?}");
+        }
         j.append_all(&ops[..300]).unwrap();
         for op in &ops[300..] {
             j.append(op).unwrap();

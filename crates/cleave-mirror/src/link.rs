@@ -20,7 +20,7 @@ use tracing::debug;
 use crate::control::{Control, PeerCredentials};
 use crate::error::{MirrorError, Result};
 use crate::primary::Channel;
-use crate::wire::{read_frame, write_frame, Frame, Op};
+use crate::wire::{next_queued, read_frame, write_frame, Frame, Op};
 
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -190,17 +190,9 @@ fn spawn_connection(
             // Batch what is queued, and what the tasks that run meanwhile add, into one flush.
             let mut yielded = false;
             while ok {
-                match rx.try_recv() {
-                    Ok(more) => {
-                        p2.lock().expect("not poisoned").insert(more.frame.id(), more.reply);
-                        ok = write_frame(&mut write, &more.frame).await.is_ok();
-                    }
-                    Err(_) if !yielded => {
-                        yielded = true;
-                        tokio::task::yield_now().await;
-                    }
-                    Err(_) => break,
-                }
+                let Some(more) = next_queued(&mut rx, &mut yielded).await else { break };
+                p2.lock().expect("not poisoned").insert(more.frame.id(), more.reply);
+                ok = write_frame(&mut write, &more.frame).await.is_ok();
             }
             if !ok || write.flush().await.is_err() {
                 break;

@@ -17,7 +17,7 @@ use crate::engine::{Engine, Side};
 use crate::error::{MirrorError, Result};
 use crate::replica::EventKind;
 use crate::secondary::Verdict;
-use crate::wire::{read_frame, write_frame, Frame};
+use crate::wire::{next_queued, read_frame, write_frame, Frame};
 
 /// Changes applied at once per connection.
 const APPLY_PARALLEL: usize = 64;
@@ -67,14 +67,8 @@ async fn connection(engine: Arc<Engine>, tcp: TcpStream) -> Result<()> {
             // Replies of changes applied meanwhile go in the same flush.
             let mut yielded = false;
             while ok {
-                match rx.try_recv() {
-                    Ok(more) => ok = write_frame(&mut w, &more).await.is_ok(),
-                    Err(_) if !yielded => {
-                        yielded = true;
-                        tokio::task::yield_now().await;
-                    }
-                    Err(_) => break,
-                }
+                let Some(more) = next_queued(&mut rx, &mut yielded).await else { break };
+                ok = write_frame(&mut w, &more).await.is_ok();
             }
             if !ok || w.flush().await.is_err() {
                 break;

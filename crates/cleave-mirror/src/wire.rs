@@ -222,6 +222,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     Frame::parse(buf.freeze()).map(Some)
 }
 
+/// The next frame waiting to go out, for a writer gathering one flush: once the queue is
+/// empty, the tasks that are ready run once (`yielded` records it) and the queue is looked
+/// at again, so that what they send meanwhile shares the flush.
+pub(crate) async fn next_queued<T>(rx: &mut tokio::sync::mpsc::Receiver<T>, yielded: &mut bool) -> Option<T> {
+    if let Ok(next) = rx.try_recv() {
+        return Some(next);
+    }
+    if std::mem::replace(yielded, true) {
+        return None;
+    }
+    tokio::task::yield_now().await;
+    rx.try_recv().ok()
+}
+
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<(), WireError> {
     w.write_all(&f.encode_header()).await?;
