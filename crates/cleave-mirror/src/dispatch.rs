@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::backlog::REGION;
 use crate::error::{MirrorError, Result};
-use crate::primary::{Channel, Entry, Item, Phase, Primary, Source};
+use crate::primary::{Channel, Entry, Item, Phase, Primary, Queue, Source};
 use crate::replica::EventKind;
 use crate::state::{MirrorState, Mode};
 use crate::wire::Op;
@@ -47,6 +47,8 @@ struct Flight {
     lag_event: Option<Instant>,
     /// This lag episode had no event, so its end has none either.
     quiet_catch_up: bool,
+    /// Since when changes wait to be sent together (async).
+    gather_since: Option<Instant>,
 }
 
 const LAG_EVENT_EVERY: Duration = Duration::from_secs(60);
@@ -67,11 +69,19 @@ async fn run(weak: Weak<Primary>) {
             warn!(error = %e, "mirror dispatcher");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let gather_since = f.gather_since;
         tokio::select! {
             Some((tag, entry, result)) = f.futures.next(), if !f.futures.is_empty() => complete(&p, &mut f, tag, entry, result).await,
             _ = &mut wake => {}
+            _ = gather_deadline(gather_since, p.settings.gather_wait), if gather_since.is_some() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => tick(&p, &mut f),
         }
+    }
+}
+
+async fn gather_deadline(since: Option<Instant>, wait: Duration) {
+    if let Some(since) = since {
+        tokio::time::sleep_until((since + wait).into()).await;
     }
 }
 
@@ -86,6 +96,9 @@ async fn step(p: &Arc<Primary>, f: &mut Flight) -> Result<()> {
         }
         (q.phase, q.channel.clone())
     };
+    if phase != Phase::Live {
+        f.gather_since = None;
+    }
     match (phase, channel) {
         (Phase::Behind, _) | (_, None) => {
             if f.futures.is_empty() {
@@ -171,9 +184,34 @@ fn launch(f: &mut Flight, ch: &Arc<dyn Channel>, entry: Entry) {
     );
 }
 
+/// Async and in sync: fewer changes waiting than this, of fewer bytes, wait up to
+/// `Settings::gather_wait` for more. Hosts do not wait for the mirror in async, so their changes come
+/// one by one; sent so, each costs both sides a TLS record, a write and a wakeup, and the
+/// peer's answers as many again. Async promises a bounded lag, not a prompt one.
+const GATHER_CHANGES: usize = 32;
+const GATHER_BYTES: u64 = 1 << 20;
+
+/// Whether the changes waiting are too few to send yet, if the mode is async. A change
+/// somebody waits for (a drain before a switchover) goes at once.
+pub(crate) fn gathering(q: &Queue) -> bool {
+    q.phase == Phase::Live
+        && !q.pending.is_empty()
+        && q.pending.len() < GATHER_CHANGES
+        && q.pending_bytes < GATHER_BYTES
+        && q.pending.iter().all(|e| e.waiter.is_none())
+}
+
 /// Sends queued changes in order while the rules allow.
 fn send_queued(p: &Arc<Primary>, f: &mut Flight, ch: &Arc<dyn Channel>) {
+    let mode = p.record.lock().expect("not poisoned").mode;
     let mut q = p.q.lock().expect("not poisoned");
+    if mode == Mode::Async && gathering(&q) {
+        let since = *f.gather_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < p.settings.gather_wait {
+            return;
+        }
+    }
+    f.gather_since = None;
     let mut sent_any = false;
     while let Some(head) = q.pending.front() {
         if !can_send(f, p.settings.window, &head.range(), head.is_barrier()) {
@@ -450,5 +488,68 @@ fn tick(p: &Arc<Primary>, f: &mut Flight) {
     if live && f.written_since_flush && f.last_flush.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
         f.written_since_flush = false;
         p.enqueue(Item::Op(Op::Flush), Source::Host, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primary::Settings;
+    use crate::testing::{record, taker, Quiet, Zeros};
+
+    async fn live_async_primary(
+        gather_wait: Duration,
+    ) -> (tempfile::TempDir, Arc<Primary>, Arc<crate::testing::Taker>) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings { gather_wait, ..Settings::default() };
+        let p = Primary::open(dir.path(), record(Mode::Async), Arc::new(Zeros), Arc::new(Quiet), settings).unwrap();
+        start(&p);
+        let ch = taker();
+        p.attach(ch.clone(), &[], false).await.unwrap();
+        while p.q.lock().unwrap().phase != Phase::Live {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (dir, p, ch)
+    }
+
+    async fn host_writes(p: &Primary, count: u64) {
+        for i in 0..count {
+            let op = Op::Write { offset: i * 4096, data: vec![1u8; 4096].into(), fua: false };
+            p.apply(op, |_| async { Ok::<(), ()>(()) }).await.unwrap().unwrap();
+        }
+    }
+
+    async fn wait_for_writes(ch: &crate::testing::Taker, count: usize) -> Vec<Instant> {
+        for _ in 0..30_000 {
+            if ch.writes.lock().unwrap().len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        ch.writes.lock().unwrap().clone()
+    }
+
+    /// Async changes that come one by one wait for more before they go.
+    #[tokio::test]
+    async fn a_few_async_changes_wait_for_more() {
+        let wait = Duration::from_millis(300);
+        let (_dir, p, ch) = live_async_primary(wait).await;
+        let t0 = Instant::now();
+        host_writes(&p, 5).await;
+        let sent = wait_for_writes(&ch, 5).await;
+        assert_eq!(sent.len(), 5);
+        assert!(sent.iter().all(|t| *t - t0 >= wait), "sent after {:?}", sent[0] - t0);
+    }
+
+    /// A batch's worth of async changes goes without waiting.
+    #[tokio::test]
+    async fn a_batch_of_async_changes_goes_at_once() {
+        let wait = Duration::from_secs(60);
+        let (_dir, p, ch) = live_async_primary(wait).await;
+        let t0 = Instant::now();
+        host_writes(&p, GATHER_CHANGES as u64).await;
+        let sent = wait_for_writes(&ch, GATHER_CHANGES).await;
+        assert_eq!(sent.len(), GATHER_CHANGES);
+        assert!(sent.iter().all(|t| *t - t0 < wait / 2));
     }
 }

@@ -40,6 +40,8 @@ mod startup;
 pub mod state;
 /// Keeping links up and volumes attached.
 mod tend;
+#[cfg(test)]
+mod testing;
 /// Frames on the wire.
 pub mod wire;
 

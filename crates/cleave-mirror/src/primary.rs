@@ -34,11 +34,19 @@ pub struct Settings {
     pub window: usize,
     /// Regions read for copying at once.
     pub copy_parallel: usize,
+    /// Async: how long a few changes wait for more to go with them (see `crate::dispatch`).
+    pub gather_wait: std::time::Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { max_lag_bytes: 64 << 20, journal_bytes: 1 << 30, window: 64, copy_parallel: 4 }
+        Settings {
+            max_lag_bytes: 64 << 20,
+            journal_bytes: 1 << 30,
+            window: 64,
+            copy_parallel: 4,
+            gather_wait: std::time::Duration::from_millis(1),
+        }
     }
 }
 
@@ -314,10 +322,16 @@ impl Primary {
         for e in extent_span(entry.range()) {
             q.extent_seq.insert(e, seq);
         }
+        // An async host change that joins others gathering to be sent needs no wakeup: the
+        // dispatcher's timer or the change that fills the batch will come.
+        let joins = source == Source::Host && entry.waiter.is_none() && !entry.is_barrier();
         q.pending_bytes += entry.bytes();
         q.pending.push_back(entry);
+        let quiet = joins && q.pending.len() > 1 && crate::dispatch::gathering(&q);
         drop(q);
-        self.wake.notify_one();
+        if !quiet {
+            self.wake.notify_one();
+        }
         rx
     }
 
@@ -491,57 +505,16 @@ pub(crate) fn extent_span(range: std::ops::Range<u64>) -> std::ops::Range<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Zeros;
-    #[async_trait::async_trait]
-    impl Replica for Zeros {
-        fn size(&self) -> u64 {
-            8 * REGION
-        }
-        async fn read(&self, _: u64, len: u32) -> std::result::Result<bytes::Bytes, String> {
-            Ok(vec![0; len as usize].into())
-        }
-        async fn apply(&self, _: Op) -> std::result::Result<(), String> {
-            Ok(())
-        }
-    }
-    struct Quiet;
-    impl Events for Quiet {
-        fn event(&self, _: &str, _: EventKind, _: String) {}
-    }
-    struct Nowhere;
-    #[async_trait::async_trait]
-    impl Channel for Nowhere {
-        async fn send(&self, _: Op) -> Result<()> {
-            Ok(())
-        }
-        async fn mark_consistent(&self, _: bool) -> Result<()> {
-            Ok(())
-        }
-    }
+    use crate::testing::{record, taker, Quiet, Zeros};
 
     /// A lying peer's region numbers beyond the volume are ignored, never multiplied into an
     /// overflow.
     #[tokio::test]
     async fn discarded_regions_beyond_the_volume_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let record = Record {
-            volume: "v".into(),
-            size: 8 * REGION,
-            role: crate::state::Role::Primary,
-            peer: "127.0.0.1:9".into(),
-            mode: Mode::Sync,
-            on_failure: OnFailure::Degrade,
-            generation: Record::new_generation(),
-            history: Vec::new(),
-            consistent: true,
-            paused: false,
-            discarding: None,
-            sweep: None,
-            origin: true,
-        };
-        let p = Primary::open(dir.path(), record, Arc::new(Zeros), Arc::new(Quiet), Settings::default()).unwrap();
-        p.attach(Arc::new(Nowhere), &[3, 8, u64::MAX / 2, u64::MAX], false).await.unwrap();
+        let p = Primary::open(dir.path(), record(Mode::Sync), Arc::new(Zeros), Arc::new(Quiet), Settings::default())
+            .unwrap();
+        p.attach(taker(), &[3, 8, u64::MAX / 2, u64::MAX], false).await.unwrap();
         let regions: Vec<u64> = p.q.lock().unwrap().copy.regions().collect();
         assert_eq!(regions, vec![3]);
     }
