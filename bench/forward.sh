@@ -4,6 +4,7 @@
 # whose primary is A. The same fio jobs on A's local socket (direct) and on B's (every
 # request forwarded to A over TLS), and the ratio (goal: 0.6x direct). Both gateways, etcd
 # and fio share this machine's cores: forwarding adds a second gateway's work to each request.
+# SEPARATE_CORES=1 keeps A and fio on CPU 0 and B on CPU 1, as if B had a machine of its own.
 #  - sequential 1 MiB writes and reads (QD4);
 #  - 4k random writes and reads (QD32), time-based.
 #   bench/forward.sh [MIB] [RANDOM_SECONDS]
@@ -22,14 +23,19 @@ member "$OUT/forward" A
 on A volume create v --size "${MIB}MiB" >/dev/null
 member "$OUT/forward" B
 for _ in $(seq 100); do on B volume show v >/dev/null 2>&1 && break; sleep 0.1; done
+FIO_CPUS=()
+if [ -n "${SEPARATE_CORES:-}" ]; then
+  taskset -a -p -c 0 "$A_PID" >/dev/null; taskset -a -p -c 1 "$B_PID" >/dev/null
+  FIO_CPUS=(--cpus_allowed=0)
+fi
 
-echo "I/O forwarding on loopback: a ${MIB} MiB volume served by gateway A, five directory targets at 3-of-5"
+echo "I/O forwarding on loopback: a ${MIB} MiB volume served by gateway A, five directory targets at 3-of-5${SEPARATE_CORES:+; A and fio on CPU 0, B on CPU 1}"
 printf '%-28s %14s %14s %7s\n' job "direct (A)" "forwarded (B)" ratio
 # measure SIDE UNIT FIO_ARGS...: the job's MB/s or IOPS through SIDE's socket.
 measure() {
   local side=$1 unit=$2; shift 2
   settle
-  read -r bw iops < <(fio_nbd "$(uri "$side" v)" "$@")
+  read -r bw iops < <(fio_nbd "$(uri "$side" v)" "$@" "${FIO_CPUS[@]}")
   [ "$unit" = MB/s ] && echo "$bw" || echo "$iops"
 }
 # Each job runs direct, forwarded, forwarded, direct: the mean of each side, so that drift
@@ -43,7 +49,7 @@ d, f = ($d1 + $d2) / 2, ($f1 + $f2) / 2
 print(f'{\"$label\":<28} {d:9.1f} {\"$unit\":<4} {f:9.1f} {\"$unit\":<4} {f / d:6.2f}x')"
 }
 # Every block written once first: no job pays for first writes.
-fio_nbd "$(uri A v)" --rw=write --bs=1M --iodepth=4 --size="${MIB}M" --end_fsync=1 >/dev/null
+fio_nbd "$(uri A v)" --rw=write --bs=1M --iodepth=4 --size="${MIB}M" --end_fsync=1 "${FIO_CPUS[@]}" >/dev/null
 job "sequential 1 MiB write QD4" MB/s --rw=write --bs=1M --iodepth=4 --size="${MIB}M" --end_fsync=1
 job "sequential 1 MiB read QD4" MB/s --rw=read --bs=1M --iodepth=4 --size="${MIB}M"
 job "4k random write QD32" IOPS --rw=randwrite --bs=4k --iodepth=32 --size="${MIB}M" --time_based --runtime="$SECS"

@@ -181,9 +181,7 @@ impl Cache {
     /// Reads `len` bytes at `offset` within cached chunk `c`.
     pub async fn read(&self, c: u64, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let at = self.locate(c, offset, len as u64)?;
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, at)?;
-        Ok(buf)
+        read_fresh_at(&self.file, len, at)
     }
 
     /// Writes `data` at `offset` within cached chunk `c`.
@@ -274,6 +272,33 @@ impl Cache {
     }
 }
 
+/// Reads `len` bytes at `at` into a new buffer without zeroing it first: the zeroing of a
+/// reused heap buffer cost about 5% of a gateway's CPU while it served sequential reads.
+fn read_fresh_at(file: &File, len: usize, at: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::<u8>::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: pread writes at most `spare.len()` bytes into the spare capacity, which is
+        // valid for writes; only the bytes it reports written are counted as initialised.
+        let n = unsafe {
+            libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), (at + done as u64) as libc::off_t)
+        };
+        match n {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            // SAFETY: pread initialised the next `n` bytes (n <= spare.len()).
+            n => unsafe { buf.set_len(done + n as usize) },
+        }
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +307,19 @@ mod tests {
 
     fn chunk_bytes(c: u64) -> Vec<u8> {
         (0..CHUNK as u64).map(|i| (i * 3 + c * 11) as u8).collect()
+    }
+
+    #[test]
+    fn a_fresh_read_returns_the_bytes_at_its_offset_or_fails_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        assert_eq!(read_fresh_at(&file, 200_000, 77).unwrap(), bytes[77..200_077]);
+        assert_eq!(read_fresh_at(&file, 0, 5).unwrap(), Vec::<u8>::new());
+        let past = read_fresh_at(&file, 1000, 299_500).unwrap_err();
+        assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]
