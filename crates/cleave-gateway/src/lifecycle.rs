@@ -161,29 +161,40 @@ impl Gateway {
         };
         let uuid = sb.config.uuid;
         let _admin = self.admin.lock().await;
-        let was = self.unopened.write().expect("not poisoned").remove(name);
-        if let Some(u) = was {
-            self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
-            match u.primary.filter(|p| !p.is_empty()) {
-                // A primary still among the members handed the volume over (planned).
-                Some(from) if self.is_member(&from) => {
-                    info!(volume = name, from = %from, "volume taken over: handed over by its primary");
-                    self.record(EventKind::GatewayHandover, format!("{name}: handed over by gateway {from}"));
-                }
-                Some(from) => {
-                    warn!(volume = name, from = %from, "volume taken over: its primary gateway is gone");
-                    self.record(EventKind::GatewayFailover, format!("{name}: taken over from gateway {from}"));
-                }
-                None => {
-                    info!(volume = name, "volume opened: its targets answer again");
-                    self.record(EventKind::VolumeOpened, format!("{name}: opened, its targets answer again"));
-                }
+        let was = self.unopened.read().expect("not poisoned").get(name).map(|u| u.primary.clone());
+        if let Some(primary) = was {
+            // Recorded before the volume shows as served here: whoever sees it served can
+            // see why (asking etcd who is a member may take a while).
+            let (kind, detail) = self.opened_event(name, primary);
+            self.record(kind, detail);
+            if self.unopened.write().expect("not poisoned").remove(name).is_some() {
+                self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
+                return;
             }
-        } else {
-            // Deleted while it was being opened.
-            v.close().await;
-            if let Err(e) = cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &uuid) {
-                warn!(volume = name, error = %e, "cannot remove the cache of a deleted volume");
+        }
+        // Deleted while it was being opened.
+        v.close().await;
+        if let Err(e) = cleave_volume::cache::Cache::remove(&self.data.cache_dir(), &uuid) {
+            warn!(volume = name, error = %e, "cannot remove the cache of a deleted volume");
+        }
+    }
+
+    /// Why a volume that could not be opened is served here now, the last primary named
+    /// in its superblock being `primary`.
+    fn opened_event(&self, name: &str, primary: Option<String>) -> (EventKind, String) {
+        match primary.filter(|p| !p.is_empty()) {
+            // A primary still among the members handed the volume over (planned).
+            Some(from) if self.is_member(&from) => {
+                info!(volume = name, from = %from, "volume taken over: handed over by its primary");
+                (EventKind::GatewayHandover, format!("{name}: handed over by gateway {from}"))
+            }
+            Some(from) => {
+                warn!(volume = name, from = %from, "volume taken over: its primary gateway is gone");
+                (EventKind::GatewayFailover, format!("{name}: taken over from gateway {from}"))
+            }
+            None => {
+                info!(volume = name, "volume opened: its targets answer again");
+                (EventKind::VolumeOpened, format!("{name}: opened, its targets answer again"))
             }
         }
     }
