@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::device::{BlockDevice, BlockError};
 use crate::proto::{self, Command, Request};
+use crate::server::read_payload;
 
 /// Why a request or a connection failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -340,7 +341,7 @@ async fn receive_loop<R: AsyncRead + Unpin>(mut read: R, pending: Pending, close
             let _ = reply.send(Err(ClientError::Errno(error)));
             continue;
         }
-        match read_data(&mut read, len as usize).await {
+        match read_payload(&mut read, len).await {
             Ok(data) => {
                 let _ = reply.send(Ok(data));
             }
@@ -352,19 +353,6 @@ async fn receive_loop<R: AsyncRead + Unpin>(mut read: R, pending: Pending, close
     };
     closed.store(true, Ordering::Release);
     fail_all(&pending, &why);
-}
-
-/// Reads `len` bytes into a new buffer, not zeroed first: `read_buf` fills its spare
-/// capacity (zeroing a MiB cost as much as a tenth of the copy it precedes).
-async fn read_data<R: AsyncRead + Unpin>(read: &mut R, len: usize) -> std::io::Result<Bytes> {
-    let mut data = BytesMut::with_capacity(len);
-    while data.len() < len {
-        let want = len - data.len();
-        if read.read_buf(&mut (&mut data).limit(want)).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-    Ok(data.freeze())
 }
 
 #[cfg(test)]
@@ -380,11 +368,11 @@ mod tests {
             tx.write_all(&sent).await.unwrap();
             tx.write_all(b"next").await.unwrap();
         });
-        assert_eq!(read_data(&mut rx, 200_000).await.unwrap(), bytes);
+        assert_eq!(read_payload(&mut rx, 200_000).await.unwrap(), bytes);
         writer.await.unwrap();
         // What follows is left for the next read, and a stream that ends early fails.
-        assert_eq!(read_data(&mut rx, 4).await.unwrap().as_ref(), b"next");
-        let short = read_data(&mut rx, 1).await.unwrap_err();
+        assert_eq!(read_payload(&mut rx, 4).await.unwrap().as_ref(), b"next");
+        let short = read_payload(&mut rx, 1).await.unwrap_err();
         assert_eq!(short.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

@@ -454,7 +454,9 @@ async fn read_exact_or_eof<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> s
     Ok(true)
 }
 
-async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Result<Bytes> {
+/// Reads `len` bytes (a write's payload, a read's reply data) into a new buffer; a stream
+/// that ends first is `UnexpectedEof`.
+pub(crate) async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> std::io::Result<Bytes> {
     // read_to_end into exact capacity avoids zero-filling the buffer first.
     let mut buf = Vec::with_capacity(len as usize);
     r.take(len.into()).read_to_end(&mut buf).await?;
