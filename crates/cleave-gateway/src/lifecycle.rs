@@ -161,16 +161,16 @@ impl Gateway {
         };
         let uuid = sb.config.uuid;
         let _admin = self.admin.lock().await;
+        // Still unopened under the admin lock, which a deletion takes too: it stays so.
         let was = self.unopened.read().expect("not poisoned").get(name).map(|u| u.primary.clone());
         if let Some(primary) = was {
             // Recorded before the volume shows as served here: whoever sees it served can
             // see why (asking etcd who is a member may take a while).
             let (kind, detail) = self.opened_event(name, primary);
             self.record(kind, detail);
-            if self.unopened.write().expect("not poisoned").remove(name).is_some() {
-                self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
-                return;
-            }
+            self.unopened.write().expect("not poisoned").remove(name);
+            self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
+            return;
         }
         // Deleted while it was being opened.
         v.close().await;
