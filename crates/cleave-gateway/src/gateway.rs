@@ -183,14 +183,7 @@ impl Gateway {
     /// A gateway on the data directory `root` alone, as `cleave control` makes one but without
     /// a node plane or a parent: no NBD, no nodes, targets by URI. For tests and embedding.
     pub fn open_local(root: PathBuf, cache_bytes: u64) -> Result<Self> {
-        let stores = Stores::open(root)?;
-        let pool = Pool::started_now();
-        let ca = crate::nodetls::node_ca(&stores.data)?;
-        let id = crate::data_dir::stable_id(&stores.data.root.join("control.id"))?;
-        let config = HierarchyConfig { id: id.clone(), name: id, site: "default".into(), ca };
-        let hierarchy = Hierarchy::new(config, pool.clone());
-        let targets = cleave_target::Credentials::default();
-        Ok(Gateway::new(GatewayConfig { stores, pool, hierarchy, targets, cache_bytes, nbd: None, appliance: None }))
+        Ok(Gateway::new(local_config(Stores::open(root)?, cache_bytes, None)?))
     }
 
     pub fn data(&self) -> &DataDir {
@@ -419,4 +412,19 @@ impl ExportProvider for Gateway {
             })),
         }
     }
+}
+
+/// What a gateway on `stores` alone is made of: no NBD, no nodes, targets by URI.
+pub(crate) fn local_config(
+    stores: Stores,
+    cache_bytes: u64,
+    appliance: Option<Arc<Appliance>>,
+) -> Result<GatewayConfig> {
+    let pool = Pool::started_now();
+    let ca = crate::nodetls::node_ca(&stores.data)?;
+    let id = crate::data_dir::stable_id(&stores.data.root.join("control.id"))?;
+    let config = HierarchyConfig { id: id.clone(), name: id, site: "default".into(), ca };
+    let hierarchy = Hierarchy::new(config, pool.clone());
+    let targets = cleave_target::Credentials::default();
+    Ok(GatewayConfig { stores, pool, hierarchy, targets, cache_bytes, nbd: None, appliance })
 }

@@ -127,7 +127,7 @@ impl Gateway {
         for round in 0u64.. {
             tick.tick().await;
             if let Some(a) = &self.appliance {
-                self.discover_volumes();
+                self.discover_volumes().await;
                 self.hand_over_to_preferred(a).await;
                 self.keep_standbys(round % 10 == 0).await;
             }
@@ -138,9 +138,10 @@ impl Gateway {
         }
     }
 
-    async fn try_reopen(&self, name: &str) {
+    async fn try_reopen(self: &Arc<Self>, name: &str) {
         // The stored superblock is read again: a grant may have changed it since.
-        let sb = match self.data.load_volume(&self.master, name) {
+        let n = name.to_string();
+        let sb = match self.off_workers(move |g| g.data.load_volume(&g.master, &n)).await {
             Ok(Some(sb)) => sb,
             // Deleted (through another gateway of the appliance).
             Ok(None) => {
@@ -166,7 +167,7 @@ impl Gateway {
         if let Some(primary) = was {
             // Recorded before the volume shows as served here: whoever sees it served can
             // see why (asking etcd who is a member may take a while).
-            let (kind, detail) = self.opened_event(name, primary);
+            let (kind, detail) = self.opened_event(name, primary).await;
             self.record(kind, detail);
             self.unopened.write().expect("not poisoned").remove(name);
             self.volumes.write().expect("not poisoned").insert(name.to_string(), v);
@@ -181,26 +182,34 @@ impl Gateway {
 
     /// Why a volume that could not be opened is served here now, the last primary named
     /// in its superblock being `primary`.
-    fn opened_event(&self, name: &str, primary: Option<String>) -> (EventKind, String) {
-        match primary.filter(|p| !p.is_empty()) {
-            // A primary still among the members handed the volume over (planned).
-            Some(from) if self.is_member(&from) => {
-                info!(volume = name, from = %from, "volume taken over: handed over by its primary");
-                (EventKind::GatewayHandover, format!("{name}: handed over by gateway {from}"))
-            }
-            Some(from) => {
-                warn!(volume = name, from = %from, "volume taken over: its primary gateway is gone");
-                (EventKind::GatewayFailover, format!("{name}: taken over from gateway {from}"))
-            }
-            None => {
-                info!(volume = name, "volume opened: its targets answer again");
-                (EventKind::VolumeOpened, format!("{name}: opened, its targets answer again"))
-            }
+    async fn opened_event(&self, name: &str, primary: Option<String>) -> (EventKind, String) {
+        let Some(from) = primary.filter(|p| !p.is_empty()) else {
+            info!(volume = name, "volume opened: its targets answer again");
+            return (EventKind::VolumeOpened, format!("{name}: opened, its targets answer again"));
+        };
+        // A primary still among the members handed the volume over (planned).
+        if self.is_member(&from).await {
+            info!(volume = name, from = %from, "volume taken over: handed over by its primary");
+            (EventKind::GatewayHandover, format!("{name}: handed over by gateway {from}"))
+        } else {
+            warn!(volume = name, from = %from, "volume taken over: its primary gateway is gone");
+            (EventKind::GatewayFailover, format!("{name}: taken over from gateway {from}"))
         }
     }
 
-    fn is_member(&self, gateway: &str) -> bool {
-        self.appliance.as_ref().and_then(|a| a.members().ok()).is_some_and(|m| m.iter().any(|g| g == gateway))
+    async fn is_member(&self, gateway: &str) -> bool {
+        let Some(a) = self.appliance.clone() else { return false };
+        blocking(move || a.members()).await.is_ok_and(|m| m.iter().any(|g| g == gateway))
+    }
+
+    /// Runs `call` off the async workers: it reads the configuration database, which in an
+    /// appliance is etcd, where a call may wait out its timeout; host I/O must not wait too.
+    async fn off_workers<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl FnOnce(&Gateway) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let g = self.clone();
+        tokio::task::spawn_blocking(move || call(&g)).await?
     }
 
     fn still_unopened(&self, name: &str, reason: String) {
@@ -215,7 +224,12 @@ impl Gateway {
     pub(crate) async fn open_here(&self, sb: &Superblock) -> Opened {
         let takeover = match &self.appliance {
             None => false,
-            Some(a) => match a.claim(&sb.config.name) {
+            Some(a) => match blocking({
+                let (a, name) = (a.clone(), sb.config.name.clone());
+                move || a.claim(&name)
+            })
+            .await
+            {
                 Ok(Primary::Me) => true,
                 Ok(Primary::Other(primary)) => return Opened::Elsewhere(primary),
                 Err(e) => return Opened::Failed(e.into()),
@@ -232,7 +246,7 @@ impl Gateway {
                 // It reaches too few targets, say: the next gateway in the order may do better.
                 if let Some(a) = self.appliance.as_ref().filter(|_| takeover) {
                     warn!(volume = %sb.config.name, error = %format!("{e:#}"), "cannot open a claimed volume; passing it on");
-                    a.pass(&sb.config.name);
+                    pass(a, &sb.config.name).await;
                 }
                 Opened::Failed(e)
             }
@@ -240,10 +254,10 @@ impl Gateway {
     }
 
     /// The stored volumes this gateway does not know yet (another gateway created them).
-    fn discover_volumes(&self) {
+    async fn discover_volumes(self: &Arc<Self>) {
         // A create here stores the volume before it is served: not then.
         let Ok(_admin) = self.admin.try_lock() else { return };
-        let Ok(names) = self.data.volume_names() else { return };
+        let Ok(names) = self.off_workers(|g| g.data.volume_names()).await else { return };
         for name in names {
             if self.exists(&name) {
                 continue;
@@ -388,25 +402,25 @@ impl Gateway {
     }
 
     /// Hands `v` over to gateway `to` with nothing lost (`Volume::hand_over`), or keeps it.
-    async fn hand_over(&self, a: &Appliance, v: &Volume, to: &str) {
+    async fn hand_over(&self, a: &Arc<Appliance>, v: &Volume, to: &str) {
         let name = v.config().name.clone();
         let _admin = self.admin.lock().await;
         if let Err(e) = v.hand_over(&format!("handed over to gateway {to}"), HAND_OVER_WITHIN).await {
             warn!(volume = %name, to, error = %e, "cannot hand the volume over; it stays here");
             return;
         }
-        self.passed_on(a, &name, served_by(to), to);
+        self.passed_on(a, &name, served_by(to), to).await;
         info!(volume = %name, to, "volume handed over");
         self.record(EventKind::GatewayHandover, format!("{name}: handed over to gateway {to}"));
     }
 
     /// Bookkeeping once `name` is no longer served here and goes to gateway `to`: listed as
     /// not opened here, naming `to`, and left to the others for a while.
-    pub(crate) fn passed_on(&self, a: &Appliance, name: &str, reason: String, to: &str) {
+    pub(crate) async fn passed_on(&self, a: &Arc<Appliance>, name: &str, reason: String, to: &str) {
         self.volumes.write().expect("not poisoned").remove(name);
         let u = Unopened { sb: None, reason, primary: Some(to.to_string()) };
         self.unopened.write().expect("not poisoned").insert(name.to_string(), u);
-        a.pass(name);
+        pass(a, name).await;
     }
 
     /// Stops serving every volume here: another gateway may take them over now.
@@ -424,3 +438,16 @@ impl Gateway {
         }
     }
 }
+
+/// Gives up this gateway's claim on `volume` ([`Appliance::pass`]) off the async workers.
+async fn pass(a: &Arc<Appliance>, volume: &str) {
+    let (a, volume) = (a.clone(), volume.to_string());
+    let _ = blocking(move || {
+        a.pass(&volume);
+        Ok(())
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests;

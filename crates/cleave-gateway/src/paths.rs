@@ -155,12 +155,12 @@ impl Gateway {
 
     /// Stops serving `v` here at once (no destage: its targets are out of reach) and passes
     /// it on; `to` is expected to claim it.
-    async fn give_up(&self, a: &Appliance, v: &cleave_volume::Volume, to: &str, why: &str) {
+    async fn give_up(&self, a: &Arc<Appliance>, v: &cleave_volume::Volume, to: &str, why: &str) {
         let name = v.config().name.clone();
         let _admin = self.admin.lock().await;
         v.fence(why);
         v.close().await;
-        self.passed_on(a, &name, why.to_string(), to);
+        self.passed_on(a, &name, why.to_string(), to).await;
         warn!(volume = %name, to, "{why}: the volume is passed on");
         self.record(EventKind::PathLost, format!("{name}: {why}; passed on"));
     }
