@@ -131,6 +131,12 @@ struct Held {
 }
 
 impl Directory {
+    /// The live gateways in the order they serve `volume`.
+    fn order_of(&self, volume: &str) -> Vec<String> {
+        let preferred = self.orders.get(volume).map(Vec::as_slice).unwrap_or_default();
+        placement::gateway_order(volume, &self.members, preferred)
+    }
+
     fn reaches(&self, gateway: &str, volume: &str, needed: usize) -> bool {
         self.reach.get(gateway).and_then(|r| r.get(volume)).is_some_and(|n| *n >= needed)
     }
@@ -304,6 +310,13 @@ impl Appliance {
         d.endpoints.iter().find(|(_, e)| e.fingerprint == fingerprint).map(|(g, _)| g.clone())
     }
 
+    /// The live gateways in the order they serve `volume`, as last read (never reads etcd:
+    /// it is asked for every volume an API call lists, on an async worker).
+    pub fn known_order_of(&self, volume: &str) -> Vec<String> {
+        let d = self.directory.lock().expect("not poisoned").clone();
+        d.map(|d| d.order_of(volume)).unwrap_or_default()
+    }
+
     /// Reads the members, orders, path reports and endpoints again.
     pub fn refresh(&self) -> Result<(), ConfigError> {
         *self.directory.lock().expect("not poisoned") = None;
@@ -349,15 +362,13 @@ impl Appliance {
             let raw = serde_json::to_vec(gateways).map_err(|e| ConfigError::Invalid(e.to_string()))?;
             self.store.put(&key, &raw)?;
         }
-        *self.directory.lock().expect("not poisoned") = None;
-        Ok(())
+        // Read again at once: what lists volumes shows the new order from now on.
+        self.refresh()
     }
 
     /// The live gateways in the order they serve `volume`.
     pub fn order_of(&self, volume: &str) -> Result<Vec<String>, ConfigError> {
-        let d = self.directory()?;
-        let preferred = d.orders.get(volume).map(Vec::as_slice).unwrap_or_default();
-        Ok(placement::gateway_order(volume, &d.members, preferred))
+        Ok(self.directory()?.order_of(volume))
     }
 
     /// Whether this gateway may claim `volume`, which has no primary: the first of its order

@@ -145,11 +145,11 @@ impl Gateway {
         }
     }
 
-    /// The gateways after `primary` in the volume's order (none outside an appliance, or when
-    /// etcd cannot tell).
+    /// The gateways after `primary` in the volume's order, as last read (none outside an
+    /// appliance, or before etcd was first read).
     fn secondaries(&self, volume: &str, primary: Option<&str>) -> Vec<String> {
         let Some(a) = &self.appliance else { return Vec::new() };
-        let order = a.order_of(volume).unwrap_or_default();
+        let order = a.known_order_of(volume);
         order.into_iter().filter(|g| Some(g.as_str()) != primary).collect()
     }
 

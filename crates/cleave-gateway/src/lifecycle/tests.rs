@@ -1,3 +1,5 @@
+//! A configuration store that stalls, as etcd may: what must not wait for it.
+
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -5,7 +7,7 @@ use cleave_control::config::{ConfigError, ConfigStore, Entry, Guard, Lease, PutM
 
 use crate::appliance::Appliance;
 use crate::data_dir::DataDir;
-use crate::gateway::{local_config, Gateway, Stores};
+use crate::gateway::{local_config, Gateway, Stores, Unopened};
 
 /// A configuration store whose calls, once it is stalled, wait until it is let go: etcd
 /// that stopped answering, without its timeout.
@@ -103,21 +105,31 @@ fn gateway_in_appliance(root: &std::path::Path, store: Arc<Stalling>) -> Arc<Gat
     Arc::new(Gateway::new(config))
 }
 
+/// Gateway `g1` of an appliance on a store that stalls, in `dir`.
+fn stalling_gateway(dir: &std::path::Path) -> (Arc<Stalling>, Arc<Gateway>) {
+    let inner = RedbStore::open(&dir.join("shared.redb")).unwrap();
+    let store = Arc::new(Stalling { inner, state: Mutex::default(), changed: Condvar::new() });
+    let gateway = gateway_in_appliance(&dir.join("g1"), store.clone());
+    (store, gateway)
+}
+
+/// Stalls `store`, and lets it go after a while if the test has not: only so that a
+/// failing test ends rather than hangs.
+fn stall_with_watchdog(store: &Arc<Stalling>) {
+    store.set(true, false);
+    let watchdog = store.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        watchdog.set(false, true);
+    });
+}
+
 // A runtime of one thread: a call to the store made on it would hold every task.
 #[tokio::test(flavor = "current_thread")]
 async fn the_background_rounds_wait_for_a_stalled_store_off_the_async_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let inner = RedbStore::open(&dir.path().join("shared.redb")).unwrap();
-    let store = Arc::new(Stalling { inner, state: Mutex::default(), changed: Condvar::new() });
-    let gateway = gateway_in_appliance(&dir.path().join("g1"), store.clone());
-
-    store.set(true, false);
-    let watchdog = store.clone();
-    std::thread::spawn(move || {
-        // Only so that a failing test ends rather than hangs.
-        std::thread::sleep(Duration::from_secs(20));
-        watchdog.set(false, true);
-    });
+    let (store, gateway) = stalling_gateway(dir.path());
+    stall_with_watchdog(&store);
     tokio::spawn(gateway.clone().reopen_unavailable());
     let s = store.clone();
     // On a thread of its own; this task resumes only once the runtime's thread is free.
@@ -134,4 +146,19 @@ async fn the_background_rounds_wait_for_a_stalled_store_off_the_async_workers() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the volume stored by another gateway was never found");
+}
+
+// Listing volumes (every API call and console page that shows them) runs on an async worker.
+#[tokio::test]
+async fn listing_volumes_never_waits_for_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, gateway) = stalling_gateway(dir.path());
+    let u = Unopened { sb: None, reason: "served by gateway g2".into(), primary: Some("g2".into()) };
+    gateway.unopened.write().unwrap().insert("v".into(), u);
+    stall_with_watchdog(&store);
+    let views = gateway.views();
+    assert!(!store.let_go_by_watchdog(), "listing the volumes waited in the stalled store");
+    assert_eq!(views.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["v"]);
+    assert_eq!(views[0].primary.as_deref(), Some("g2"));
+    store.set(false, false);
 }
