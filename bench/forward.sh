@@ -4,7 +4,9 @@
 # whose primary is A. The same fio jobs on A's local socket (direct) and on B's (every
 # request forwarded to A over TLS), and the ratio (goal: 0.6x direct). Both gateways, etcd
 # and fio share this machine's cores: forwarding adds a second gateway's work to each request.
-# SEPARATE_CORES=1 keeps A and fio on CPU 0 and B on CPU 1, as if B had a machine of its own.
+# SEPARATE_CORES=1 keeps A and fio on CPU 0 and B on CPU 1, as if B had a machine of its own;
+# HOST_CORE=1 with it puts fio on CPU 1 instead, beside B: A then has a core of its own, as
+# the host does when A serves it directly.
 #  - sequential 1 MiB writes and reads (QD4);
 #  - 4k random writes and reads (QD32), time-based.
 #   bench/forward.sh [MIB] [RANDOM_SECONDS]
@@ -26,10 +28,10 @@ for _ in $(seq 100); do on B volume show v >/dev/null 2>&1 && break; sleep 0.1; 
 FIO_CPUS=()
 if [ -n "${SEPARATE_CORES:-}" ]; then
   taskset -a -p -c 0 "$A_PID" >/dev/null; taskset -a -p -c 1 "$B_PID" >/dev/null
-  FIO_CPUS=(--cpus_allowed=0)
+  FIO_CPUS=(--cpus_allowed="${HOST_CORE:-0}")
 fi
 
-echo "I/O forwarding on loopback: a ${MIB} MiB volume served by gateway A, five directory targets at 3-of-5${SEPARATE_CORES:+; A and fio on CPU 0, B on CPU 1}"
+echo "I/O forwarding on loopback: a ${MIB} MiB volume served by gateway A, five directory targets at 3-of-5${SEPARATE_CORES:+; A on CPU 0, B on CPU 1, fio on CPU ${HOST_CORE:-0}}"
 printf '%-28s %14s %14s %7s\n' job "direct (A)" "forwarded (B)" ratio
 # measure SIDE UNIT FIO_ARGS...: the job's MB/s or IOPS through SIDE's socket.
 measure() {
