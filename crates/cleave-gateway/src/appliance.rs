@@ -362,8 +362,13 @@ impl Appliance {
             let raw = serde_json::to_vec(gateways).map_err(|e| ConfigError::Invalid(e.to_string()))?;
             self.store.put(&key, &raw)?;
         }
-        // Read again at once: what lists volumes shows the new order from now on.
-        self.refresh()
+        *self.directory.lock().expect("not poisoned") = None;
+        // Read again at once, so that listings show the new order; the order is stored
+        // whatever this read does, and the paths loop reads it again within seconds.
+        if let Err(e) = self.directory() {
+            warn!(volume, error = %e, "cannot read the appliance's directory again after setting an order");
+        }
+        Ok(())
     }
 
     /// The live gateways in the order they serve `volume`.

@@ -41,7 +41,7 @@ pub(super) fn migrate(
         let start = c * chunk_size;
         let len = chunk_size.min(size - start) as usize;
         old_file.read_exact_at(&mut buf[..len], start)?;
-        new.write_all_at(&buf[..len], slot as u64 * chunk_size)?;
+        super::write_in_pieces(&new, &buf[..len], slot as u64 * chunk_size)?;
         entries.push((slot as u32, c));
     }
     new.sync_all()?;
